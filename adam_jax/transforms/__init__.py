@@ -1,0 +1,1 @@
+"""The algebra: small pure transformations that the aliases chain together."""

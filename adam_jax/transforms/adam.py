@@ -1,0 +1,207 @@
+"""``scale_by_adam``: Adam's moments, bias correction, AMSGrad and NAdam."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adam_jax import numerics
+
+Array = jax.Array
+
+
+class ScaleByAdamState(NamedTuple):
+  """State of :func:`scale_by_adam` (field names as in optax)."""
+
+  count: Array  # shape=(), dtype=int32; steps taken, saturating
+  mu: optax.Updates  # like params; dtype=mu_dtype (default: param dtype)
+  nu: optax.Updates  # like params, real; dtype=nu_dtype (default: param dtype)
+
+
+class ScaleByAmsgradState(NamedTuple):
+  """State of :func:`scale_by_adam` with ``amsgrad=True`` (as optax)."""
+
+  count: Array  # shape=(), dtype=int32; steps taken, saturating
+  mu: optax.Updates  # like params; dtype=mu_dtype
+  nu: optax.Updates  # like params, real; dtype=nu_dtype
+  nu_max: optax.Updates  # like params, real; dtype=nu_dtype; max over raw nu
+
+
+def abs_sq(g: Array) -> Array:
+  """``|g|**2``, real for complex ``g``."""
+  if jnp.iscomplexobj(g):
+    return jnp.real(g) ** 2 + jnp.imag(g) ** 2
+  return g * g
+
+
+def init_moments(params: Any, mu_dtype: Any, nu_dtype: Any):
+  """Zero first and second moments shaped like ``params``.
+
+  The first moment takes ``mu_dtype`` (default: the param's dtype), the second
+  ``nu_dtype`` (default: the real counterpart of the param's dtype).
+  """
+
+  def mu0(p):
+    return jnp.zeros(jnp.shape(p), mu_dtype or jnp.asarray(p).dtype)
+
+  def nu0(p):
+    dtype = nu_dtype or numerics.real_dtype(jnp.asarray(p).dtype)
+    return jnp.zeros(jnp.shape(p), dtype)
+
+  return jax.tree.map(mu0, params), jax.tree.map(nu0, params)
+
+
+def adam_leaf(
+    g: Array,
+    mu: Array,
+    nu: Array,
+    nu_max: Array | None,
+    count: Array,
+    *,
+    b1: Any,
+    b2: Any,
+    eps: Any,
+    eps_root: Any,
+    nesterov: bool,
+):
+  """One Adam step on one array, computed in at least float32.
+
+  Returns ``(update, mu, nu, nu_max)`` with the update in ``g``'s dtype and each
+  moment in its own stored dtype (``nu_max`` is ``None`` without AMSGrad).
+  """
+  cd = numerics.compute_dtype(jnp.result_type(g, mu))
+  rd = numerics.real_dtype(cd)
+  g_c = g.astype(cd)
+  b1_c, b2_r = numerics.hyper(b1, cd), numerics.hyper(b2, rd)
+  # m_t = b1 m_{t-1} + (1 - b1) g_t ;  v_t = b2 v_{t-1} + (1 - b2) |g_t|^2
+  mu_c = b1_c * mu.astype(cd) + (1 - b1_c) * g_c
+  nu_c = b2_r * nu.astype(rd) + (1 - b2_r) * abs_sq(g_c)
+  nu_used, nu_max_new = nu_c, None
+  if nu_max is not None:
+    # AMSGrad (Reddi et al.; torch): max over the raw second moment.
+    nu_used = jnp.maximum(nu_max.astype(rd), nu_c)
+    nu_max_new = nu_used.astype(nu_max.dtype)
+  bc1 = numerics.bias_correction(b1, count, rd)
+  bc2 = numerics.bias_correction(b2, count, rd)
+  if nesterov:
+    bc1_next = numerics.bias_correction(b1, numerics.safe_increment(count), rd)
+    mu_hat = b1_c * mu_c / bc1_next.astype(cd) + (1 - b1_c) * g_c / bc1.astype(cd)
+  else:
+    mu_hat = mu_c / bc1.astype(cd)
+  nu_hat = nu_used / bc2
+  denom = jnp.sqrt(nu_hat + numerics.hyper(eps_root, rd)) + numerics.hyper(eps, rd)
+  update = mu_hat / denom.astype(cd)
+  return update.astype(g.dtype), mu_c.astype(mu.dtype), nu_c.astype(nu.dtype), nu_max_new
+
+
+def scale_by_adam(
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    eps_root: Any = 0.0,
+    mu_dtype: Any | None = None,
+    *,
+    nu_dtype: Any | None = None,
+    amsgrad: bool = False,
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
+  r"""Rescales updates by Adam's bias-corrected moments.
+
+  For gradient :math:`g_t` at step :math:`t = 1, 2, \dots`:
+
+  .. math::
+
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+    v_t &= \beta_2 v_{t-1} + (1 - \beta_2) |g_t|^2 \\
+    \hat m_t &= m_t / (1 - \beta_1^t), \qquad \hat v_t = v_t / (1 - \beta_2^t) \\
+    u_t &= \hat m_t / \left(\sqrt{\hat v_t + \epsilon_{root}} + \epsilon\right)
+
+  With ``amsgrad=True``, :math:`\hat v_t` uses :math:`v^{max}_t = \max(v^{max}_{t-1},
+  v_t)` in place of :math:`v_t`. With ``nesterov=True`` (NAdam as optax defines it),
+  :math:`\hat m_t = \beta_1 m_t / (1 - \beta_1^{t+1}) + (1 - \beta_1) g_t / (1 -
+  \beta_1^t)`.
+
+  The arithmetic is carried out in at least float32 whatever the dtype of the
+  gradients: float16 models keep ``eps`` (which underflows to zero in float16) and
+  zero gradients give zero updates rather than NaN. Updates keep the gradient's
+  dtype; the moments keep ``mu_dtype`` / ``nu_dtype``.
+
+  .. warning::
+    AMSGrad conventions differ. This transformation (like ``torch.optim.Adam`` and
+    Reddi et al.) takes the running maximum of the *raw* second moment and then
+    bias-corrects it. ``optax.scale_by_amsgrad`` takes the maximum of the
+    *bias-corrected* second moment, which gives different steps early in training.
+
+  Args:
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to the denominator outside the square root (Kingma & Ba, torch).
+    eps_root: added inside the square root; make it positive to differentiate
+      through the update (meta-learning).
+    mu_dtype: dtype of the first moment; default the param's dtype.
+    nu_dtype: dtype of the second moment (and AMSGrad's maximum); default the
+      param's (real) dtype.
+    amsgrad: keep the running maximum of the second moment.
+    nesterov: use Nesterov momentum (NAdam).
+
+  Returns:
+    An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState`, or
+    :class:`ScaleByAmsgradState` when ``amsgrad`` is set.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, adam_jax
+    >>> tx = optax.chain(adam_jax.scale_by_adam(), adam_jax.scale_by_learning_rate(0.1))
+    >>> params = {"w": jnp.ones(3)}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([1.0, -2.0, 0.0])}, state, params)
+    >>> updates["w"]
+    Array([-0.1,  0.1,  0. ], dtype=float32)
+
+  References:
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, 2014.
+
+    Reddi, Kale & Kumar, `On the Convergence of Adam and Beyond
+    <https://openreview.net/forum?id=ryQu7f-RZ>`_, ICLR 2018.
+
+    Dozat, `Incorporating Nesterov Momentum into Adam
+    <https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
+  """
+  numerics.check_betas(b1=b1, b2=b2)
+  numerics.check_nonnegative(eps=eps, eps_root=eps_root)
+  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  nu_dtype = None if nu_dtype is None else jnp.dtype(nu_dtype)
+
+  def init_fn(params):
+    mu, nu = init_moments(params, mu_dtype, nu_dtype)
+    count = jnp.zeros([], jnp.int32)
+    if amsgrad:
+      return ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu)
+    return ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  def update_fn(updates, state, params=None):
+    del params
+    numerics.tree_check_same_structure(updates, state.mu)
+    count = numerics.safe_increment(state.count)
+    g_leaves, treedef = jax.tree.flatten(updates)
+    mu_leaves = treedef.flatten_up_to(state.mu)
+    nu_leaves = treedef.flatten_up_to(state.nu)
+    max_leaves = (
+        treedef.flatten_up_to(state.nu_max) if amsgrad else [None] * len(g_leaves)
+    )
+    outs = [
+        adam_leaf(g, m, v, vm, count, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
+                  nesterov=nesterov)
+        for g, m, v, vm in zip(g_leaves, mu_leaves, nu_leaves, max_leaves)
+    ]
+    u, mu, nu, nu_max = (
+        treedef.unflatten([o[i] for o in outs]) for i in range(4)
+    )
+    if amsgrad:
+      return u, ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
+    return u, ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)

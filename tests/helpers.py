@@ -1,0 +1,71 @@
+"""Shared problem definitions for the tests: pytrees, gradients, runners."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+SHAPES = {"w": (5, 3), "b": (3,), "deep": [(), (2, 2)]}
+
+
+def make_params(seed: int = 0, dtype=np.float32):
+  """A small nested pytree of params (dict, list, scalar leaf)."""
+  rng = np.random.default_rng(seed)
+
+  def draw(shape):
+    return rng.standard_normal(shape).astype(dtype)
+
+  return {"w": draw((5, 3)), "b": draw((3,)), "deep": [draw(()), draw((2, 2))]}
+
+
+def grad_leaves(leaves, t):
+  """A gradient that depends on the params and the step (deterministic)."""
+  out = []
+  for i, p in enumerate(leaves):
+    p = np.asarray(p, np.float64)
+    k = np.arange(p.size, dtype=np.float64).reshape(p.shape)
+    out.append(0.5 * p + 0.3 * np.sin(0.7 * t + k + i) - 0.1 * (i + 1))
+  return out
+
+
+def run_jax(tx, params, steps, dtype=jnp.float32, jit=True):
+  """Runs ``tx`` for ``steps`` on the gradients of :func:`grad_leaves`.
+
+  Returns the list of param trees after each step (as NumPy float64 leaves).
+  """
+  params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
+  state = tx.init(params)
+  treedef = jax.tree.structure(params)
+
+  def step(params, state, t):
+    leaves = jax.tree.leaves(params)
+    grads = [
+        (0.5 * p + 0.3 * jnp.sin(0.7 * t + jnp.arange(p.size, dtype=t.dtype).reshape(p.shape) + i)
+         - 0.1 * (i + 1)).astype(p.dtype)
+        for i, p in enumerate(leaves)
+    ]
+    grads = treedef.unflatten(grads)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  if jit:
+    step = jax.jit(step)
+  traj = []
+  for t in range(1, steps + 1):
+    params, state = step(params, state, jnp.asarray(t, dtype=jnp.real(jnp.zeros((), dtype)).dtype))
+    traj.append([np.asarray(p) for p in jax.tree.leaves(params)])
+  return traj
+
+
+def leaves64(params):
+  return [np.asarray(p, np.float64) for p in jax.tree.leaves(params)]
+
+
+def assert_traj_close(got, want, rtol=1e-5, atol=1e-5):
+  assert len(got) == len(want)
+  for step, (g_step, w_step) in enumerate(zip(got, want)):
+    for g, w in zip(g_step, w_step):
+      np.testing.assert_allclose(g, w, rtol=rtol, atol=atol,
+                                 err_msg=f"trajectory differs at step {step + 1}")
