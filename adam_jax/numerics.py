@@ -93,14 +93,20 @@ def check_nonnegative(**values: Any) -> None:
     check_range(name, value, 0.0, None)
 
 
-def compute_dtype(dtype: Any) -> jnp.dtype:
-  """The dtype an update is computed in: at least float32 (complex64)."""
-  dtype = jnp.dtype(dtype)
-  if jnp.issubdtype(dtype, jnp.complexfloating):
-    return jnp.promote_types(dtype, jnp.complex64)
-  if jnp.issubdtype(dtype, jnp.floating):
-    return jnp.promote_types(dtype, jnp.float32)
-  return jnp.dtype(jnp.float32)
+def compute_dtype(*dtypes: Any) -> jnp.dtype:
+  """The dtype an update is computed in: the join of ``dtypes`` and float32.
+
+  float16 and bfloat16 compute in float32, float64 in float64, complex64 in
+  complex64. Several dtypes (a gradient's and a moment's) are joined on the
+  standard lattice, whatever the user's promotion mode.
+  """
+  dtypes = [jnp.dtype(d) for d in dtypes]
+  is_complex = any(jnp.issubdtype(d, jnp.complexfloating) for d in dtypes)
+  wide = any(d.itemsize == (16 if jnp.issubdtype(d, jnp.complexfloating) else 8)
+             for d in dtypes if jnp.issubdtype(d, jnp.inexact))
+  if is_complex:
+    return jnp.dtype(jnp.complex128 if wide else jnp.complex64)
+  return jnp.dtype(jnp.float64 if wide else jnp.float32)
 
 
 def real_dtype(dtype: Any) -> jnp.dtype:

@@ -72,7 +72,7 @@ def adam_leaf(
   Returns ``(update, mu, nu, nu_max)`` with the update in ``g``'s dtype and each
   moment in its own stored dtype (``nu_max`` is ``None`` without AMSGrad).
   """
-  cd = numerics.compute_dtype(jnp.result_type(g, mu))
+  cd = numerics.compute_dtype(g.dtype, mu.dtype)
   rd = numerics.real_dtype(cd)
   g_c = g.astype(cd)
   b1_c, b2_r = numerics.hyper(b1, cd), numerics.hyper(b2, rd)

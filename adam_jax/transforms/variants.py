@@ -53,7 +53,7 @@ def _moment_transform(
 
 def _first_moment(g, mu, b1):
   """Returns ``(g, m_t)`` in the compute dtype: ``m_t = b1 m + (1 - b1) g``."""
-  cd = numerics.compute_dtype(jnp.result_type(g, mu))
+  cd = numerics.compute_dtype(g.dtype, mu.dtype)
   g_c = g.astype(cd)
   b1_c = numerics.hyper(b1, cd)
   return g_c, b1_c * mu.astype(cd) + (1 - b1_c) * g_c

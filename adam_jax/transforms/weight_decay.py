@@ -82,7 +82,7 @@ def add_weight_decay(
       wd = weight_decay
 
     def decay(u, p):
-      cd = numerics.compute_dtype(jnp.result_type(u, p))
+      cd = numerics.compute_dtype(u.dtype, p.dtype)
       return (u.astype(cd) + numerics.hyper(wd, cd) * p.astype(cd)).astype(u.dtype)
 
     if mask is None:

@@ -1,0 +1,133 @@
+"""ADOPT (Taniguchi et al., 2024): Adam that converges for any ``b2``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adam_jax import numerics
+from adam_jax.transforms.adam import ScaleByAdamState, abs_sq, init_moments
+
+Array = jax.Array
+
+
+def _clip(n: Array, bound: Array) -> Array:
+  """Clips ``n`` to ``[-bound, bound]`` (complex: its magnitude to ``bound``)."""
+  if jnp.iscomplexobj(n):
+    mag = jnp.abs(n)
+    return n * jnp.where(mag > bound, bound / jnp.where(mag > bound, mag, 1), 1).astype(n.dtype)
+  return jnp.clip(n, -bound, bound)
+
+
+def scale_by_adopt(
+    b1: Any = 0.9,
+    b2: Any = 0.9999,
+    eps: Any = 1e-6,
+    mu_dtype: Any | None = None,
+    *,
+    nu_dtype: Any | None = None,
+    clipping: bool = True,
+) -> optax.GradientTransformation:
+  r"""Rescales updates as ADOPT: normalise by the *previous* second moment, then average.
+
+  The first call only sets :math:`v_0 = g_0^2` and returns zero updates. Then, for
+  :math:`t = 1, 2, \dots` (the paper's Algorithm 2, clipped ADOPT):
+
+  .. math::
+
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1)\,
+           \mathrm{clip}\!\left(g_t / \max(\sqrt{v_{t-1}}, \epsilon),\ t^{1/4}\right) \\
+    u_t &= m_t \\
+    v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2
+
+  Since :math:`v_{t-1}` does not contain :math:`g_t`, the step is not correlated
+  with the current gradient: this is what removes Adam's non-convergence for small
+  :math:`\beta_2` (Reddi et al.'s counterexample). There is no bias correction: the
+  first moment averages normalised gradients, and :math:`v` starts at
+  :math:`g_0^2`, not 0.
+
+  .. warning::
+    ``eps`` is a floor on :math:`\sqrt{v}` (``max``), not added to it, and its
+    default is 1e-6 (the paper's code). ``clipping=False`` gives the paper's
+    Algorithm 1 (the first version of the method).
+
+  Args:
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: floor on :math:`\sqrt{v_{t-1}}` (> 0).
+    mu_dtype: dtype of the first moment; default the param's dtype.
+    nu_dtype: dtype of the second moment; default the param's real dtype.
+    clipping: clip the normalised gradient to :math:`\pm t^{1/4}` (the paper's
+      final algorithm, on by default).
+
+  Returns:
+    An ``optax.GradientTransformation`` with state :class:`adam_jax.ScaleByAdamState`.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.scale_by_adopt()
+    >>> state = tx.init(jnp.zeros(2))
+    >>> u, state = tx.update(jnp.array([2.0, -1.0]), state)  # sets v_0 only
+    >>> u
+    Array([0., 0.], dtype=float32)
+    >>> u, state = tx.update(jnp.array([2.0, -1.0]), state)  # (1 - b1) g / |g_0|
+    >>> u
+    Array([ 0.1, -0.1], dtype=float32)
+
+  References:
+    Taniguchi, Harada, Minegishi, Oshima, Jeong, Nagahara, Iiyama, Suzuki, Iwasawa
+    & Matsuo, `ADOPT: Modified Adam Can Converge with Any β2 with the Optimal Rate
+    <https://arxiv.org/abs/2411.02853>`_, NeurIPS 2024.
+  """
+  numerics.check_betas(b1=b1, b2=b2)
+  numerics.check_range("eps", eps, 0.0, None, low_inclusive=False)
+  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  nu_dtype = None if nu_dtype is None else jnp.dtype(nu_dtype)
+
+  def init_fn(params):
+    mu, nu = init_moments(params, mu_dtype, nu_dtype)
+    return ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
+
+  def update_fn(updates, state, params=None):
+    del params
+    numerics.tree_check_same_structure(updates, state.mu)
+    count = numerics.safe_increment(state.count)
+    first = state.count == 0
+    # The paper's t: the first call is its step 0 (v_0 = g_0^2).
+    t = state.count
+
+    def leaf(g, mu, nu):
+      cd = numerics.compute_dtype(jnp.result_type(g, mu))
+      rd = numerics.real_dtype(cd)
+      g_c = g.astype(cd)
+      b1_c, b2_r = numerics.hyper(b1, cd), numerics.hyper(b2, rd)
+      nu_prev = nu.astype(rd)
+      g_sq = abs_sq(g_c)
+      # g_t / max(sqrt(v_{t-1}), eps), clipped to t^(1/4)
+      normed = g_c / jnp.maximum(jnp.sqrt(nu_prev), numerics.hyper(eps, rd)).astype(cd)
+      if clipping:
+        normed = _clip(normed, t.astype(rd) ** 0.25)
+      mu_c = b1_c * mu.astype(cd) + (1 - b1_c) * normed
+      nu_c = b2_r * nu_prev + (1 - b2_r) * g_sq
+      mu_c = jnp.where(first, mu.astype(cd), mu_c)
+      nu_c = jnp.where(first, g_sq, nu_c)
+      update = jnp.where(first, jnp.zeros_like(mu_c), mu_c)
+      return update.astype(g.dtype), mu_c.astype(mu.dtype), nu_c.astype(nu.dtype)
+
+    g_leaves, treedef = jax.tree.flatten(updates)
+    outs = [
+        leaf(g, m, v)
+        for g, m, v in zip(
+            g_leaves, treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
+        )
+    ]
+    u, mu, nu = (treedef.unflatten([o[i] for o in outs]) for i in range(3))
+    return u, ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+__all__ = ["scale_by_adopt"]

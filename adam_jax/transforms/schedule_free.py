@@ -1,0 +1,256 @@
+"""Schedule-free AdamW (Defazio et al., 2024): no decay schedule, an averaged iterate.
+
+The params a training loop holds are the *gradient point* :math:`y_t`. The state
+keeps the base sequence :math:`z_t`; the averaged sequence :math:`x_t` (the one to
+evaluate and to ship) is recovered from them by :func:`schedule_free_eval_params`,
+so the state costs two buffers per param, as Adam's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adam_jax import numerics
+from adam_jax.transforms.adam import abs_sq
+
+Array = jax.Array
+
+
+class ScheduleFreeAdamWState(NamedTuple):
+  """State of :func:`scale_by_schedule_free_adam`."""
+
+  count: Array  # shape=(), dtype=int32; steps taken, saturating
+  z: optax.Params  # like params, dtype=param dtype; the base (SGD-like) sequence z_t
+  nu: optax.Updates  # like params, real; dtype=nu_dtype; second moment v_t
+  lr_sq_sum: Array  # shape=(), dtype=float32; sum of gamma_i**2 over steps so far
+  b1: Array  # shape=(), dtype=widest real param dtype (>= float32); for eval params
+
+
+def _real_compute_dtype(params: Any) -> jnp.dtype:
+  leaves = jax.tree.leaves(params)
+  if not leaves:
+    return jnp.dtype(jnp.float32)
+  return numerics.real_dtype(numerics.compute_dtype(jnp.result_type(*leaves)))
+
+
+def _warmup_factor(warmup_steps: Any, t: Array) -> Array:
+  """``min(1, t / warmup_steps)``, or 1 without warm-up."""
+  if isinstance(warmup_steps, (int, float)):
+    if warmup_steps <= 0:
+      return jnp.ones([], t.dtype)
+    return jnp.minimum(1.0, t / warmup_steps)
+  w = numerics.hyper(warmup_steps, t.dtype)
+  return jnp.where(w > 0, jnp.minimum(1.0, t / jnp.where(w > 0, w, 1.0)), 1.0).astype(t.dtype)
+
+
+def scale_by_schedule_free_adam(
+    learning_rate: numerics.ScalarOrSchedule = 2.5e-3,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    *,
+    weight_decay: Any = 0.0,
+    warmup_steps: Any = 0,
+    mask: Any = None,
+    nu_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+  r"""Schedule-free AdamW's step: the updates move the params from :math:`y_t` to :math:`y_{t+1}`.
+
+  The paper's Algorithm 1, with :math:`z_1 = x_1 = y_1` the initial params and
+  :math:`g_t` the gradient at :math:`y_t` (the params the loop holds):
+
+  .. math::
+
+    v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+    \gamma_t &= \gamma \sqrt{1 - \beta_2^t} \min(1, t / T_{warmup}) \\
+    z_{t+1} &= z_t - \gamma_t g_t / (\sqrt{v_t} + \epsilon) - \gamma_t \lambda y_t \\
+    c_{t+1} &= \gamma_t^2 / \textstyle\sum_{i=1}^t \gamma_i^2 \\
+    x_{t+1} &= (1 - c_{t+1}) x_t + c_{t+1} z_{t+1} \\
+    y_{t+1} &= (1 - \beta_1) z_{t+1} + \beta_1 x_{t+1}
+
+  The update returned is :math:`y_{t+1} - y_t = c_{t+1}(z_t - y_t) + (1 - \beta_1(1 -
+  c_{t+1}))(z_{t+1} - z_t)`, computed without forming :math:`x`. Unlike the other
+  ``scale_by_*`` transformations the learning rate is part of the step (it weights
+  the average), so the updates are final: add them to the params, do not chain
+  :func:`adam_jax.scale_by_learning_rate` after it.
+
+  .. warning::
+    Evaluate (and checkpoint for inference) :math:`x_t`, not the params the loop
+    holds: get it with :func:`schedule_free_eval_params`. The reference PyTorch
+    code weights the average by the running maximum of :math:`\gamma_t^2`; for a
+    non-decreasing :math:`\gamma_t` (constant rate with warm-up) it is the same.
+
+  Args:
+    learning_rate: :math:`\gamma` (>= 0): a float, an array or a schedule of the
+      0-based step count. A constant is the intended use.
+    b1: interpolation weight :math:`\beta_1`, in (0, 1) (0 would leave no way to
+      recover :math:`x` from the params).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to :math:`\sqrt{v_t}` (>= 0).
+    weight_decay: :math:`\lambda` (>= 0), taken at :math:`y_t` as in the paper.
+    warmup_steps: :math:`T_{warmup}` (>= 0); 0 for none.
+    mask: which params decay: a pytree of bools or a callable of the params.
+    nu_dtype: dtype of the second moment; default the param's real dtype.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state :class:`ScheduleFreeAdamWState`;
+    its ``update`` needs the params.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, adam_jax
+    >>> tx = adam_jax.scale_by_schedule_free_adam(0.1)
+    >>> params = {"w": jnp.array([1.0, -1.0])}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([1.0, -1.0])}, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> adam_jax.schedule_free_eval_params(state, params)["w"]
+    Array([ 0.9995, -0.9995], dtype=float32)
+
+  References:
+    Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, `The Road Less
+    Scheduled <https://arxiv.org/abs/2405.15682>`_, NeurIPS 2024.
+  """
+  numerics.check_range("b1", b1, 0.0, 1.0, low_inclusive=False)
+  numerics.check_betas(b2=b2)
+  numerics.check_nonnegative(learning_rate=learning_rate, eps=eps,
+                             weight_decay=weight_decay, warmup_steps=warmup_steps)
+  nu_dtype = None if nu_dtype is None else jnp.dtype(nu_dtype)
+
+  def init_fn(params):
+    z = jax.tree.map(lambda p: jnp.array(p, copy=True), params)
+    nu = jax.tree.map(
+        lambda p: jnp.zeros(jnp.shape(p), nu_dtype or numerics.real_dtype(jnp.asarray(p).dtype)),
+        params,
+    )
+    rd = _real_compute_dtype(params)
+    return ScheduleFreeAdamWState(
+        count=jnp.zeros([], jnp.int32),
+        z=z,
+        nu=nu,
+        lr_sq_sum=jnp.zeros([], jnp.float32),
+        b1=jnp.asarray(b1).astype(rd),
+    )
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(
+          "scale_by_schedule_free_adam needs the params: call update(grads, state, params)."
+      )
+    numerics.tree_check_same_structure(updates, state.z)
+    numerics.tree_check_same_structure(updates, params, what="params")
+    count = numerics.safe_increment(state.count)
+    t = count.astype(jnp.float32)
+    lr = numerics.resolve(learning_rate, state.count)
+    # gamma_t = gamma * sqrt(1 - b2^t) * min(1, t / T_warmup)
+    gamma = (
+        numerics.hyper(lr, jnp.float32)
+        * jnp.sqrt(numerics.bias_correction(b2, count, jnp.float32))
+        * _warmup_factor(warmup_steps, t)
+    )
+    gamma_sq = gamma * gamma
+    lr_sq_sum = state.lr_sq_sum + gamma_sq
+    # c_{t+1} = gamma_t^2 / sum_i gamma_i^2 (0 while every gamma so far is 0)
+    c = jnp.where(lr_sq_sum > 0, gamma_sq / jnp.where(lr_sq_sum > 0, lr_sq_sum, 1.0), 0.0)
+
+    if mask is None:
+      decays = jax.tree.map(lambda _: True, updates)
+    else:
+      mask_t = numerics.mask_tree(mask, params)
+      decays = jax.tree.map(
+          lambda m, sub: jax.tree.map(lambda _: bool(m), sub), mask_t, updates,
+          is_leaf=lambda x: isinstance(x, bool),
+      )
+
+    def leaf(g, z, v, y, decay):
+      cd = numerics.compute_dtype(jnp.result_type(g, z, y))
+      rd = numerics.real_dtype(cd)
+      g_c, z_c, y_c = g.astype(cd), z.astype(cd), y.astype(cd)
+      b1_c, b2_r = numerics.hyper(b1, rd), numerics.hyper(b2, rd)
+      gamma_c, c_c = gamma.astype(rd), c.astype(rd)
+      # v_t = b2 v_{t-1} + (1 - b2) g_t^2
+      v_c = b2_r * v.astype(rd) + (1 - b2_r) * abs_sq(g_c)
+      # z_{t+1} - z_t = -gamma_t (g_t / (sqrt(v_t) + eps) + lambda y_t)
+      direction = g_c / (jnp.sqrt(v_c) + numerics.hyper(eps, rd)).astype(cd)
+      if decay:
+        direction = direction + numerics.hyper(weight_decay, cd) * y_c
+      dz = -gamma_c.astype(cd) * direction
+      # y_{t+1} - y_t = c (z_t - y_t) + (1 - b1 (1 - c)) (z_{t+1} - z_t)
+      update = c_c.astype(cd) * (z_c - y_c) + (1 - b1_c * (1 - c_c)).astype(cd) * dz
+      return update.astype(g.dtype), (z_c + dz).astype(z.dtype), v_c.astype(v.dtype)
+
+    g_leaves, treedef = jax.tree.flatten(updates)
+    outs = [
+        leaf(g, z, v, y, d)
+        for g, z, v, y, d in zip(
+            g_leaves,
+            treedef.flatten_up_to(state.z),
+            treedef.flatten_up_to(state.nu),
+            treedef.flatten_up_to(params),
+            treedef.flatten_up_to(decays),
+        )
+    ]
+    u, z, nu = (treedef.unflatten([o[i] for o in outs]) for i in range(3))
+    new_state = ScheduleFreeAdamWState(
+        count=count, z=z, nu=nu, lr_sq_sum=lr_sq_sum, b1=state.b1
+    )
+    return u, new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _find_state(state: Any) -> ScheduleFreeAdamWState:
+  found = [
+      s for s in jax.tree.leaves(state, is_leaf=lambda s: isinstance(s, ScheduleFreeAdamWState))
+      if isinstance(s, ScheduleFreeAdamWState)
+  ]
+  if len(found) != 1:
+    raise ValueError(
+        "schedule_free_eval_params needs the state of exactly one schedule-free "
+        f"transformation (from schedule_free_adamw); found {len(found)}."
+    )
+  return found[0]
+
+
+def schedule_free_eval_params(state: Any, params: Any) -> Any:
+  r"""The averaged params :math:`x_t` to evaluate, from the state and the training params.
+
+  .. math::
+
+    x_t = \left(y_t - (1 - \beta_1) z_t\right) / \beta_1
+
+  Args:
+    state: the optimizer state of :func:`schedule_free_adamw` (or of any chain
+      holding one :func:`scale_by_schedule_free_adam`).
+    params: the params the training loop holds (:math:`y_t`).
+
+  Returns:
+    A pytree like ``params`` (same dtypes) holding :math:`x_t`. Before the first
+    step it equals ``params``.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> params = {"w": jnp.ones(2)}
+    >>> state = adam_jax.schedule_free_adamw(1e-2).init(params)
+    >>> adam_jax.schedule_free_eval_params(state, params)["w"]
+    Array([1., 1.], dtype=float32)
+  """
+  sf = _find_state(state)
+  numerics.tree_check_same_structure(params, sf.z, what="schedule-free state")
+
+  def leaf(y, z):
+    cd = numerics.compute_dtype(jnp.result_type(y, z))
+    b1 = sf.b1.astype(numerics.real_dtype(cd)).astype(cd)
+    return ((y.astype(cd) - (1 - b1) * z.astype(cd)) / b1).astype(jnp.asarray(y).dtype)
+
+  return jax.tree.map(leaf, params, sf.z)
+
+
+__all__ = [
+    "ScheduleFreeAdamWState",
+    "scale_by_schedule_free_adam",
+    "schedule_free_eval_params",
+]
