@@ -1,0 +1,97 @@
+"""Data for the embedded tasks: scikit-learn's bundled digits, or a user's ``.npz``."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Any, NamedTuple
+
+import numpy as np
+
+
+class Dataset(NamedTuple):
+  """Features and (optional) integer labels, before the train/validation split."""
+
+  x: np.ndarray  # shape=(n, features), dtype=float32
+  y: np.ndarray | None  # shape=(n,), dtype=int32; None when the data has no labels
+
+
+def load_digits() -> Dataset:
+  """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), pixels scaled to [0, 1]."""
+  from sklearn.datasets import load_digits as _sk_load_digits
+
+  bunch = _sk_load_digits()
+  x = np.asarray(bunch.data, np.float32) / np.float32(16.0)
+  return Dataset(x, np.asarray(bunch.target, np.int32))
+
+
+def load_npz(path: str | os.PathLike[str], *, need_labels: bool) -> Dataset:
+  """Loads arrays ``x`` (and ``y``) from a ``.npz`` file, without unpickling anything.
+
+  Args:
+    path: the file. ``x``: numeric array with one example per row (further axes are
+      flattened); ``y``: non-negative integer class labels, one per example.
+    need_labels: whether ``y`` must be present (classification).
+
+  Returns:
+    A :class:`Dataset`.
+
+  Raises:
+    ValueError: the file is missing, is not an ``.npz`` archive, or its arrays are
+      not as described above.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise ValueError(f"data file not found: {path}")
+  if not zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+      magic = f.read(6)
+    if magic == b"\x93NUMPY":
+      raise ValueError(f"{path} is a single .npy array, not an .npz archive with 'x'")
+    raise ValueError(f"{path} is not a valid .npz file (save one with numpy.savez)")
+  try:
+    with np.load(path, allow_pickle=False) as archive:
+      arrays = {k: archive[k] for k in archive.files}
+  except ValueError as err:
+    if "pickle" in str(err).lower():
+      raise ValueError(f"{path}: arrays of Python objects are not accepted; save numeric "
+                       "arrays x (and y)") from None
+    raise ValueError(f"{path} is not a valid .npz file ({err})") from None
+  except (OSError, zipfile.BadZipFile, EOFError) as err:
+    raise ValueError(f"{path} is not a valid .npz file ({err})") from None
+  if "x" not in arrays:
+    found = ", ".join(sorted(arrays)) or "none"
+    raise ValueError(f"{path} has no array named 'x' (found: {found})")
+  x = _features(path, arrays["x"])
+  y = arrays.get("y")
+  if y is None:
+    if need_labels:
+      raise ValueError(f"{path} has no array named 'y': classification needs integer labels")
+    return Dataset(x, None)
+  return Dataset(x, _labels(path, y, len(x)))
+
+
+def _features(path: str, x: Any) -> np.ndarray:
+  x = np.asarray(x)
+  if x.ndim < 2 or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+    raise ValueError(f"{path}: 'x' must be a numeric array with one example per row, "
+                     f"got dtype {x.dtype} and shape {x.shape}")
+  if np.iscomplexobj(x):
+    raise ValueError(f"{path}: 'x' must be real, got dtype {x.dtype}")
+  if len(x) < 4:
+    raise ValueError(f"{path}: 'x' needs at least 4 examples, got {len(x)}")
+  x = x.reshape(len(x), -1).astype(np.float32)
+  if not np.all(np.isfinite(x)):
+    raise ValueError(f"{path}: 'x' contains NaN or infinite values")
+  return x
+
+
+def _labels(path: str, y: Any, n: int) -> np.ndarray:
+  y = np.asarray(y)
+  if y.ndim != 1 or len(y) != n:
+    raise ValueError(f"{path}: 'y' must be one label per example, shape ({n},), got {y.shape}")
+  if not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f"{path}: 'y' must hold integer class labels, got dtype {y.dtype}")
+  if y.min() < 0:
+    raise ValueError(f"{path}: 'y' must hold non-negative class labels, got {y.min()}")
+  return y.astype(np.int32)
