@@ -75,7 +75,7 @@ def train(task: Task, tx: optax.GradientTransformation, steps: int, *, seed: int
     >>> import adam_jax
     >>> from adam_jax.tasks import get_task, train
     >>> result = train(get_task("digits-mlp", hidden=16), adam_jax.adam(1e-2), steps=20)
-    >>> result.curve.shape, result.val_loss < result.curve[0]
+    >>> result.curve.shape, bool(result.val_loss < result.curve[0])
     ((20,), True)
   """
   if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
