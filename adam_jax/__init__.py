@@ -12,8 +12,22 @@ from adam_jax.aliases import (
     nadamw,
     radam,
 )
+from adam_jax.modern import adam_mini, adopt, cautious_adamw, lazy_adam, schedule_free_adamw
 from adam_jax.transforms.adam import ScaleByAdamState, ScaleByAmsgradState, scale_by_adam
+from adam_jax.transforms.adam_mini import (
+    adam_mini_block_shapes,
+    adam_mini_partition,
+    scale_by_adam_mini,
+)
+from adam_jax.transforms.adopt import scale_by_adopt
+from adam_jax.transforms.cautious import cautious
+from adam_jax.transforms.lazy import embedding_mask, scale_by_lazy_adam
 from adam_jax.transforms.learning_rate import scale_by_learning_rate
+from adam_jax.transforms.schedule_free import (
+    ScheduleFreeAdamWState,
+    scale_by_schedule_free_adam,
+    schedule_free_eval_params,
+)
 from adam_jax.transforms.variants import scale_by_adamax, scale_by_belief, scale_by_radam
 from adam_jax.transforms.weight_decay import AddWeightDecayState, add_weight_decay
 
@@ -23,20 +37,35 @@ __all__ = [
     "AddWeightDecayState",
     "ScaleByAdamState",
     "ScaleByAmsgradState",
+    "ScheduleFreeAdamWState",
     "adabelief",
     "adam",
+    "adam_mini",
+    "adam_mini_block_shapes",
+    "adam_mini_partition",
     "adamax",
     "adamaxw",
     "adamw",
     "add_weight_decay",
+    "adopt",
     "amsgrad",
+    "cautious",
+    "cautious_adamw",
+    "embedding_mask",
+    "lazy_adam",
     "nadam",
     "nadamw",
     "radam",
     "scale_by_adam",
+    "scale_by_adam_mini",
     "scale_by_adamax",
+    "scale_by_adopt",
     "scale_by_belief",
+    "scale_by_lazy_adam",
     "scale_by_learning_rate",
     "scale_by_radam",
+    "scale_by_schedule_free_adam",
+    "schedule_free_adamw",
+    "schedule_free_eval_params",
     "schedules",
 ]

@@ -64,7 +64,11 @@ def adam_mini_partition(path: tuple, shape: tuple) -> tuple[int, ...]:
     >>> adam_jax.adam_mini_partition((K("attn"), K("query"), K("kernel")), (32, 4, 8))
     (0, 2)
   """
-  names = [_key_name(k) for k in path]
+  # nnx.State paths end in the Variable's ``.value`` attribute: not a name.
+  names = [
+      _key_name(k) for k in path
+      if not (isinstance(k, jax.tree_util.GetAttrKey) and k.name == "value")
+  ]
   ndim = len(shape)
   if ndim <= 1 or (names and names[-1] == "bias"):
     return tuple(range(ndim))

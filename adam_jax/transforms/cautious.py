@@ -70,7 +70,7 @@ def cautious(
     >>> tx = adam_jax.cautious(optax.sgd(1.0, momentum=0.9))
     >>> state = tx.init(jnp.zeros(2))
     >>> _, state = tx.update(jnp.array([1.0, 1.0]), state)
-    >>> u, state = tx.update(jnp.array([1.0, -1.0]), state)  # momentum: [-1.9, -0.1]
+    >>> u, state = tx.update(jnp.array([1.0, -0.5]), state)  # sgd's step: [-1.9, -0.4]
     >>> u  # the second component would go uphill; the first is scaled by 2 / (1 + 1)
     Array([-1.9,  0. ], dtype=float32)
 

@@ -105,10 +105,13 @@ def scale_by_schedule_free_adam(
     >>> tx = adam_jax.scale_by_schedule_free_adam(0.1)
     >>> params = {"w": jnp.array([1.0, -1.0])}
     >>> state = tx.init(params)
-    >>> updates, state = tx.update({"w": jnp.array([1.0, -1.0])}, state, params)
-    >>> params = optax.apply_updates(params, updates)
-    >>> adam_jax.schedule_free_eval_params(state, params)["w"]
-    Array([ 0.9995, -0.9995], dtype=float32)
+    >>> for _ in range(3):  # minimise |w|^2 / 2: the gradient is w
+    ...   updates, state = tx.update(params, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> params["w"].round(4)  # y_4, where the gradient is taken
+    Array([ 0.7694, -0.7694], dtype=float32)
+    >>> adam_jax.schedule_free_eval_params(state, params)["w"].round(3)  # x_4, to evaluate
+    Array([ 0.776, -0.776], dtype=float32)
 
   References:
     Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, `The Road Less

@@ -1,0 +1,366 @@
+"""Schedule-free AdamW, ADOPT, Adam-mini, cautious updates and lazy Adam.
+
+Trajectories against the float64 references of ``tests/references/numpy_modern.py``,
+ADOPT on Reddi et al.'s counterexample, Adam-mini's partition on Flax modules, lazy
+Adam's untouched rows, jit without recompilation, vmap over hyperparameters,
+validation.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adam_jax
+from tests import helpers
+from tests.references import numpy_adam
+from tests.references import numpy_modern as ref
+
+STEPS = 60
+
+
+def _run(tx, params, steps, grads_fn=helpers.grad_leaves):
+  """Runs ``tx`` (jitted step) on host-computed gradients; returns (trajectory, state, params)."""
+  p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+  treedef = jax.tree.structure(p)
+  state = tx.init(p)
+
+  @jax.jit
+  def step(g, state, p):
+    u, state = tx.update(g, state, p)
+    return optax.apply_updates(p, u), state
+
+  traj = []
+  for t in range(1, steps + 1):
+    leaves = [np.asarray(a, np.float64) for a in jax.tree.leaves(p)]
+    g = treedef.unflatten([jnp.asarray(a, jnp.float32) for a in grads_fn(leaves, t)])
+    p, state = step(g, state, p)
+    traj.append([np.asarray(a) for a in jax.tree.leaves(p)])
+  return traj, state, p
+
+
+def _sparse_rows_grads(leaves, t):
+  """helpers' gradients, with rows (r + t) % 3 == 0 of every 2-D leaf set to zero."""
+  out = helpers.grad_leaves(leaves, t)
+  for g in out:
+    if g.ndim == 2:
+      g[(np.arange(g.shape[0]) + t) % 3 == 0] = 0.0
+  return out
+
+
+def _column_ids(shape):
+  """Block ids for 'one block per output neuron' (last axis), built by hand."""
+  if len(shape) < 2:
+    return np.zeros(shape, int)
+  return np.broadcast_to(np.arange(shape[-1]), shape)
+
+
+# ---------------------------------------------------------------- trajectories
+
+CASES = {
+    "adopt": (
+        lambda: adam_jax.adopt(3e-2, b2=0.99),
+        lambda p: ref.adopt(p, helpers.grad_leaves, STEPS, lr=3e-2, b2=0.99),
+    ),
+    "adopt-unclipped": (
+        lambda: adam_jax.adopt(3e-2, b1=0.8, b2=0.5, clipping=False),
+        lambda p: ref.adopt(p, helpers.grad_leaves, STEPS, lr=3e-2, b1=0.8, b2=0.5,
+                            clipping=False),
+    ),
+    "adopt-decoupled": (
+        lambda: adam_jax.adopt(3e-2, weight_decay=0.1, decoupled_weight_decay=True),
+        lambda p: ref.adopt(p, helpers.grad_leaves, STEPS, lr=3e-2, weight_decay=0.1,
+                            decoupled=True),
+    ),
+    "adam_mini": (
+        lambda: adam_jax.adam_mini(3e-2, weight_decay=0.1),
+        lambda p: ref.adam_mini(p, helpers.grad_leaves, STEPS,
+                                [_column_ids(a.shape) for a in p], lr=3e-2, weight_decay=0.1),
+    ),
+    "cautious_adamw": (
+        lambda: adam_jax.cautious_adamw(3e-2, weight_decay=0.1),
+        lambda p: ref.cautious_adamw(p, helpers.grad_leaves, STEPS, lr=3e-2, weight_decay=0.1),
+    ),
+    "cautious-around-adam": (
+        lambda: adam_jax.cautious(adam_jax.adam(3e-2, b2=0.99)),
+        lambda p: ref.cautious_adamw(p, helpers.grad_leaves, STEPS, lr=3e-2, b2=0.99),
+    ),
+    "lazy_adam": (
+        lambda: adam_jax.lazy_adam(3e-2, mask_fn=lambda g: jax.tree.map(lambda a: a.ndim == 2, g)),
+        lambda p: ref.lazy_adam(p, _sparse_rows_grads, STEPS, [a.ndim == 2 for a in p], lr=3e-2),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_trajectory_matches_float64_reference(name):
+  make_tx, make_ref = CASES[name]
+  params = helpers.make_params(seed=1)
+  grads_fn = _sparse_rows_grads if name == "lazy_adam" else helpers.grad_leaves
+  got, _, _ = _run(make_tx(), params, STEPS, grads_fn)
+  want = make_ref(helpers.leaves64(params))
+  helpers.assert_traj_close(got, want)
+
+
+def test_schedule_free_matches_reference_for_y_and_x():
+  params = helpers.make_params(seed=2)
+  mask = {"w": True, "b": False, "deep": [False, True]}
+  tx = adam_jax.schedule_free_adamw(5e-2, b1=0.9, b2=0.99, weight_decay=0.1,
+                                    warmup_steps=10, mask=mask)
+  got_y, state, p = _run(tx, params, STEPS)
+  decay = [False, False, True, True]  # leaves: b, deep[0], deep[1], w
+  want_y, want_x = ref.schedule_free_adamw(helpers.leaves64(params), helpers.grad_leaves, STEPS,
+                                           lr=5e-2, b1=0.9, b2=0.99, weight_decay=0.1,
+                                           warmup_steps=10, decay=decay)
+  helpers.assert_traj_close(got_y, want_y)
+  x = adam_jax.schedule_free_eval_params(state, p)
+  helpers.assert_traj_close([[np.asarray(a) for a in jax.tree.leaves(x)]], want_x[-1:])
+  # The evaluation point is not the gradient point: the helper matters.
+  assert max(np.abs(a - b).max() for a, b in zip(want_x[-1], want_y[-1])) > 1e-3
+
+
+def test_references_are_sharp_enough_to_see_the_change():
+  params = helpers.leaves64(helpers.make_params(seed=1))
+  adam = numpy_adam.adam(params, helpers.grad_leaves, STEPS, lr=3e-2, weight_decay=0.1,
+                         decoupled=True)
+  caut = ref.cautious_adamw(params, helpers.grad_leaves, STEPS, lr=3e-2, weight_decay=0.1)
+  with pytest.raises(AssertionError):
+    helpers.assert_traj_close(adam, caut)
+  clipped = ref.adopt(params, helpers.grad_leaves, STEPS, lr=3e-2, b2=0.99)
+  unclipped = ref.adopt(params, helpers.grad_leaves, STEPS, lr=3e-2, b2=0.99, clipping=False)
+  with pytest.raises(AssertionError):
+    helpers.assert_traj_close(clipped, unclipped)
+  per_leaf = ref.adam_mini(params, helpers.grad_leaves, STEPS,
+                           [np.zeros(a.shape, int) for a in params], lr=3e-2)
+  per_column = ref.adam_mini(params, helpers.grad_leaves, STEPS,
+                             [_column_ids(a.shape) for a in params], lr=3e-2)
+  with pytest.raises(AssertionError):
+    helpers.assert_traj_close(per_leaf, per_column)
+
+
+# ------------------------------------------------------------- ADOPT vs Adam
+
+C = 3.0
+
+
+def _online_counterexample(tx, steps=3000):
+  """Reddi et al. (2018): f_t(x) = C x if t % 3 == 1 else -x on [-1, 1]; optimum x = -1."""
+  x0 = jnp.zeros([], jnp.float32)
+
+  def body(carry, t):
+    x, s = carry
+    g = jnp.where(t % 3 == 1, C, -1.0).astype(jnp.float32)
+    u, s = tx.update(g, s, x)
+    x = jnp.clip(x + u, -1.0, 1.0)  # projected step
+    return (x, s), x
+
+  run = jax.jit(lambda c: jax.lax.scan(body, c, jnp.arange(1, steps + 1)))
+  _, xs = run((x0, tx.init(x0)))
+  return float(xs[-3:].mean())
+
+
+@pytest.mark.parametrize("b2", [1 / (1 + C**2), 0.5])
+def test_adopt_converges_where_adam_fails(b2):
+  lr = lambda count: 0.1 / jnp.sqrt(count.astype(jnp.float32) + 1.0)
+  x_adam = _online_counterexample(adam_jax.adam(lr, b1=0.0, b2=b2))
+  x_adopt = _online_counterexample(adam_jax.adopt(lr, b1=0.0, b2=b2))
+  assert x_adam > -0.5  # Adam is stuck away from the optimum (at +1 for b2 = 1/(1+C^2))
+  assert x_adopt < -0.99
+
+
+# ------------------------------------------------------------------ Adam-mini
+
+
+def test_adam_mini_partition_on_flax_modules_and_memory():
+  from flax import nnx
+
+  class Model(nnx.Module):
+    def __init__(self, rngs):
+      self.embed = nnx.Embed(50, 16, rngs=rngs)
+      self.attn = nnx.MultiHeadAttention(num_heads=4, in_features=16, qkv_features=16,
+                                         decode=False, rngs=rngs)
+      self.norm = nnx.LayerNorm(16, rngs=rngs)
+      self.head = nnx.Linear(16, 10, rngs=rngs)
+
+  params = nnx.state(Model(nnx.Rngs(0)), nnx.Param)  # what nnx.Optimizer hands to init
+  shapes = adam_jax.adam_mini_block_shapes(nnx.to_pure_dict(params))
+  assert shapes["embed"]["embedding"] == (50, 1)  # per token
+  assert shapes["attn"]["query"]["kernel"] == (1, 4, 1)  # per head
+  assert shapes["attn"]["key"]["kernel"] == (1, 4, 1)
+  assert shapes["attn"]["value"]["kernel"] == (1, 4, 4)  # per output neuron
+  assert shapes["attn"]["out"]["kernel"] == (1, 1, 16)
+  assert shapes["attn"]["query"]["bias"] == (1, 1)  # biases: one value per leaf
+  assert shapes["head"]["kernel"] == (1, 10)
+  assert shapes["head"]["bias"] == (1,)
+  assert shapes["norm"]["scale"] == (1,)
+
+  state = adam_jax.adam_mini(1e-3).init(params)
+  blocks = jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))
+  assert [nu.shape for nu in jax.tree.leaves(state[0].nu)] == blocks
+
+  def nbytes(tree):
+    return sum(a.nbytes for a in jax.tree.leaves(tree))
+
+  ratio = nbytes(state) / nbytes(adam_jax.adamw(1e-3).init(params))
+  assert 0.5 <= ratio < 0.55
+
+
+def test_adam_mini_rejects_a_bad_partition():
+  tx = adam_jax.scale_by_adam_mini(partition=lambda path, shape: (5,))
+  with pytest.raises(ValueError, match="partition"):
+    tx.init({"w": jnp.zeros((2, 3))})
+
+
+def test_adam_mini_with_per_element_partition_is_adam():
+  params = helpers.make_params(seed=4)
+  got, _, _ = _run(adam_jax.adam_mini(3e-2, weight_decay=0.0, partition=lambda path, s: ()),
+                   params, 20)
+  want, _, _ = _run(adam_jax.adam(3e-2), params, 20)
+  helpers.assert_traj_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------- lazy Adam
+
+
+def test_lazy_adam_leaves_untouched_rows_bitwise_and_dense_adam_does_not():
+  rng = np.random.default_rng(0)
+  params = {"embed": {"embedding": jnp.asarray(rng.standard_normal((6, 3)), jnp.float32)},
+            "w": jnp.asarray(rng.standard_normal((3, 2)), jnp.float32)}
+  tx = adam_jax.lazy_adam(0.1)  # default mask: paths mentioning "embed"
+  dense = adam_jax.adam(0.1)
+  g1 = {"embed": {"embedding": jnp.ones((6, 3))}, "w": jnp.ones((3, 2))}
+  rows = jnp.asarray([1.0, 0, 0, 1, 0, 0])[:, None] * jnp.ones((1, 3))
+  g2 = {"embed": {"embedding": rows}, "w": jnp.ones((3, 2))}
+  s, sd = tx.init(params), dense.init(params)
+  p, pd = params, params
+  for g in (g1, g2):
+    u, s = jax.jit(tx.update)(g, s, p)
+    p = optax.apply_updates(p, u)
+    ud, sd = jax.jit(dense.update)(g, sd, pd)
+    pd = optax.apply_updates(pd, ud)
+  after_first = optax.apply_updates(params, tx.update(g1, tx.init(params), params)[0])
+  e, e1, ed = (t["embed"]["embedding"] for t in (p, after_first, pd))
+  idle = np.asarray([2, 4, 5])
+  np.testing.assert_array_equal(e[idle], e1[idle])  # rows without gradient: unchanged
+  assert np.all(np.abs(np.asarray(ed[idle] - e1[idle])) > 1e-3)  # dense Adam keeps moving them
+  assert np.all(np.asarray(e[np.asarray([0, 3])] != e1[np.asarray([0, 3])]))
+  mu = s[0].mu["embed"]["embedding"]
+  np.testing.assert_allclose(mu[idle], 0.1 * np.ones((3, 3)), rtol=1e-6)  # m kept from step 1
+  np.testing.assert_allclose(p["w"], pd["w"])  # other leaves: plain Adam
+
+
+# ------------------------------------------------- jit, vmap, dtypes, validation
+
+ALIASES = {
+    "schedule_free_adamw": lambda lr: adam_jax.schedule_free_adamw(lr, warmup_steps=3,
+                                                                   weight_decay=1e-2),
+    "adopt": lambda lr: adam_jax.adopt(lr),
+    "adam_mini": lambda lr: adam_jax.adam_mini(lr),
+    "cautious_adamw": lambda lr: adam_jax.cautious_adamw(lr),
+    "lazy_adam": lambda lr: adam_jax.lazy_adam(lr, mask_fn=lambda g: {"b": False, "deep": False,
+                                                                        "w": True}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALIASES))
+def test_jit_does_not_recompile_and_state_is_a_namedtuple_pytree(name):
+  params = jax.tree.map(jnp.asarray, helpers.make_params(seed=0))
+  tx = ALIASES[name](1e-2)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  for k in range(3):
+    grads = jax.tree.map(lambda a, k=k: jnp.sin(a + k), params)
+    params, new_state = step(params, state, grads)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    state = new_state
+  assert step._cache_size() == 1
+  inner = [s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "_fields"))
+           if hasattr(s, "_fields") and s._fields]
+  assert inner and all(isinstance(s, tuple) for s in inner)
+  assert int(jax.tree.leaves(inner[0])[0]) == 3  # count field leads every state
+
+
+@pytest.mark.parametrize("name", sorted(ALIASES))
+def test_vmap_over_learning_rate_matches_separate_runs(name):
+  params = {"w": jnp.asarray(np.linspace(-1, 1, 6).reshape(3, 2), jnp.float32),
+            "b": jnp.ones(2), "deep": jnp.zeros(())}
+
+  def train(lr):
+    tx = ALIASES[name](lr)
+    p, s = params, tx.init(params)
+    for _ in range(4):
+      g = jax.grad(lambda q: sum(jnp.sum(jnp.sin(a) * a) for a in jax.tree.leaves(q)))(p)
+      u, s = tx.update(g, s, p)
+      p = optax.apply_updates(p, u)
+    return p
+
+  lrs = jnp.asarray([1e-2, 5e-2], jnp.float32)
+  batched = jax.jit(jax.vmap(train))(lrs)
+  single_run = jax.jit(train)
+  for i, lr in enumerate(lrs):
+    single = single_run(lr)
+    for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
+      np.testing.assert_allclose(a[i], b, rtol=2e-5, atol=1e-6)
+  assert not np.allclose(batched["w"][0], batched["w"][1])
+
+
+@pytest.mark.parametrize("name", sorted(ALIASES))
+def test_bfloat16_params_give_finite_updates_in_their_dtype(name):
+  params = {"w": jnp.zeros((4, 3), jnp.bfloat16), "b": jnp.ones(3, jnp.bfloat16),
+            "deep": jnp.zeros((), jnp.bfloat16)}
+  tx = ALIASES[name](1e-2)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for grads in (jax.tree.map(jnp.zeros_like, params), jax.tree.map(jnp.ones_like, params)):
+    u, state = update(grads, state, params)
+    for leaf in jax.tree.leaves(u):
+      assert leaf.dtype == jnp.bfloat16
+      assert bool(jnp.all(jnp.isfinite(leaf)))
+  assert any(bool(jnp.any(leaf != 0)) for leaf in jax.tree.leaves(u))
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda: adam_jax.schedule_free_adamw(1e-3, b1=0.0), "b1"),
+        (lambda: adam_jax.schedule_free_adamw(1e-3, b2=1.0), "b2"),
+        (lambda: adam_jax.schedule_free_adamw(-1.0), "learning_rate"),
+        (lambda: adam_jax.schedule_free_adamw(1e-3, warmup_steps=-5), "warmup_steps"),
+        (lambda: adam_jax.adopt(1e-3, b2=1.5), "b2"),
+        (lambda: adam_jax.adopt(1e-3, eps=0.0), "eps"),
+        (lambda: adam_jax.adam_mini(1e-3, b1=-0.1), "b1"),
+        (lambda: adam_jax.adam_mini(1e-3, partition="heads"), "partition"),
+        (lambda: adam_jax.cautious_adamw(1e-3, eps=-1.0), "eps"),
+        (lambda: adam_jax.cautious("adam"), "GradientTransformation"),
+        (lambda: adam_jax.lazy_adam(1e-3, b1=1.0), "b1"),
+        (lambda: adam_jax.lazy_adam(-1e-3), "learning_rate"),
+    ],
+)
+def test_bad_hyperparameters_raise_at_construction(make, name):
+  with pytest.raises(ValueError, match=name):
+    make()
+
+
+def test_schedule_free_needs_params_and_eval_params_needs_its_state():
+  tx = adam_jax.schedule_free_adamw(1e-3)
+  state = tx.init({"w": jnp.zeros(2)})
+  with pytest.raises(ValueError, match="params"):
+    tx.update({"w": jnp.ones(2)}, state)
+  with pytest.raises(ValueError, match="schedule-free"):
+    adam_jax.schedule_free_eval_params(adam_jax.adamw(1e-3).init({"w": jnp.zeros(2)}),
+                                       {"w": jnp.zeros(2)})
+
+
+def test_lazy_mask_must_be_bools():
+  tx = adam_jax.lazy_adam(1e-3, mask_fn=lambda g: jax.tree.map(lambda a: a.ndim, g))
+  params = {"w": jnp.zeros((2, 2))}
+  with pytest.raises(ValueError, match="mask_fn"):
+    tx.update(params, tx.init(params), params)
