@@ -21,8 +21,8 @@ BAD = {3: np.nan, 4: np.inf, 7: -np.inf}  # step -> value put into one gradient 
 OPTIMIZERS = {
     "adam": lambda: adam_jax.adam(3e-2),
     "adamw-schedules-amsgrad": lambda: adam_jax.adamw(
-        schedules.warmup_cosine(3e-2, 3, 12), weight_decay=schedules.step_decay(0.1, 2),
-        amsgrad=True),
+        schedules.warmup_cosine(3e-2, 3, 12, init_value=1e-3),
+        weight_decay=schedules.step_decay(0.1, 2), amsgrad=True),
     "nadamw": lambda: adam_jax.nadamw(3e-2, weight_decay=0.1),
     "radam": lambda: adam_jax.radam(3e-2, b2=0.9),
     "adamax": lambda: adam_jax.adamax(3e-2),
