@@ -297,6 +297,282 @@ def _plot_demo(path: str, curve: list[float], history: list[dict[str, Any]], nam
   fig.savefig(path, dpi=110)
 
 
+# ---------------------------------------------------------------------------- lr-find
+
+
+def _lr_find_parser(sub: Any) -> None:
+  p = sub.add_parser(
+      "lr-find",
+      help="the learning-rate range test: suggests a learning rate for Adam",
+      description="Trains the task while the learning rate grows exponentially from --start-lr "
+                  "to --end-lr, stops when the smoothed loss exceeds 4x its best, and suggests "
+                  "the learning rate where the loss falls fastest. Writes lr_find.json and "
+                  "lr_find.png.",
+      epilog="examples:\n"
+             "  adam-jax lr-find\n"
+             "  adam-jax lr-find --start-lr 1e-7 --end-lr 10 --num-steps 100\n"
+             "  adam-jax lr-find --task digits-autoencoder --out runs/lr-ae",
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  _add_common(p, "runs/lr-find")
+  p.add_argument("--start-lr", default=1e-6, type=_POS_FLOAT, help="first learning rate (1e-6)")
+  p.add_argument("--end-lr", default=1.0, type=_POS_FLOAT, help="last learning rate (1)")
+  p.add_argument("--num-steps", default=200, type=_positive_int,
+                 help="most steps of the test (200; at least 10)")
+  p.add_argument("--optimizer", default="adam", type=_choice_of(("adam", "adamw")),
+                 help="adam or adamw (default: adam)")
+  p.add_argument("--layers", default=1, type=_positive_int, help="hidden layers (1)")
+  p.add_argument("--hidden", default=128, type=_positive_int, help="units per hidden layer (128)")
+  p.add_argument("--batch-size", default=32, type=_positive_int, help="mini-batch size (32)")
+  p.set_defaults(run=_lr_find)
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+  if args.end_lr <= args.start_lr:
+    raise _UsageError(f"--end-lr ({args.end_lr:g}) must be greater than --start-lr "
+                      f"({args.start_lr:g})", "adam-jax lr-find")
+  if args.num_steps < 10:
+    raise _UsageError(f"--num-steps must be at least 10, got {args.num_steps}",
+                      "adam-jax lr-find")
+  out = _make_out(args.out)
+  task = _build_task(args, layers=args.layers, hidden=args.hidden, batch_size=args.batch_size)
+
+  import adam_jax
+  from adam_jax.tuning import lr_find
+
+  factory = adam_jax.adam if args.optimizer == "adam" else adam_jax.adamw
+  print(f"adam-jax lr-find: {task.name}, {args.optimizer}, learning rate from "
+        f"{args.start_lr:g} to {args.end_lr:g} over at most {args.num_steps} steps")
+  start = time.perf_counter()
+  try:
+    result = lr_find(task, optimizer=factory, start_lr=args.start_lr, end_lr=args.end_lr,
+                     num_steps=args.num_steps, seed=args.seed)
+  except ValueError as err:
+    raise _UsageError(str(err), "adam-jax lr-find") from None
+  elapsed = time.perf_counter() - start
+  payload = {
+      "task": task.name, "optimizer": args.optimizer, "seed": args.seed, "data": args.data,
+      "suggestion": result.suggestion, "steepest": result.steepest, "valley": result.valley,
+      "diverged": result.diverged, "steps_run": len(result.lrs),
+      "lrs": result.lrs.tolist(), "losses": result.losses.tolist(),
+      "raw_losses": result.raw_losses.tolist(),
+  }
+  _write_json(os.path.join(out, "lr_find.json"), payload)
+  _plot_lr_find(os.path.join(out, "lr_find.png"), result, task.name)
+  stop = (f"stopped at lr {result.lrs[-1]:.3g} (loss diverged)" if result.diverged
+          else "no divergence")
+  print(f"{len(result.lrs)} steps in {elapsed:.1f} s, {stop}")
+  print(f"suggested learning rate: {result.suggestion:.3g} (steepest descent); "
+        f"valley rule: {result.valley:.3g}")
+  print(f"wrote {os.path.join(out, 'lr_find.json')} and {os.path.join(out, 'lr_find.png')}")
+  return 0
+
+
+def _plot_lr_find(path: str, result: Any, name: str) -> None:
+  fig = _figure()
+  ax = fig.add_subplot()
+  ax.plot(result.lrs, result.raw_losses, color="C0", alpha=0.3, lw=0.7, label="mini-batch loss")
+  ax.plot(result.lrs, result.losses, color="C0", lw=1.5, label="smoothed loss")
+  ax.axvline(result.steepest, color="C1", ls="--", label=f"steepest {result.steepest:.2g}")
+  ax.axvline(result.valley, color="C2", ls=":", label=f"valley {result.valley:.2g}")
+  ax.set_xscale("log")
+  finite = result.losses[result.losses == result.losses]
+  if len(finite):
+    ax.set_ylim(top=min(float(finite.max()), 3 * float(finite[0])) * 1.05)
+  ax.set_xlabel("learning rate")
+  ax.set_ylabel("loss")
+  ax.set_title(f"LR range test: {name}")
+  ax.legend()
+  fig.savefig(path, dpi=110)
+
+
+# ---------------------------------------------------------------------------- sweep
+
+
+_SWEEP_FLAGS = (
+    ("lr", "--lr", _list_of(_POS_FLOAT), "1e-4,3e-4,1e-3,3e-3,1e-2",
+     "peak learning rates"),
+    ("b1", "--b1", _list_of(_BETA), "0.9", "first-moment decay rates, in [0, 1)"),
+    ("b2", "--b2", _list_of(_BETA), "0.999", "second-moment decay rates, in [0, 1)"),
+    ("eps", "--eps", _list_of(_NONNEG_FLOAT), "1e-8", "eps values (>= 0)"),
+    ("weight_decay", "--weight-decay", _list_of(_NONNEG_FLOAT), "0",
+     "weight decay (>= 0): coupled L2 for adam, decoupled for adamw"),
+    ("schedule", "--schedule",
+     _list_of(_choice_of(("constant", "cosine", "step", "exponential"))), "constant",
+     "constant, cosine (to 0), step (x0.1 each third), exponential (to 1%%)"),
+    ("layers", "--layers", _list_of(_positive_int), "1", "hidden layers"),
+    ("hidden", "--hidden", _list_of(_positive_int), "128", "units per hidden layer"),
+    ("batch_size", "--batch-size", _list_of(_positive_int), "32", "mini-batch sizes"),
+)
+
+
+def _sweep_parser(sub: Any) -> None:
+  p = sub.add_parser(
+      "sweep",
+      help="grid search over Adam's hyperparameters, vectorized with jax.vmap",
+      description="Trains every combination of the given values. Values of lr, b1, b2, eps, "
+                  "weight decay and schedule are trained together in one compiled, vmapped "
+                  "program (spread over the devices present); layers, hidden units and batch "
+                  "sizes each need their own program. Each flag takes comma-separated values. "
+                  "Writes results.csv (a row as each configuration finishes), best.json, "
+                  "heatmap.png and curves.png.",
+      epilog="examples:\n"
+             "  adam-jax sweep --lr 1e-4,3e-4,1e-3,3e-3 --b1 0.9,0.95 --steps 500\n"
+             "  adam-jax sweep --lr 1e-3,1e-2 --schedule constant,cosine --hidden 64,128\n"
+             "  adam-jax sweep --lr 1e-3,3e-3 --weight-decay 0,1e-2 --optimizer adamw\n"
+             "  adam-jax sweep --lr 1e-3,1e-2 --out runs/s1 --resume   # after an interrupt",
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  _add_common(p, "runs/sweep")
+  for dest, flag, parse, default, text in _SWEEP_FLAGS:
+    p.add_argument(flag, dest=dest, default=default, type=parse,
+                   help=f"{text} (default: {default.replace('%', '%%')})")
+  p.add_argument("--steps", default=1000, type=_positive_int,
+                 help="optimizer steps per configuration (1000)")
+  p.add_argument("--optimizer", default="adam", type=_choice_of(("adam", "adamw")),
+                 help="adam (coupled L2 weight decay) or adamw (decoupled); default adam")
+  p.add_argument("--sequential", action="store_true",
+                 help="train one configuration at a time (for comparison and debugging)")
+  p.add_argument("--resume", action="store_true",
+                 help="keep the rows of results.csv in --out and train only the others")
+  p.set_defaults(run=_sweep)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+  prog = "adam-jax sweep"
+  grid = {dest: getattr(args, dest) for dest, *_ in _SWEEP_FLAGS}
+  for dest in grid:
+    if isinstance(grid[dest], str):  # an argparse default, not yet parsed
+      grid[dest] = [v if dest == "schedule" else float(v) for v in grid[dest].split(",")]
+  for dest in ("layers", "hidden", "batch_size"):
+    grid[dest] = [int(v) for v in grid[dest]]
+  out = _make_out(args.out)
+  from adam_jax.tasks import get_task
+
+  try:  # the largest batch must fit the training split
+    get_task(args.task, layers=1, hidden=1, batch_size=max(grid["batch_size"]),
+             seed=args.seed, data=args.data)
+  except ValueError as err:
+    raise _UsageError(str(err), prog) from None
+
+  from adam_jax.tuning import grid_search
+
+  total = 1
+  for values in grid.values():
+    total *= len(values)
+  mode = "one at a time" if args.sequential else "vectorized"
+  print(f"adam-jax sweep: {total} configurations of {args.task} ({args.optimizer}, "
+        f"{args.steps} steps each, {mode}) -> {out}")
+  rows: list[Any] = []
+  csv_path = os.path.join(out, "results.csv")
+  start = time.perf_counter()
+  with _progress(total, "configurations", "config") as bar:
+    def on_group(shape: dict[str, int], n: int) -> None:
+      bar.set_description(f"layers={shape['layers']} hidden={shape['hidden']} "
+                          f"batch={shape['batch_size']}: {n} to train")
+
+    def on_row(row: Any) -> None:
+      rows.append(row)
+      bar.update(1)
+
+    try:
+      result = grid_search(args.task, **grid, steps=args.steps, optimizer=args.optimizer,
+                           seed=args.seed, data=args.data, out_dir=out, resume=args.resume,
+                           sequential=args.sequential, on_row=on_row, on_group=on_group)
+    except ValueError as err:
+      raise _UsageError(str(err), prog) from None
+    except KeyboardInterrupt:
+      bar.close()
+      print(f"adam-jax sweep: interrupted; {csv_path} keeps every configuration that finished; "
+            f"run the same command with --resume to train the rest", file=sys.stderr)
+      return 130
+    bar.update(total - bar.n)
+  elapsed = time.perf_counter() - start
+  best = result.best
+  payload = {**best.config, "train_loss": best.train_loss, "val_loss": best.val_loss,
+             "val_accuracy": best.val_accuracy, "task": args.task, "optimizer": args.optimizer,
+             "steps": args.steps, "seed": args.seed, "data": args.data,
+             "configurations": total, "trained_now": len(rows), "wall_s": elapsed}
+  _write_json(os.path.join(out, "best.json"), payload)
+  _plot_heatmap(os.path.join(out, "heatmap.png"), result.rows, grid)
+  _plot_curves(os.path.join(out, "curves.png"), result.rows, best)
+  acc = "" if best.val_accuracy is None else f", val accuracy {100 * best.val_accuracy:.1f}%"
+  shown = ", ".join(f"{k}={v:g}" if not isinstance(v, str) else f"{k}={v}"
+                    for k, v in best.config.items() if len(grid[k]) > 1) or "the only one"
+  print(f"trained {len(rows)} configurations in {elapsed:.1f} s ({total - len(rows)} resumed)")
+  print(f"best: {shown}: val loss {best.val_loss:.4f}{acc}")
+  print(f"wrote {csv_path}, best.json, heatmap.png and curves.png in {out}")
+  return 0
+
+
+def _label(name: str, value: Any) -> str:
+  return value if isinstance(value, str) else f"{value:g}"
+
+
+def _plot_heatmap(path: str, rows: list[Any], grid: dict[str, list[Any]]) -> None:
+  """Validation loss over the two axes with the most values (best over the other axes)."""
+  import numpy as np
+
+  swept = sorted((a for a in grid if len(grid[a]) > 1), key=lambda a: -len(grid[a]))
+  fig = _figure()
+  ax = fig.add_subplot()
+  if len(swept) >= 2:
+    ya, xa = swept[0], swept[1]
+    table = np.full((len(grid[ya]), len(grid[xa])), np.inf)
+    for r in rows:
+      i, j = grid[ya].index(r.config[ya]), grid[xa].index(r.config[xa])
+      loss = r.val_loss if r.val_loss == r.val_loss else np.inf
+      table[i, j] = min(table[i, j], loss)
+    shown = np.where(np.isfinite(table), table, np.nan)
+    im = ax.imshow(np.log10(shown), aspect="auto", cmap="viridis_r", origin="lower")
+    fig.colorbar(im, ax=ax, label="log10 validation loss")
+    ax.set_xticks(range(len(grid[xa])), [_label(xa, v) for v in grid[xa]])
+    ax.set_yticks(range(len(grid[ya])), [_label(ya, v) for v in grid[ya]])
+    for i in range(table.shape[0]):
+      for j in range(table.shape[1]):
+        ax.text(j, i, f"{shown[i, j]:.3g}", ha="center", va="center", fontsize=7, color="w")
+    ax.set_xlabel(xa)
+    ax.set_ylabel(ya)
+    title = "validation loss"
+    if len(swept) > 2:
+      title += " (best over " + ", ".join(swept[2:]) + ")"
+    ax.set_title(title)
+  else:
+    xa = swept[0] if swept else "lr"
+    xs = grid[xa]
+    ys = [min(r.val_loss for r in rows if r.config[xa] == v) for v in xs]
+    if isinstance(xs[0], str):
+      ax.bar(range(len(xs)), ys, tick_label=xs)
+    else:
+      ax.plot(xs, ys, "o-")
+      if min(xs) > 0 and max(xs) / min(xs) > 20:
+        ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xa)
+    ax.set_ylabel("validation loss")
+    ax.set_title("validation loss")
+  fig.savefig(path, dpi=110)
+
+
+def _plot_curves(path: str, rows: list[Any], best: Any) -> None:
+  fig = _figure()
+  ax = fig.add_subplot()
+  for r in rows:
+    if r.curve is None or r is best:
+      continue
+    ax.plot(_smooth(r.curve, 0.95), lw=0.8, alpha=0.5, color="0.5")
+  if best.curve is not None:
+    ax.plot(_smooth(best.curve, 0.95), lw=1.8, color="C3", label="best: " + ", ".join(
+        f"{k}={_label(k, v)}" for k, v in best.config.items()
+        if k in ("lr", "b1", "b2", "schedule", "hidden", "layers", "batch_size")))
+    ax.legend(fontsize=7)
+  ax.set_yscale("log")
+  ax.set_xlabel("step")
+  ax.set_ylabel("training loss (smoothed)")
+  ax.set_title("training curves of every configuration")
+  fig.savefig(path, dpi=110)
+
+
 # ---------------------------------------------------------------------------- entry point
 
 
@@ -307,12 +583,16 @@ def _build_parser() -> argparse.ArgumentParser:
                   "hyperparameter sweeps and a step-time benchmark.",
       epilog="examples:\n"
              "  adam-jax demo\n"
-             "  adam-jax demo --help",
+             "  adam-jax lr-find\n"
+             "  adam-jax sweep --lr 1e-4,3e-4,1e-3,3e-3 --b1 0.9,0.95 --steps 500\n"
+             "  adam-jax sweep --help",
       formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
   sub.required = True
   _demo_parser(sub)
+  _lr_find_parser(sub)
+  _sweep_parser(sub)
   return parser
 
 

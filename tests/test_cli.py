@@ -1,5 +1,6 @@
 """The adam-jax command line, run in-process (plus one run of the real entry point)."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -35,11 +36,19 @@ def test_demo_trains_and_writes_results(tmp_path, capsys):
         (["demo", "--data", "/nonexistent.npz"], "data file not found: /nonexistent.npz"),
         (["demo", "--steps", "10", "--warmup", "10"], "--warmup (10) must be smaller"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["sweep", "--lr", "1e-3,abc"], "argument --lr: expected a number, got 'abc'"),
+        (["sweep", "--lr", "1e-3,1e-3"], "argument --lr: repeated value in '1e-3,1e-3'"),
+        (["sweep", "--b2", "0.9,1.0"], "argument --b2: '1.0' is outside [0.0, 1.0)"),
+        (["sweep", "--schedule", "linear"], "'linear' is not one of constant, cosine"),
+        (["sweep", "--batch-size", "32,5000"], "batch_size must be at most the training"),
+        (["sweep", "--data", "/nonexistent.npz"], "data file not found"),
+        (["lr-find", "--start-lr", "1", "--end-lr", "0.1"], "--end-lr (0.1) must be greater"),
+        (["lr-find", "--num-steps", "5"], "--num-steps must be at least 10"),
         ([], "required: COMMAND"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(argv, message, capsys, tmp_path):
-  code = cli.main(argv + (["--out", str(tmp_path)] if argv and argv[0] == "demo" else []))
+  code = cli.main(argv + (["--out", str(tmp_path)] if argv and argv[0] != "frobnicate" else []))
   err = capsys.readouterr().err
   assert code == 2
   assert message in err
@@ -63,3 +72,72 @@ def test_help_lists_examples(capsys):
   assert cli.main(["demo", "--help"]) == 0
   out = capsys.readouterr().out
   assert "examples:" in out and "--seed" in out and "--data" in out and "--out" in out
+
+
+def test_lr_find_writes_suggestion_and_plot(tmp_path, capsys):
+  out = tmp_path / "lr"
+  assert cli.main(["lr-find", "--hidden", "16", "--num-steps", "60", "--out", str(out)]) == 0
+  result = json.loads((out / "lr_find.json").read_text())
+  printed = capsys.readouterr().out
+  assert f"suggested learning rate: {result['suggestion']:.3g}" in printed
+  assert len(result["lrs"]) == result["steps_run"] == 60
+  assert result["lrs"][0] == 1e-6 and abs(result["lrs"][-1] - 1.0) < 1e-9
+  assert result["suggestion"] == result["steepest"] and 1e-6 < result["valley"] < 1
+  assert (out / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+
+
+class _InterruptingBar:
+  """Stands in for the progress bar: Ctrl-C arrives after ``after`` finished rows."""
+
+  def __init__(self, after):
+    self.after, self.n = after, 0
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+  def update(self, k):
+    self.n += k
+    if self.n >= self.after:
+      raise KeyboardInterrupt
+
+  def set_description(self, text):
+    pass
+
+  def close(self):
+    pass
+
+
+def test_sweep_interrupt_then_resume(tmp_path, capsys, monkeypatch):
+  out = tmp_path / "sweep"
+  argv = ["sweep", "--lr", "3e-3,3e-2", "--hidden", "8,16", "--steps", "15", "--out", str(out)]
+  monkeypatch.setattr(cli, "_progress", lambda *a, **k: _InterruptingBar(after=2))
+  assert cli.main(argv) == 130
+  err = capsys.readouterr().err
+  assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+  with open(out / "results.csv") as f:
+    first = list(csv.DictReader(f))
+  assert [(r["lr"], r["hidden"]) for r in first] == [("0.003", "8"), ("0.03", "8")]
+
+  monkeypatch.undo()
+  assert cli.main(argv + ["--resume", "--sequential"]) == 0
+  printed = capsys.readouterr().out
+  assert "trained 2 configurations" in printed and "(2 resumed)" in printed
+  with open(out / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert list(rows[0]) == ["lr", "b1", "b2", "eps", "weight_decay", "schedule", "layers",
+                           "hidden", "batch_size", "train_loss", "val_loss", "val_accuracy"]
+  assert sorted((r["lr"], r["hidden"]) for r in rows) == [
+      ("0.003", "16"), ("0.003", "8"), ("0.03", "16"), ("0.03", "8")]
+  assert rows[:2] == first  # the finished rows were kept as they were
+  best = json.loads((out / "best.json").read_text())
+  want = min(rows, key=lambda r: float(r["val_loss"]))
+  assert (best["lr"], best["hidden"], best["val_loss"]) == (
+      float(want["lr"]), int(want["hidden"]), float(want["val_loss"]))
+  for name in ("heatmap.png", "curves.png"):
+    assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+  assert cli.main(argv[:-4] + ["--steps", "16", "--out", str(out), "--resume"]) == 2
+  assert "cannot resume" in capsys.readouterr().err

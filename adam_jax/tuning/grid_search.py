@@ -148,7 +148,7 @@ def _value_program(task: Any, steps: int, optimizer: str, const: dict[str, Any],
     for name in traced:
       hp[name] = hp_traced[name]
     tx = make_optimizer(optimizer, hp, steps)
-    params, _, curve = task_fit(task, tx, params, tx.init(params), idx, x, y)
+    params, _, curve = _fit(task, tx, params, tx.init(params), idx, x, y)
     train_loss, _ = task.evaluate(params, x, y)
     val_loss, val_acc = task.evaluate(params, x_val, y_val)
     return curve, train_loss, val_loss, val_acc
@@ -156,7 +156,7 @@ def _value_program(task: Any, steps: int, optimizer: str, const: dict[str, Any],
   return run
 
 
-def task_fit(task, tx, params, opt_state, idx, x, y):
+def _fit(task, tx, params, opt_state, idx, x, y):
   from adam_jax.tasks import fit
 
   return fit(task, tx, params, opt_state, idx, x, y)
