@@ -25,6 +25,11 @@ OPTIMIZERS = {
     "adamax": lambda: adam_jax.adamax(3e-2, maximize=True),
     "adamaxw": lambda: adam_jax.adamaxw(3e-2, weight_decay=0.1),
     "adabelief": lambda: adam_jax.adabelief(schedules.cosine_annealing(3e-2, STEPS)),
+    "adopt": lambda: adam_jax.adopt(3e-2, weight_decay=0.1),
+    "adam_mini": lambda: adam_jax.adam_mini(3e-2),
+    "cautious_adamw": lambda: adam_jax.cautious_adamw(schedules.step_decay(3e-2, 3)),
+    "lazy_adam": lambda: adam_jax.lazy_adam(3e-2),
+    "schedule_free_adamw": lambda: adam_jax.schedule_free_adamw(3e-2, warmup_steps=2),
     "chain-clip-finite": lambda: optax.chain(
         optax.clip_by_global_norm(1.0),
         optax.apply_if_finite(adam_jax.adamw(3e-2, weight_decay=0.1), 3)),

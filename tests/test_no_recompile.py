@@ -28,6 +28,11 @@ OPTIMIZERS = {
     "radam": lambda: adam_jax.radam(1e-3),
     "adamax": lambda: adam_jax.adamax(1e-3),
     "adabelief": lambda: adam_jax.adabelief(1e-3),
+    "adopt": lambda: adam_jax.adopt(1e-3),
+    "adam_mini": lambda: adam_jax.adam_mini(1e-3),
+    "cautious_adamw": lambda: adam_jax.cautious_adamw(schedules.warmup_cosine(1e-3, 10, STEPS)),
+    "lazy_adam": lambda: adam_jax.lazy_adam(1e-3),
+    "schedule_free_adamw": lambda: adam_jax.schedule_free_adamw(1e-3, warmup_steps=10),
     "chain-skip-nonfinite": lambda: optax.chain(
         optax.clip_by_global_norm(1.0), optax.apply_if_finite(adam_jax.adamw(1e-3), 5)),
 }
