@@ -1,6 +1,6 @@
 """adam_jax: the Adam family as composable optax transformations."""
 
-from adam_jax import diagnostics, schedules
+from adam_jax import checkpoint, diagnostics, schedules
 from adam_jax.aliases import (
     adabelief,
     adam,
@@ -51,6 +51,7 @@ __all__ = [
     "amsgrad",
     "cautious",
     "cautious_adamw",
+    "checkpoint",
     "diagnostics",
     "embedding_mask",
     "lazy_adam",
