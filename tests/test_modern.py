@@ -364,3 +364,26 @@ def test_lazy_mask_must_be_bools():
   params = {"w": jnp.zeros((2, 2))}
   with pytest.raises(ValueError, match="mask_fn"):
     tx.update(params, tx.init(params), params)
+
+
+@pytest.mark.parametrize("name", ["adopt", "adam_mini"])
+def test_low_precision_first_moment_under_strict_promotion(name):
+  params = {"w": jnp.ones(3, jnp.float32)}
+  tx = getattr(adam_jax, name)(1e-2, mu_dtype=jnp.bfloat16)
+  state = tx.init(params)
+  for _ in range(2):
+    updates, state = tx.update({"w": jnp.ones(3, jnp.float32)}, state, params)
+  assert updates["w"].dtype == jnp.float32
+  assert state[0].mu["w"].dtype == jnp.bfloat16
+  assert bool(jnp.all(updates["w"] < 0))
+
+
+def test_mixed_dtype_trees_under_strict_promotion():
+  params = {"a": jnp.ones(2, jnp.float16), "b": jnp.ones(2, jnp.bfloat16)}
+  sf = adam_jax.schedule_free_adamw(1e-2)
+  for tx in (sf, adam_jax.cautious(adam_jax.adam(1e-2))):
+    updates, state = tx.update(params, tx.init(params), params)
+    assert updates["a"].dtype == jnp.float16 and updates["b"].dtype == jnp.bfloat16
+    assert all(bool(jnp.all(u < 0)) for u in jax.tree.leaves(updates))
+  x = adam_jax.schedule_free_eval_params(sf.init(params), params)
+  assert x["a"].dtype == jnp.float16 and x["b"].dtype == jnp.bfloat16

@@ -182,7 +182,7 @@ def scale_by_adam_mini(
     count = numerics.safe_increment(state.count)
 
     def leaf(g, mu, nu):
-      cd = numerics.compute_dtype(jnp.result_type(g, mu))
+      cd = numerics.compute_dtype(g.dtype, mu.dtype)
       rd = numerics.real_dtype(cd)
       g_c = g.astype(cd)
       b1_c, b2_r = numerics.hyper(b1, cd), numerics.hyper(b2, rd)

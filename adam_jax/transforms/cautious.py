@@ -12,7 +12,7 @@ Array = jax.Array
 
 
 def _cautious_leaf(u: Array, g: Array, flip_sign: bool) -> Array:
-  cd = numerics.compute_dtype(jnp.result_type(u, g))
+  cd = numerics.compute_dtype(u.dtype, g.dtype)
   u_c, g_c = u.astype(cd), g.astype(cd)
   agree = jnp.real(u_c * jnp.conj(g_c)) if jnp.iscomplexobj(u_c) else u_c * g_c
   # phi = 1[u * g > 0] (for descending updates, -u is the step: 1[u * g < 0])

@@ -34,7 +34,7 @@ def _real_compute_dtype(params: Any) -> jnp.dtype:
   leaves = jax.tree.leaves(params)
   if not leaves:
     return jnp.dtype(jnp.float32)
-  return numerics.real_dtype(numerics.compute_dtype(jnp.result_type(*leaves)))
+  return numerics.real_dtype(numerics.compute_dtype(*[jnp.asarray(p).dtype for p in leaves]))
 
 
 def _warmup_factor(warmup_steps: Any, t: Array) -> Array:
@@ -169,7 +169,7 @@ def scale_by_schedule_free_adam(
       )
 
     def leaf(g, z, v, y, decay):
-      cd = numerics.compute_dtype(jnp.result_type(g, z, y))
+      cd = numerics.compute_dtype(g.dtype, z.dtype, y.dtype)
       rd = numerics.real_dtype(cd)
       g_c, z_c, y_c = g.astype(cd), z.astype(cd), y.astype(cd)
       b1_c, b2_r = numerics.hyper(b1, rd), numerics.hyper(b2, rd)
@@ -245,7 +245,7 @@ def schedule_free_eval_params(state: Any, params: Any) -> Any:
   numerics.tree_check_same_structure(params, sf.z, what="schedule-free state")
 
   def leaf(y, z):
-    cd = numerics.compute_dtype(jnp.result_type(y, z))
+    cd = numerics.compute_dtype(jnp.asarray(y).dtype, z.dtype)
     b1 = sf.b1.astype(numerics.real_dtype(cd)).astype(cd)
     return ((y.astype(cd) - (1 - b1) * z.astype(cd)) / b1).astype(jnp.asarray(y).dtype)
 
