@@ -96,7 +96,20 @@ def _block_shape(path: tuple, shape: tuple, partition: Partition) -> tuple[int, 
 
 
 def adam_mini_block_shapes(params: Any, partition: Partition | None = None) -> Any:
-  """The shape of each leaf's second moment under ``partition`` (a pytree like ``params``)."""
+  """The shape of each leaf's second moment under ``partition``.
+
+  Args:
+    params: a pytree of arrays (or of ``jax.ShapeDtypeStruct``: nothing is allocated).
+    partition: ``partition(path, shape) -> axes``; default :func:`adam_mini_partition`.
+
+  Returns:
+    A pytree like ``params`` whose leaves are shape tuples.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> adam_jax.adam_mini_block_shapes({"kernel": jnp.zeros((64, 10)), "bias": jnp.zeros(10)})
+    {'bias': (1,), 'kernel': (1, 10)}
+  """
   partition = partition or adam_mini_partition
   return jax.tree_util.tree_map_with_path(
       lambda path, p: _block_shape(path, jnp.shape(p), partition), params

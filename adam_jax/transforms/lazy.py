@@ -18,6 +18,12 @@ Array = jax.Array
 def embedding_mask(tree: Any) -> Any:
   """The default ``mask_fn``: leaves whose key path mentions ``embed`` (Flax's ``Embed``).
 
+  Args:
+    tree: the gradient (or params) tree.
+
+  Returns:
+    A pytree like ``tree`` of Python bools.
+
   Examples:
     >>> import jax.numpy as jnp, adam_jax
     >>> adam_jax.embedding_mask({"Embed_0": {"embedding": jnp.zeros((5, 2))},
