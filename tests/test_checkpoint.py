@@ -164,3 +164,17 @@ def test_save_refuses_to_overwrite_unless_asked(tmp_path):
   assert int(checkpoint.restore(path, like=first).count) == 0
   checkpoint.save(path, second, overwrite=True)
   assert int(checkpoint.restore(path, like=first).count) == 7
+
+
+def test_sharded_state_round_trips(tmp_path):
+  """A state sharded over the devices (a vmapped grid, say) comes back with its sharding."""
+  devices = np.array(jax.devices())
+  mesh = jax.sharding.Mesh(devices, ("grid",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("grid"))
+  params = {"w": jax.device_put(jnp.arange(len(devices) * 3.0).reshape(-1, 3), sharding)}
+  tx = adam_jax.adam(1e-2)
+  state = jax.jit(tx.update)(params, tx.init(params), params)[1]
+  state = jax.tree.map(lambda x: jax.device_put(x, sharding) if x.ndim else x, state)
+  restored = checkpoint.restore(checkpoint.save(tmp_path / "s", state), like=state)
+  _assert_bitwise(restored, state)
+  assert restored[0].mu["w"].sharding == state[0].mu["w"].sharding
