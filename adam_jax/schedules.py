@@ -79,6 +79,12 @@ def exponential_lr(init_value: Any, gamma: Any) -> optax.Schedule:
 
   Returns:
     A schedule, a callable of the step count.
+
+  Examples:
+    >>> from adam_jax import schedules
+    >>> s = schedules.exponential_lr(1.0, gamma=0.5)
+    >>> [float(s(k)) for k in range(4)]
+    [1.0, 0.5, 0.25, 0.125]
   """
   numerics.check_nonnegative(init_value=init_value)
   numerics.check_range("gamma", gamma, 0.0, 1.0, low_inclusive=False, high_inclusive=True)
@@ -102,6 +108,16 @@ def cosine_annealing(init_value: Any, t_max: int, eta_min: Any = 0.0) -> optax.S
 
   Returns:
     A schedule, a callable of the step count.
+
+  Examples:
+    >>> from adam_jax import schedules
+    >>> s = schedules.cosine_annealing(1.0, t_max=4)
+    >>> [round(float(s(k)), 4) for k in range(6)]
+    [1.0, 0.8536, 0.5, 0.1464, 0.0, 0.0]
+
+  References:
+    Loshchilov & Hutter, `SGDR: Stochastic Gradient Descent with Warm Restarts
+    <https://arxiv.org/abs/1608.03983>`_, ICLR 2017.
   """
   numerics.check_range("init_value", init_value, 0.0, None, low_inclusive=False)
   if not isinstance(t_max, int) or t_max <= 0:
@@ -121,6 +137,17 @@ def warmup_cosine(
 ) -> optax.Schedule:
   r"""Linear warm-up from ``init_value`` to ``peak_value``, then cosine decay.
 
+  With :math:`W` = ``warmup_steps`` and :math:`T` = ``total_steps``:
+
+  .. math::
+
+    \eta_k = \begin{cases}
+      \eta_{init} + (\eta_{peak} - \eta_{init})\, k / W & k < W \\
+      \eta_{end} + \tfrac{1}{2}(\eta_{peak} - \eta_{end})
+        \left(1 + \cos\left(\pi \tfrac{k - W}{T - W}\right)\right) & W \le k \le T \\
+      \eta_{end} & k > T
+    \end{cases}
+
   The step count ``total_steps`` includes the warm-up, as in
   ``optax.warmup_cosine_decay_schedule`` (which this calls).
 
@@ -133,6 +160,18 @@ def warmup_cosine(
 
   Returns:
     A schedule, a callable of the step count.
+
+  Examples:
+    >>> from adam_jax import schedules
+    >>> s = schedules.warmup_cosine(1.0, warmup_steps=2, total_steps=6)
+    >>> [round(float(s(k)), 4) for k in range(8)]
+    [0.0, 0.5, 1.0, 0.8536, 0.5, 0.1464, 0.0, 0.0]
+
+  References:
+    Goyal et al., `Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour
+    <https://arxiv.org/abs/1706.02677>`_, 2017 (warm-up); Loshchilov & Hutter,
+    `SGDR: Stochastic Gradient Descent with Warm Restarts
+    <https://arxiv.org/abs/1608.03983>`_, ICLR 2017 (cosine decay).
   """
   numerics.check_nonnegative(peak_value=peak_value, init_value=init_value,
                              end_value=end_value)
