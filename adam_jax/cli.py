@@ -189,7 +189,9 @@ def _demo_parser(sub: Any) -> None:
              "  adam-jax demo\n"
              "  adam-jax demo --steps 5000 --lr 1e-3 --hidden 256 --out runs/big\n"
              "  adam-jax demo --task digits-autoencoder\n"
-             "  adam-jax demo --data mine.npz --batch-size 64",
+             "  adam-jax demo --data mine.npz --batch-size 64\n"
+             "  adam-jax demo --diagnostics\n"
+             "  adam-jax demo --steps 20000 --out runs/long --resume   # after an interrupt",
       formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   _add_common(p, "runs/demo")
@@ -202,15 +204,42 @@ def _demo_parser(sub: Any) -> None:
   p.add_argument("--batch-size", default=32, type=_positive_int, help="mini-batch size (32)")
   p.add_argument("--eval-every", default=250, type=_positive_int,
                  help="steps between validation reports (250)")
+  p.add_argument("--diagnostics", action="store_true",
+                 help="record update/param ratios and eps dominance every step "
+                      "(adam_jax.diagnostics.monitor); writes diagnostics.png")
+  p.add_argument("--checkpoint-every", default=1000, type=_nonnegative_int,
+                 help="steps between checkpoints of the train state in DIR/checkpoint "
+                      "(1000; 0: none)")
+  p.add_argument("--resume", action="store_true",
+                 help="continue from the checkpoint in --out (same flags as the first run)")
   p.set_defaults(run=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
+  prog = "adam-jax demo"
   warmup = args.warmup if args.warmup is not None else args.steps // 20
   if warmup >= args.steps:
-    raise _UsageError(f"--warmup ({warmup}) must be smaller than --steps ({args.steps})")
+    raise _UsageError(f"--warmup ({warmup}) must be smaller than --steps ({args.steps})", prog)
   out = _make_out(args.out)
+  config = {"task": args.task, "data": args.data, "seed": args.seed, "steps": args.steps,
+            "lr": args.lr, "warmup": warmup, "layers": args.layers, "hidden": args.hidden,
+            "batch_size": args.batch_size, "eval_every": args.eval_every,
+            "diagnostics": args.diagnostics}
+  config_path = os.path.join(out, "demo_config.json")
+  ckpt_path = os.path.join(out, "checkpoint")
+  resuming = args.resume and os.path.isdir(ckpt_path)
+  if resuming:
+    try:
+      with open(config_path) as f:
+        old = json.load(f)
+    except (OSError, ValueError):
+      old = {}
+    diff = [k for k in config if old.get(k) != config[k]]
+    if diff:
+      raise _UsageError(f"cannot resume: {out} holds a run with {diff[0]}={old.get(diff[0])!r}, "
+                        f"this one has {diff[0]}={config[diff[0]]!r}", prog)
   task = _build_task(args, layers=args.layers, hidden=args.hidden, batch_size=args.batch_size)
+  _write_json(config_path, config)
 
   import jax
   import numpy as np
@@ -220,62 +249,132 @@ def _demo(args: argparse.Namespace) -> int:
 
   schedule = adam_jax.schedules.warmup_cosine(args.lr, warmup, args.steps)
   tx = adam_jax.adam(schedule)
+  record = None
+  if args.diagnostics:
+    from adam_jax.diagnostics import monitor
+    from adam_jax.tuning.grid_search import monitor_record
 
-  @jax.jit
+    tx, record = monitor(tx, eps=1e-8, b2=0.999), monitor_record
+
   def chunk(params, opt_state, idx, x, y, x_val, y_val):
-    params, opt_state, losses = fit(task, tx, params, opt_state, idx, x, y)
-    return params, opt_state, losses, task.evaluate(params, x_val, y_val)
+    params, opt_state, fitted = fit(task, tx, params, opt_state, idx, x, y, record=record)
+    return params, opt_state, fitted, task.evaluate(params, x_val, y_val)
 
   idx = task.batch_indices(args.steps, args.seed)
-  params, opt_state = task.params, tx.init(task.params)
-  curve: list[float] = []
-  history: list[dict[str, Any]] = []
+  n_evals = -(-args.steps // args.eval_every)
+  # Everything a resumed run needs, in one checkpointed tree: params, optimizer state,
+  # the step reached, the loss curve and the validation history (rows: step,
+  # mean train loss of the chunk, val loss, val accuracy).
+  state = {"params": task.params, "opt_state": tx.init(task.params),
+           "step": np.zeros((), np.int32), "curve": np.full(args.steps, np.nan, np.float32),
+           "evals": np.full((n_evals, 4), np.nan, np.float32)}
+  if resuming:
+    from adam_jax import checkpoint
+
+    try:
+      state = checkpoint.restore(ckpt_path, like=state)
+    except ValueError as err:
+      raise _UsageError(f"cannot resume from {ckpt_path}: {err}", prog) from None
+  first = int(state["step"])
+  data = (task.x_train, task.y_train, task.x_val, task.y_val)
+  compile_start = time.perf_counter()
+  compiled = {}
+  for lo in range(first, args.steps, args.eval_every):  # at most two shapes
+    n = min(args.eval_every, args.steps - lo)
+    if n not in compiled:
+      compiled[n] = jax.jit(chunk).lower(state["params"], state["opt_state"], idx[lo:lo + n],
+                                         *data).compile()
+  compile_s = time.perf_counter() - compile_start
+
   print(f"adam-jax demo: {task.name}, {args.layers}x{args.hidden} hidden, batch {task.batch_size}, "
         f"{len(task.x_train)} train / {len(task.x_val)} validation examples, "
         f"Adam with warm-up ({warmup} steps) + cosine to 0 from peak lr {args.lr:g}")
-  start = time.perf_counter()
-  first_chunk_end = None
-  with _progress(args.steps, "training", "step") as bar:
-    for lo in range(0, args.steps, args.eval_every):
-      hi = min(lo + args.eval_every, args.steps)
-      params, opt_state, losses, (val_loss, val_acc) = chunk(
-          params, opt_state, idx[lo:hi], task.x_train, task.y_train, task.x_val, task.y_val)
-      losses = np.asarray(losses)
-      curve.extend(float(v) for v in losses)
-      if first_chunk_end is None:
-        first_chunk_end = (time.perf_counter(), hi)
-      row = {"step": hi, "train_loss": float(losses.mean()), "val_loss": float(val_loss),
-             "lr": float(schedule(hi - 1))}
-      line = (f"step {hi:>6}/{args.steps}  train loss {row['train_loss']:.4f}  "
-              f"val loss {row['val_loss']:.4f}")
-      if task.classification:
-        row["val_accuracy"] = float(val_acc)
-        line += f"  val acc {100 * row['val_accuracy']:.1f}%"
-      history.append(row)
-      bar.update(hi - lo)
-      bar.write(line)
-  elapsed = time.perf_counter() - start
-  t0, s0 = first_chunk_end
-  rate = (args.steps - s0) / (time.perf_counter() - t0) if args.steps > s0 else s0 / elapsed
+  if resuming:
+    print(f"resuming from step {first} (checkpoint in {ckpt_path})")
+  params, opt_state = state["params"], state["opt_state"]
+  curve, evals = np.array(state["curve"]), np.array(state["evals"])
+  records: list[Any] = []
+  last_saved = first
+  train_s = 0.0
+  try:
+    with _progress(args.steps, "training", "step") as bar:
+      bar.update(first)
+      for lo in range(first, args.steps, args.eval_every):
+        hi = min(lo + args.eval_every, args.steps)
+        t0 = time.perf_counter()
+        params, opt_state, fitted, (val_loss, val_acc) = compiled[hi - lo](
+            params, opt_state, idx[lo:hi], *data)
+        if record is not None:
+          fitted, stats = fitted
+          records.append(jax.device_get(stats))
+        curve[lo:hi] = np.asarray(fitted)
+        train_s += time.perf_counter() - t0
+        row = evals[(hi - 1) // args.eval_every]
+        row[:] = hi, curve[lo:hi].mean(), float(val_loss), float(val_acc)
+        line = (f"step {hi:>6}/{args.steps}  train loss {row[1]:.4f}  val loss {row[2]:.4f}")
+        if task.classification:
+          line += f"  val acc {100 * row[3]:.1f}%"
+        bar.update(hi - lo)
+        bar.write(line)
+        if args.checkpoint_every and (hi - last_saved >= args.checkpoint_every
+                                      or hi == args.steps):
+          from adam_jax import checkpoint
 
+          checkpoint.save(ckpt_path, {"params": params, "opt_state": opt_state,
+                                      "step": np.asarray(hi, np.int32), "curve": curve,
+                                      "evals": evals}, overwrite=True)
+          last_saved = hi
+  except KeyboardInterrupt:
+    where = (f"rerun with --resume to continue from step {last_saved}" if last_saved
+             else "no checkpoint was written yet")
+    print(f"{prog}: interrupted; {where}", file=sys.stderr)
+    return 130
+
+  done = args.steps - first
+  rate = done / train_s if train_s > 0 else float("nan")
+  history = []
+  for step, tr, vl, va in evals:
+    item = {"step": int(step), "train_loss": float(tr), "val_loss": float(vl),
+            "lr": float(schedule(int(step) - 1))}
+    if task.classification:
+      item["val_accuracy"] = float(va)
+    history.append(item)
   train_loss, train_acc = (float(v) for v in task.evaluate(params, task.x_train, task.y_train))
   val_loss, val_acc = (float(v) for v in task.evaluate(params, task.x_val, task.y_val))
   summary: dict[str, Any] = {
-      "task": task.name, "steps": args.steps, "seed": args.seed, "lr": args.lr,
-      "warmup": warmup, "layers": args.layers, "hidden": args.hidden,
-      "batch_size": task.batch_size, "data": args.data,
+      **config, "batch_size": task.batch_size,
       "train_loss": train_loss, "val_loss": val_loss,
       "train_accuracy": train_acc if task.classification else None,
       "val_accuracy": val_acc if task.classification else None,
-      "steps_per_s": rate, "wall_s": elapsed,
-      "history": history, "curve": curve,
+      "steps_per_s": rate, "train_s": train_s, "compile_s": compile_s,
+      "resumed_from_step": first if resuming else None,
+      "history": history, "curve": [float(v) for v in curve],
   }
+  written = ["results.json", "loss_curve.png"]
+  if records:
+    from adam_jax.diagnostics import plot_history
+    from adam_jax.tuning.grid_search import monitor_columns
+
+    stacked = jax.tree.map(lambda *xs: np.concatenate(xs), *records)
+    cols = monitor_columns(stacked, first_step=first + 1)
+    summary["diagnostics"] = {
+        "final_update_to_param_ratio": float(cols["update_to_param_ratio"][-1]),
+        "max_update_to_param_ratio": float(np.nanmax(cols["update_to_param_ratio"])),
+        "final_eps_dominated_fraction": float(cols["eps_dominated_fraction"][-1]),
+    }
+    plot_history(cols, out, title=f"adam-jax demo: {task.name}")
+    written.append("diagnostics.png")
   _write_json(os.path.join(out, "results.json"), summary)
-  _plot_demo(os.path.join(out, "loss_curve.png"), curve, history, task.name)
+  _plot_demo(os.path.join(out, "loss_curve.png"), list(curve), history, task.name)
   print(f"done: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
         + (f", val accuracy {100 * val_acc:.1f}%" if task.classification else "")
-        + f"; {rate:,.0f} steps/s ({elapsed:.1f} s in all, compilation included)")
-  print(f"wrote {os.path.join(out, 'results.json')} and {os.path.join(out, 'loss_curve.png')}")
+        + f"; {rate:,.0f} steps/s (compilation {compile_s:.1f} s)")
+  if records:
+    d = summary["diagnostics"]
+    print(f"diagnostics: update/param ratio {d['final_update_to_param_ratio']:.2e} at the end "
+          f"(at most {d['max_update_to_param_ratio']:.2e}), eps dominates "
+          f"{100 * d['final_eps_dominated_fraction']:.1f}% of the elements")
+  print(f"wrote {', '.join(written)} in {out}")
   return 0
 
 
@@ -435,6 +534,9 @@ def _sweep_parser(sub: Any) -> None:
                  help="train one configuration at a time (for comparison and debugging)")
   p.add_argument("--resume", action="store_true",
                  help="keep the rows of results.csv in --out and train only the others")
+  p.add_argument("--diagnostics", action="store_true",
+                 help="record update/param ratios and eps dominance every step of every "
+                      "configuration; writes diagnostics.png for the best one")
   p.set_defaults(run=_sweep)
 
 
@@ -450,8 +552,8 @@ def _sweep(args: argparse.Namespace) -> int:
   from adam_jax.tasks import get_task
 
   try:  # the largest batch must fit the training split
-    get_task(args.task, layers=1, hidden=1, batch_size=max(grid["batch_size"]),
-             seed=args.seed, data=args.data)
+    get_task(args.task, layers=grid["layers"][0], hidden=grid["hidden"][0],
+             batch_size=max(grid["batch_size"]), seed=args.seed, data=args.data)
   except ValueError as err:
     raise _UsageError(str(err), prog) from None
 
@@ -478,7 +580,8 @@ def _sweep(args: argparse.Namespace) -> int:
     try:
       result = grid_search(args.task, **grid, steps=args.steps, optimizer=args.optimizer,
                            seed=args.seed, data=args.data, out_dir=out, resume=args.resume,
-                           sequential=args.sequential, on_row=on_row, on_group=on_group)
+                           sequential=args.sequential, on_row=on_row, on_group=on_group,
+                           diagnostics=args.diagnostics)
     except ValueError as err:
       raise _UsageError(str(err), prog) from None
     except KeyboardInterrupt:
@@ -496,12 +599,27 @@ def _sweep(args: argparse.Namespace) -> int:
   _write_json(os.path.join(out, "best.json"), payload)
   _plot_heatmap(os.path.join(out, "heatmap.png"), result.rows, grid)
   _plot_curves(os.path.join(out, "curves.png"), result.rows, best)
+  written = "best.json, heatmap.png, curves.png"
+  monitored = [r for r in rows if r.diagnostics is not None]
+  if monitored:
+    from adam_jax.diagnostics import plot_history
+
+    top = min(monitored, key=lambda r: r.val_loss if r.val_loss == r.val_loss else float("inf"))
+    label = ", ".join(f"{k}={_label(k, v)}" for k, v in top.config.items() if len(grid[k]) > 1)
+    plot_history(top.diagnostics, out, title=f"diagnostics of the best run: {label}")
+    payload["diagnostics"] = {
+        "config": top.config,
+        "final_update_to_param_ratio": float(top.diagnostics["update_to_param_ratio"][-1]),
+        "final_eps_dominated_fraction": float(top.diagnostics["eps_dominated_fraction"][-1]),
+    }
+    _write_json(os.path.join(out, "best.json"), payload)
+    written += ", diagnostics.png"
   acc = "" if best.val_accuracy is None else f", val accuracy {100 * best.val_accuracy:.1f}%"
   shown = ", ".join(f"{k}={v:g}" if not isinstance(v, str) else f"{k}={v}"
                     for k, v in best.config.items() if len(grid[k]) > 1) or "the only one"
   print(f"trained {len(rows)} configurations in {elapsed:.1f} s ({total - len(rows)} resumed)")
   print(f"best: {shown}: val loss {best.val_loss:.4f}{acc}")
-  print(f"wrote {csv_path}, best.json, heatmap.png and curves.png in {out}")
+  print(f"wrote {csv_path}, {written} in {out}")
   return 0
 
 

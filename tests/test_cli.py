@@ -5,26 +5,47 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from adam_jax import cli
 
+DEMO = ["demo", "--steps", "300", "--eval-every", "100", "--checkpoint-every", "100",
+        "--hidden", "32", "--lr", "1e-2", "--diagnostics"]
 
-def test_demo_trains_and_writes_results(tmp_path, capsys):
-  out = tmp_path / "demo"
-  code = cli.main(["demo", "--steps", "300", "--eval-every", "100", "--hidden", "32",
-                   "--lr", "1e-2", "--out", str(out)])
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("demo")
+  code = cli.main(DEMO + ["--out", str(out)])
+  return code, out
+
+
+def test_demo_trains_and_writes_results(demo_run, capsys):
+  code, out = demo_run
   assert code == 0
-  printed = capsys.readouterr().out
-  assert [line.split()[1] for line in printed.splitlines() if line.startswith("step")] == [
-      "100/300", "200/300", "300/300"]
-  assert "val accuracy" in printed and "steps/s" in printed
   results = json.loads((out / "results.json").read_text())
   assert results["steps"] == 300 and len(results["curve"]) == 300
   assert [h["step"] for h in results["history"]] == [100, 200, 300]
   assert results["val_accuracy"] > 0.85
   assert results["val_loss"] < 0.3 * results["curve"][0]
+  assert results["steps_per_s"] > 0
   assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  diag = results["diagnostics"]
+  assert 0 < diag["final_update_to_param_ratio"] < diag["max_update_to_param_ratio"] < 1
+  assert 0 <= diag["final_eps_dominated_fraction"] <= 1
+  assert (out / "diagnostics.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_prints_progress(tmp_path, capsys):
+  code = cli.main(["demo", "--steps", "40", "--eval-every", "20", "--hidden", "8",
+                   "--checkpoint-every", "0", "--out", str(tmp_path)])
+  assert code == 0
+  printed = capsys.readouterr().out
+  assert [line.split()[1] for line in printed.splitlines() if line.startswith("step")] == [
+      "20/40", "40/40"]
+  assert "val accuracy" in printed and "steps/s" in printed
+  assert not (tmp_path / "checkpoint").exists()
 
 
 @pytest.mark.parametrize(
@@ -106,6 +127,9 @@ class _InterruptingBar:
   def set_description(self, text):
     pass
 
+  def write(self, text):
+    pass
+
   def close(self):
     pass
 
@@ -122,7 +146,7 @@ def test_sweep_interrupt_then_resume(tmp_path, capsys, monkeypatch):
   assert [(r["lr"], r["hidden"]) for r in first] == [("0.003", "8"), ("0.03", "8")]
 
   monkeypatch.undo()
-  assert cli.main(argv + ["--resume", "--sequential"]) == 0
+  assert cli.main(argv + ["--resume", "--sequential", "--diagnostics"]) == 0
   printed = capsys.readouterr().out
   assert "trained 2 configurations" in printed and "(2 resumed)" in printed
   with open(out / "results.csv") as f:
@@ -136,8 +160,28 @@ def test_sweep_interrupt_then_resume(tmp_path, capsys, monkeypatch):
   want = min(rows, key=lambda r: float(r["val_loss"]))
   assert (best["lr"], best["hidden"], best["val_loss"]) == (
       float(want["lr"]), int(want["hidden"]), float(want["val_loss"]))
-  for name in ("heatmap.png", "curves.png"):
+  assert best["diagnostics"]["config"]["hidden"] == 16  # only the resumed group was monitored
+  for name in ("heatmap.png", "curves.png", "diagnostics.png"):
     assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
   assert cli.main(argv[:-4] + ["--steps", "16", "--out", str(out), "--resume"]) == 2
   assert "cannot resume" in capsys.readouterr().err
+
+
+def test_demo_interrupt_then_resume_matches_an_uninterrupted_run(demo_run, tmp_path, capsys,
+                                                                  monkeypatch):
+  _, full = demo_run
+  out = tmp_path / "demo"
+  monkeypatch.setattr(cli, "_progress", lambda *a, **k: _InterruptingBar(after=200))
+  assert cli.main(DEMO + ["--out", str(out)]) == 130
+  assert "continue from step 100" in capsys.readouterr().err
+  monkeypatch.undo()
+  assert cli.main(DEMO[:2] + ["400"] + DEMO[3:] + ["--out", str(out), "--resume"]) == 2
+  assert "cannot resume" in capsys.readouterr().err
+  assert cli.main(DEMO + ["--out", str(out), "--resume"]) == 0
+  assert "resuming from step 100" in capsys.readouterr().out
+  got = json.loads((out / "results.json").read_text())
+  want = json.loads((full / "results.json").read_text())
+  assert got["resumed_from_step"] == 100
+  np.testing.assert_allclose(got["curve"], want["curve"], rtol=1e-6)
+  assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-6)

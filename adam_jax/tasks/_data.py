@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import zipfile
 from typing import Any, NamedTuple
@@ -16,13 +18,32 @@ class Dataset(NamedTuple):
   y: np.ndarray | None  # shape=(n,), dtype=int32; None when the data has no labels
 
 
+@functools.cache
 def load_digits() -> Dataset:
-  """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), pixels scaled to [0, 1]."""
-  from sklearn.datasets import load_digits as _sk_load_digits
+  """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), pixels scaled to [0, 1].
 
-  bunch = _sk_load_digits()
-  x = np.asarray(bunch.data, np.float32) / np.float32(16.0)
-  return Dataset(x, np.asarray(bunch.target, np.int32))
+  The same arrays as ``sklearn.datasets.load_digits()``, read straight from the CSV
+  file scikit-learn ships (importing scikit-learn itself takes about a second, which
+  a command line should not spend); falls back to ``load_digits`` if the file moved.
+  """
+  spec = importlib.util.find_spec("sklearn")
+  if spec is None:
+    raise ValueError("the digits tasks need scikit-learn: pip install 'adam-jax[cli]'")
+  csv_path = None
+  for root in spec.submodule_search_locations or ():
+    candidate = os.path.join(root, "datasets", "data", "digits.csv.gz")
+    if os.path.isfile(candidate):
+      csv_path = candidate
+  if csv_path is not None:
+    table = np.loadtxt(csv_path, delimiter=",", dtype=np.float32)
+    data, target = table[:, :-1], table[:, -1]
+  else:  # pragma: no cover - a future scikit-learn layout
+    from sklearn.datasets import load_digits as _sk_load_digits
+
+    bunch = _sk_load_digits()
+    data, target = bunch.data, bunch.target
+  x = np.asarray(data, np.float32) / np.float32(16.0)
+  return Dataset(x, np.asarray(target, np.int32))
 
 
 def load_npz(path: str | os.PathLike[str], *, need_labels: bool) -> Dataset:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -92,6 +93,7 @@ class Task:
     return np.concatenate(idx).reshape(-1, self.batch_size)[:steps].astype(np.int32)
 
 
+@functools.lru_cache(maxsize=32)
 def _init(sizes: tuple[int, ...], seed: int) -> tuple[Any, Any]:
   """The model's graphdef and initial params, initialised in one compiled program."""
   build = lambda: _MLP(list(sizes), rngs=nnx.Rngs(seed))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -29,7 +30,9 @@ def fit(
     idx: jax.Array,
     x: jax.Array,
     y: jax.Array,
-) -> tuple[Any, Any, jax.Array]:
+    *,
+    record: Callable[[Any], Any] | None = None,
+) -> tuple[Any, Any, Any]:
   """Runs ``len(idx)`` optimizer steps inside ``jax.lax.scan`` (call it under ``jit``).
 
   Args:
@@ -40,16 +43,21 @@ def fit(
     idx: mini-batch indices into ``x``/``y``, shape ``(steps, batch_size)``.
     x: training features.
     y: training targets.
+    record: optional function of the optimizer state after each step (for example
+      ``lambda s: s.stats`` of a :func:`adam_jax.diagnostics.monitor` state); its
+      outputs are stacked over the steps.
 
   Returns:
-    ``(params, opt_state, losses)`` with the mini-batch loss of each step.
+    ``(params, opt_state, losses)`` with the mini-batch loss of each step, or
+    ``(params, opt_state, (losses, records))`` when ``record`` is given.
   """
 
   def step(carry, batch):
     params, opt_state = carry
     loss, grads = jax.value_and_grad(task.loss)(params, x[batch], y[batch])
     updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), loss
+    out = loss if record is None else (loss, record(opt_state))
+    return (optax.apply_updates(params, updates), opt_state), out
 
   (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), idx)
   return params, opt_state, losses

@@ -39,6 +39,8 @@ class SweepRow(NamedTuple):
   val_loss: float  # loss on the validation split after the last step
   val_accuracy: float | None  # None for the autoencoder
   curve: np.ndarray | None  # shape=(steps,), dtype=float32 mini-batch losses; None if not kept
+  # With diagnostics: columns for adam_jax.diagnostics.plot_history, each shape=(steps,).
+  diagnostics: dict[str, np.ndarray] | None = None
 
 
 class GridSearchResult(NamedTuple):
@@ -139,8 +141,40 @@ def _check_values(values: dict[str, Sequence[Any]]) -> dict[str, list[Any]]:
   return out
 
 
+def monitor_record(opt_state: Any) -> Any:
+  """What is kept of a :func:`adam_jax.diagnostics.monitor` state after each step."""
+  return opt_state.stats
+
+
+def monitor_columns(stats: Any, first_step: int = 1) -> dict[str, np.ndarray]:
+  """Stacked monitor statistics (leading axis: steps) as columns for ``plot_history``.
+
+  Columns: ``step``, ``update_to_param_ratio`` (over all leaves),
+  ``eps_dominated_fraction`` and ``update_to_param_ratio/<leaf path>``.
+  """
+  overall = getattr(stats, "global_update_to_param_ratio", None)
+  per_leaf = getattr(stats, "per_leaf", None)
+  if overall is None:
+    overall = stats.update_to_param_ratio
+  overall = np.asarray(overall, np.float64).reshape(-1)
+  cols = {"step": np.arange(first_step, first_step + len(overall), dtype=np.float64),
+          "update_to_param_ratio": overall,
+          "eps_dominated_fraction": np.asarray(stats.eps_dominated_fraction, np.float64)}
+  if per_leaf is not None:
+    leaves = {k: v for k, v in per_leaf.as_dict().items()
+              if k.startswith("update_to_param_ratio/")}
+  else:
+    leaves = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(stats.update_to_param_ratio)[0]:
+      name = "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                      for k in path)
+      leaves[f"update_to_param_ratio/{name}"] = leaf
+  cols.update({k: np.asarray(v, np.float64).reshape(-1) for k, v in leaves.items()})
+  return cols
+
+
 def _value_program(task: Any, steps: int, optimizer: str, const: dict[str, Any],
-                   traced: tuple[str, ...]) -> Callable[..., Any]:
+                   traced: tuple[str, ...], diagnostics: bool = False) -> Callable[..., Any]:
   """The training run of one configuration; ``traced`` hyperparameters are arguments."""
 
   def run(hp_traced, params, idx, x, y, x_val, y_val):
@@ -148,18 +182,25 @@ def _value_program(task: Any, steps: int, optimizer: str, const: dict[str, Any],
     for name in traced:
       hp[name] = hp_traced[name]
     tx = make_optimizer(optimizer, hp, steps)
-    params, _, curve = _fit(task, tx, params, tx.init(params), idx, x, y)
+    record = None
+    if diagnostics:
+      from adam_jax.diagnostics import monitor
+
+      tx = monitor(tx, eps=hp["eps"], b2=hp["b2"])
+      record = monitor_record
+    params, _, out = _fit(task, tx, params, tx.init(params), idx, x, y, record=record)
+    curve, records = out if diagnostics else (out, None)
     train_loss, _ = task.evaluate(params, x, y)
     val_loss, val_acc = task.evaluate(params, x_val, y_val)
-    return curve, train_loss, val_loss, val_acc
+    return curve, train_loss, val_loss, val_acc, records
 
   return run
 
 
-def _fit(task, tx, params, opt_state, idx, x, y):
+def _fit(task, tx, params, opt_state, idx, x, y, record=None):
   from adam_jax.tasks import fit
 
-  return fit(task, tx, params, opt_state, idx, x, y)
+  return fit(task, tx, params, opt_state, idx, x, y, record=record)
 
 
 def _traced_values(configs: list[dict[str, Any]], traced: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -277,6 +318,7 @@ def grid_search(
     devices: Sequence[jax.Device] | None = None,
     on_row: Callable[[SweepRow], None] | None = None,
     on_group: Callable[[dict[str, int], int], None] | None = None,
+    diagnostics: bool = False,
 ) -> GridSearchResult:
   r"""Trains every configuration of a hyperparameter grid on an embedded task.
 
@@ -315,6 +357,9 @@ def grid_search(
     devices: devices to spread configurations over (default ``jax.devices()``).
     on_row: called with each new :class:`SweepRow` as it finishes.
     on_group: called before each compiled group with its shape and number of configurations.
+    diagnostics: wrap each optimizer in :func:`adam_jax.diagnostics.monitor` and keep,
+      for every step, the update-to-param ratios and the eps-dominated fraction in
+      ``SweepRow.diagnostics`` (not written to ``out_dir``).
 
   Returns:
     A :class:`GridSearchResult`; ``best`` has the lowest validation loss.
@@ -340,7 +385,8 @@ def grid_search(
                               schedule=schedule, layers=layers, hidden=hidden,
                               batch_size=batch_size))
   devices = list(jax.devices() if devices is None else devices)
-  get_task(task, layers=1, hidden=1, batch_size=1, seed=seed, data=data)  # fail early
+  get_task(task, layers=values["layers"][0], hidden=values["hidden"][0],  # fail early
+           batch_size=max(values["batch_size"]), seed=seed, data=data)
   store = None
   if out_dir is not None:
     meta = {"task": task, "steps": int(steps), "optimizer": optimizer, "seed": int(seed),
@@ -362,15 +408,16 @@ def grid_search(
     if on_group is not None:
       on_group(shape_cfg, len(todo))
     t = get_task(task, seed=seed, data=data, **shape_cfg)
-    program = _value_program(t, steps, optimizer, const, traced)
+    program = _value_program(t, steps, optimizer, const, traced, diagnostics)
     args = (t.params, t.batch_indices(steps, seed), t.x_train, t.y_train, t.x_val, t.y_val)
     if sequential:
       outs = _run_sequential(program, todo, traced, args)
     else:
       outs = _run_vectorized(program, todo, traced, args, devices)
-    for config, (curve, tr, va, acc) in outs:
+    for config, (curve, tr, va, acc, records) in outs:
       row = SweepRow(config, float(tr), float(va), float(acc) if t.classification else None,
-                     np.asarray(curve, np.float32))
+                     np.asarray(curve, np.float32),
+                     None if records is None else monitor_columns(records))
       results[_key(config)] = row
       if store is not None:
         store.add(row)
@@ -406,6 +453,7 @@ def _run_vectorized(program, todo, traced, args, devices):
     fn = jax.jit(fn, out_shardings=spread)
   else:
     fn = jax.jit(fn)
-  curves, tr, va, acc = jax.device_get(fn(hp, *args))
+  curves, tr, va, acc, records = jax.device_get(fn(hp, *args))
   for i, config in enumerate(todo):
-    yield config, (curves[i], tr[i], va[i], acc[i])
+    mine = None if records is None else jax.tree.map(lambda r, i=i: r[i], records)
+    yield config, (curves[i], tr[i], va[i], acc[i], mine)
