@@ -90,11 +90,22 @@ def _scalar(x: Any) -> Array:
 
 
 class _Moment(NamedTuple):
-  """Bias-corrected second moments of one Adam-like state."""
+  """The second moment of one Adam-like state: ``v_hat = v / bc2``."""
 
   count: Array  # shape=(), int32
-  paths: list  # leaf path strings, one per array in v_hat
-  v_hat: list  # arrays like params, float32, bias-corrected second moment
+  paths: list  # leaf path strings, one per array in v
+  treedef: Any  # tree structure of the moment
+  v: list  # arrays like params, as stored (AMSGrad: the running maximum)
+  bc2: Array  # shape=(), float32; bias correction (1 where already applied)
+
+  def v_hat(self) -> list:
+    """The bias-corrected second moments, float32."""
+    return [jnp.real(v).astype(jnp.float32) / self.bc2 for v in self.v]
+
+  def dominated(self, eps: Any) -> list:
+    """Per leaf, a boolean array: ``sqrt(v_hat) < eps``, as ``v < eps**2 * bc2``."""
+    thresh = jnp.square(jnp.asarray(eps, jnp.float32)) * self.bc2
+    return [jnp.real(v).astype(jnp.float32) < thresh for v in self.v]
 
 
 def _moments(opt_state: Any, b2: Any) -> list[_Moment]:
@@ -119,8 +130,8 @@ def _moments(opt_state: Any, b2: Any) -> list[_Moment]:
       bc2 = jnp.where(count > 0, bc2, 1).astype(jnp.float32)
     flat = jax.tree_util.tree_flatten_with_path(moment)[0]
     paths = [_path_str(p) for p, _ in flat]
-    v_hat = [jnp.real(jnp.asarray(v)).astype(jnp.float32) / bc2 for _, v in flat]
-    out.append(_Moment(count, paths, v_hat))
+    out.append(_Moment(count=count, paths=paths, treedef=jax.tree.structure(moment),
+                       v=[jnp.asarray(v) for _, v in flat], bc2=bc2))
   return out
 
 
@@ -178,11 +189,10 @@ def eps_dominated_fraction(
   """
   eps = _eps(eps)
   moments = _moments(opt_state, b2)
-  thresh = jnp.square(jnp.asarray(eps, jnp.float32))
   counts, sizes, per = [], [], {}
   for m, names in zip(moments, _merge_paths(moments)):
-    for name, v in zip(names, m.v_hat):
-      n = jnp.sum(v < thresh, dtype=jnp.int32) if v.size else jnp.zeros((), jnp.int32)
+    for name, v in zip(names, m.dominated(eps)):
+      n = jnp.sum(v, dtype=jnp.int32) if v.size else jnp.zeros((), jnp.int32)
       frac = n.astype(jnp.float32) / max(v.size, 1)
       per[name] = jnp.where(m.count > 0, frac, jnp.nan).astype(jnp.float32)
       counts.append(jnp.where(m.count > 0, n.astype(jnp.float32), jnp.nan))
@@ -246,7 +256,7 @@ def advise_eps(
   roots = [
       np.sqrt(np.asarray(jax.device_get(v), np.float64)).ravel()
       for m in moments
-      for v in m.v_hat
+      for v in m.v_hat()
   ]
   roots = np.concatenate(roots) if roots else np.zeros(0)
   if roots.ndim != 1 or min(counts) == 0 or not np.any(roots > 0):
@@ -324,7 +334,7 @@ def effective_learning_rate(
   for m, names in zip(moments, _merge_paths(moments)):
     lr = numerics.resolve(learning_rate, m.count)
     lr = numerics.hyper(lr, jnp.float32)
-    for name, v in zip(names, m.v_hat):
+    for name, v in zip(names, m.v_hat()):
       eff = lr / (jnp.sqrt(v) + numerics.hyper(eps, jnp.float32))
       if v.size == 0:
         out[name] = jnp.full(qs.shape, jnp.nan, jnp.float32)
@@ -336,18 +346,98 @@ def effective_learning_rate(
 # ----------------------------------------------------------------------------- monitor
 
 
-class MonitorStats(NamedTuple):
-  """Statistics of the last step, kept by :func:`monitor`."""
+_LEAF_COLUMNS = ("update_rms", "param_rms", "update_to_param_ratio", "eps_dominated_fraction")
 
-  count: Array  # shape=(), dtype=int32; updates seen, saturating
-  update_rms: Any  # like params, each leaf shape=(), dtype=float32; RMS of the update
-  param_rms: Any  # like params, each leaf shape=(), dtype=float32; RMS of the params
-  update_to_param_ratio: Any  # like params, each leaf shape=(), float32; update/param RMS
-  global_update_rms: Array  # shape=(), dtype=float32; over all leaves
-  global_param_rms: Array  # shape=(), dtype=float32; over all leaves
-  global_update_to_param_ratio: Array  # shape=(), dtype=float32; update/param norm
-  eps_dominated_fraction: Array  # shape=(), dtype=float32; NaN without Adam-like state
-  nonfinite_grads: Array  # shape=(), dtype=int32; non-finite grad elements, cumulative
+
+@jax.tree_util.register_pytree_node_class
+class LeafStats:
+  """Per-leaf statistics of :func:`monitor`: one row per parameter leaf.
+
+  Stored as one array rather than one per leaf, so that a step adds a handful of
+  kernels whatever the number of leaves; the leaves' names travel with it as
+  static data.
+
+  Attributes:
+    values: shape=(..., leaves, 4), dtype=float32; columns ``update_rms``,
+      ``param_rms``, ``update_to_param_ratio`` and ``eps_dominated_fraction`` (NaN
+      unless one Adam-like state mirrors the params), rows in
+      ``jax.tree.leaves(params)`` order (leading axes when vmapped).
+    names: the leaves' paths (``"layers/0/kernel"``), one per row.
+  """
+
+  columns = _LEAF_COLUMNS
+
+  def __init__(self, values: Array, names: tuple[str, ...]):
+    self.values = values
+    self.names = tuple(names)
+
+  def tree_flatten(self):
+    return (self.values,), self.names
+
+  @classmethod
+  def tree_unflatten(cls, names, children):
+    return cls(children[0], names)
+
+  def column(self, name: str) -> Array:
+    """One statistic for every leaf, shape ``(..., leaves)``."""
+    if name not in _LEAF_COLUMNS:
+      raise ValueError(f"unknown statistic {name!r}; choose one of: {', '.join(_LEAF_COLUMNS)}")
+    return self.values[..., _LEAF_COLUMNS.index(name)]
+
+  def as_dict(self) -> dict[str, Array]:
+    """``{"<statistic>/<leaf path>": value}`` for every leaf and statistic."""
+    return {
+        f"{col}/{name}": self.values[..., i, j]
+        for j, col in enumerate(_LEAF_COLUMNS)
+        for i, name in enumerate(self.names)
+    }
+
+  def __repr__(self):
+    return f"LeafStats(names={self.names!r}, values={self.values!r})"
+
+
+class MonitorStats(NamedTuple):
+  """Statistics of the last step, kept by :func:`monitor`.
+
+  Packed into three arrays (each output array of a step is a kernel); read them
+  through the properties ``count``, ``nonfinite_grads``, ``update_rms``,
+  ``param_rms``, ``update_to_param_ratio`` and ``eps_dominated_fraction`` (over
+  all leaves) and ``per_leaf`` (a :class:`LeafStats`).
+  """
+
+  counters: Array  # shape=(2,), dtype=int32; updates seen, non-finite grad elements seen
+  totals: Array  # shape=(4,), dtype=float32; over all leaves, columns as LeafStats
+  per_leaf: LeafStats  # values shape=(leaves, 4), dtype=float32
+
+  @property
+  def count(self) -> Array:
+    """Updates seen (saturating int32)."""
+    return self.counters[..., 0]
+
+  @property
+  def nonfinite_grads(self) -> Array:
+    """Non-finite gradient elements seen, over all steps (saturating int32)."""
+    return self.counters[..., 1]
+
+  @property
+  def update_rms(self) -> Array:
+    """RMS of the last update over all leaves."""
+    return self.totals[..., 0]
+
+  @property
+  def param_rms(self) -> Array:
+    """RMS of the params (before the last update) over all leaves."""
+    return self.totals[..., 1]
+
+  @property
+  def update_to_param_ratio(self) -> Array:
+    """``||update|| / ||params||`` over all leaves."""
+    return self.totals[..., 2]
+
+  @property
+  def eps_dominated_fraction(self) -> Array:
+    """:func:`eps_dominated_fraction` after the last update (NaN without Adam state)."""
+    return self.totals[..., 3]
 
 
 class MonitorState(NamedTuple):
@@ -357,14 +447,16 @@ class MonitorState(NamedTuple):
   stats: MonitorStats  # statistics of the last step (zeros before the first)
 
 
+def _abs_sq(x: Array) -> Array:
+  """``|x|^2`` element-wise, real, in at least float32."""
+  x = jnp.asarray(x)
+  x = x.astype(numerics.compute_dtype(x.dtype))
+  return jnp.real(x) ** 2 + jnp.imag(x) ** 2 if jnp.iscomplexobj(x) else x * x
+
+
 def _sum_sq(x: Array) -> Array:
   """``sum |x|^2`` in float32 (0 for an empty array)."""
-  x = jnp.asarray(x)
-  if x.size == 0:
-    return jnp.zeros((), jnp.float32)
-  x = x.astype(numerics.compute_dtype(x.dtype))
-  sq = jnp.real(x) ** 2 + jnp.imag(x) ** 2 if jnp.iscomplexobj(x) else x * x
-  return jnp.sum(sq).astype(jnp.float32)
+  return jnp.sum(_abs_sq(x)).astype(jnp.float32)
 
 
 def _rms(sum_sq: Array, size: int) -> Array:
@@ -375,6 +467,49 @@ def _ratio(num: Array, den: Array) -> Array:
   """``num / den``; 0 where both are 0, inf where only ``den`` is."""
   safe = jnp.where(den > 0, den, 1)
   return jnp.where(den > 0, num / safe, jnp.where(num > 0, jnp.inf, 0)).astype(jnp.float32)
+
+
+# Counts of 0/1 summed in float32 are exact below this many elements.
+_EXACT_F32_COUNT = 2**24
+
+
+def _leaf_sums(rows: list[list[Array]]) -> tuple[Array, Array]:
+  """Per-leaf sums of ``rows[i] = [|u|^2, |p|^2, count_1, ...]``.
+
+  Returns ``(sums, counts)``: ``sums`` of shape ``(leaves, len(rows[i]))`` in
+  float32, and the counts columns again in int32, exact. Leaves below ``2**24``
+  elements whose arrays share one shape are flattened into one ``(rows, elements)``
+  buffer reduced slice by slice (each leaf is then two kernels, whatever the
+  number of statistics). Larger leaves get one reduction per statistic.
+  """
+  small = [
+      i for i, r in enumerate(rows)
+      if r[0].size < _EXACT_F32_COUNT and all(a.shape == r[0].shape for a in r)
+  ]
+  sums: list[Array | None] = [None] * len(rows)
+  if small:
+    dtype = max((rows[i][0].dtype for i in small), key=lambda d: jnp.dtype(d).itemsize)
+    big = jnp.concatenate(
+        [jnp.stack([a.astype(dtype).ravel() for a in rows[i]]) for i in small], axis=1
+    )
+    offset = 0
+    for i in small:
+      n = rows[i][0].size
+      sums[i] = jnp.sum(big[:, offset:offset + n], axis=1).astype(jnp.float32)
+      offset += n
+  if len(small) == len(rows):
+    sums = jnp.stack(sums)
+    return sums, sums[:, 2:].astype(jnp.int32)
+  counts = []
+  for i, r in enumerate(rows):
+    if sums[i] is None:
+      c = jnp.stack([jnp.sum(a, dtype=jnp.int32) for a in r[2:]])
+      sq = jnp.stack([jnp.sum(a).astype(jnp.float32) for a in r[:2]])
+      sums[i] = jnp.concatenate([sq, c.astype(jnp.float32)])
+      counts.append(c)
+    else:
+      counts.append(sums[i][2:].astype(jnp.int32))
+  return jnp.stack(sums), jnp.stack(counts)
 
 
 def monitor(
@@ -391,14 +526,14 @@ def monitor(
     \text{param\_rms}_\ell = \sqrt{\operatorname{mean} |p_\ell|^2}, \quad
     \text{update\_to\_param\_ratio}_\ell = \text{update\_rms}_\ell / \text{param\_rms}_\ell
 
-  per leaf :math:`\ell` and over all leaves (the global ratio is
-  :math:`\|u\| / \|p\|`), with :math:`p` the params passed to ``update`` (before
-  the step); the ratio is ``inf`` for an all-zero leaf that moves. Also
-  :func:`eps_dominated_fraction` of the new state (NaN when ``tx`` has no
-  Adam-like state) and the cumulative count of non-finite gradient elements
-  (saturating at ``2**31 - 1``). An update-to-param ratio around ``1e-3`` per step
-  is the usual healthy range; much larger means the learning rate is too high for
-  that layer.
+  per leaf :math:`\ell` (``stats.per_leaf``, a :class:`LeafStats`) and over all
+  leaves (``stats.update_rms`` …; the global ratio is :math:`\|u\| / \|p\|`), with
+  :math:`p` the params passed to ``update`` (before the step); the ratio is
+  ``inf`` for an all-zero leaf that moves. Also :func:`eps_dominated_fraction` of
+  the new state (NaN when ``tx`` has no Adam-like state) and the cumulative count
+  of non-finite gradient elements (saturating at ``2**31 - 1``). An
+  update-to-param ratio around ``1e-3`` per step is the usual healthy range; much
+  larger means the learning rate is too high for that layer.
 
   Args:
     tx: the transformation to wrap (any optax ``GradientTransformation``).
@@ -414,7 +549,7 @@ def monitor(
     >>> tx = adam_jax.diagnostics.monitor(adam_jax.adam(0.1))
     >>> params = {"w": jnp.array([1.0, -1.0])}
     >>> updates, state = tx.update({"w": jnp.array([1.0, -1.0])}, tx.init(params), params)
-    >>> state.stats.update_to_param_ratio["w"]
+    >>> state.stats.per_leaf.as_dict()["update_to_param_ratio/w"]
     Array(0.1, dtype=float32)
   """
   numerics.check_nonnegative(eps=eps)
@@ -422,18 +557,14 @@ def monitor(
 
   def init_fn(params):
     inner = tx.init(params)
-    zero = jnp.zeros((), jnp.float32)
-    per_leaf = jax.tree.map(lambda _: zero, params)
+    names = tuple(_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
+    nan = jnp.full((), jnp.nan, jnp.float32)
     stats = MonitorStats(
-        count=jnp.zeros((), jnp.int32),
-        update_rms=per_leaf,
-        param_rms=per_leaf,
-        update_to_param_ratio=per_leaf,
-        global_update_rms=zero,
-        global_param_rms=zero,
-        global_update_to_param_ratio=zero,
-        eps_dominated_fraction=jnp.full((), jnp.nan, jnp.float32),
-        nonfinite_grads=jnp.zeros((), jnp.int32),
+        counters=jnp.zeros((2,), jnp.int32),
+        totals=jnp.zeros((4,), jnp.float32).at[3].set(nan),
+        per_leaf=LeafStats(
+            jnp.zeros((len(names), 4), jnp.float32).at[:, 3].set(nan), names
+        ),
     )
     return MonitorState(inner_state=inner, stats=stats)
 
@@ -450,43 +581,66 @@ def monitor(
     else:
       new_updates, inner = tx.update(grads, state.inner_state, params)
 
-    bad = [
-        jnp.sum(~jnp.isfinite(g), dtype=jnp.int32)
-        for g in jax.tree.leaves(grads)
-        if jnp.asarray(g).size
-    ]
-    bad = sum(bad) if bad else jnp.zeros((), jnp.int32)
-    old = state.stats.nonfinite_grads
-    nonfinite = jnp.where(bad > _INT32_MAX - old, _INT32_MAX, old + bad).astype(jnp.int32)
-
     u_leaves, treedef = jax.tree.flatten(new_updates)
-    p_leaves = treedef.flatten_up_to(params)
-    sizes = [jnp.size(p) for p in p_leaves]
-    u_sq = [_sum_sq(u) for u in u_leaves]
-    p_sq = [_sum_sq(p) for p in p_leaves]
-    u_rms = [_rms(s, n) for s, n in zip(u_sq, sizes)]
-    p_rms = [_rms(s, n) for s, n in zip(p_sq, sizes)]
-    total = max(sum(sizes), 1)
-    g_u = _rms(sum(u_sq), total) if u_sq else jnp.zeros((), jnp.float32)
-    g_p = _rms(sum(p_sq), total) if p_sq else jnp.zeros((), jnp.float32)
+    u_leaves = [jnp.asarray(u) for u in u_leaves]
+    p_leaves = [jnp.asarray(p) for p in treedef.flatten_up_to(params)]
+    g_leaves = [jnp.asarray(g) for g in treedef.flatten_up_to(grads)]
+    names = state.stats.per_leaf.names
+    if len(names) != len(u_leaves):
+      raise ValueError(
+          f"monitor was initialised for {len(names)} parameter leaves but the updates "
+          f"have {len(u_leaves)}"
+      )
+    moments = _moments(inner, b2) if _find(inner, _is_adam_like) else []
+    # One Adam state shaped like the updates (the usual case): its eps counts join
+    # the per-leaf sums. Otherwise the global fraction is counted on its own.
+    fused_eps = (
+        len(moments) == 1
+        and moments[0].treedef == treedef
+        and all(v.shape == u.shape for v, u in zip(moments[0].v, u_leaves))
+    )
+    dominated = moments[0].dominated(eps) if fused_eps else [None] * len(u_leaves)
+    rows = [
+        [_abs_sq(u), _abs_sq(p), ~jnp.isfinite(g)] + ([] if d is None else [d])
+        for u, p, g, d in zip(u_leaves, p_leaves, g_leaves, dominated)
+    ]
+    n_leaves, n_cols = len(rows), 4 if fused_eps else 3
+    if n_leaves:
+      sums, counts = _leaf_sums(rows)
+    else:
+      sums, counts = jnp.zeros((0, n_cols), jnp.float32), jnp.zeros((0, n_cols - 2), jnp.int32)
 
-    if _find(inner, _is_adam_like):
+    sizes = np.array([max(u.size, 1) for u in u_leaves], np.float32).reshape(-1, 1)
+    total = max(sum(u.size for u in u_leaves), 1)
+    started = moments[0].count > 0 if moments else False
+    nan = jnp.full((), jnp.nan, jnp.float32)
+
+    rms = jnp.sqrt(sums[:, :2] / sizes)
+    leaf_eps = (
+        jnp.where(started, sums[:, 3:4] / sizes, nan) if fused_eps
+        else jnp.full((n_leaves, 1), jnp.nan, jnp.float32)
+    )
+    per_leaf = jnp.concatenate([rms, _ratio(rms[:, 0], rms[:, 1])[:, None], leaf_eps], axis=1)
+
+    col = jnp.sum(sums, axis=0)
+    glob = jnp.sqrt(col[:2] / total)
+    if fused_eps:
+      eps_frac = jnp.where(started, col[3] / total, nan)
+    elif moments:
       eps_frac = eps_dominated_fraction(inner, eps, b2=b2)
     else:
-      eps_frac = jnp.full((), jnp.nan, jnp.float32)
+      eps_frac = nan
+    totals = jnp.stack([glob[0], glob[1], _ratio(glob[0], glob[1]), eps_frac.astype(jnp.float32)])
+
+    # Both counters saturate at 2**31 - 1.
+    step = jnp.stack([jnp.ones((), jnp.int32), jnp.sum(counts[:, 0], dtype=jnp.int32)])
+    old = state.stats.counters
+    counters = jnp.where(step > _INT32_MAX - old, _INT32_MAX, old + step).astype(jnp.int32)
 
     stats = MonitorStats(
-        count=numerics.safe_increment(state.stats.count),
-        update_rms=treedef.unflatten(u_rms),
-        param_rms=treedef.unflatten(p_rms),
-        update_to_param_ratio=treedef.unflatten(
-            [_ratio(u, p) for u, p in zip(u_rms, p_rms)]
-        ),
-        global_update_rms=g_u,
-        global_param_rms=g_p,
-        global_update_to_param_ratio=_ratio(g_u, g_p),
-        eps_dominated_fraction=eps_frac,
-        nonfinite_grads=nonfinite,
+        counters=counters,
+        totals=totals.astype(jnp.float32),
+        per_leaf=LeafStats(per_leaf.astype(jnp.float32), names),
     )
     return new_updates, MonitorState(inner_state=inner, stats=stats)
 
@@ -516,17 +670,20 @@ def summarize(
   * from a :func:`monitor` state, if ``opt_state`` holds one: ``step``,
     ``update_rms``, ``param_rms``, ``update_to_param_ratio``,
     ``eps_dominated_fraction``, ``nonfinite_grads`` and, per leaf,
-    ``update_rms/<path>``, ``param_rms/<path>``, ``update_to_param_ratio/<path>``;
-  * from an Adam-like state: ``eps_dominated_fraction/<path>`` (and the global
-    ``eps_dominated_fraction`` when there is no monitor state);
-  * with ``params`` and no monitor state: ``param_rms`` and ``param_rms/<path>``;
+    ``update_rms/<path>``, ``param_rms/<path>``, ``update_to_param_ratio/<path>``
+    and ``eps_dominated_fraction/<path>`` (the last only when one Adam-like state
+    mirrors the params), all computed in the step with the monitor's eps;
+  * otherwise, from an Adam-like state (with ``eps`` and ``b2``):
+    ``eps_dominated_fraction`` and ``eps_dominated_fraction/<path>``, and with
+    ``params``, ``param_rms`` and ``param_rms/<path>``;
   * with ``learning_rate``: ``effective_lr_p5/<path>``, ``effective_lr_p50/<path>``
     and ``effective_lr_p95/<path>`` (see :func:`effective_learning_rate`).
 
   Args:
     opt_state: the state of one optimizer (for a vmapped state, take one slice).
     params: the current params (used without a monitor state).
-    eps: the optimizer's eps (default ``1e-8``), for the per-leaf eps dominance.
+    eps: the optimizer's eps (default ``1e-8``), for the eps dominance and the
+      effective learning rate read from the Adam-like state.
     b2: the optimizer's second-moment decay.
     learning_rate: the optimizer's learning rate or schedule, to add percentiles
       of the effective learning rate.
@@ -552,15 +709,16 @@ def summarize(
     st = mons[0][1].stats
     out.update(
         step=st.count,
-        update_rms=st.global_update_rms,
-        param_rms=st.global_param_rms,
-        update_to_param_ratio=st.global_update_to_param_ratio,
+        update_rms=st.update_rms,
+        param_rms=st.param_rms,
+        update_to_param_ratio=st.update_to_param_ratio,
         eps_dominated_fraction=st.eps_dominated_fraction,
         nonfinite_grads=st.nonfinite_grads,
     )
-    out.update(_leaf_dict("update_rms", st.update_rms))
-    out.update(_leaf_dict("param_rms", st.param_rms))
-    out.update(_leaf_dict("update_to_param_ratio", st.update_to_param_ratio))
+    per_leaf = st.per_leaf.as_dict()
+    if not np.any(np.isfinite(np.asarray(st.per_leaf.column("eps_dominated_fraction")))):
+      per_leaf = {k: v for k, v in per_leaf.items() if not k.startswith("eps_dominated")}
+    out.update(per_leaf)
   elif params is not None:
     leaves = jax.tree.leaves(params)
     sq = [_sum_sq(p) for p in leaves]
@@ -570,10 +728,10 @@ def summarize(
         _leaf_dict("param_rms", jax.tree.map(lambda p: _rms(_sum_sq(p), jnp.size(p)), params))
     )
   if _find(opt_state, _is_adam_like):
-    per = eps_dominated_fraction(opt_state, eps, b2=b2, per_leaf=True)
     if not mons:
       out["eps_dominated_fraction"] = eps_dominated_fraction(opt_state, eps, b2=b2)
-    out.update({f"eps_dominated_fraction/{k}": v for k, v in per.items()})
+      per = eps_dominated_fraction(opt_state, eps, b2=b2, per_leaf=True)
+      out.update({f"eps_dominated_fraction/{k}": v for k, v in per.items()})
     if learning_rate is not None:
       qs = (5, 50, 95)
       eff = effective_learning_rate(opt_state, learning_rate, eps=eps, b2=b2, percentiles=qs)
@@ -683,6 +841,7 @@ def plot_history(history: Any, out_dir: str | os.PathLike, *, title: str = "") -
 
 __all__ = [
     "EpsAdvice",
+    "LeafStats",
     "MonitorState",
     "MonitorStats",
     "advise_eps",

@@ -126,6 +126,9 @@ def test_state_is_found_inside_wrappers_and_several_states_are_pooled():
   per = dg.eps_dominated_fraction(state, per_leaf=True)
   assert {k: float(v) for k, v in per.items()} == {"x": 1.0, "y": 0.0}
   np.testing.assert_allclose(float(state.stats.eps_dominated_fraction), 3 / 8)
+  # Two Adam states: no per-leaf eps column in the monitor; summarize leaves it out.
+  assert np.all(np.isnan(np.asarray(state.stats.per_leaf.column("eps_dominated_fraction"))))
+  assert not any(k.startswith("eps_dominated_fraction/") for k in dg.summarize(state))
 
 
 def test_optax_adam_state_is_read_too():
@@ -253,7 +256,10 @@ def _rms(x):
   return np.sqrt(np.mean(x * x))
 
 
-def test_monitor_stats_match_numpy():
+@pytest.mark.parametrize("fused", [True, False])
+def test_monitor_stats_match_numpy(monkeypatch, fused):
+  if not fused:  # every leaf takes the path of leaves of 2**24 elements and more
+    monkeypatch.setattr(dg, "_EXACT_F32_COUNT", 0)
   params = _tree_f32(make_params(5))
   eps, b2 = 0.5, 0.99
   tx = dg.monitor(adam_jax.adam(3e-2, b2=b2, eps=eps), eps=eps, b2=b2)
@@ -262,25 +268,30 @@ def test_monitor_stats_match_numpy():
   stats = state.stats
   u_leaves = [np.asarray(u, np.float64) for u in jax.tree.leaves(ups[-1])]
   p_leaves = [np.asarray(p, np.float64) for p in jax.tree.leaves(p_before)]
-  got_u = [float(x) for x in jax.tree.leaves(stats.update_rms)]
-  got_p = [float(x) for x in jax.tree.leaves(stats.param_rms)]
-  got_r = [float(x) for x in jax.tree.leaves(stats.update_to_param_ratio)]
+  assert stats.per_leaf.names == ("b", "deep/0", "deep/1", "w")
+  got_u = np.asarray(stats.per_leaf.column("update_rms"))
+  got_p = np.asarray(stats.per_leaf.column("param_rms"))
+  got_r = np.asarray(stats.per_leaf.column("update_to_param_ratio"))
+  assert got_u.shape == (4,)
   for u, p, gu, gp, gr in zip(u_leaves, p_leaves, got_u, got_p, got_r):
     np.testing.assert_allclose(gu, _rms(u), rtol=1e-5)
     np.testing.assert_allclose(gp, _rms(p), rtol=1e-5)
     np.testing.assert_allclose(gr, _rms(u) / _rms(p), rtol=1e-5)
   all_u = np.concatenate([u.ravel() for u in u_leaves])
   all_p = np.concatenate([p.ravel() for p in p_leaves])
-  np.testing.assert_allclose(float(stats.global_update_rms), _rms(all_u), rtol=1e-5)
-  np.testing.assert_allclose(float(stats.global_param_rms), _rms(all_p), rtol=1e-5)
+  np.testing.assert_allclose(float(stats.update_rms), _rms(all_u), rtol=1e-5)
+  np.testing.assert_allclose(float(stats.param_rms), _rms(all_p), rtol=1e-5)
   np.testing.assert_allclose(
-      float(stats.global_update_to_param_ratio),
+      float(stats.update_to_param_ratio),
       np.linalg.norm(all_u) / np.linalg.norm(all_p), rtol=1e-5)
-  nu = np.concatenate([np.asarray(v, np.float64).ravel()
-                       for v in jax.tree.leaves(state.inner_state[0].nu)])
+  nus = [np.asarray(v, np.float64) for v in jax.tree.leaves(state.inner_state[0].nu)]
+  nu = np.concatenate([v.ravel() for v in nus])
   want = np.mean(np.sqrt(nu / (1 - b2**4)) < eps)
   assert 0 < want < 1
   np.testing.assert_allclose(float(stats.eps_dominated_fraction), want)
+  np.testing.assert_allclose(
+      np.asarray(stats.per_leaf.column("eps_dominated_fraction")),
+      [np.mean(np.sqrt(v / (1 - b2**4)) < eps) for v in nus], rtol=1e-6)
   assert int(stats.nonfinite_grads) == 0
 
 
@@ -289,9 +300,12 @@ def test_monitor_ratio_for_zero_params_and_no_adam_state():
   tx = dg.monitor(optax.sgd(0.5))
   grads = {"z": jnp.ones(3, F32), "o": jnp.zeros(2, F32)}
   _, state = tx.update(grads, tx.init(params), params)
-  assert float(state.stats.update_to_param_ratio["z"]) == math.inf
-  assert float(state.stats.update_to_param_ratio["o"]) == 0.0
-  np.testing.assert_allclose(float(state.stats.global_update_to_param_ratio),
+  per_leaf = state.stats.per_leaf.as_dict()
+  assert float(per_leaf["update_to_param_ratio/z"]) == math.inf
+  assert float(per_leaf["update_to_param_ratio/o"]) == 0.0
+  with pytest.raises(ValueError, match="unknown statistic"):
+    state.stats.per_leaf.column("loss")
+  np.testing.assert_allclose(float(state.stats.update_to_param_ratio),
                              math.sqrt(3 * 0.25) / math.sqrt(2), rtol=1e-6)
   assert math.isnan(float(state.stats.eps_dominated_fraction))
   with pytest.raises(ValueError, match="needs params"):
@@ -312,7 +326,7 @@ def test_monitor_counts_nonfinite_gradients_cumulatively_and_saturates():
   _, state = step({"a": jnp.ones(4, F32), "b": jnp.ones(2, F32)}, state, params)
   assert int(state.stats.nonfinite_grads) == 4
   big = state._replace(stats=state.stats._replace(
-      nonfinite_grads=jnp.asarray(2**31 - 2, jnp.int32)))
+      counters=jnp.asarray([5, 2**31 - 2], jnp.int32)))
   _, big = step({"a": jnp.full(4, nan, F32), "b": jnp.ones(2, F32)}, big, params)
   assert int(big.stats.nonfinite_grads) == 2**31 - 1
   assert step._cache_size() == 1
@@ -332,13 +346,13 @@ def test_monitor_under_vmap_matches_separate_runs():
     return state.stats
 
   batched = jax.jit(jax.vmap(train))(lrs)
-  ratios = np.asarray(batched.global_update_to_param_ratio)
+  ratios = np.asarray(batched.update_to_param_ratio)
   assert ratios.shape == (3,)
   for i, lr in enumerate([1e-3, 1e-2, 1e-1]):
     single = jax.jit(train)(jnp.asarray(lr, F32))
-    np.testing.assert_allclose(ratios[i], float(single.global_update_to_param_ratio), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(batched.update_rms["w"])[i],
-                               float(single.update_rms["w"]), rtol=1e-5)
+    np.testing.assert_allclose(ratios[i], float(single.update_to_param_ratio), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(batched.per_leaf.values)[i],
+                               np.asarray(single.per_leaf.values), rtol=1e-5)
   assert ratios[0] < ratios[1] < ratios[2]
 
 
@@ -354,8 +368,10 @@ def test_monitor_inside_chain_and_summarize():
   stats = state[1].stats
   assert all(isinstance(v, float) for v in summary.values())
   assert summary["step"] == 3.0
-  assert summary["update_to_param_ratio/w"] == float(stats.update_to_param_ratio["w"])
-  assert summary["param_rms/deep/1"] == float(stats.param_rms["deep"][1])
+  per_leaf = stats.per_leaf.as_dict()
+  assert summary["update_to_param_ratio/w"] == float(per_leaf["update_to_param_ratio/w"])
+  assert summary["param_rms/deep/1"] == float(per_leaf["param_rms/deep/1"])
+  assert summary["update_rms"] == float(stats.update_rms)
   assert summary["eps_dominated_fraction"] == float(stats.eps_dominated_fraction)
   assert summary["nonfinite_grads"] == 0.0
   assert "eps_dominated_fraction/w" in summary and "effective_lr_p50/b" in summary
