@@ -387,3 +387,24 @@ def test_mixed_dtype_trees_under_strict_promotion():
     assert all(bool(jnp.all(u < 0)) for u in jax.tree.leaves(updates))
   x = adam_jax.schedule_free_eval_params(sf.init(params), params)
   assert x["a"].dtype == jnp.float16 and x["b"].dtype == jnp.bfloat16
+
+
+def test_schedule_free_float64_params_are_float64_accurate():
+  params = helpers.make_params(seed=3, dtype=np.float64)
+  with jax.enable_x64(True):
+    tx = adam_jax.schedule_free_adamw(5e-2, b2=0.99, weight_decay=0.1, warmup_steps=5)
+    p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+    state = tx.init(p)
+    update = jax.jit(tx.update)
+    treedef = jax.tree.structure(p)
+    for t in range(1, 31):
+      g = helpers.grad_leaves([np.asarray(a) for a in jax.tree.leaves(p)], t)
+      u, state = update(treedef.unflatten([jnp.asarray(a) for a in g]), state, p)
+      p = optax.apply_updates(p, u)
+    x = adam_jax.schedule_free_eval_params(state, p)
+    assert state.lr_sq_sum.dtype == jnp.float64
+  want_y, want_x = ref.schedule_free_adamw(helpers.leaves64(params), helpers.grad_leaves, 30,
+                                           lr=5e-2, b2=0.99, weight_decay=0.1, warmup_steps=5)
+  for got, want in ((p, want_y[-1]), (x, want_x[-1])):
+    for a, b in zip(jax.tree.leaves(got), want):
+      np.testing.assert_allclose(np.asarray(a), b, rtol=1e-10, atol=1e-10)

@@ -26,7 +26,7 @@ class ScheduleFreeAdamWState(NamedTuple):
   count: Array  # shape=(), dtype=int32; steps taken, saturating
   z: optax.Params  # like params, dtype=param dtype; the base (SGD-like) sequence z_t
   nu: optax.Updates  # like params, real; dtype=nu_dtype; second moment v_t
-  lr_sq_sum: Array  # shape=(), dtype=float32; sum of gamma_i**2 over steps so far
+  lr_sq_sum: Array  # shape=(), dtype=widest real param dtype (>= float32); sum of gamma_i**2
   b1: Array  # shape=(), dtype=widest real param dtype (>= float32); for eval params
 
 
@@ -134,7 +134,7 @@ def scale_by_schedule_free_adam(
         count=jnp.zeros([], jnp.int32),
         z=z,
         nu=nu,
-        lr_sq_sum=jnp.zeros([], jnp.float32),
+        lr_sq_sum=jnp.zeros([], rd),
         b1=jnp.asarray(b1).astype(rd),
     )
 
@@ -146,14 +146,15 @@ def scale_by_schedule_free_adam(
     numerics.tree_check_same_structure(updates, state.z)
     numerics.tree_check_same_structure(updates, params, what="params")
     count = numerics.safe_increment(state.count)
-    t = count.astype(jnp.float32)
+    sd = state.lr_sq_sum.dtype  # the scalars are computed in the widest param dtype
+    t = count.astype(sd)
     lr = numerics.resolve(learning_rate, state.count)
     # gamma_t = gamma * sqrt(1 - b2^t) * min(1, t / T_warmup)
     gamma = (
-        numerics.hyper(lr, jnp.float32)
-        * jnp.sqrt(numerics.bias_correction(b2, count, jnp.float32))
+        numerics.hyper(lr, sd)
+        * jnp.sqrt(numerics.bias_correction(b2, count, sd))
         * _warmup_factor(warmup_steps, t)
-    )
+    ).astype(sd)
     gamma_sq = gamma * gamma
     lr_sq_sum = state.lr_sq_sum + gamma_sq
     # c_{t+1} = gamma_t^2 / sum_i gamma_i^2 (0 while every gamma so far is 0)
