@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.experimental.shard_alike import shard_alike
 
 from adam_jax import numerics
 
@@ -37,19 +38,40 @@ def abs_sq(g: Array) -> Array:
   return g * g
 
 
+def _sharding_in_type(p: Any) -> bool:
+  """Whether traced ``p``'s type carries its whole sharding (every mesh axis explicit)."""
+  mesh = jax.typeof(p).sharding.mesh
+  return bool(mesh.axis_names) and mesh.are_all_axes_explicit
+
+
+def _zeros_like(p: Any, dtype: Any) -> Array:
+  """Zeros of ``p``'s shape in ``dtype``, sharded like ``p``.
+
+  Concrete arrays pass their sharding to ``jnp.zeros_like``, and so do traced
+  arrays on explicit-sharding meshes (through their type). Under ``jax.jit`` on
+  auto meshes the sharding of an input is only known to the compiler, so the
+  zeros are tied to ``p`` with ``shard_alike``: without it, zeros that depend on
+  no input are placed on one device (optax's behaviour).
+  """
+  zeros = jnp.zeros_like(p, dtype=dtype)
+  if isinstance(p, jax.core.Tracer) and not _sharding_in_type(p):
+    zeros, _ = shard_alike(zeros, p)
+  return zeros
+
+
 def init_moments(params: Any, mu_dtype: Any, nu_dtype: Any):
-  """Zero first and second moments shaped like ``params``.
+  """Zero first and second moments shaped and sharded like ``params``.
 
   The first moment takes ``mu_dtype`` (default: the param's dtype), the second
-  ``nu_dtype`` (default: the real counterpart of the param's dtype).
+  ``nu_dtype`` (default: the real counterpart of the param's dtype). Each
+  moment has its param's sharding, also when ``init`` runs under ``jax.jit``.
   """
 
   def mu0(p):
-    return jnp.zeros(jnp.shape(p), mu_dtype or jnp.asarray(p).dtype)
+    return _zeros_like(p, mu_dtype or jnp.result_type(p))
 
   def nu0(p):
-    dtype = nu_dtype or numerics.real_dtype(jnp.asarray(p).dtype)
-    return jnp.zeros(jnp.shape(p), dtype)
+    return _zeros_like(p, nu_dtype or numerics.real_dtype(jnp.result_type(p)))
 
   return jax.tree.map(mu0, params), jax.tree.map(nu0, params)
 

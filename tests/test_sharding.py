@@ -1,0 +1,247 @@
+"""Sharded params on 8 (simulated) devices: the state mirrors them and the step keeps them."""
+
+import collections
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import adam_jax
+
+SHAPES = {"w": (16, 8), "v": (8, 16), "b": (8,), "s": ()}
+# FSDP: the big leaves split over one data axis; the bias and the scalar replicated.
+FSDP = ((8,), ("data",), {"w": P("data", None), "v": P("data"), "b": P(), "s": P()})
+# Tensor parallel on a 2-D mesh: both axes split the matrices, the bias split over "model".
+TP = ((4, 2), ("data", "model"),
+      {"w": P("data", "model"), "v": P("model", "data"), "b": P("model"), "s": P()})
+CORE = ("adam", "adamw", "amsgrad", "nadam", "nadamw", "radam", "adamax", "adamaxw", "adabelief")
+COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
+
+
+def _values(seed):
+  rng = np.random.default_rng(seed)
+  return {k: rng.standard_normal(s).astype(np.float32) for k, s in SHAPES.items()}
+
+
+def _place(tree, mesh, specs):
+  return {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in tree.items()}
+
+
+def _mesh(layout, axis_type):
+  shape, names, specs = layout
+  return jax.make_mesh(shape, names, axis_types=(axis_type,) * len(names)), specs
+
+
+def _context(mesh, axis_type):
+  """Explicit meshes are used the way JAX asks: inside ``jax.set_mesh``."""
+  if axis_type == AxisType.Explicit:
+    return jax.set_mesh(mesh)
+  return contextlib.nullcontext()
+
+
+def assert_state_mirrors(state, params):
+  """Every state leaf stored under a param's name has that param's shape and sharding."""
+  matched = collections.Counter()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    key = path[-1]
+    if isinstance(key, jax.tree_util.DictKey) and key.key in params:
+      p = params[key.key]
+      assert leaf.shape == p.shape, path
+      assert leaf.sharding.is_equivalent_to(p.sharding, p.ndim), (
+          f"{jax.tree_util.keystr(path)}: {leaf.sharding} is not {p.sharding}")
+      matched[key.key] += 1
+    else:  # step counts and the like: one value, the same everywhere
+      assert leaf.sharding.is_fully_replicated, path
+  assert set(matched) == set(params)
+  assert min(matched.values()) >= 2, matched  # at least mu and nu
+
+
+def assert_same_shardings(got, want):
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
+    assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (
+        f"{jax.tree_util.keystr(path)}: {a.sharding} became {b.sharding}")
+
+
+def _run(tx, params, grads):
+  """``jax.jit(tx.init)`` and three jitted steps; returns states, final params and HLO."""
+  state0 = jax.jit(tx.init)(params)
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  compiled = jax.jit(step).lower(params, state0, grads[0]).compile()
+  state = state0
+  for g in grads:  # a compiled step rejects inputs whose sharding changed
+    params, state = compiled(params, state, g)
+  return state0, params, state, compiled.as_text()
+
+
+def _single_device_run(tx, values, grad_values):
+  """The same three steps on one device, as one compiled program."""
+
+  def run(params, grads):
+    state = tx.init(params)
+    for g in grads:
+      updates, state = tx.update(g, state, params)
+      params = optax.apply_updates(params, updates)
+    return params, state
+
+  one = jax.devices()[0]
+  return jax.jit(run)(jax.device_put(values, one), jax.device_put(grad_values, one))
+
+
+COMBOS = [(FSDP, AxisType.Auto), (TP, AxisType.Explicit), (FSDP, AxisType.Explicit),
+          (TP, AxisType.Auto)]
+# Every alias on one of the four meshes (in turn), and adamw on all four.
+CASES = ([(name, *COMBOS[i % 4]) for i, name in enumerate(CORE)]
+         + [("adamw", *combo) for combo in COMBOS if combo != COMBOS[CORE.index("adamw") % 4]])
+
+
+@pytest.mark.parametrize(
+    "name,layout,axis_type", CASES,
+    ids=[f"{n}-{'fsdp' if lay is FSDP else 'tp'}-{t.name.lower()}" for n, lay, t in CASES])
+def test_state_and_step_follow_param_shardings(name, layout, axis_type):
+  tx = getattr(adam_jax, name)(1e-2)
+  mesh, specs = _mesh(layout, axis_type)
+  values, grad_values = _values(0), [_values(i) for i in (1, 2, 3)]
+  with _context(mesh, axis_type):
+    params = _place(values, mesh, specs)
+    grads = [_place(g, mesh, specs) for g in grad_values]
+    state0, new_params, state, hlo = _run(tx, params, grads)
+  assert_state_mirrors(state0, params)
+  assert_state_mirrors(state, params)
+  assert_same_shardings(new_params, params)
+  assert_same_shardings(state, state0)
+  # Elementwise optimizer on co-sharded params, grads and moments: no communication.
+  assert not [c for c in COLLECTIVES if c in hlo]
+
+  want = _single_device_run(tx, values, grad_values)
+  for got, w in zip(jax.tree.leaves((new_params, state)), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(w), rtol=1e-6, atol=1e-7)
+
+
+def test_init_handles_every_kind_of_leaf():
+  """Sharded, unplaced, NumPy, Python and empty leaves and None: dtypes as ever, shardings kept."""
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+  sharded = jax.device_put(np.ones((16, 2), np.float32), NamedSharding(mesh, P("data")))
+  params = {"sharded": sharded, "none": None, "float": 1.5, "numpy": np.ones(3),
+            "complex": jnp.ones(2, jnp.complex64),
+            "half": jnp.ones((8,), jnp.bfloat16), "empty": jnp.ones((0, 3))}
+  want_mu = {"sharded": jnp.float32, "float": jnp.float32, "numpy": jnp.float32,
+             "complex": jnp.complex64, "half": jnp.bfloat16,
+             "empty": jnp.float32}
+  want_nu = {**want_mu, "complex": jnp.float32}
+  tx = adam_jax.scale_by_adam(amsgrad=True)
+  for state in (tx.init(params), jax.jit(tx.init)(params), jax.eval_shape(tx.init, params)):
+    for field, want in (("mu", want_mu), ("nu", want_nu), ("nu_max", want_nu)):
+      tree = getattr(state, field)
+      assert tree["none"] is None
+      for k, dtype in want.items():
+        assert tree[k].shape == np.shape(params[k]), (field, k)
+        assert tree[k].dtype == dtype, (field, k)
+        assert not jax.typeof(tree[k]).weak_type, (field, k)
+      if isinstance(tree["sharded"], jax.Array):
+        assert tree["sharded"].sharding.is_equivalent_to(sharded.sharding, 2)
+        assert np.all(np.asarray(tree["sharded"]) == 0)
+  mu = adam_jax.scale_by_adam(mu_dtype=jnp.bfloat16).init(params).mu
+  assert mu["sharded"].dtype == jnp.bfloat16 and mu["sharded"].sharding == sharded.sharding
+
+
+def test_eval_shape_on_an_explicit_mesh_gives_the_state_sharding():
+  mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+  abstract = {"w": jax.ShapeDtypeStruct((16, 8), jnp.float32,
+                                        sharding=NamedSharding(mesh, P("data", "model")))}
+  with jax.set_mesh(mesh):
+    state = jax.eval_shape(adam_jax.adamw(1e-3).init, abstract)
+  assert state[0].mu["w"].sharding.spec == P("data", "model")
+  assert state[0].nu["w"].sharding.spec == P("data", "model")
+
+
+def test_checkpoint_restores_into_an_abstract_sharded_target(tmp_path):
+  """The README's recipe: ``like`` from ``eval_shape`` and the compiled init's shardings."""
+  mesh, specs = _mesh(FSDP, AxisType.Auto)
+  params = _place(_values(0), mesh, specs)
+  tx = adam_jax.adamw(1e-2)
+  state = jax.jit(tx.update)(_place(_values(1), mesh, specs), jax.jit(tx.init)(params), params)[1]
+  path = adam_jax.checkpoint.save(tmp_path / "opt", state)
+
+  init = jax.jit(tx.init)
+  like = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      init.eval_shape(params), init.lower(params).compile().output_shardings)
+  restored = adam_jax.checkpoint.restore(path, like=like)
+  assert_state_mirrors(restored, params)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_flax_nnx_fsdp_training_keeps_the_state_sharded():
+  """The README's FSDP example: kernels split by rows over "data", biases replicated."""
+  from flax import nnx
+
+  mesh = jax.make_mesh((8,), ("data",))
+  fsdp = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("data", None))
+
+  class MLP(nnx.Module):
+    def __init__(self, rngs):
+      self.hidden = nnx.Linear(16, 32, kernel_init=fsdp, rngs=rngs)
+      self.out = nnx.Linear(32, 10, kernel_init=fsdp, rngs=rngs)
+
+    def __call__(self, x):
+      return self.out(nnx.relu(self.hidden(x)))
+
+  @nnx.jit
+  def train_step(model, optimizer, x, y):
+    def loss_fn(m):
+      return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  rng = np.random.default_rng(0)
+  batch = NamedSharding(mesh, P("data"))
+  x = jax.device_put(rng.standard_normal((64, 16)).astype(np.float32), batch)
+  y = jax.device_put(rng.integers(0, 10, 64).astype(np.int32), batch)
+  with jax.set_mesh(mesh):
+    model = MLP(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, adam_jax.adamw(1e-2), wrt=nnx.Param)
+    losses = [float(train_step(model, optimizer, x, y)) for _ in range(5)]
+  assert losses[-1] < losses[0]
+
+  params = {path: v.get_value() for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  assert params[("hidden", "kernel")].sharding.spec == P("data", None)
+  mirrored = collections.Counter()
+  for path, v in nnx.to_flat_state(nnx.state(optimizer.opt_state)):
+    leaf, p = v.get_value(), params.get(path[-2:])
+    if p is None:
+      assert leaf.sharding.is_fully_replicated, path
+    else:
+      assert leaf.sharding.is_equivalent_to(p.sharding, p.ndim), (path, leaf.sharding)
+      mirrored[path[-2:]] += 1
+  assert set(mirrored) == set(params) and min(mirrored.values()) == 2
+
+
+def test_grid_search_puts_one_configuration_on_each_device(monkeypatch):
+  """Rows equal to a 1-device run are checked in test_tuning; here: where the work runs."""
+  from adam_jax import tuning
+
+  fetched = []
+  device_get = jax.device_get
+
+  def spy(tree):
+    fetched.extend(x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array))
+    return device_get(tree)
+
+  monkeypatch.setattr(jax, "device_get", spy)
+  result = tuning.grid_search(lr=[1e-3, 3e-3, 1e-2, 3e-2], b1=[0.9, 0.5], hidden=[8], steps=3)
+  assert result.num_devices == 8 and len(result.rows) == 8
+  per_config = [x for x in fetched if x.ndim >= 1 and x.shape[0] == 8]
+  assert per_config
+  for x in per_config:  # every per-configuration output: one row on each of the 8 devices
+    assert len(x.sharding.device_set) == 8
+    assert sorted(s.data.shape[0] for s in x.addressable_shards) == [1] * 8
