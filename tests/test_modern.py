@@ -185,7 +185,8 @@ def test_adam_mini_partition_on_flax_modules_and_memory():
       self.norm = nnx.LayerNorm(16, rngs=rngs)
       self.head = nnx.Linear(16, 10, rngs=rngs)
 
-  params = nnx.state(Model(nnx.Rngs(0)), nnx.Param)  # what nnx.Optimizer hands to init
+  # What nnx.Optimizer hands to init, built abstractly: only shapes matter here.
+  params = nnx.state(nnx.eval_shape(lambda: Model(nnx.Rngs(0))), nnx.Param)
   shapes = adam_jax.adam_mini_block_shapes(nnx.to_pure_dict(params))
   assert shapes["embed"]["embedding"] == (50, 1)  # per token
   assert shapes["attn"]["query"]["kernel"] == (1, 4, 1)  # per head
@@ -197,14 +198,14 @@ def test_adam_mini_partition_on_flax_modules_and_memory():
   assert shapes["head"]["bias"] == (1,)
   assert shapes["norm"]["scale"] == (1,)
 
-  state = adam_jax.adam_mini(1e-3).init(params)
+  state = jax.eval_shape(adam_jax.adam_mini(1e-3).init, params)
   blocks = jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))
   assert [nu.shape for nu in jax.tree.leaves(state[0].nu)] == blocks
 
   def nbytes(tree):
-    return sum(a.nbytes for a in jax.tree.leaves(tree))
+    return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree))
 
-  ratio = nbytes(state) / nbytes(adam_jax.adamw(1e-3).init(params))
+  ratio = nbytes(state) / nbytes(jax.eval_shape(adam_jax.adamw(1e-3).init, params))
   assert 0.5 <= ratio < 0.55
 
 
@@ -234,14 +235,16 @@ def test_lazy_adam_leaves_untouched_rows_bitwise_and_dense_adam_does_not():
   g1 = {"embed": {"embedding": jnp.ones((6, 3))}, "w": jnp.ones((3, 2))}
   rows = jnp.asarray([1.0, 0, 0, 1, 0, 0])[:, None] * jnp.ones((1, 3))
   g2 = {"embed": {"embedding": rows}, "w": jnp.ones((3, 2))}
+  step, step_dense = jax.jit(tx.update), jax.jit(dense.update)
   s, sd = tx.init(params), dense.init(params)
   p, pd = params, params
   for g in (g1, g2):
-    u, s = jax.jit(tx.update)(g, s, p)
+    u, s = step(g, s, p)
     p = optax.apply_updates(p, u)
-    ud, sd = jax.jit(dense.update)(g, sd, pd)
+    ud, sd = step_dense(g, sd, pd)
     pd = optax.apply_updates(pd, ud)
-  after_first = optax.apply_updates(params, tx.update(g1, tx.init(params), params)[0])
+    if g is g1:
+      after_first = p
   e, e1, ed = (t["embed"]["embedding"] for t in (p, after_first, pd))
   idle = np.asarray([2, 4, 5])
   np.testing.assert_array_equal(e[idle], e1[idle])  # rows without gradient: unchanged
@@ -382,7 +385,7 @@ def test_mixed_dtype_trees_under_strict_promotion():
   params = {"a": jnp.ones(2, jnp.float16), "b": jnp.ones(2, jnp.bfloat16)}
   sf = adam_jax.schedule_free_adamw(1e-2)
   for tx in (sf, adam_jax.cautious(adam_jax.adam(1e-2))):
-    updates, state = tx.update(params, tx.init(params), params)
+    updates, state = jax.jit(tx.update)(params, tx.init(params), params)
     assert updates["a"].dtype == jnp.float16 and updates["b"].dtype == jnp.bfloat16
     assert all(bool(jnp.all(u < 0)) for u in jax.tree.leaves(updates))
   x = adam_jax.schedule_free_eval_params(sf.init(params), params)
@@ -397,13 +400,13 @@ def test_schedule_free_float64_params_are_float64_accurate():
     state = tx.init(p)
     update = jax.jit(tx.update)
     treedef = jax.tree.structure(p)
-    for t in range(1, 31):
+    for t in range(1, 21):
       g = helpers.grad_leaves([np.asarray(a) for a in jax.tree.leaves(p)], t)
       u, state = update(treedef.unflatten([jnp.asarray(a) for a in g]), state, p)
       p = optax.apply_updates(p, u)
     x = adam_jax.schedule_free_eval_params(state, p)
     assert state.lr_sq_sum.dtype == jnp.float64
-  want_y, want_x = ref.schedule_free_adamw(helpers.leaves64(params), helpers.grad_leaves, 30,
+  want_y, want_x = ref.schedule_free_adamw(helpers.leaves64(params), helpers.grad_leaves, 20,
                                            lr=5e-2, b2=0.99, weight_decay=0.1, warmup_steps=5)
   for got, want in ((p, want_y[-1]), (x, want_x[-1])):
     for a, b in zip(jax.tree.leaves(got), want):
