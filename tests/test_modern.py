@@ -411,3 +411,22 @@ def test_schedule_free_float64_params_are_float64_accurate():
   for got, want in ((p, want_y[-1]), (x, want_x[-1])):
     for a, b in zip(jax.tree.leaves(got), want):
       np.testing.assert_allclose(np.asarray(a), b, rtol=1e-10, atol=1e-10)
+
+
+def test_schedule_free_traced_b1_and_warmup_match_python_values():
+  params = {"w": jnp.asarray(np.linspace(-1, 1, 6).reshape(3, 2), jnp.float32)}
+
+  def train(b1, warmup):
+    tx = adam_jax.schedule_free_adamw(5e-2, b1=b1, warmup_steps=warmup)
+    p, s = params, tx.init(params)
+    for _ in range(4):
+      u, s = tx.update(jax.tree.map(jnp.sin, p), s, p)
+      p = optax.apply_updates(p, u)
+    return adam_jax.schedule_free_eval_params(s, p)["w"]
+
+  b1s = jnp.asarray([0.5, 0.9], jnp.float32)
+  warmups = jnp.asarray([0.0, 3.0], jnp.float32)
+  batched = jax.jit(jax.vmap(train))(b1s, warmups)
+  for i, (b1, warmup) in enumerate([(0.5, 0), (0.9, 3)]):
+    np.testing.assert_allclose(batched[i], train(b1, warmup), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(batched[0], batched[1])
