@@ -271,7 +271,7 @@ def advise_eps(
     return EpsAdvice(
         frac,
         eps,
-        f"eps={_fmt(eps)} sets the step of {frac:.1%} of parameters: keep it{dead_txt}",
+        f"eps={_fmt(eps)} sets the step of {frac:.2%} of parameters: keep it{dead_txt}",
     )
   q = float(np.percentile(live, 100 * tolerance))
   # The power of ten at or below q / 10 (allowing for float32 rounding of q).
@@ -281,7 +281,7 @@ def advise_eps(
       suggested,
       f"eps={_fmt(eps)} sets the step of {frac:.1%} of parameters (Adam acts like SGD "
       f"with momentum there); try eps={_fmt(suggested)}, a tenth of the "
-      f"{100 * tolerance:g}th percentile of sqrt(v_hat){dead_txt}",
+      f"{100 * tolerance:g}% quantile of sqrt(v_hat){dead_txt}",
   )
 
 
