@@ -66,6 +66,7 @@ def adam(
     amsgrad: bool = False,
     nesterov: bool = False,
     maximize: bool = False,
+    fused: bool | None = None,
     mask: Any = None,
 ) -> optax.GradientTransformation:
   r"""Adam, as ``torch.optim.Adam``: weight decay (if any) is coupled L2.
@@ -89,6 +90,8 @@ def adam(
     amsgrad: use AMSGrad's running maximum (torch's convention).
     nesterov: use Nesterov momentum (NAdam).
     maximize: ascend the objective instead of descending (torch's ``maximize``).
+    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
+      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
     mask: which params get weight decay (pytree of bools or callable).
 
   Returns:
@@ -109,7 +112,7 @@ def adam(
     <https://arxiv.org/abs/1412.6980>`_, 2014.
   """
   core = scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
-                       amsgrad=amsgrad, nesterov=nesterov)
+                       amsgrad=amsgrad, nesterov=nesterov, fused=fused)
   return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=False,
                 mask=mask, maximize=maximize)
 
@@ -128,6 +131,7 @@ def adamw(
     amsgrad: bool = False,
     nesterov: bool = False,
     maximize: bool = False,
+    fused: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""AdamW: Adam with decoupled weight decay, as ``torch.optim.AdamW`` and optax.
 
@@ -154,6 +158,8 @@ def adamw(
     amsgrad: use AMSGrad's running maximum (torch's convention).
     nesterov: use Nesterov momentum (NAdamW).
     maximize: ascend the objective instead of descending.
+    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
+      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -168,7 +174,7 @@ def adamw(
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
   core = scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
-                       amsgrad=amsgrad, nesterov=nesterov)
+                       amsgrad=amsgrad, nesterov=nesterov, fused=fused)
   return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=True,
                 mask=mask, maximize=maximize)
 
@@ -184,6 +190,7 @@ def amsgrad(
     nu_dtype: Any | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
     maximize: bool = False,
+    fused: bool | None = None,
     mask: Any = None,
 ) -> optax.GradientTransformation:
   r"""AMSGrad, as ``torch.optim.Adam(amsgrad=True)``.
@@ -207,6 +214,8 @@ def amsgrad(
     nu_dtype: dtype of the second moment and its maximum.
     weight_decay: coupled L2 coefficient.
     maximize: ascend the objective instead of descending.
+    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
+      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
     mask: which params get weight decay.
 
   Returns:
@@ -217,7 +226,8 @@ def amsgrad(
     <https://openreview.net/forum?id=ryQu7f-RZ>`_, ICLR 2018.
   """
   return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
-              weight_decay=weight_decay, amsgrad=True, maximize=maximize, mask=mask)
+              weight_decay=weight_decay, amsgrad=True, maximize=maximize, mask=mask,
+              fused=fused)
 
 
 def nadam(
@@ -231,6 +241,7 @@ def nadam(
     nu_dtype: Any | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
     maximize: bool = False,
+    fused: bool | None = None,
     mask: Any = None,
 ) -> optax.GradientTransformation:
   r"""NAdam as optax defines it: Adam with Nesterov momentum.
@@ -253,6 +264,8 @@ def nadam(
     nu_dtype: dtype of the second moment.
     weight_decay: coupled L2 coefficient.
     maximize: ascend the objective instead of descending.
+    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
+      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
     mask: which params get weight decay.
 
   Returns:
@@ -263,7 +276,8 @@ def nadam(
     <https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
   """
   return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
-              weight_decay=weight_decay, nesterov=True, maximize=maximize, mask=mask)
+              weight_decay=weight_decay, nesterov=True, maximize=maximize, mask=mask,
+              fused=fused)
 
 
 def nadamw(
@@ -278,6 +292,7 @@ def nadamw(
     *,
     nu_dtype: Any | None = None,
     maximize: bool = False,
+    fused: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""NAdamW: :func:`nadam` with decoupled weight decay, as ``optax.nadamw``.
 
@@ -292,6 +307,8 @@ def nadamw(
     mask: which params decay.
     nu_dtype: dtype of the second moment.
     maximize: ascend the objective instead of descending.
+    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
+      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -301,7 +318,7 @@ def nadamw(
     <https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
   """
   return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask,
-               nu_dtype=nu_dtype, nesterov=True, maximize=maximize)
+               nu_dtype=nu_dtype, nesterov=True, maximize=maximize, fused=fused)
 
 
 def radam(
@@ -317,6 +334,7 @@ def radam(
     weight_decay: ScalarOrSchedule = 0.0,
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
+    fused: bool | None = None,
     mask: Any = None,
 ) -> optax.GradientTransformation:
   r"""RAdam with ``torch.optim.RAdam``'s update (see :func:`adam_jax.scale_by_radam`).
@@ -334,6 +352,8 @@ def radam(
     decoupled_weight_decay: decoupled (AdamW-style) rather than coupled L2,
       as torch's ``decoupled_weight_decay``.
     maximize: ascend the objective instead of descending.
+    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
+      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
     mask: which params get weight decay.
 
   Returns:
@@ -343,7 +363,8 @@ def radam(
     Liu et al., `On the Variance of the Adaptive Learning Rate and Beyond
     <https://arxiv.org/abs/1908.03265>`_, ICLR 2020.
   """
-  core = scale_by_radam(b1, b2, eps, eps_root, threshold, mu_dtype, nu_dtype=nu_dtype)
+  core = scale_by_radam(b1, b2, eps, eps_root, threshold, mu_dtype, nu_dtype=nu_dtype,
+                        fused=fused)
   return _chain(core, learning_rate, weight_decay=weight_decay,
                 decoupled=decoupled_weight_decay, mask=mask, maximize=maximize)
 
@@ -358,6 +379,7 @@ def adamax(
     nu_dtype: Any | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
     maximize: bool = False,
+    fused: bool | None = None,
     mask: Any = None,
 ) -> optax.GradientTransformation:
   r"""Adamax with ``torch.optim.Adamax``'s update (see :func:`adam_jax.scale_by_adamax`).
@@ -371,6 +393,8 @@ def adamax(
     nu_dtype: dtype of the infinity norm.
     weight_decay: coupled L2 coefficient (torch's ``weight_decay``).
     maximize: ascend the objective instead of descending.
+    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
+      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
     mask: which params get weight decay.
 
   Returns:
@@ -380,7 +404,7 @@ def adamax(
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, section 7.1, 2014.
   """
-  core = scale_by_adamax(b1, b2, eps, mu_dtype, nu_dtype=nu_dtype)
+  core = scale_by_adamax(b1, b2, eps, mu_dtype, nu_dtype=nu_dtype, fused=fused)
   return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=False,
                 mask=mask, maximize=maximize)
 
@@ -396,6 +420,7 @@ def adamaxw(
     mu_dtype: Any | None = None,
     nu_dtype: Any | None = None,
     maximize: bool = False,
+    fused: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""Adamax with decoupled weight decay, as ``optax.adamaxw``.
 
@@ -409,6 +434,8 @@ def adamaxw(
     mu_dtype: dtype of the first moment.
     nu_dtype: dtype of the infinity norm.
     maximize: ascend the objective instead of descending.
+    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
+      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -417,7 +444,7 @@ def adamaxw(
     Loshchilov & Hutter, `Decoupled Weight Decay Regularization
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
-  core = scale_by_adamax(b1, b2, eps, mu_dtype, nu_dtype=nu_dtype)
+  core = scale_by_adamax(b1, b2, eps, mu_dtype, nu_dtype=nu_dtype, fused=fused)
   return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=True,
                 mask=mask, maximize=maximize)
 
@@ -434,6 +461,7 @@ def adabelief(
     weight_decay: ScalarOrSchedule = 0.0,
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
+    fused: bool | None = None,
     mask: Any = None,
 ) -> optax.GradientTransformation:
   r"""AdaBelief, as the paper and ``optax.adabelief`` (see :func:`adam_jax.scale_by_belief`).
@@ -449,6 +477,8 @@ def adabelief(
     weight_decay: weight decay coefficient.
     decoupled_weight_decay: decoupled rather than coupled L2.
     maximize: ascend the objective instead of descending.
+    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
+      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
     mask: which params get weight decay.
 
   Returns:
@@ -458,6 +488,6 @@ def adabelief(
     Zhuang et al., `AdaBelief Optimizer: Adapting Stepsizes by the Belief in
     Observed Gradients <https://arxiv.org/abs/2010.07468>`_, NeurIPS 2020.
   """
-  core = scale_by_belief(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype)
+  core = scale_by_belief(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, fused=fused)
   return _chain(core, learning_rate, weight_decay=weight_decay,
                 decoupled=decoupled_weight_decay, mask=mask, maximize=maximize)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adam_jax import fused as fused_engine
 from adam_jax import numerics
 from adam_jax.transforms.adam import ScaleByAdamState, abs_sq, init_moments
 
@@ -17,22 +18,20 @@ Array = jax.Array
 
 
 def _map_leaves(
-    leaf_fn: Callable[..., tuple], updates: Any, state: ScaleByAdamState, count: Array
+    leaf_fn: Callable[..., tuple], updates: Any, state: ScaleByAdamState, count: Array,
+    fused: bool | None,
 ) -> tuple[Any, Any, Any]:
   """Applies ``leaf_fn(g, mu, nu, count) -> (u, mu, nu)`` over the gradient tree."""
   numerics.tree_check_same_structure(updates, state.mu)
   g_leaves, treedef = jax.tree.flatten(updates)
-  outs = [
-      leaf_fn(g, m, v, count)
-      for g, m, v in zip(
-          g_leaves, treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
-      )
-  ]
+  columns = [g_leaves, treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)]
+  outs = fused_engine.map_leaves(lambda g, m, v: leaf_fn(g, m, v, count), columns,
+                                 fused=fused_engine.enabled(fused))
   return tuple(treedef.unflatten([o[i] for o in outs]) for i in range(3))
 
 
 def _moment_transform(
-    leaf_fn: Callable[..., tuple], mu_dtype: Any, nu_dtype: Any
+    leaf_fn: Callable[..., tuple], mu_dtype: Any, nu_dtype: Any, fused: bool | None
 ) -> optax.GradientTransformation:
   """A transformation with :class:`ScaleByAdamState` whose step is ``leaf_fn``."""
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
@@ -45,7 +44,7 @@ def _moment_transform(
   def update_fn(updates, state, params=None):
     del params
     count = numerics.safe_increment(state.count)
-    u, mu, nu = _map_leaves(leaf_fn, updates, state, count)
+    u, mu, nu = _map_leaves(leaf_fn, updates, state, count, fused)
     return u, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -94,6 +93,7 @@ def scale_by_radam(
     mu_dtype: Any | None = None,
     *,
     nu_dtype: Any | None = None,
+    fused: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""Rectified Adam, with ``torch.optim.RAdam``'s update.
 
@@ -122,6 +122,8 @@ def scale_by_radam(
     threshold: :math:`\rho_t` above which the adaptive step is used.
     mu_dtype: dtype of the first moment; default the param's dtype.
     nu_dtype: dtype of the second moment; default the param's (real) dtype.
+    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
+      (measured slower so far); ``False``/``None`` is the per-leaf path.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByAdamState``.
@@ -154,7 +156,7 @@ def scale_by_radam(
     update = mu_c / bc1.astype(g_c.dtype) * scale.astype(g_c.dtype)
     return update.astype(g.dtype), mu_c.astype(mu.dtype), nu_c.astype(nu.dtype)
 
-  return _moment_transform(leaf, mu_dtype, nu_dtype)
+  return _moment_transform(leaf, mu_dtype, nu_dtype, fused)
 
 
 def scale_by_adamax(
@@ -164,6 +166,7 @@ def scale_by_adamax(
     mu_dtype: Any | None = None,
     *,
     nu_dtype: Any | None = None,
+    fused: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""Adamax (the infinity-norm Adam), with ``torch.optim.Adamax``'s update.
 
@@ -186,6 +189,8 @@ def scale_by_adamax(
     eps: added to :math:`|g_t|` inside the maximum.
     mu_dtype: dtype of the first moment; default the param's dtype.
     nu_dtype: dtype of the infinity norm; default the param's (real) dtype.
+    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
+      (measured slower so far); ``False``/``None`` is the per-leaf path.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByAdamState``.
@@ -207,7 +212,7 @@ def scale_by_adamax(
     update = mu_c / (bc1 * u_inf).astype(g_c.dtype)
     return update.astype(g.dtype), mu_c.astype(mu.dtype), u_inf.astype(nu.dtype)
 
-  return _moment_transform(leaf, mu_dtype, nu_dtype)
+  return _moment_transform(leaf, mu_dtype, nu_dtype, fused)
 
 
 def scale_by_belief(
@@ -218,6 +223,7 @@ def scale_by_belief(
     mu_dtype: Any | None = None,
     *,
     nu_dtype: Any | None = None,
+    fused: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""AdaBelief: Adam with the variance of the gradient around its prediction.
 
@@ -238,6 +244,8 @@ def scale_by_belief(
     eps_root: added to :math:`s_t` at every step (stored in the state).
     mu_dtype: dtype of the first moment; default the param's dtype.
     nu_dtype: dtype of :math:`s_t`; default the param's (real) dtype.
+    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
+      (measured slower so far); ``False``/``None`` is the per-leaf path.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByAdamState``.
@@ -261,4 +269,4 @@ def scale_by_belief(
     update = mu_c / (bc1 * denom).astype(g_c.dtype)
     return update.astype(g.dtype), mu_c.astype(mu.dtype), s.astype(nu.dtype)
 
-  return _moment_transform(leaf, mu_dtype, nu_dtype)
+  return _moment_transform(leaf, mu_dtype, nu_dtype, fused)
