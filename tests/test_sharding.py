@@ -163,6 +163,18 @@ def test_eval_shape_on_an_explicit_mesh_gives_the_state_sharding():
   assert state[0].nu["w"].sharding.spec == P("data", "model")
 
 
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"])
+def test_jit_init_outside_set_mesh_and_under_vmap(axis_type):
+  """No mesh context (JAX's default mesh is explicit), and a vmapped grid of models."""
+  mesh, specs = _mesh(FSDP, axis_type)
+  params = _place(_values(0), mesh, specs)
+  tx = adam_jax.adamw(1e-2)
+  assert_state_mirrors(jax.jit(tx.init)(params), params)
+  # A stack of 8 models, one per device: init vmapped over the stacked axis.
+  stacked = {"w": jax.device_put(np.ones((8, 4, 2), np.float32), NamedSharding(mesh, P("data")))}
+  assert_state_mirrors(jax.jit(jax.vmap(tx.init))(stacked), stacked)
+
+
 def test_checkpoint_restores_into_an_abstract_sharded_target(tmp_path):
   """The README's recipe: ``like`` from ``eval_shape`` and the compiled init's shardings."""
   mesh, specs = _mesh(FSDP, AxisType.Auto)
@@ -180,7 +192,7 @@ def test_checkpoint_restores_into_an_abstract_sharded_target(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_flax_nnx_fsdp_training_keeps_the_state_sharded():
+def test_flax_nnx_fsdp_training_and_checkpoint_keep_the_state_sharded(tmp_path):
   """The README's FSDP example: kernels split by rows over "data", biases replicated."""
   from flax import nnx
 
@@ -203,6 +215,19 @@ def test_flax_nnx_fsdp_training_keeps_the_state_sharded():
     optimizer.update(model, grads)
     return loss
 
+  def assert_mirrors(model, optimizer):
+    params = {path: v.get_value() for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    assert params[("hidden", "kernel")].sharding.spec == P("data", None)
+    mirrored = collections.Counter()
+    for path, v in nnx.to_flat_state(nnx.state(optimizer.opt_state)):
+      leaf, p = v.get_value(), params.get(path[-2:])
+      if p is None:
+        assert leaf.sharding.is_fully_replicated, path
+      else:
+        assert leaf.sharding.is_equivalent_to(p.sharding, p.ndim), (path, leaf.sharding)
+        mirrored[path[-2:]] += 1
+    assert set(mirrored) == set(params) and min(mirrored.values()) == 2
+
   rng = np.random.default_rng(0)
   batch = NamedSharding(mesh, P("data"))
   x = jax.device_put(rng.standard_normal((64, 16)).astype(np.float32), batch)
@@ -210,20 +235,19 @@ def test_flax_nnx_fsdp_training_keeps_the_state_sharded():
   with jax.set_mesh(mesh):
     model = MLP(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, adam_jax.adamw(1e-2), wrt=nnx.Param)
+    assert_mirrors(model, optimizer)
     losses = [float(train_step(model, optimizer, x, y)) for _ in range(5)]
   assert losses[-1] < losses[0]
+  assert_mirrors(model, optimizer)
 
-  params = {path: v.get_value() for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-  assert params[("hidden", "kernel")].sharding.spec == P("data", None)
-  mirrored = collections.Counter()
-  for path, v in nnx.to_flat_state(nnx.state(optimizer.opt_state)):
-    leaf, p = v.get_value(), params.get(path[-2:])
-    if p is None:
-      assert leaf.sharding.is_fully_replicated, path
-    else:
-      assert leaf.sharding.is_equivalent_to(p.sharding, p.ndim), (path, leaf.sharding)
-      mirrored[path[-2:]] += 1
-  assert set(mirrored) == set(params) and min(mirrored.values()) == 2
+  path = adam_jax.checkpoint.save(tmp_path / "opt", nnx.state(optimizer))
+  with jax.set_mesh(mesh):
+    fresh = nnx.Optimizer(MLP(nnx.Rngs(1)), adam_jax.adamw(1e-2), wrt=nnx.Param)
+  nnx.update(fresh, adam_jax.checkpoint.restore(path, like=nnx.state(fresh)))
+  assert_mirrors(model, fresh)
+  for a, b in zip(jax.tree.leaves(nnx.state(fresh)), jax.tree.leaves(nnx.state(optimizer))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert int(fresh.step[...]) == 5
 
 
 def test_grid_search_puts_one_configuration_on_each_device(monkeypatch):
