@@ -57,6 +57,8 @@ def check_range(
   """
   if callable(value) or not is_concrete(value):
     return
+  if any(bound is not None and not is_concrete(bound) for bound in (low, high)):
+    return  # a traced bound (another hyperparameter) is only known inside the step
   arr = np.asarray(value)
   if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
     raise ValueError(f"{name} must be a number, got {value!r}")

@@ -305,6 +305,14 @@ def test_cosine_annealing_is_torch_formula():
   np.testing.assert_allclose([float(s(k)) for k in range(11)], want, rtol=1e-5)
 
 
+def test_schedules_accept_traced_values():
+  def lr_at(init, k):
+    return adam_jax.schedules.cosine_annealing(init, t_max=10, eta_min=0.01)(k)
+
+  got = jax.vmap(lr_at, in_axes=(0, None))(jnp.asarray([0.1, 0.2]), 5)
+  np.testing.assert_allclose(np.asarray(got), [0.055, 0.105], rtol=1e-5)
+
+
 def test_warmup_cosine_rises_then_decays():
   s = adam_jax.schedules.warmup_cosine(1.0, warmup_steps=4, total_steps=12)
   values = [float(s(k)) for k in range(13)]
