@@ -1,6 +1,6 @@
 """adam_jax: the Adam family as composable optax transformations."""
 
-from adam_jax import checkpoint, diagnostics, schedules
+from adam_jax import checkpoint, diagnostics, quantization, schedules
 from adam_jax.aliases import (
     adabelief,
     adam,
@@ -12,7 +12,9 @@ from adam_jax.aliases import (
     nadamw,
     radam,
 )
+from adam_jax.lowbit import adam8bit, adamw8bit
 from adam_jax.modern import adam_mini, adopt, cautious_adamw, lazy_adam, schedule_free_adamw
+from adam_jax.quantization import QuantizedArray, ScaleByAdam8bitState, scale_by_adam8bit
 from adam_jax.transforms.adam import ScaleByAdamState, ScaleByAmsgradState, scale_by_adam
 from adam_jax.transforms.adam_mini import (
     adam_mini_block_shapes,
@@ -35,17 +37,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AddWeightDecayState",
+    "QuantizedArray",
+    "ScaleByAdam8bitState",
     "ScaleByAdamState",
     "ScaleByAmsgradState",
     "ScheduleFreeAdamWState",
     "adabelief",
     "adam",
+    "adam8bit",
     "adam_mini",
     "adam_mini_block_shapes",
     "adam_mini_partition",
     "adamax",
     "adamaxw",
     "adamw",
+    "adamw8bit",
     "add_weight_decay",
     "adopt",
     "amsgrad",
@@ -57,8 +63,10 @@ __all__ = [
     "lazy_adam",
     "nadam",
     "nadamw",
+    "quantization",
     "radam",
     "scale_by_adam",
+    "scale_by_adam8bit",
     "scale_by_adam_mini",
     "scale_by_adamax",
     "scale_by_adopt",

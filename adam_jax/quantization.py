@@ -1,0 +1,406 @@
+r"""Blockwise 8-bit dynamic quantization of Adam's moments, and ``scale_by_adam8bit``.
+
+A moment is cut into blocks of ``block_size`` consecutive elements (of the
+flattened leaf). Each block keeps its absolute maximum as a float32 *scale* and
+each element one byte: the index of the nearest value of a fixed 256-entry
+*dynamic map* to ``x / scale``.
+
+The dynamic map (Dettmers 2015; Dettmers et al. 2021) reads a code's bits as
+``[sign] 0…0 1 f…f``: the number ``e`` of leading zeros is a decimal exponent,
+the first one bit is an indicator, and the ``b`` bits after it index a linear grid
+on ``(0.1, 1]``:
+
+.. math::
+
+  \mathrm{value}(e, k) = 10^{-e}\left(0.1 + 0.9\,\frac{k}{2^b}\right),
+  \qquad k = 1, \dots, 2^b,
+
+with code ``2^b + k - 1`` (so ``k = 0`` is the top of the next decade down, the
+same value). The first moment uses the signed map (one sign bit, exponents
+0..6); the second moment is non-negative, so its map gives the sign bit to the
+magnitude (exponents 0..7). Large values get fine relative steps (1/64 of the
+block maximum near the top), small ones a wide range (down to 1e-6 and 1e-7 of
+the block maximum); code 0 is exactly zero.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from adam_jax import numerics
+from adam_jax.transforms.adam import adam_leaf
+
+Array = jax.Array
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+class QuantizedArray(NamedTuple):
+  """One moment leaf stored as 8-bit codes with a float32 scale per block."""
+
+  codes: Array  # shape=(num_blocks, block_size), dtype=uint8; dynamic-map indices
+  scale: Array  # shape=(num_blocks,), dtype=float32; absolute maximum of each block
+
+
+class ScaleByAdam8bitState(NamedTuple):
+  """State of :func:`scale_by_adam8bit`."""
+
+  count: Array  # shape=(), dtype=int32; steps taken, saturating
+  mu: optax.Updates  # like params; uint8 (num_blocks, block_size) codes, or float32 like the param
+  nu: optax.Updates  # like params; uint8 (num_blocks, block_size) codes, or float32 like the param
+  mu_scale: optax.Updates  # like params; float32 (num_blocks,) block maxima, or shape (0,)
+  nu_scale: optax.Updates  # like params; float32 (num_blocks,) block maxima, or shape (0,)
+
+
+def _magnitude_bits(signed: bool) -> int:
+  """Bits left for exponent, indicator and fraction: 7 signed, 8 unsigned."""
+  return 7 if signed else 8
+
+
+@functools.lru_cache(maxsize=2)
+def _dynamic_map_np(signed: bool) -> np.ndarray:
+  nbits = _magnitude_bits(signed)
+  mags = np.zeros(2**nbits, np.float64)
+  for e in range(nbits):
+    b = nbits - 1 - e
+    k = np.arange(1, 2**b + 1, dtype=np.float64)
+    mags[2**b + k.astype(np.int64) - 1] = 10.0**-e * (0.1 + 0.9 * k / 2**b)
+  if signed:
+    mags = np.concatenate([mags, -mags])
+  return mags.astype(np.float32)
+
+
+def dynamic_map(signed: bool) -> np.ndarray:
+  """The 256 values an 8-bit code stands for, as a multiple of the block scale.
+
+  Args:
+    signed: the signed map (first moment: codes 128..255 are the negatives of
+      0..127) or the unsigned map (second moment).
+
+  Returns:
+    A float32 NumPy array of shape ``(256,)``; entry ``c`` is code ``c``'s value.
+    Entry 0 is 0 and the largest magnitude is exactly 1.
+
+  Examples:
+    >>> import adam_jax
+    >>> m = adam_jax.quantization.dynamic_map(signed=False)
+    >>> m[0], m[255], m[1], m[128], m[127]
+    (np.float32(0.0), np.float32(1.0), np.float32(1e-07), np.float32(0.10703125), np.float32(0.1))
+  """
+  return _dynamic_map_np(bool(signed)).copy()
+
+
+@functools.lru_cache(maxsize=2)
+def _decade_constants(signed: bool) -> tuple[tuple[float, float, float], ...]:
+  """Per decade ``e``: (threshold 10**-e, slope, offset) of its nearest code.
+
+  For ``y`` in decade ``e`` the nearest code is ``floor(y * slope + offset)``:
+  ``k = round((10**e y - 0.1) 2**b / 0.9)`` and code ``2**b + k - 1`` folded into one
+  multiply-add. In the lowest decade (``b = 0``) the candidates are 0 and
+  ``10**-e``, so the code is ``round(10**e y)``.
+  """
+  nbits = _magnitude_bits(signed)
+  out = []
+  for e in range(nbits):
+    b = nbits - 1 - e
+    if b == 0:
+      slope, offset = 10.0**e, 0.5
+    else:
+      slope = 10.0**e * 2**b / 0.9
+      offset = 2**b - 1 - 0.1 * 2**b / 0.9 + 0.5
+    out.append((10.0**-e, slope, offset))
+  return tuple(out)
+
+
+def _encode_magnitude(y: Array, signed: bool, nonzero: bool) -> Array:
+  """Code (as float32) of the map value nearest to ``y`` in [0, 1]."""
+  consts = _decade_constants(signed)
+  slope = jnp.full(y.shape, consts[0][1], y.dtype)
+  offset = jnp.full(y.shape, consts[0][2], y.dtype)
+  # The decade is found by a chain of compares and selects of constants, which
+  # XLA fuses into one vectorised loop (a table lookup would be a gather).
+  for threshold, s, o in consts[1:]:
+    below = y <= threshold
+    slope = jnp.where(below, s, slope)
+    offset = jnp.where(below, o, offset)
+  code = jnp.clip(jnp.floor(y * slope + offset), 0.0, 2.0 ** _magnitude_bits(signed) - 1)
+  if nonzero:
+    # A positive value never becomes 0: a zero second moment under a non-zero
+    # first moment would divide by eps alone.
+    code = jnp.where(y > 0, jnp.maximum(code, 1.0), code)
+  return code
+
+
+def _blocks(x: Array, block_size: int) -> Array:
+  flat = jnp.ravel(x)
+  pad = (-flat.size) % block_size
+  if pad:
+    flat = jnp.pad(flat, (0, pad))
+  return flat.reshape(-1, block_size)
+
+
+def quantize(
+    x: Array, *, signed: bool, block_size: int = 256, nonzero: bool = False
+) -> QuantizedArray:
+  """Blockwise 8-bit dynamic quantization of a real array.
+
+  Args:
+    x: a real array of any shape; flattened and padded with zeros to a
+      multiple of ``block_size``. Infinities are clipped to the float32 range.
+    signed: use the signed dynamic map (else ``x`` must be >= 0).
+    block_size: elements per block, each sharing one float32 scale.
+    nonzero: round positive values that would become 0 up to the smallest code.
+
+  Returns:
+    A :class:`QuantizedArray`. Round-to-nearest: each element's error is at most
+    half the map's local spacing times its block's absolute maximum.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> q = adam_jax.quantization.quantize(jnp.array([0.5, -2.0, 0.0]), signed=True)
+    >>> adam_jax.quantization.dequantize(q, signed=True, shape=(3,))
+    Array([ 0.509375, -2.      ,  0.      ], dtype=float32)
+  """
+  codes, scale = _quantize_blocks(
+      _blocks(jnp.asarray(x).astype(jnp.float32), block_size), signed, nonzero)
+  return QuantizedArray(codes=codes, scale=scale)
+
+
+def _quantize_blocks(blocks: Array, signed: bool, nonzero: bool) -> tuple[Array, Array]:
+  """``(codes, absmax)`` of a float32 ``(num_blocks, block_size)`` array."""
+  blocks = jnp.clip(blocks, -_F32_MAX, _F32_MAX)
+  # max(max, -min) reduces twice but never materialises |x|.
+  absmax = jnp.maximum(jnp.max(blocks, axis=1), -jnp.min(blocks, axis=1))
+  # 1 / absmax is subnormal (flushed to zero on CPU) above 2**126: pre-scale
+  # such blocks by 2**-64, exactly.
+  pre = jnp.where(absmax > 2.0**100, 2.0**-64, 1.0)
+  safe = jnp.where(absmax > 0, absmax * pre, 1.0)
+  inv = jnp.where(absmax > 0, 1.0 / safe, 0.0)
+  code = _encode_magnitude(jnp.abs(blocks) * pre[:, None] * inv[:, None], signed, nonzero)
+  if signed:
+    code = jnp.where(blocks < 0, code + 128.0, code)
+  return code.astype(jnp.uint8), absmax
+
+
+def _dequantize_blocks(codes: Array, scale: Array, signed: bool) -> Array:
+  """float32 ``(num_blocks, block_size)`` values of ``codes`` times ``scale``."""
+  table = jnp.asarray(_dynamic_map_np(bool(signed)))
+  # The values take the codes' sharding (explicit sharding asks for it).
+  values = table.at[codes.astype(jnp.int32)].get(
+      mode="clip", out_sharding=jax.typeof(codes).sharding)
+  return values * scale[:, None]
+
+
+def dequantize(
+    q: QuantizedArray, *, signed: bool, shape: Any, dtype: Any = jnp.float32
+) -> Array:
+  """Inverse of :func:`quantize` up to rounding: ``map[codes] * scale``.
+
+  Args:
+    q: a :class:`QuantizedArray`.
+    signed: which dynamic map the codes index.
+    shape: the original shape (the padding is dropped).
+    dtype: the result's dtype (the arithmetic is float32).
+
+  Returns:
+    An array of ``shape`` and ``dtype``.
+  """
+  values = _dequantize_blocks(q.codes, q.scale, signed)
+  size = int(np.prod(shape, dtype=np.int64))
+  return values.reshape(-1)[:size].reshape(shape).astype(dtype)
+
+
+# Elements per loop iteration of a large leaf: a chunk's float32 moments stay in
+# cache between the reduction (block maxima) and the encoding, and no float32
+# temporaries the size of the leaf are allocated (on CPU these cost more than
+# the arithmetic; measured best at 2**14..2**15 on a 2-core x86 machine).
+_CHUNK_ELEMENTS = 1 << 15
+
+
+def _adam8bit_chunk(g, mu: QuantizedArray, nu: QuantizedArray, count, hyper):
+  m = _dequantize_blocks(mu.codes, mu.scale, signed=True)
+  v = _dequantize_blocks(nu.codes, nu.scale, signed=False)
+  u, m, v, _ = adam_leaf(g, m, v, None, count, **hyper)
+  mu = QuantizedArray(*_quantize_blocks(m, signed=True, nonzero=False))
+  nu = QuantizedArray(*_quantize_blocks(v, signed=False, nonzero=True))
+  return u, mu, nu
+
+
+def _adam8bit_blocks(g_blocks, mu: QuantizedArray, nu: QuantizedArray, count, hyper):
+  """One step on a blocked leaf, chunk by chunk, the codes updated in place."""
+  num_blocks, block_size = g_blocks.shape
+  rows = max(1, _CHUNK_ELEMENTS // block_size)
+  if num_blocks <= rows:
+    return _adam8bit_chunk(g_blocks, mu, nu, count, hyper)
+
+  # Written chunk by chunk: the update and the new scales go to fresh buffers
+  # (the old scales and the gradient are read by several loops of a chunk), the
+  # codes are overwritten in place.
+  def run(carry, start, length):
+    u, mu_codes, mu_scale, nu_codes, nu_scale = carry
+    sl = lambda x: jax.lax.dynamic_slice_in_dim(x, start, length)
+    out = _adam8bit_chunk(
+        sl(g_blocks), QuantizedArray(sl(mu_codes), sl(mu.scale)),
+        QuantizedArray(sl(nu_codes), sl(nu.scale)), count, hyper)
+    new = (out[0], out[1].codes, out[1].scale, out[2].codes, out[2].scale)
+    return tuple(jax.lax.dynamic_update_slice_in_dim(x, y, start, 0)
+                 for x, y in zip(carry, new))
+
+  carry = (jnp.zeros_like(g_blocks), mu.codes, jnp.zeros_like(mu.scale), nu.codes,
+           jnp.zeros_like(nu.scale))
+  full = num_blocks // rows
+  carry = jax.lax.fori_loop(0, full, lambda i, c: run(c, i * rows, rows), carry)
+  if num_blocks % rows:
+    carry = run(carry, full * rows, num_blocks % rows)
+  u, mu_codes, mu_scale, nu_codes, nu_scale = carry
+  return u, QuantizedArray(mu_codes, mu_scale), QuantizedArray(nu_codes, nu_scale)
+
+
+def _check_sizes(block_size: Any, min_quantized_size: Any) -> None:
+  if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
+      or block_size < 1:
+    raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+  if isinstance(min_quantized_size, bool) \
+      or not isinstance(min_quantized_size, (int, np.integer)) or min_quantized_size < 0:
+    raise ValueError(
+        f"min_quantized_size must be a non-negative integer, got {min_quantized_size!r}")
+
+
+def scale_by_adam8bit(
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    eps_root: Any = 0.0,
+    *,
+    block_size: int = 256,
+    min_quantized_size: int = 4096,
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
+  r"""Adam's rescaling with both moments stored as blockwise 8-bit codes.
+
+  Each step dequantizes the moments, runs exactly the update of
+  :func:`adam_jax.scale_by_adam` in float32, and requantizes the new moments:
+
+  .. math::
+
+    m_{t-1} &= \mathrm{deq}_{s}(Q^m_{t-1}), \qquad v_{t-1} = \mathrm{deq}_{u}(Q^v_{t-1}) \\
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+    v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+    u_t &= \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t) + \epsilon_{root}}
+           + \epsilon} \\
+    Q^m_t &= \mathrm{quant}_{s}(m_t), \qquad Q^v_t = \mathrm{quant}_{u}(v_t)
+
+  with :math:`\mathrm{quant}_s` / :math:`\mathrm{quant}_u` the blockwise signed /
+  unsigned dynamic quantization of :mod:`adam_jax.quantization`. The update uses
+  the fresh float32 moments; only what is stored between steps is 8-bit. A
+  positive second moment is never rounded to zero. Under ``jit`` the three
+  stages fuse into a few loops over each leaf.
+
+  Real floating leaves with at least ``min_quantized_size`` elements are
+  quantized (about 2.03 bytes of state per parameter with blocks of 256);
+  smaller leaves (biases, norms) and complex leaves keep float32 moments (the
+  param's dtype if wider). Updates keep the gradient's dtype and shape.
+
+  Args:
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to the denominator outside the square root.
+    eps_root: added inside the square root.
+    block_size: elements per quantization block (one float32 scale each).
+    min_quantized_size: leaves with fewer elements are not quantized.
+    nesterov: use Nesterov momentum (NAdam), as :func:`adam_jax.scale_by_adam`.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state :class:`ScaleByAdam8bitState`.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.scale_by_adam8bit(min_quantized_size=0)
+    >>> params = {"w": jnp.zeros(1000)}
+    >>> state = tx.init(params)
+    >>> state.mu["w"].shape, state.mu["w"].dtype, state.mu_scale["w"].shape
+    ((4, 256), dtype('uint8'), (4,))
+
+  References:
+    Dettmers, Lewis, Shleifer & Zettlemoyer, `8-bit Optimizers via Block-wise
+    Quantization <https://arxiv.org/abs/2110.02861>`_, ICLR 2022.
+
+    Dettmers, `8-Bit Approximations for Parallelism in Deep Learning
+    <https://arxiv.org/abs/1511.04561>`_, ICLR 2016.
+
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, 2014.
+  """
+  numerics.check_betas(b1=b1, b2=b2)
+  numerics.check_nonnegative(eps=eps, eps_root=eps_root)
+  _check_sizes(block_size, min_quantized_size)
+
+  def quantized(p) -> bool:
+    p = jnp.asarray(p) if not hasattr(p, "dtype") else p
+    return (jnp.issubdtype(p.dtype, jnp.floating)
+            and int(np.prod(jnp.shape(p), dtype=np.int64)) >= max(min_quantized_size, 1))
+
+  def init_fn(params):
+    def moment(p, signed):
+      if quantized(p):
+        num_blocks = -(-int(np.prod(jnp.shape(p), dtype=np.int64)) // block_size)
+        return (jnp.zeros((num_blocks, block_size), jnp.uint8),  # code 0 is 0.0
+                jnp.zeros((num_blocks,), jnp.float32))
+      dtype = numerics.compute_dtype(jnp.asarray(p).dtype)
+      if not signed:
+        dtype = numerics.real_dtype(dtype)
+      return jnp.zeros(jnp.shape(p), dtype), jnp.zeros((0,), jnp.float32)
+
+    leaves, treedef = jax.tree.flatten(params)
+    mu = [moment(p, True) for p in leaves]
+    nu = [moment(p, False) for p in leaves]
+    return ScaleByAdam8bitState(
+        count=jnp.zeros([], jnp.int32),
+        mu=treedef.unflatten([m[0] for m in mu]),
+        nu=treedef.unflatten([v[0] for v in nu]),
+        mu_scale=treedef.unflatten([m[1] for m in mu]),
+        nu_scale=treedef.unflatten([v[1] for v in nu]),
+    )
+
+  def leaf(g, mu, nu, mu_scale, nu_scale, count):
+    hyper = dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov)
+    if mu.dtype != jnp.uint8:
+      u, mu, nu, _ = adam_leaf(g.astype(mu.dtype), mu, nu, None, count, **hyper)
+      return u.astype(g.dtype), mu, nu, mu_scale, nu_scale
+    g_blocks = _blocks(g.astype(jnp.float32), block_size)
+    u, qm, qv = _adam8bit_blocks(g_blocks, QuantizedArray(mu, mu_scale),
+                                 QuantizedArray(nu, nu_scale), count, hyper)
+    size = int(np.prod(jnp.shape(g), dtype=np.int64))
+    u = u.reshape(-1)[:size].reshape(jnp.shape(g)).astype(g.dtype)
+    return u, qm.codes, qv.codes, qm.scale, qv.scale
+
+  def update_fn(updates, state, params=None):
+    del params
+    numerics.tree_check_same_structure(updates, state.mu)
+    g_leaves, treedef = jax.tree.flatten(updates)
+    parts = [treedef.flatten_up_to(t)
+             for t in (state.mu, state.nu, state.mu_scale, state.nu_scale)]
+    count = numerics.safe_increment(state.count)
+    outs = [leaf(g, *rest, count) for g, *rest in zip(g_leaves, *parts)]
+    u, mu, nu, mu_scale, nu_scale = (
+        treedef.unflatten([o[i] for o in outs]) for i in range(5))
+    return u, ScaleByAdam8bitState(count=count, mu=mu, nu=nu, mu_scale=mu_scale,
+                                   nu_scale=nu_scale)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+__all__ = [
+    "QuantizedArray",
+    "ScaleByAdam8bitState",
+    "dequantize",
+    "dynamic_map",
+    "quantize",
+    "scale_by_adam8bit",
+]

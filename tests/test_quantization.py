@@ -1,0 +1,381 @@
+"""Blockwise 8-bit codec and ``scale_by_adam8bit`` / ``adam8bit`` / ``adamw8bit``."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import adam_jax
+from adam_jax import quantization
+from tests import helpers
+
+_quantize = jax.jit(quantization.quantize, static_argnames=("signed", "block_size", "nonzero"))
+_dequantize = jax.jit(quantization.dequantize, static_argnames=("signed", "shape", "dtype"))
+
+# ------------------------------------------------------------------ the dynamic map
+
+
+def _paper_value(code: int, signed: bool) -> float:
+  """A code's value read bit by bit as in Dettmers (2015): [sign] 0..0 1 f..f."""
+  nbits = 7 if signed else 8
+  negative = signed and code >= 128
+  bits = format(code & (2**nbits - 1), f"0{nbits}b")
+  if "1" not in bits:
+    return 0.0
+  e = bits.index("1")  # leading zeros: the decimal exponent
+  frac_bits = bits[e + 1:]
+  k = (int(frac_bits, 2) if frac_bits else 0) + 1  # k = 1 .. 2**len(frac_bits)
+  value = 10.0**-e * (0.1 + 0.9 * k / 2 ** len(frac_bits))
+  return -value if negative else value
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_dynamic_map_matches_the_bit_layout(signed):
+  table = quantization.dynamic_map(signed)
+  want = np.array([_paper_value(c, signed) for c in range(256)], np.float32)
+  np.testing.assert_array_equal(table, want)
+  assert table.dtype == np.float32 and table.shape == (256,)
+  nonzero = np.abs(table[table != 0])
+  assert table[0] == 0 and nonzero.max() == 1.0
+  assert nonzero.min() == np.float32(1e-6 if signed else 1e-7)
+  assert len(np.unique(table)) == (255 if signed else 256)  # signed: +0 and -0
+
+
+def _blocks64(x, block_size):
+  flat = np.asarray(x, np.float64).ravel()
+  flat = np.pad(flat, (0, (-flat.size) % block_size))
+  return flat.reshape(-1, block_size)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("block_size", [256, 64])
+def test_codes_are_nearest_and_error_is_bounded_per_block(signed, block_size):
+  rng = np.random.default_rng(1)
+  n = 40 * block_size + 7
+  # Magnitudes over 12 decades, and blocks of very different scales.
+  x = rng.standard_normal(n) * np.exp(rng.uniform(-28, 0, n))
+  x *= np.repeat(10.0 ** rng.uniform(-20, 20, n // block_size + 1), block_size)[:n]
+  x = (x if signed else np.abs(x)).astype(np.float32)
+  q = _quantize(x, signed=signed, block_size=block_size)
+  assert q.codes.dtype == jnp.uint8 and q.codes.shape == (n // block_size + 1, block_size)
+  assert q.scale.dtype == jnp.float32
+
+  table = quantization.dynamic_map(signed).astype(np.float64)
+  blocks = _blocks64(x, block_size)
+  absmax = np.abs(blocks).max(axis=1)
+  np.testing.assert_array_equal(np.asarray(q.scale), absmax.astype(np.float32))
+  y = blocks / absmax[:, None]
+  dist = np.abs(y[..., None] - table)
+  got = np.take_along_axis(dist, np.asarray(q.codes, np.int64)[..., None], -1)[..., 0]
+  np.testing.assert_allclose(got, dist.min(-1), rtol=0, atol=2e-7)  # nearest, to f32 rounding
+
+  # Error bound: half the gap between the two map values around y, times the block max.
+  mags = np.unique(np.abs(table))
+  hi = np.searchsorted(mags, np.abs(y)).clip(1, len(mags) - 1)
+  half_gap = (mags[hi] - mags[hi - 1]) / 2
+  back = np.asarray(_dequantize(q, signed=signed, shape=(n,)), np.float64)
+  err = np.abs(_blocks64(back, block_size) - blocks)
+  assert np.all(err <= (half_gap + 3e-7) * absmax[:, None])
+  # Near each block's maximum the relative error is below 1/128 (signed) or 1/256.
+  top = np.abs(y) > 0.5
+  assert np.all(err[top] / np.abs(blocks[top]) <= (0.9 / 64 if signed else 0.9 / 128))
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_zeros_all_zero_huge_and_tiny_blocks(signed):
+  f32max = np.finfo(np.float32).max
+  s = 1.0 if signed else -1.0
+  blocks = np.stack([
+      np.zeros(256),                                    # all zero
+      np.r_[np.zeros(128), np.linspace(-1, 1, 128) * s],  # exact zeros mixed in
+      np.r_[[f32max, -f32max * s, 3e38], np.full(253, 1e37)],  # near overflow
+      np.r_[[np.inf, -np.inf * s], np.full(254, 1e37)],  # infinities clip to f32 max
+      np.full(256, 1e-40),                              # subnormal
+  ]).astype(np.float32)
+  x = blocks if signed else np.abs(blocks)
+  q = _quantize(x, signed=signed)
+  back = np.asarray(_dequantize(q, signed=signed, shape=x.shape))
+  assert np.all(np.isfinite(back)) and np.all(np.isfinite(np.asarray(q.scale)))
+  np.testing.assert_array_equal(back[0], 0.0)
+  assert np.all(back[x == 0] == 0)  # exact zeros stay zero
+  assert back[2, 0] == f32max and back[3, 0] == f32max
+  np.testing.assert_allclose(back[2:4, 3:], 1e37, rtol=0.02)
+  assert np.all(np.abs(back[4]) <= 1e-39)
+
+
+def test_nonzero_keeps_tiny_positive_values_positive():
+  x = np.r_[1.0, 1e-9, 0.0, np.zeros(253)].astype(np.float32)
+  plain = _quantize(x, signed=False)
+  kept = _quantize(x, signed=False, nonzero=True)
+  assert int(plain.codes[0, 1]) == 0
+  assert int(kept.codes[0, 1]) == 1 and int(kept.codes[0, 2]) == 0
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (255,), (257,), (3, 5, 7)])
+def test_dequantize_restores_shape_and_dtype(shape):
+  x = np.arange(1, int(np.prod(shape)) + 1, dtype=np.float32).reshape(shape)
+  q = _quantize(x, signed=True)
+  back = _dequantize(q, signed=True, shape=shape, dtype=jnp.bfloat16)
+  assert back.shape == shape and back.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(back, np.float32), x, rtol=0.1)
+
+
+# ----------------------------------------------------------------- the transformation
+
+
+def _big_params(seed=0):
+  """A tree with one leaf above and one below the default min_quantized_size."""
+  rng = np.random.default_rng(seed)
+  return {"w": jnp.asarray(rng.standard_normal((96, 64)) * 0.1, jnp.float32),
+          "b": jnp.asarray(rng.standard_normal(64) * 0.1, jnp.float32)}
+
+
+def test_state_layout_quantized_and_small_leaves():
+  tx = adam_jax.scale_by_adam8bit(block_size=128)
+  state = tx.init(_big_params())
+  assert isinstance(state, adam_jax.ScaleByAdam8bitState)
+  assert state.mu["w"].shape == (48, 128) and state.mu["w"].dtype == jnp.uint8
+  assert state.nu_scale["w"].shape == (48,) and state.nu_scale["w"].dtype == jnp.float32
+  assert state.mu["b"].dtype == jnp.float32 and state.mu["b"].shape == (64,)
+  assert state.mu_scale["b"].shape == (0,)
+  # Every field has the params' tree structure (masking, nnx and tree utilities rely on it).
+  for field in state[1:]:
+    assert jax.tree.structure(field) == jax.tree.structure(_big_params())
+
+
+def test_small_leaves_match_fp32_adam_exactly():
+  params = helpers.make_params()
+  got = helpers.run_jax(adam_jax.adam8bit(3e-2), params, 30)
+  want = helpers.run_jax(adam_jax.adam(3e-2), params, 30)
+  helpers.assert_traj_close(got, want, rtol=0, atol=0)
+
+
+def _quadratic_run(tx, steps, params):
+  """Noisy quadratic: gradients of 0.5 * |A p - t|^2 plus a deterministic wiggle."""
+  w0 = params["w"]
+  a = jnp.linspace(0.2, 2.0, w0.size, dtype=jnp.float32).reshape(w0.shape)
+
+  @jax.jit
+  def step(p, s, t):
+    g = jax.tree.map(lambda x: a[: x.shape[0]].reshape(-1)[: x.size].reshape(x.shape) * x
+                     + 0.05 * jnp.sin(t * 1.3 + x * 40.0), p)
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  state = tx.init(params)
+  out = []
+  for t in range(steps):
+    params, state = step(params, state, jnp.float32(t))
+    out.append(params)
+  return out, state
+
+
+def test_200_step_trajectory_close_to_fp32_adam():
+  params = _big_params()
+  got, _ = _quadratic_run(adam_jax.adam8bit(1e-2), 200, params)
+  want, _ = _quadratic_run(adam_jax.adam(1e-2), 200, params)
+  for t in (0, 9, 99, 199):
+    w_got, w_want = np.asarray(got[t]["w"]), np.asarray(want[t]["w"])
+    w_start = np.asarray(params["w"])
+    moved = np.linalg.norm(w_want - w_start)
+    # The 8-bit trajectory stays within a few percent of how far fp32 Adam moved.
+    assert np.linalg.norm(w_got - w_want) <= 0.03 * moved, t
+
+
+def test_first_step_is_sign_descent_like_adam():
+  params = _big_params()
+  g = jax.tree.map(lambda p: p * 3.0, params)
+  tx, ref = adam_jax.adam8bit(0.1), adam_jax.adam(0.1)
+  u, _ = jax.jit(tx.update)(g, tx.init(params), params)
+  u_ref, _ = jax.jit(ref.update)(g, ref.init(params), params)
+  np.testing.assert_allclose(np.asarray(u["w"]), np.asarray(u_ref["w"]), rtol=1e-6)
+
+
+def test_zero_gradients_keep_zero_moments_and_give_zero_updates():
+  params = _big_params()
+  mask = np.ones((96, 64), np.float32)
+  mask[:, ::3] = 0.0  # these entries never get a gradient
+  tx = adam_jax.scale_by_adam8bit(min_quantized_size=0)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for t in range(5):
+    g = jax.tree.map(lambda p, t=t: p * (1.0 + t), params)
+    g["w"] = g["w"] * mask
+    u, state = update(g, state, params)
+  qm = adam_jax.QuantizedArray(state.mu["w"], state.mu_scale["w"])
+  qv = adam_jax.QuantizedArray(state.nu["w"], state.nu_scale["w"])
+  m = np.asarray(_dequantize(qm, signed=True, shape=(96, 64)))
+  v = np.asarray(_dequantize(qv, signed=False, shape=(96, 64)))
+  assert np.all(m[mask == 0] == 0) and np.all(v[mask == 0] == 0)
+  assert np.all(np.asarray(u["w"])[mask == 0] == 0)
+  assert np.all(v[mask == 1] > 0)
+  zero_u, _ = update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(zero_u))
+
+
+def test_huge_and_tiny_gradients_stay_finite():
+  params = _big_params()
+  tx = adam_jax.adam8bit(1e-3)
+  state = tx.init(params)
+  update = jax.jit(lambda g, s, p, c: tx.update(jax.tree.map(lambda x: x * c, g), s, p))
+  for scale in (1e18, 1e-30, 1.0, 0.0, 1e-20):
+    u, state = update(params, state, params, jnp.float32(scale))
+    for leaf in jax.tree.leaves((u, state)):
+      assert np.all(np.isfinite(np.asarray(leaf, np.float64)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64])
+def test_update_dtype_and_shape_follow_the_gradient(dtype):
+  if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+    pytest.skip("float64 needs jax_enable_x64")
+  params = jax.tree.map(lambda p: p.astype(dtype), _big_params())
+  tx = adam_jax.adamw8bit(1e-3, weight_decay=1e-2)
+  state = tx.init(params)
+  u, state = jax.jit(tx.update)(params, state, params)
+  for p, x in zip(jax.tree.leaves(params), jax.tree.leaves(u)):
+    assert x.dtype == p.dtype and x.shape == p.shape
+    assert np.all(np.isfinite(np.asarray(x, np.float32))) and np.any(np.asarray(x) != 0)
+  assert state[0].mu["w"].dtype == jnp.uint8
+
+
+def _assert_close_trees(got, want):
+  """Equal up to float32 rounding (the same arithmetic, compiled differently)."""
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype == np.uint8:
+      diff = np.abs(a.astype(np.int32) - b.astype(np.int32))
+      assert diff.max(initial=0) <= 1 and np.mean(diff) < 1e-3  # a tie may round either way
+    else:
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_chunked_loop_matches_one_shot(monkeypatch):
+  rng = np.random.default_rng(3)
+  n = 3 * quantization._CHUNK_ELEMENTS + 5 * 256 + 17  # full chunks, a partial one, padding
+  params = {"w": jnp.asarray(rng.standard_normal(n), jnp.float32)}
+  grads = [{"w": jnp.asarray(rng.standard_normal(n), jnp.float32)} for _ in range(3)]
+
+  def run():
+    tx = adam_jax.scale_by_adam8bit()
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    for g in grads:
+      u, state = step(g, state, params)
+    return u, state
+
+  u, state = run()
+  monkeypatch.setattr(quantization, "_CHUNK_ELEMENTS", 1 << 30)
+  u_ref, state_ref = run()
+  _assert_close_trees((u, state), (u_ref, state_ref))
+
+
+def test_jit_compiles_once_over_100_steps():
+  tx = adam_jax.adam8bit(1e-3)
+  traces = []
+
+  @jax.jit
+  def step(p, s, t):
+    traces.append(1)
+    g = jax.tree.map(lambda x: x * jnp.cos(t), p)
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  params = _big_params()
+  state = tx.init(params)
+  for t in range(100):
+    params, state = step(params, state, jnp.float32(t))
+  assert len(traces) == 1 and step._cache_size() == 1
+  assert int(state[0].count) == 100
+
+
+def test_inside_optax_chain_with_clipping_and_schedule():
+  params = _big_params()
+  tx = optax.chain(optax.clip_by_global_norm(1.0), adam_jax.scale_by_adam8bit(),
+                   optax.scale_by_schedule(optax.linear_schedule(-1e-2, -1e-3, 50)))
+  ref = optax.chain(optax.clip_by_global_norm(1.0), adam_jax.scale_by_adam(),
+                    optax.scale_by_schedule(optax.linear_schedule(-1e-2, -1e-3, 50)))
+  got, _ = _quadratic_run(tx, 50, params)
+  want, _ = _quadratic_run(ref, 50, params)
+  moved = np.linalg.norm(np.asarray(want[-1]["w"] - params["w"]))
+  assert np.linalg.norm(np.asarray(got[-1]["w"] - want[-1]["w"])) <= 0.03 * moved
+
+
+def test_flax_nnx_optimizer_trains():
+  model = nnx.Linear(80, 64, rngs=nnx.Rngs(0))  # kernel 5120 >= 4096: quantized
+  opt = nnx.Optimizer(model, adam_jax.adamw8bit(1e-2, weight_decay=1e-4), wrt=nnx.Param)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((32, 80)), jnp.float32)
+  y = jnp.asarray(rng.standard_normal((32, 64)), jnp.float32)
+
+  @nnx.jit
+  def train_step(model, opt):
+    loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+    opt.update(model, grads)
+    return loss
+
+  losses = [float(train_step(model, opt)) for _ in range(40)]
+  assert losses[-1] < 0.5 * losses[0]
+  codes = [leaf for leaf in jax.tree.leaves(nnx.state(opt)) if leaf.dtype == jnp.uint8]
+  assert len(codes) == 2  # mu and nu of the kernel
+
+
+def test_vmap_over_learning_rates_and_betas():
+  params = _big_params()
+  g = jax.tree.map(lambda p: p * 2.0, params)
+
+  def one(lr, b1):
+    tx = adam_jax.adam8bit(lr, b1=b1)
+    state = tx.init(params)
+    for _ in range(2):
+      u, state = tx.update(g, state, params)
+    return u["w"]
+
+  lrs = jnp.array([1e-3, 1e-2], jnp.float32)
+  b1s = jnp.array([0.9, 0.5], jnp.float32)
+  got = jax.jit(jax.vmap(one))(lrs, b1s)
+  single = jax.jit(one)
+  for i in range(2):
+    np.testing.assert_allclose(np.asarray(got[i]), np.asarray(single(lrs[i], b1s[i])),
+                               rtol=1e-5)
+  assert not np.allclose(np.asarray(got[0]), np.asarray(got[1]))
+
+
+def test_state_survives_flatten_and_device_sharding():
+  params = _big_params()
+  tx = adam_jax.adam8bit(1e-2)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  u, state = step(params, state, params)
+  leaves, treedef = jax.tree.flatten(state)
+  rebuilt = jax.tree.unflatten(treedef, [np.asarray(x) for x in leaves])  # a checkpoint
+  assert rebuilt[0].mu["w"].dtype == np.uint8
+
+  mesh = jax.make_mesh((8,), ("data",))
+  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None))
+  sharded = jax.tree.map(
+      lambda x: jax.device_put(x, spec) if x.ndim == 2 else x, rebuilt)
+  u1, s1 = step(params, sharded, params)
+  u2, s2 = step(params, state, params)
+  assert s1[0].mu["w"].sharding.spec == spec.spec  # state stays sharded
+  _assert_close_trees((u1, s1), (u2, s2))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(block_size=0), "block_size"),
+    (dict(block_size=2.5), "block_size"),
+    (dict(min_quantized_size=-1), "min_quantized_size"),
+    (dict(b1=1.0), "b1"),
+    (dict(eps=-1.0), "eps"),
+])
+def test_bad_hyperparameters_raise(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    adam_jax.adam8bit(1e-3, **kwargs)
+
+
+def test_mismatched_gradient_tree_raises():
+  tx = adam_jax.scale_by_adam8bit()
+  state = tx.init(_big_params())
+  with pytest.raises(ValueError, match="structure"):
+    tx.update({"w": jnp.zeros((96, 64))}, state)
