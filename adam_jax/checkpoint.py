@@ -193,8 +193,10 @@ def restore(path: str | os.PathLike, like: Any) -> Any:
 
   for i, a in enumerate(abstract):
     if a.size == 0:
-      zeros = np.zeros(a.shape, a.dtype)
-      leaves[i] = jnp.asarray(zeros) if a.sharding is None else jax.device_put(zeros, a.sharding)
+      # Placed (committed) like the arrays orbax restores, so one jitted step sees
+      # one signature for the whole tree.
+      sharding = a.sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      leaves[i] = jax.device_put(np.zeros(a.shape, a.dtype), sharding)
   return treedef.unflatten(leaves)
 
 
