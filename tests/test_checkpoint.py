@@ -30,6 +30,10 @@ OPTIMIZERS = {
     "cautious_adamw": lambda: adam_jax.cautious_adamw(schedules.step_decay(3e-2, 3)),
     "lazy_adam": lambda: adam_jax.lazy_adam(3e-2),
     "schedule_free_adamw": lambda: adam_jax.schedule_free_adamw(3e-2, warmup_steps=2),
+    "adam8bit": lambda: adam_jax.adam8bit(3e-2, block_size=4, min_quantized_size=0),
+    "adamw8bit-schedule": lambda: adam_jax.adamw8bit(
+        schedules.warmup_cosine(3e-2, 3, STEPS, init_value=1e-3), weight_decay=0.1,
+        block_size=4, min_quantized_size=4),
     "chain-clip-finite": lambda: optax.chain(
         optax.clip_by_global_norm(1.0),
         optax.apply_if_finite(adam_jax.adamw(3e-2, weight_decay=0.1), 3)),
