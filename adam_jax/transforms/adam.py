@@ -7,7 +7,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.experimental.shard_alike import shard_alike
+
+try:
+  from jax.experimental.shard_alike import shard_alike
+except ImportError:  # not in every jax release; without it, zeros are not tied to p
+  shard_alike = getattr(jax.sharding, "shard_alike", None)
 
 from adam_jax import fused as fused_engine
 from adam_jax import numerics
@@ -60,7 +64,7 @@ def _zeros_like(p: Any, dtype: Any) -> Array:
   if isinstance(p, jax.core.Tracer):
     if _sharding_in_type(p):
       zeros, _ = jax.lax.optimization_barrier((zeros, p))
-    else:
+    elif shard_alike is not None:
       zeros, _ = shard_alike(zeros, p)
   return zeros
 
