@@ -269,3 +269,16 @@ def test_grid_search_puts_one_configuration_on_each_device(monkeypatch):
   for x in per_config:  # every per-configuration output: one row on each of the 8 devices
     assert len(x.sharding.device_set) == 8
     assert sorted(s.data.shape[0] for s in x.addressable_shards) == [1] * 8
+
+
+@pytest.mark.parametrize("make", [lambda: adam_jax.schedule_free_adamw(1e-3),
+                                  lambda: adam_jax.adam_mini(1e-3)])
+def test_param_shaped_state_of_modern_variants_follows_param_sharding(make):
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  params = {"w": jax.device_put(jnp.ones((16, 4)), sharding)}
+  state = jax.jit(make().init)(params)
+  shaped = [x for x in jax.tree.leaves(state) if getattr(x, "shape", None) == (16, 4)]
+  assert shaped, "expected param-shaped state leaves"
+  for x in shaped:
+    assert x.sharding.is_equivalent_to(sharding, 2)

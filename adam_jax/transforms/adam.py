@@ -49,7 +49,7 @@ def _sharding_in_type(p: Any) -> bool:
   return bool(mesh.axis_names) and mesh.are_all_axes_explicit
 
 
-def _zeros_like(p: Any, dtype: Any) -> Array:
+def zeros_like(p: Any, dtype: Any) -> Array:
   """Zeros of ``p``'s shape in ``dtype``, sharded like ``p``.
 
   Concrete arrays pass their sharding to ``jnp.zeros_like``, and so do traced
@@ -78,10 +78,10 @@ def init_moments(params: Any, mu_dtype: Any, nu_dtype: Any):
   """
 
   def mu0(p):
-    return _zeros_like(p, mu_dtype or jnp.result_type(p))
+    return zeros_like(p, mu_dtype or jnp.result_type(p))
 
   def nu0(p):
-    return _zeros_like(p, nu_dtype or numerics.real_dtype(jnp.result_type(p)))
+    return zeros_like(p, nu_dtype or numerics.real_dtype(jnp.result_type(p)))
 
   return jax.tree.map(mu0, params), jax.tree.map(nu0, params)
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import numerics
-from adam_jax.transforms.adam import ScaleByAdamState, abs_sq
+from adam_jax.transforms.adam import ScaleByAdamState, abs_sq, zeros_like
 
 Array = jax.Array
 Partition = Callable[[tuple, tuple], Sequence[int]]
@@ -177,7 +177,7 @@ def scale_by_adam_mini(
 
   def init_fn(params):
     def mu0(p):
-      return jnp.zeros(jnp.shape(p), mu_dtype or jnp.asarray(p).dtype)
+      return zeros_like(p, mu_dtype or jnp.result_type(p))
 
     def nu0(path, p):
       dtype = nu_dtype or numerics.real_dtype(jnp.asarray(p).dtype)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import numerics
-from adam_jax.transforms.adam import abs_sq
+from adam_jax.transforms.adam import abs_sq, zeros_like
 
 Array = jax.Array
 
@@ -126,9 +126,7 @@ def scale_by_schedule_free_adam(
   def init_fn(params):
     z = jax.tree.map(lambda p: jnp.array(p, copy=True), params)
     nu = jax.tree.map(
-        lambda p: jnp.zeros(jnp.shape(p), nu_dtype or numerics.real_dtype(jnp.asarray(p).dtype)),
-        params,
-    )
+        lambda p: zeros_like(p, nu_dtype or numerics.real_dtype(jnp.result_type(p))), params)
     rd = _real_compute_dtype(params)
     return ScheduleFreeAdamWState(
         count=jnp.zeros([], jnp.int32),
