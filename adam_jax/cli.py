@@ -118,6 +118,51 @@ def _add_common(p: argparse.ArgumentParser, out_default: str) -> None:
                  help="output folder (default: %(default)s)")
 
 
+# ---------------------------------------------------------------------------- start-up
+
+
+def _prefer_fast_compilation() -> None:
+  """Asks XLA's CPU backend for its level-1 optimizations unless told otherwise.
+
+  The commands train small models for seconds, so compilation is a large share of
+  their time: on a 2-core CPU level 1 compiles the sweep's program about 1.5x
+  faster than the default level, with the same step time and the same numbers.
+  Nothing changes when ``XLA_FLAGS`` already sets the level, when a GPU plugin is
+  installed, or once the backend has started (the flag is read at its start).
+  """
+  import importlib.util
+
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_backend_optimization_level" in flags:
+    return
+  if any(importlib.util.find_spec(name) is not None
+         for name in ("jax_plugins", "jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu")):
+    return
+  try:
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+      return
+  except (ImportError, AttributeError):  # pragma: no cover - another jax layout
+    pass
+  os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=1").strip()
+
+
+def _preload(*modules: str) -> None:
+  """Imports ``modules`` in a background thread (while XLA compiles and trains)."""
+  import importlib
+  import threading
+
+  def load() -> None:
+    for name in modules:
+      try:
+        importlib.import_module(name)
+      except ImportError:  # reported properly where the module is used
+        return
+
+  threading.Thread(target=load, daemon=True).start()
+
+
 # ---------------------------------------------------------------------------- plots and files
 
 
@@ -691,6 +736,41 @@ def _plot_curves(path: str, rows: list[Any], best: Any) -> None:
   fig.savefig(path, dpi=110)
 
 
+# ---------------------------------------------------------------------------- bench
+
+
+def _bench_parser(sub: Any) -> None:
+  sub.add_parser(
+      "bench",
+      add_help=False,
+      help="time one Adam step against optax on this machine (see adam-jax bench --help)",
+  )
+
+
+def _bench(argv: list[str]) -> int:
+  """Forwards to the step-time benchmark, :func:`adam_jax.benchmarking.main`."""
+  import contextlib
+  import io
+
+  from adam_jax import benchmarking
+
+  errors = io.StringIO()  # argparse's usage lines are held back: bad input gets one line
+  try:
+    with contextlib.redirect_stderr(errors):
+      code = int(benchmarking.main(argv) or 0)
+  except SystemExit as err:
+    if err.code == 2:
+      lines = errors.getvalue().strip().splitlines()
+      print(lines[-1] if lines else "adam-jax bench: error: bad arguments", file=sys.stderr)
+      return 2
+    sys.stderr.write(errors.getvalue())
+    raise
+  except ValueError as err:
+    raise _UsageError(str(err), "adam-jax bench") from None
+  sys.stderr.write(errors.getvalue())
+  return code
+
+
 # ---------------------------------------------------------------------------- entry point
 
 
@@ -703,7 +783,8 @@ def _build_parser() -> argparse.ArgumentParser:
              "  adam-jax demo\n"
              "  adam-jax lr-find\n"
              "  adam-jax sweep --lr 1e-4,3e-4,1e-3,3e-3 --b1 0.9,0.95 --steps 500\n"
-             "  adam-jax sweep --help",
+             "  adam-jax sweep --help\n"
+             "  adam-jax bench --rounds 10",
       formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -711,14 +792,20 @@ def _build_parser() -> argparse.ArgumentParser:
   _demo_parser(sub)
   _lr_find_parser(sub)
   _sweep_parser(sub)
+  _bench_parser(sub)
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs ``adam-jax``; returns the exit code (2 for bad input, 130 when interrupted)."""
   parser = _build_parser()
+  argv = list(sys.argv[1:] if argv is None else argv)
   try:
+    if argv[:1] == ["bench"]:  # its own flags: see adam-jax bench --help
+      return _bench(argv[1:])
     args = parser.parse_args(argv)
+    _prefer_fast_compilation()
+    _preload("matplotlib.figure", "matplotlib.backends.backend_agg")
     return args.run(args)
   except _UsageError as err:
     print(f"{err.prog}: error: {err}", file=sys.stderr)

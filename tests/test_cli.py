@@ -185,3 +185,12 @@ def test_demo_interrupt_then_resume_matches_an_uninterrupted_run(demo_run, tmp_p
   assert got["resumed_from_step"] == 100
   np.testing.assert_allclose(got["curve"], want["curve"], rtol=1e-6)
   assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-6)
+
+
+def test_bench_forwards_its_arguments(capsys):
+  assert cli.main(["bench", "--help"]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith("usage: adam-jax bench") and "--rounds" in out and "--loop" in out
+  assert cli.main(["bench", "--rounds", "0"]) == 2
+  err = capsys.readouterr().err
+  assert err == "adam-jax bench: error: --rounds and --loop must be >= 1\n"
