@@ -12,7 +12,12 @@ from adam_jax.aliases import (
     nadamw,
     radam,
 )
-from adam_jax.lowbit import adam8bit, adamw8bit
+from adam_jax.lowbit import (
+    ScaleByAdamStochasticState,
+    adam8bit,
+    adamw8bit,
+    scale_by_adam_stochastic,
+)
 from adam_jax.modern import adam_mini, adopt, cautious_adamw, lazy_adam, schedule_free_adamw
 from adam_jax.quantization import QuantizedArray, ScaleByAdam8bitState, scale_by_adam8bit
 from adam_jax.transforms.adam import ScaleByAdamState, ScaleByAmsgradState, scale_by_adam
@@ -39,6 +44,7 @@ __all__ = [
     "AddWeightDecayState",
     "QuantizedArray",
     "ScaleByAdam8bitState",
+    "ScaleByAdamStochasticState",
     "ScaleByAdamState",
     "ScaleByAmsgradState",
     "ScheduleFreeAdamWState",
@@ -67,6 +73,7 @@ __all__ = [
     "radam",
     "scale_by_adam",
     "scale_by_adam8bit",
+    "scale_by_adam_stochastic",
     "scale_by_adam_mini",
     "scale_by_adamax",
     "scale_by_adopt",

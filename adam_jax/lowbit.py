@@ -1,19 +1,27 @@
-"""``adam8bit`` and ``adamw8bit``: Adam with blockwise 8-bit moments.
+"""Low-precision Adam: ``adam8bit`` / ``adamw8bit`` and bfloat16 moments with stochastic rounding.
 
-Chains like every alias in :mod:`adam_jax.aliases`:
+The 8-bit aliases chain like every alias in :mod:`adam_jax.aliases`:
 
     [negate if maximize] -> [coupled L2] -> scale_by_adam8bit -> [decoupled decay] -> -lr
+
+:func:`scale_by_adam_stochastic` is :func:`adam_jax.scale_by_adam` with bfloat16
+moments written by stochastic rounding instead of round-to-nearest-even.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from adam_jax import numerics
 from adam_jax.aliases import _chain
 from adam_jax.quantization import scale_by_adam8bit
+from adam_jax.transforms.adam import adam_leaf
+
+Array = jax.Array
 
 ScalarOrSchedule = numerics.ScalarOrSchedule
 
@@ -142,4 +150,113 @@ def adamw8bit(
                 mask=mask, maximize=maximize)
 
 
-__all__ = ["adam8bit", "adamw8bit"]
+
+
+class ScaleByAdamStochasticState(NamedTuple):
+  """State of :func:`scale_by_adam_stochastic`."""
+
+  count: Array  # shape=(), dtype=int32; steps taken, saturating
+  mu: optax.Updates  # like params; dtype bfloat16
+  nu: optax.Updates  # like params; dtype bfloat16
+  key: Array  # shape=(2,), dtype=uint32; raw PRNG key of the rounding noise
+
+
+def _stochastic_round_bf16(x: Array, key: Array) -> Array:
+  """Rounds float32 ``x`` to bfloat16 up or down with probability by distance.
+
+  bfloat16 is the upper half of a float32: adding uniform noise to the lower 16
+  bits and truncating rounds up with probability equal to the dropped fraction,
+  so the rounding is unbiased in expectation.
+  """
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  noise = jax.random.bits(key, x.shape, jnp.uint32) >> 16
+  finite = jnp.isfinite(x)
+  rounded = jnp.where(finite, (bits + noise) & jnp.uint32(0xFFFF0000), bits)
+  return jax.lax.bitcast_convert_type(rounded, jnp.float32).astype(jnp.bfloat16)
+
+
+def scale_by_adam_stochastic(
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    eps_root: Any = 0.0,
+    *,
+    seed: int = 0,
+) -> optax.GradientTransformation:
+  r"""Adam's rescaling with bfloat16 moments written by stochastic rounding.
+
+  The step is :func:`adam_jax.scale_by_adam`'s, in float32; only the write of
+  :math:`m_t, v_t` to bfloat16 differs. Round-to-nearest (``scale_by_adam(...,
+  mu_dtype=bfloat16, nu_dtype=bfloat16)``) loses every increment smaller than
+  half a bfloat16 step: with ``b2 = 0.999`` the second moment moves by 0.1% per
+  step, below bfloat16's 0.4% resolution, so it stalls. Stochastic rounding
+  rounds up with probability equal to the dropped fraction and keeps the moments
+  unbiased:
+
+  .. math::
+
+    \mathrm{sr}(x) = \lfloor x \rfloor_{bf16} + \delta\,\mathrm{ulp}(x), \qquad
+    \delta \sim \mathrm{Bernoulli}\left(\frac{x - \lfloor x \rfloor_{bf16}}{\mathrm{ulp}(x)}\right)
+
+  The noise comes from a PRNG key in the state, split every step: runs are
+  deterministic given ``seed``.
+
+  Args:
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to the denominator outside the square root.
+    eps_root: added inside the square root.
+    seed: seeds the rounding noise.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state :class:`ScaleByAdamStochasticState`.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.scale_by_adam_stochastic(seed=1)
+    >>> state = tx.init({"w": jnp.zeros(3)})
+    >>> state.mu["w"].dtype, state.key.shape
+    (dtype(bfloat16), (2,))
+
+  References:
+    Gupta, Agrawal, Gopalakrishnan & Narayanan, `Deep Learning with Limited
+    Numerical Precision <https://arxiv.org/abs/1502.02551>`_, ICML 2015.
+
+    Zamirai, Zhang, Aberger & De Sa, `Revisiting BFloat16 Training
+    <https://arxiv.org/abs/2010.06192>`_, 2020.
+  """
+  numerics.check_betas(b1=b1, b2=b2)
+  numerics.check_nonnegative(eps=eps, eps_root=eps_root)
+
+  def init_fn(params):
+    zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.bfloat16)
+    return ScaleByAdamStochasticState(
+        count=jnp.zeros([], jnp.int32), mu=jax.tree.map(zeros, params),
+        nu=jax.tree.map(zeros, params),
+        key=jax.random.key_data(jax.random.key(seed, impl="threefry2x32")))
+
+  def update_fn(updates, state, params=None):
+    del params
+    numerics.tree_check_same_structure(updates, state.mu)
+    count = numerics.safe_increment(state.count)
+    g_leaves, treedef = jax.tree.flatten(updates)
+    mu_leaves = treedef.flatten_up_to(state.mu)
+    nu_leaves = treedef.flatten_up_to(state.nu)
+    key = jax.random.wrap_key_data(state.key, impl="threefry2x32")
+    key, *keys = jax.random.split(key, 2 * len(g_leaves) + 1)
+    u, mu, nu = [], [], []
+    for i, (g, m, v) in enumerate(zip(g_leaves, mu_leaves, nu_leaves)):
+      ui, mi, vi, _ = adam_leaf(g.astype(jnp.float32), m.astype(jnp.float32),
+                                v.astype(jnp.float32), None, count, b1=b1, b2=b2, eps=eps,
+                                eps_root=eps_root, nesterov=False)
+      u.append(ui.astype(g.dtype))
+      mu.append(_stochastic_round_bf16(mi, keys[2 * i]))
+      nu.append(_stochastic_round_bf16(vi, keys[2 * i + 1]))
+    return treedef.unflatten(u), ScaleByAdamStochasticState(
+        count=count, mu=treedef.unflatten(mu), nu=treedef.unflatten(nu),
+        key=jax.random.key_data(key))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+__all__ = ["ScaleByAdamStochasticState", "adam8bit", "adamw8bit", "scale_by_adam_stochastic"]
