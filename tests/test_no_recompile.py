@@ -33,6 +33,8 @@ OPTIMIZERS = {
     "cautious_adamw": lambda: adam_jax.cautious_adamw(schedules.warmup_cosine(1e-3, 10, STEPS)),
     "lazy_adam": lambda: adam_jax.lazy_adam(1e-3),
     "schedule_free_adamw": lambda: adam_jax.schedule_free_adamw(1e-3, warmup_steps=10),
+    "adamw8bit": lambda: adam_jax.adamw8bit(schedules.warmup_cosine(1e-3, 10, STEPS),
+                                            block_size=4, min_quantized_size=0),
     "chain-skip-nonfinite": lambda: optax.chain(
         optax.clip_by_global_norm(1.0), optax.apply_if_finite(adam_jax.adamw(1e-3), 5)),
 }

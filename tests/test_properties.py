@@ -48,9 +48,11 @@ MIXED = ["float16", "bfloat16", "float32"]  # "mixed": each array its own dtype
 # differ by an ulp or two of the stored dtype; three steps can add a few more.
 TOL = {"float16": 4e-3, "bfloat16": 3e-2, "float32": 2e-5, "float64": 1e-12,
        "complex64": 2e-5, "mixed": 3e-2}
-# schedule_free_adamw keeps its sum of squared step sizes in float32 whatever the
-# params' dtype, so its float64 updates are float32-accurate.
-TOL_FLOAT64_SCHEDULE_FREE = 1e-6
+# These keep float32 state whatever the params' dtype (schedule-free: its sum of
+# squared step sizes; 8-bit: its block scales), so their float64 updates are
+# float32-accurate.
+FLOAT32_STATE = {"schedule_free_adamw", "adam8bit", "adamw8bit"}
+TOL_FLOAT64_FLOAT32_STATE = 2e-6
 
 _BASE = {"weight_decay", "wd_schedule", "mask", "mu_dtype", "nu_dtype", "maximize"}
 # The keyword options each alias accepts besides the learning rate.
@@ -69,6 +71,8 @@ ALIASES = {
     "cautious_adamw": _BASE | {"eps_root"},
     "lazy_adam": {"mu_dtype", "nu_dtype", "maximize", "eps_root"},
     "schedule_free_adamw": {"weight_decay", "mask", "nu_dtype", "maximize"},
+    "adam8bit": (_BASE - {"mu_dtype", "nu_dtype"}) | {"eps_root", "nesterov", "block"},
+    "adamw8bit": (_BASE - {"mu_dtype", "nu_dtype"}) | {"eps_root", "nesterov", "block"},
 }
 
 
@@ -109,7 +113,11 @@ def _options(draw, alias, dtype):
     kw["mask"] = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   if "mu_dtype" in ok and dtype != "complex64":  # a real moment cannot hold complex
     kw["mu_dtype"] = draw(st.sampled_from([None, jnp.bfloat16, jnp.float32]))
-  kw["nu_dtype"] = draw(st.sampled_from([None, jnp.bfloat16, jnp.float32]))
+  if "nu_dtype" in ok:
+    kw["nu_dtype"] = draw(st.sampled_from([None, jnp.bfloat16, jnp.float32]))
+  if "block" in ok:  # 8-bit moments: quantize even the smallest arrays, in small blocks
+    kw["block_size"] = draw(st.sampled_from([2, 4, 256]))
+    kw["min_quantized_size"] = 0
   for flag in sorted(ok & {"amsgrad", "nesterov", "decoupled_weight_decay", "clipping"}):
     kw[flag] = draw(st.booleans())
   if alias == "adopt" and dtype in ("float16", "mixed"):
@@ -189,8 +197,8 @@ def _check(alias, dtype, shape_tree, lr, kw, seed, scale, zeros):
     return u, s_new, through_cond
 
   tol = TOL[dtype]
-  if alias == "schedule_free_adamw" and dtype == "float64":
-    tol = TOL_FLOAT64_SCHEDULE_FREE
+  if alias in FLOAT32_STATE and dtype == "float64":
+    tol = TOL_FLOAT64_FLOAT32_STATE
   p, s = params, state0
   for g, (u_eager, s_eager) in zip(grads, eager_out):
     u, s_new, s_cond = step(g, s, p, jnp.asarray(True))
