@@ -144,3 +144,19 @@ def test_saturated_schedule_state_in_a_chain():
   assert set(_counts(state)) == {INT32_MAX}
   # 0.5 ** (2**31 - 1) underflows to a zero learning rate: the update is exactly 0.
   assert np.array_equal(np.asarray(updates["w"]), np.zeros(4))
+
+
+def test_8bit_step_at_saturated_count():
+  tx = adam_jax.adam8bit(LR, block_size=2, min_quantized_size=0)
+  params = {"w": jnp.ones(4, jnp.float32)}
+  update = jax.jit(tx.update)
+  state = _set_counts(tx.init(params), INT32_MAX - 1)
+  grads = {"w": jnp.asarray(G, jnp.float32)}
+  first, state = update(grads, state, params)
+  updates, state = update(grads, state, params)
+  assert set(_counts(state)) == {INT32_MAX}
+  assert all(np.isfinite(np.asarray(x, np.float64)).all() for x in jax.tree.leaves(state))
+  assert np.isfinite(np.asarray(updates["w"])).all()
+  # Bias corrections of 1, to the 8-bit codec's accuracy.
+  np.testing.assert_allclose(np.asarray(first["w"], np.float64), -LR * LATE["adam"][1],
+                             rtol=2e-2, atol=1e-4 * LR)
