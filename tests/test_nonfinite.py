@@ -27,6 +27,8 @@ OPTIMIZERS = {
     "radam": lambda: adam_jax.radam(3e-2, b2=0.9),
     "adamax": lambda: adam_jax.adamax(3e-2),
     "adabelief-float16-params": lambda: adam_jax.adabelief(3e-2, nu_dtype=jnp.float32),
+    "adamw8bit": lambda: adam_jax.adamw8bit(3e-2, block_size=2, min_quantized_size=0),
+    "schedule_free_adamw": lambda: adam_jax.schedule_free_adamw(3e-2, warmup_steps=3),
 }
 
 
