@@ -1,8 +1,9 @@
 """Property tests: random pytrees, dtypes and options for every alias.
 
 For any tree (nested dicts, lists and tuples; ``None`` nodes; scalars and empty
-arrays), any dtype (float16, bfloat16, float32, float64, complex64) and any
-combination of options, over three steps:
+arrays), any dtype (float16, bfloat16, float32, float64, complex64, or a mix of
+float16, bfloat16 and float32 arrays in one tree) and any combination of options,
+over three steps:
 
 * the updates have the params' structure and shapes and the gradients' dtypes;
 * the state keeps its structure, shapes, dtypes and weak types, also through
