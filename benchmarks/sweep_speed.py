@@ -154,12 +154,17 @@ def main() -> None:
       "steps": args.steps, "repeats": args.repeats,
       "times_s": times, "median_s": med,
       "speedup_vs_plain": med["plain optax loop"] / med["adam-jax sweep"],
+      "speedup_vs_plain_per_round": [p / v for p, v in zip(times["plain optax loop"],
+                                                          times["adam-jax sweep"])],
+      "speedup_vs_sequential_per_round": [q / v for q, v in zip(
+          times["adam-jax sweep --sequential"], times["adam-jax sweep"])],
       "speedup_vs_sequential": med["adam-jax sweep --sequential"] / med["adam-jax sweep"],
       "best_lr_vectorized": float(best_vec["lr"]), "best_lr_sequential": float(best_seq["lr"]),
       "val_loss_rel_diff_max": max(rel), "val_loss_rel_diff_median": statistics.median(rel),
       "val_loss_rel_diff_lr_le_1e-2_max": max(
           d for d, r in zip(rel, vec) if float(r["lr"]) <= 1e-2),
-      "grid": [(float(r["lr"]), float(r["val_loss"])) for r in vec],
+      "grid_lr_val_vectorized_val_sequential": [
+          (float(a["lr"]), float(a["val_loss"]), float(b["val_loss"])) for a, b in zip(vec, seq)],
       "grid_best_val_loss": grid_best,
       "lr_find_suggestion": found["suggestion"], "lr_find_suggestion_val_loss": sugg_val,
       "lr_find_valley": found["valley"], "lr_find_valley_val_loss": valley_val,
