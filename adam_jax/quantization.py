@@ -216,10 +216,10 @@ def dequantize(
   return values.reshape(-1)[:size].reshape(shape).astype(dtype)
 
 
-# Elements per loop iteration of a large leaf: a chunk's float32 moments stay in
-# cache between the reduction (block maxima) and the encoding, and no float32
-# temporaries the size of the leaf are allocated (on CPU these cost more than
-# the arithmetic; measured best at 2**14..2**15 on a 2-core x86 machine).
+# Elements per loop iteration of a large leaf on CPU: a chunk's float32 moments
+# stay in cache between the reduction (block maxima) and the encoding, and no
+# float32 temporaries the size of the leaf are allocated (on CPU these cost more
+# than the arithmetic; measured best at 2**14..2**15 on a 2-core x86 machine).
 _CHUNK_ELEMENTS = 1 << 15
 
 
@@ -236,7 +236,9 @@ def _adam8bit_blocks(g_blocks, mu: QuantizedArray, nu: QuantizedArray, count, hy
   """One step on a blocked leaf, chunk by chunk, the codes updated in place."""
   num_blocks, block_size = g_blocks.shape
   rows = max(1, _CHUNK_ELEMENTS // block_size)
-  if num_blocks <= rows:
+  # On GPU and TPU, XLA fuses the block reduction with the arithmetic that feeds
+  # it, and a loop of small kernels would be launch-bound: one shot there.
+  if num_blocks <= rows or jax.default_backend() != "cpu":
     return _adam8bit_chunk(g_blocks, mu, nu, count, hyper)
 
   # Written chunk by chunk: the update and the new scales go to fresh buffers
