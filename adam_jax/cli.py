@@ -376,7 +376,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 130
 
   done = args.steps - first
-  rate = done / train_s if train_s > 0 else float("nan")
+  rate = done / train_s if train_s > 0 else None
   history = []
   for step, tr, vl, va in evals:
     item = {"step": int(step), "train_loss": float(tr), "val_loss": float(vl),
@@ -411,9 +411,11 @@ def _demo(args: argparse.Namespace) -> int:
     written.append("diagnostics.png")
   _write_json(os.path.join(out, "results.json"), summary)
   _plot_demo(os.path.join(out, "loss_curve.png"), list(curve), history, task.name)
+  speed = (f"{rate:,.0f} steps/s (compilation {compile_s:.1f} s)" if done
+           else "nothing left to train")
   print(f"done: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
         + (f", val accuracy {100 * val_acc:.1f}%" if task.classification else "")
-        + f"; {rate:,.0f} steps/s (compilation {compile_s:.1f} s)")
+        + f"; {speed}")
   if records:
     d = summary["diagnostics"]
     print(f"diagnostics: update/param ratio {d['final_update_to_param_ratio']:.2e} at the end "

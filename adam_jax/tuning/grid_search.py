@@ -48,7 +48,7 @@ class GridSearchResult(NamedTuple):
 
   rows: list[SweepRow]  # every configuration of the grid, in grid order
   best: SweepRow  # the row with the lowest validation loss
-  num_devices: int  # devices the configurations were spread over
+  num_devices: int  # the most devices one compiled group was spread over
 
 
 def schedule_fn(kind: Any, lr: Any, steps: int) -> Callable[[jax.Array], jax.Array]:
@@ -398,6 +398,7 @@ def grid_search(
   traced = tuple(a for a in VALUE_AXES if len(values[a]) > 1)
   const = {a: values[a][0] for a in VALUE_AXES if len(values[a]) == 1}
   results: dict[tuple[Any, ...], SweepRow] = {}
+  spread = 1
   for shape in itertools.product(*(values[a] for a in SHAPE_AXES)):
     shape_cfg = dict(zip(SHAPE_AXES, shape))
     configs = [c for c in grid if all(c[a] == shape_cfg[a] for a in SHAPE_AXES)]
@@ -414,6 +415,7 @@ def grid_search(
       outs = _run_sequential(program, todo, traced, args)
     else:
       outs = _run_vectorized(program, todo, traced, args, devices)
+      spread = max(spread, len(devices) if len(todo) > 1 else 1)
     for config, (curve, tr, va, acc, records) in outs:
       row = SweepRow(config, float(tr), float(va), float(acc) if t.classification else None,
                      np.asarray(curve, np.float32),
@@ -425,7 +427,7 @@ def grid_search(
         on_row(row)
   rows = [results[_key(c)] for c in grid]
   best = min(rows, key=lambda r: r.val_loss if math.isfinite(r.val_loss) else math.inf)
-  return GridSearchResult(rows, best, 1 if sequential else len(devices))
+  return GridSearchResult(rows, best, spread)
 
 
 def _run_sequential(program, todo, traced, args):
