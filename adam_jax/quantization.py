@@ -18,9 +18,9 @@ on ``(0.1, 1]``:
 with code ``2^b + k - 1`` (so ``k = 0`` is the top of the next decade down, the
 same value). The first moment uses the signed map (one sign bit, exponents
 0..6); the second moment is non-negative, so its map gives the sign bit to the
-magnitude (exponents 0..7). Large values get fine relative steps (1/64 of the
-block maximum near the top), small ones a wide range (down to 1e-6 and 1e-7 of
-the block maximum); code 0 is exactly zero.
+magnitude (exponents 0..7). Large values get fine steps (0.9/64 of the block
+maximum near the top for the first moment, 0.9/128 for the second), small ones a
+wide range (down to 1e-6 and 1e-7 of the block maximum); code 0 is exactly zero.
 """
 
 from __future__ import annotations
@@ -301,8 +301,10 @@ def scale_by_adam8bit(
   with :math:`\mathrm{quant}_s` / :math:`\mathrm{quant}_u` the blockwise signed /
   unsigned dynamic quantization of :mod:`adam_jax.quantization`. The update uses
   the fresh float32 moments; only what is stored between steps is 8-bit. A
-  positive second moment is never rounded to zero. Under ``jit`` the three
-  stages fuse into a few loops over each leaf.
+  positive second moment is never rounded to zero. On GPU and TPU the three
+  stages fuse into a few loops over each leaf; on CPU they run over chunks of
+  32K elements that stay in cache (a ``fori_loop``), without leaf-sized
+  temporaries.
 
   Real floating leaves with at least ``min_quantized_size`` elements are
   quantized (about 2.03 bytes of state per parameter with blocks of 256);

@@ -145,10 +145,17 @@ def test_state_layout_quantized_and_small_leaves():
     assert jax.tree.structure(field) == jax.tree.structure(_big_params())
 
 
-def test_small_leaves_match_fp32_adam_exactly():
-  params = helpers.make_params()
-  got = helpers.run_jax(adam_jax.adam8bit(3e-2), params, 30)
-  want = helpers.run_jax(adam_jax.adam(3e-2), params, 30)
+@pytest.mark.parametrize("make, make_ref", [
+    (lambda: adam_jax.adam8bit(3e-2), lambda: adam_jax.adam(3e-2)),
+    (lambda: adam_jax.adam8bit(3e-2, weight_decay=0.1, nesterov=True),  # coupled L2
+     lambda: adam_jax.nadam(3e-2, weight_decay=0.1)),
+    (lambda: adam_jax.adamw8bit(3e-2, weight_decay=0.1, maximize=True),  # decoupled
+     lambda: adam_jax.adamw(3e-2, weight_decay=0.1, maximize=True)),
+], ids=["adam", "nadam-l2", "adamw-maximize"])
+def test_small_leaves_match_fp32_aliases_exactly(make, make_ref):
+  params = helpers.make_params()  # every leaf below min_quantized_size: float32 moments
+  got = helpers.run_jax(make(), params, 30)
+  want = helpers.run_jax(make_ref(), params, 30)
   helpers.assert_traj_close(got, want, rtol=0, atol=0)
 
 
