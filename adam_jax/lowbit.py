@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from adam_jax import numerics
@@ -158,18 +159,37 @@ class ScaleByAdamStochasticState(NamedTuple):
   count: Array  # shape=(), dtype=int32; steps taken, saturating
   mu: optax.Updates  # like params; dtype bfloat16
   nu: optax.Updates  # like params; dtype bfloat16
-  key: Array  # shape=(2,), dtype=uint32; raw PRNG key of the rounding noise
+  seed: Array  # shape=(), dtype=uint32; seeds the rounding noise
 
 
-def _stochastic_round_bf16(x: Array, key: Array) -> Array:
+def _mix32(x: Array) -> Array:
+  """MurmurHash3's 32-bit finalizer: every input bit flips each output bit w.p. ~1/2."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def _noise16(shape: tuple[int, ...], stream: Array) -> Array:
+  """16 pseudo-random bits per element, a counter-based hash of (index, stream).
+
+  Elementwise integer arithmetic that XLA fuses into the update; a PRNG such as
+  threefry costs more than the whole Adam step on CPU.
+  """
+  index = jax.lax.iota(jnp.uint32, max(1, int(np.prod(shape, dtype=np.int64))))
+  index = index[: int(np.prod(shape, dtype=np.int64))].reshape(shape)
+  return _mix32(index * jnp.uint32(0x9E3779B1) + stream) >> 16
+
+
+def _stochastic_round_bf16(x: Array, noise: Array) -> Array:
   """Rounds float32 ``x`` to bfloat16 up or down with probability by distance.
 
-  bfloat16 is the upper half of a float32: adding uniform noise to the lower 16
-  bits and truncating rounds up with probability equal to the dropped fraction,
-  so the rounding is unbiased in expectation.
+  bfloat16 is the upper half of a float32: adding uniform 16-bit ``noise`` to the
+  lower half and truncating rounds up with probability equal to the dropped
+  fraction, so the rounding is unbiased in expectation.
   """
   bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
-  noise = jax.random.bits(key, x.shape, jnp.uint32) >> 16
   finite = jnp.isfinite(x)
   rounded = jnp.where(finite, (bits + noise) & jnp.uint32(0xFFFF0000), bits)
   return jax.lax.bitcast_convert_type(rounded, jnp.float32).astype(jnp.bfloat16)
@@ -181,7 +201,7 @@ def scale_by_adam_stochastic(
     eps: Any = 1e-8,
     eps_root: Any = 0.0,
     *,
-    seed: int = 0,
+    seed: Any = 0,
 ) -> optax.GradientTransformation:
   r"""Adam's rescaling with bfloat16 moments written by stochastic rounding.
 
@@ -198,15 +218,15 @@ def scale_by_adam_stochastic(
     \mathrm{sr}(x) = \lfloor x \rfloor_{bf16} + \delta\,\mathrm{ulp}(x), \qquad
     \delta \sim \mathrm{Bernoulli}\left(\frac{x - \lfloor x \rfloor_{bf16}}{\mathrm{ulp}(x)}\right)
 
-  The noise comes from a PRNG key in the state, split every step: runs are
-  deterministic given ``seed``.
+  The noise is a hash of the element's index, the leaf, the moment, the step
+  and ``seed``: runs are deterministic given ``seed``.
 
   Args:
     b1: decay rate of the first moment, in [0, 1).
     b2: decay rate of the second moment, in [0, 1).
     eps: added to the denominator outside the square root.
     eps_root: added inside the square root.
-    seed: seeds the rounding noise.
+    seed: seeds the rounding noise (an integer; may be a traced value).
 
   Returns:
     An ``optax.GradientTransformation`` with state :class:`ScaleByAdamStochasticState`.
@@ -215,8 +235,8 @@ def scale_by_adam_stochastic(
     >>> import jax.numpy as jnp, adam_jax
     >>> tx = adam_jax.scale_by_adam_stochastic(seed=1)
     >>> state = tx.init({"w": jnp.zeros(3)})
-    >>> state.mu["w"].dtype, state.key.shape
-    (dtype(bfloat16), (2,))
+    >>> state.mu["w"].dtype, state.seed.dtype
+    (dtype(bfloat16), dtype('uint32'))
 
   References:
     Gupta, Agrawal, Gopalakrishnan & Narayanan, `Deep Learning with Limited
@@ -233,7 +253,7 @@ def scale_by_adam_stochastic(
     return ScaleByAdamStochasticState(
         count=jnp.zeros([], jnp.int32), mu=jax.tree.map(zeros, params),
         nu=jax.tree.map(zeros, params),
-        key=jax.random.key_data(jax.random.key(seed, impl="threefry2x32")))
+        seed=jnp.asarray(seed).astype(jnp.uint32))
 
   def update_fn(updates, state, params=None):
     del params
@@ -242,19 +262,19 @@ def scale_by_adam_stochastic(
     g_leaves, treedef = jax.tree.flatten(updates)
     mu_leaves = treedef.flatten_up_to(state.mu)
     nu_leaves = treedef.flatten_up_to(state.nu)
-    key = jax.random.wrap_key_data(state.key, impl="threefry2x32")
-    key, *keys = jax.random.split(key, 2 * len(g_leaves) + 1)
+    step = _mix32(state.seed ^ _mix32(count.astype(jnp.uint32)))
+    streams = [_mix32(step + jnp.uint32(k)) for k in range(2 * len(g_leaves))]
     u, mu, nu = [], [], []
     for i, (g, m, v) in enumerate(zip(g_leaves, mu_leaves, nu_leaves)):
       ui, mi, vi, _ = adam_leaf(g.astype(jnp.float32), m.astype(jnp.float32),
                                 v.astype(jnp.float32), None, count, b1=b1, b2=b2, eps=eps,
                                 eps_root=eps_root, nesterov=False)
       u.append(ui.astype(g.dtype))
-      mu.append(_stochastic_round_bf16(mi, keys[2 * i]))
-      nu.append(_stochastic_round_bf16(vi, keys[2 * i + 1]))
+      mu.append(_stochastic_round_bf16(mi, _noise16(mi.shape, streams[2 * i])))
+      nu.append(_stochastic_round_bf16(vi, _noise16(vi.shape, streams[2 * i + 1])))
     return treedef.unflatten(u), ScaleByAdamStochasticState(
         count=count, mu=treedef.unflatten(mu), nu=treedef.unflatten(nu),
-        key=jax.random.key_data(key))
+        seed=state.seed)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

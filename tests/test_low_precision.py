@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import adam_jax
-from adam_jax.lowbit import _stochastic_round_bf16
+from adam_jax.lowbit import _noise16, _stochastic_round_bf16
 from tests import helpers
 
 
@@ -76,13 +76,17 @@ def test_float16_second_moment_underflows_where_bfloat16_does_not():
 
 def test_stochastic_rounding_is_unbiased_and_picks_a_neighbour():
   x = jnp.full((200_000,), 1 + 2.0**-9, jnp.float32)  # a quarter of the way to the next bf16
-  r = np.asarray(_stochastic_round_bf16(x, jax.random.key(0)), np.float32)
+  r = np.asarray(_stochastic_round_bf16(x, _noise16(x.shape, jnp.uint32(7))), np.float32)
   assert set(np.unique(r)) == {1.0, 1 + 2.0**-7}
   np.testing.assert_allclose(r.mean(), 1 + 2.0**-9, rtol=2e-5)  # ~4 standard errors
   assert np.asarray(x.astype(jnp.bfloat16), np.float32).mean() == 1.0  # nearest: biased
+  noise = np.asarray(_noise16((1 << 16,), jnp.uint32(3)))
+  counts = np.bincount(noise >> 12, minlength=16)  # 16 bins of the 16-bit noise
+  assert noise.max() < 1 << 16 and np.all(np.abs(counts / 4096 - 1) < 0.1)
+  assert len(np.unique(noise)) > 0.6 * (1 << 16)  # a random draw hits ~63% of values
   # Representable values, zeros and non-finite values pass unchanged.
   special = jnp.array([0.0, -0.0, 1.5, -2.0, np.inf, -np.inf, np.nan, 3.0e38], jnp.float32)
-  out = np.asarray(_stochastic_round_bf16(special, jax.random.key(1)), np.float32)
+  out = np.asarray(_stochastic_round_bf16(special, _noise16((8,), jnp.uint32(1))), np.float32)
   np.testing.assert_array_equal(out[:6], np.asarray(special)[:6])
   assert np.isnan(out[6]) and np.isfinite(out[7])
 
@@ -108,7 +112,7 @@ def test_stochastic_moments_deterministic_given_seed_and_jit_once():
 
   (p0, s0), (p0b, _), (p1, _) = run(0), run(0), run(1)
   assert len(traces) == 1 and int(s0.count) == 20
-  assert s0.mu["w"].dtype == jnp.bfloat16 and s0.key.dtype == jnp.uint32
+  assert s0.mu["w"].dtype == jnp.bfloat16 and s0.seed.dtype == jnp.uint32
   for a, b, c in zip(jax.tree.leaves(p0), jax.tree.leaves(p0b), jax.tree.leaves(p1)):
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a, c, atol=2e-2)  # another seed: another, close, path
