@@ -127,8 +127,9 @@ def _prefer_fast_compilation() -> None:
   The commands train small models for seconds, so compilation is a large share of
   their time: on a 2-core CPU level 1 compiles the sweep's program about 1.5x
   faster than the default level, with the same step time and the same numbers.
-  Nothing changes when ``XLA_FLAGS`` already sets the level, when a GPU plugin is
-  installed, or once the backend has started (the flag is read at its start).
+  Only done when ``adam-jax`` runs as a program (not for ``main(argv)`` called from
+  Python), and nothing changes when ``XLA_FLAGS`` already sets the level, when a GPU
+  plugin is installed, or once the backend has started (the flag is read at its start).
   """
   import importlib.util
 
@@ -801,12 +802,14 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs ``adam-jax``; returns the exit code (2 for bad input, 130 when interrupted)."""
   parser = _build_parser()
+  as_program = argv is None  # the console script: this process is ours to configure
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     if argv[:1] == ["bench"]:  # its own flags: see adam-jax bench --help
       return _bench(argv[1:])
     args = parser.parse_args(argv)
-    _prefer_fast_compilation()
+    if as_program:
+      _prefer_fast_compilation()
     _preload("matplotlib.figure", "matplotlib.backends.backend_agg")
     return args.run(args)
   except _UsageError as err:
