@@ -192,9 +192,9 @@ def scale_by_adam(
     >>> tx = optax.chain(adam_jax.scale_by_adam(), adam_jax.scale_by_learning_rate(0.1))
     >>> params = {"w": jnp.ones(3)}
     >>> state = tx.init(params)
-    >>> updates, state = tx.update({"w": jnp.array([1.0, -2.0, 0.0])}, state, params)
-    >>> updates["w"]
-    Array([-0.1,  0.1,  0. ], dtype=float32)
+    >>> updates, state = tx.update({"w": jnp.array([1.0, -2.0, 0.5])}, state, params)
+    >>> updates["w"]  # the first step is -lr * sign(g)
+    Array([-0.1,  0.1, -0.1], dtype=float32)
 
   References:
     Kingma & Ba, `Adam: A Method for Stochastic Optimization

@@ -65,6 +65,14 @@ def schedule_fn(kind: Any, lr: Any, steps: int) -> Callable[[jax.Array], jax.Arr
   ``lr`` may be a traced value and ``kind`` a traced index into :data:`SCHEDULES`
   (the four schedules are evaluated and one is selected), so schedules can be
   vmapped over like any other hyperparameter.
+
+  Args:
+    kind: a name in :data:`SCHEDULES`, or an (possibly traced) index into it.
+    lr: the initial (peak) learning rate.
+    steps: the length of the run.
+
+  Returns:
+    A schedule, a callable of the step count.
   """
   if isinstance(kind, str):
     if kind not in SCHEDULES:
@@ -94,6 +102,15 @@ def make_optimizer(optimizer: str, hp: dict[str, Any], steps: int) -> optax.Grad
   """``adam`` (coupled L2 weight decay) or ``adamw`` (decoupled) from one configuration.
 
   Values in ``hp`` may be Python numbers (compile-time constants) or traced arrays.
+
+  Args:
+    optimizer: ``"adam"`` or ``"adamw"``.
+    hp: the configuration: ``lr``, ``b1``, ``b2``, ``eps``, ``weight_decay`` and
+      ``schedule`` (a name or an index, see :func:`schedule_fn`).
+    steps: the length of the run (for the schedule).
+
+  Returns:
+    An ``optax.GradientTransformation``.
   """
   if hp["schedule"] == "constant":
     lr = hp["lr"]
