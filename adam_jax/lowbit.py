@@ -20,7 +20,7 @@ import optax
 from adam_jax import numerics
 from adam_jax.aliases import _chain
 from adam_jax.quantization import scale_by_adam8bit
-from adam_jax.transforms.adam import adam_leaf
+from adam_jax.transforms.adam import adam_leaf, zeros_like
 
 Array = jax.Array
 
@@ -249,7 +249,7 @@ def scale_by_adam_stochastic(
   numerics.check_nonnegative(eps=eps, eps_root=eps_root)
 
   def init_fn(params):
-    zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.bfloat16)
+    zeros = lambda p: zeros_like(p, jnp.bfloat16)  # sharded like p
     return ScaleByAdamStochasticState(
         count=jnp.zeros([], jnp.int32), mu=jax.tree.map(zeros, params),
         nu=jax.tree.map(zeros, params),
