@@ -221,6 +221,18 @@ def amsgrad(
   Returns:
     An ``optax.GradientTransformation``.
 
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.amsgrad(0.1, b2=0.5)
+    >>> params = jnp.zeros(1)
+    >>> state = tx.init(params)
+    >>> for g in (1.0, 0.1):  # a large gradient, then a small one
+    ...   updates, state = tx.update(jnp.array([g]), state, params)
+    >>> state[0].nu.tolist(), state[0].nu_max.tolist()  # v_2 and max(v_1, v_2)
+    ([0.2549999952316284], [0.5])
+    >>> [round(u, 4) for u in updates.tolist()]  # adam_jax.adam's step would be -0.0903
+    [-0.0645]
+
   References:
     Reddi, Kale & Kumar, `On the Convergence of Adam and Beyond
     <https://openreview.net/forum?id=ryQu7f-RZ>`_, ICLR 2018.
@@ -248,7 +260,14 @@ def nadam(
 
   .. math::
 
-    \hat m_t = \beta_1 m_t / (1 - \beta_1^{t+1}) + (1 - \beta_1) g_t / (1 - \beta_1^t)
+    g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+    v_t = \beta_2 v_{t-1} + (1 - \beta_2) |g_t|^2 \\
+    \hat m_t &= \beta_1 m_t / (1 - \beta_1^{t+1}) + (1 - \beta_1) g_t / (1 - \beta_1^t),
+    \qquad \hat v_t = v_t / (1 - \beta_2^t) \\
+    \theta_t &= \theta_{t-1} - \eta_t \, \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)
+
+  with the coupled L2 term :math:`\lambda` = ``weight_decay`` (0 by default).
 
   .. warning::
     ``torch.optim.NAdam`` also applies a momentum-decay schedule
@@ -270,6 +289,14 @@ def nadam(
 
   Returns:
     An ``optax.GradientTransformation``.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.nadam(0.1)
+    >>> params = jnp.zeros(3)
+    >>> updates, _ = tx.update(jnp.array([1.0, -2.0, 0.5]), tx.init(params), params)
+    >>> [round(u, 4) for u in updates.tolist()]  # -lr (1 + b1 / (1 + b1)) sign(g) at t = 1
+    [-0.1474, 0.1474, -0.1474]
 
   References:
     Dozat, `Incorporating Nesterov Momentum into Adam
@@ -296,6 +323,17 @@ def nadamw(
 ) -> optax.GradientTransformation:
   r"""NAdamW: :func:`nadam` with decoupled weight decay, as ``optax.nadamw``.
 
+  .. math::
+
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+    v_t = \beta_2 v_{t-1} + (1 - \beta_2) |g_t|^2 \\
+    \hat m_t &= \beta_1 m_t / (1 - \beta_1^{t+1}) + (1 - \beta_1) g_t / (1 - \beta_1^t),
+    \qquad \hat v_t = v_t / (1 - \beta_2^t) \\
+    \theta_t &= \theta_{t-1} - \eta_t \left(\hat m_t / (\sqrt{\hat v_t + \epsilon_{root}}
+    + \epsilon) + \lambda \theta_{t-1}\right)
+
+  The decay is multiplied by the learning rate, as in :func:`adamw`.
+
   Args:
     learning_rate: :math:`\eta`: float, array or schedule.
     b1: decay rate of the first moment, in [0, 1).
@@ -313,9 +351,20 @@ def nadamw(
   Returns:
     An ``optax.GradientTransformation``.
 
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.nadamw(0.1, weight_decay=0.5)
+    >>> params = jnp.array([1.0, -1.0])
+    >>> updates, _ = tx.update(jnp.array([1.0, 1.0]), tx.init(params), params)
+    >>> [round(u, 4) for u in updates.tolist()]  # -lr (1.4737 sign(g) + 0.5 params)
+    [-0.1974, -0.0974]
+
   References:
     Dozat, `Incorporating Nesterov Momentum into Adam
     <https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
+
+    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
   return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask,
                nu_dtype=nu_dtype, nesterov=True, maximize=maximize, fused=fused)
@@ -339,6 +388,28 @@ def radam(
 ) -> optax.GradientTransformation:
   r"""RAdam with ``torch.optim.RAdam``'s update (see :func:`adam_jax.scale_by_radam`).
 
+  .. math::
+
+    g_t &\leftarrow g_t + \lambda \theta_{t-1} \quad \text{(coupled, the default)} \\
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+    v_t = \beta_2 v_{t-1} + (1 - \beta_2) |g_t|^2, \qquad \hat m_t = m_t / (1 - \beta_1^t) \\
+    \rho_\infty &= 2 / (1 - \beta_2) - 1, \qquad
+    \rho_t = \rho_\infty - 2 t \beta_2^t / (1 - \beta_2^t), \qquad
+    r_t = \sqrt{\frac{(\rho_t - 4)(\rho_t - 2)\rho_\infty}
+                     {(\rho_\infty - 4)(\rho_\infty - 2)\rho_t}} \\
+    u_t &= \begin{cases}
+      \hat m_t \, r_t \sqrt{1 - \beta_2^t} / (\sqrt{v_t + \epsilon_{root}} + \epsilon)
+        & \rho_t > \text{threshold} \\
+      \hat m_t & \text{otherwise}
+    \end{cases} \\
+    \theta_t &= \theta_{t-1} - \eta_t u_t
+    \quad \left(\text{decoupled: } \theta_t = \theta_{t-1} - \eta_t (u_t + \lambda \theta_{t-1})
+    \right)
+
+  ``eps`` sits on :math:`\sqrt{v_t}` before the bias correction, as in torch. With
+  :math:`\beta_2 = 0.999` the first five steps are SGD with momentum
+  (:math:`\rho_t \le 5`).
+
   Args:
     learning_rate: :math:`\eta`: float, array or schedule.
     b1: decay rate of the first moment, in [0, 1).
@@ -358,6 +429,14 @@ def radam(
 
   Returns:
     An ``optax.GradientTransformation``.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.radam(0.1)
+    >>> params = jnp.zeros(3)
+    >>> updates, _ = tx.update(jnp.array([1.0, -2.0, 0.5]), tx.init(params), params)
+    >>> [round(u, 4) for u in updates.tolist()]  # rho_1 = 1 <= 5: -lr * m_hat = -lr * g
+    [-0.1, 0.2, -0.05]
 
   References:
     Liu et al., `On the Variance of the Adaptive Learning Rate and Beyond
@@ -384,6 +463,17 @@ def adamax(
 ) -> optax.GradientTransformation:
   r"""Adamax with ``torch.optim.Adamax``'s update (see :func:`adam_jax.scale_by_adamax`).
 
+  .. math::
+
+    g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+    u^{\infty}_t &= \max(\beta_2 u^{\infty}_{t-1}, |g_t| + \epsilon) \\
+    \theta_t &= \theta_{t-1} - \eta_t \, m_t / \left((1 - \beta_1^t)\, u^{\infty}_t\right)
+
+  .. warning::
+    ``eps`` is added to :math:`|g_t|` inside the maximum, as torch;
+    ``optax.adamax`` adds it to the denominator.
+
   Args:
     learning_rate: :math:`\eta`: float, array or schedule.
     b1: decay rate of the first moment, in [0, 1).
@@ -399,6 +489,14 @@ def adamax(
 
   Returns:
     An ``optax.GradientTransformation``.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.adamax(0.1)
+    >>> params = jnp.zeros(3)
+    >>> updates, _ = tx.update(jnp.array([1.0, -2.0, 0.5]), tx.init(params), params)
+    >>> [round(u, 4) for u in updates.tolist()]  # m_1 / (0.1 (|g| + eps)): -lr sign(g)
+    [-0.1, 0.1, -0.1]
 
   References:
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
@@ -422,7 +520,19 @@ def adamaxw(
     maximize: bool = False,
     fused: bool | None = None,
 ) -> optax.GradientTransformation:
-  r"""Adamax with decoupled weight decay, as ``optax.adamaxw``.
+  r"""Adamax with decoupled weight decay, as ``optax.adamaxw`` (up to ``eps``).
+
+  .. math::
+
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+    u^{\infty}_t &= \max(\beta_2 u^{\infty}_{t-1}, |g_t| + \epsilon) \\
+    \theta_t &= \theta_{t-1} - \eta_t \left(m_t / \left((1 - \beta_1^t)\,
+    u^{\infty}_t\right) + \lambda \theta_{t-1}\right)
+
+  .. warning::
+    ``eps`` is added to :math:`|g_t|` inside the maximum, as ``torch.optim.Adamax``
+    (and :func:`adamax`); ``optax.adamaxw`` adds it to the denominator. The two
+    agree when ``eps = 0``.
 
   Args:
     learning_rate: :math:`\eta`: float, array or schedule.
@@ -440,7 +550,18 @@ def adamaxw(
   Returns:
     An ``optax.GradientTransformation``.
 
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.adamaxw(0.1, weight_decay=0.5)
+    >>> params = jnp.array([1.0, -1.0])
+    >>> updates, _ = tx.update(jnp.array([1.0, 1.0]), tx.init(params), params)
+    >>> [round(u, 4) for u in updates.tolist()]  # -lr (sign(g) + 0.5 params)
+    [-0.15, -0.05]
+
   References:
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, section 7.1, 2014.
+
     Loshchilov & Hutter, `Decoupled Weight Decay Regularization
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
@@ -466,6 +587,15 @@ def adabelief(
 ) -> optax.GradientTransformation:
   r"""AdaBelief, as the paper and ``optax.adabelief`` (see :func:`adam_jax.scale_by_belief`).
 
+  .. math::
+
+    g_t &\leftarrow g_t + \lambda \theta_{t-1} \quad \text{(coupled, the default)} \\
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+    s_t &= \beta_2 s_{t-1} + (1 - \beta_2) |g_t - m_t|^2 + \epsilon_{root} \\
+    \hat m_t &= m_t / (1 - \beta_1^t), \qquad \hat s_t = s_t / (1 - \beta_2^t) \\
+    \theta_t &= \theta_{t-1} - \eta_t \, \hat m_t / (\sqrt{\hat s_t} + \epsilon)
+    \quad \left(\text{decoupled: } - \eta_t \lambda \theta_{t-1} \text{ added}\right)
+
   Args:
     learning_rate: :math:`\eta`: float, array or schedule.
     b1: decay rate of the first moment, in [0, 1).
@@ -483,6 +613,14 @@ def adabelief(
 
   Returns:
     An ``optax.GradientTransformation``.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.adabelief(0.1)
+    >>> params = jnp.zeros(3)
+    >>> updates, _ = tx.update(jnp.array([1.0, -2.0, 0.5]), tx.init(params), params)
+    >>> [round(u, 4) for u in updates.tolist()]  # s_1 holds (g - m_1)^2 = 0.81 g^2
+    [-0.1111, 0.1111, -0.1111]
 
   References:
     Zhuang et al., `AdaBelief Optimizer: Adapting Stepsizes by the Belief in

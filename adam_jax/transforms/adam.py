@@ -168,6 +168,19 @@ def scale_by_adam(
     bias-corrects it. ``optax.scale_by_amsgrad`` takes the maximum of the
     *bias-corrected* second moment, which gives different steps early in training.
 
+  .. warning::
+    Float16 second moments underflow. ``nu_dtype`` defaults to the param's dtype,
+    and :math:`(1 - \beta_2) g^2` is below float16's smallest subnormal
+    (:math:`2^{-24} \approx 6 \cdot 10^{-8}`) for :math:`|g| < 7.7 \cdot 10^{-3}` at
+    :math:`\beta_2 = 0.999`, so the stored :math:`v` rounds to 0 (or to that one
+    subnormal). Each step's :math:`\hat v_t` then holds only the current
+    gradient's term: steps come out too large (about 13 instead of 1 after 200
+    steps of a constant :math:`g = 10^{-3}`), and a step whose gradient is 0
+    while :math:`\hat m_t` is not has :math:`\hat v_t = 0` and an update of
+    :math:`\hat m_t / \epsilon` (``inf`` in float16). For float16 params pass
+    ``nu_dtype=jnp.float32`` (or ``jnp.bfloat16``, which has float32's exponent
+    range).
+
   Args:
     b1: decay rate of the first moment, in [0, 1).
     b2: decay rate of the second moment, in [0, 1).

@@ -128,6 +128,21 @@ def scale_by_radam(
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByAdamState``.
 
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.scale_by_radam()
+    >>> state = tx.init(jnp.zeros(2))
+    >>> for t in range(1, 7):  # a constant gradient: m_hat_t = g
+    ...   u, state = tx.update(jnp.array([1.0, -1.0]), state)
+    ...   if t in (5, 6):
+    ...     print(t, [round(x, 4) for x in u.tolist()])
+    5 [1.0, -1.0]
+    6 [0.0258, -0.0258]
+
+    Up to step 5, :math:`\rho_t \le 5` and the update is :math:`\hat m_t` (SGD
+    with momentum); at step 6 the rectified adaptive step switches on, and with a
+    constant gradient it is :math:`r_6 \approx 0.026` times Adam's.
+
   References:
     Liu et al., `On the Variance of the Adaptive Learning Rate and Beyond
     <https://arxiv.org/abs/1908.03265>`_, ICLR 2020.
@@ -195,6 +210,16 @@ def scale_by_adamax(
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByAdamState``.
 
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.scale_by_adamax()
+    >>> state = tx.init(jnp.zeros(3))
+    >>> u, state = tx.update(jnp.array([1.0, -2.0, 0.5]), state)
+    >>> [round(x, 4) for x in u.tolist()]  # m_1 / (0.1 (|g| + eps)) = sign(g)
+    [1.0, -1.0, 1.0]
+    >>> [round(x, 4) for x in state.nu.tolist()]  # the infinity norm, |g| + eps
+    [1.0, 2.0, 0.5]
+
   References:
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, section 7.1, 2014.
@@ -249,6 +274,14 @@ def scale_by_belief(
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByAdamState``.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.scale_by_belief()
+    >>> state = tx.init(jnp.zeros(3))
+    >>> u, state = tx.update(jnp.array([1.0, -2.0, 0.5]), state)
+    >>> [round(x, 4) for x in u.tolist()]  # g / sqrt(0.81 g^2): Adam's first step is sign(g)
+    [1.1111, -1.1111, 1.1111]
 
   References:
     Zhuang et al., `AdaBelief Optimizer: Adapting Stepsizes by the Belief in
