@@ -282,3 +282,37 @@ def test_param_shaped_state_of_modern_variants_follows_param_sharding(make):
   assert shaped, "expected param-shaped state leaves"
   for x in shaped:
     assert x.sharding.is_equivalent_to(sharding, 2)
+
+
+MODERN = {
+    # name: (factory, the step is elementwise, so it needs no communication)
+    "adopt": (lambda: adam_jax.adopt(1e-2), True),
+    "lazy_adam": (lambda: adam_jax.lazy_adam(1e-2, mask_fn=lambda p: {k: k == "w" for k in p}),
+                  True),
+    "schedule_free_adamw": (lambda: adam_jax.schedule_free_adamw(1e-2, warmup_steps=2), True),
+    # Per-leaf means (cautious) and per-block second moments (Adam-mini) reduce across
+    # the sharded axes: a collective is expected there.
+    "cautious_adamw": (lambda: adam_jax.cautious_adamw(1e-2), False),
+    "adam_mini": (lambda: adam_jax.adam_mini(1e-2), False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODERN))
+def test_modern_variants_keep_shardings_and_match_one_device(name):
+  make, elementwise = MODERN[name]
+  mesh, specs = _mesh(FSDP, AxisType.Auto)
+  values, grad_values = _values(0), [_values(i) for i in (1, 2, 3)]
+  params = _place(values, mesh, specs)
+  grads = [_place(g, mesh, specs) for g in grad_values]
+  state0, new_params, state, hlo = _run(make(), params, grads)
+  assert_same_shardings(new_params, params)
+  assert_same_shardings(state, state0)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    key = path[-1]
+    if isinstance(key, jax.tree_util.DictKey) and leaf.shape == params[key.key].shape:
+      assert leaf.sharding.is_equivalent_to(params[key.key].sharding, leaf.ndim), path
+  if elementwise:
+    assert not [c for c in COLLECTIVES if c in hlo]
+  want = _single_device_run(make(), values, grad_values)
+  for got, w in zip(jax.tree.leaves((new_params, state)), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(w), rtol=1e-5, atol=1e-6)
