@@ -139,6 +139,17 @@ def restore(path: str | os.PathLike, like: Any) -> Any:
       and a ``ValueError``).
     ValueError: ``path`` is not a checkpoint, or it holds leaves that differ from
       ``like``'s in name, shape or dtype.
+
+  Examples:
+    >>> import tempfile, jax, jax.numpy as jnp, adam_jax
+    >>> from adam_jax import checkpoint
+    >>> tx = adam_jax.adam(1e-3)
+    >>> params = {"w": jnp.ones(3)}
+    >>> _, state = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
+    >>> path = checkpoint.save(tempfile.mkdtemp() + "/opt", state)
+    >>> restored = checkpoint.restore(path, like=jax.eval_shape(tx.init, params))
+    >>> int(restored[0].count), restored[0].nu["w"].dtype
+    (1, dtype('float32'))
   """
   ocp = _orbax()
   path = _absolute(path)

@@ -186,6 +186,12 @@ def eps_dominated_fraction(
     >>> _, state = tx.update({"w": jnp.array([1e-12, 1e-12, 1.0, 1.0])}, tx.init(params))
     >>> adam_jax.diagnostics.eps_dominated_fraction(state, eps=1e-8)
     Array(0.5, dtype=float32)
+
+  References:
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, 2014. The bias-corrected :math:`\hat v_t` and the
+    denominator :math:`\sqrt{\hat v_t} + \epsilon` are its Algorithm 1; the
+    fraction itself is a diagnostic of this library, not from a paper.
   """
   eps = _eps(eps)
   moments = _moments(opt_state, b2)
@@ -322,6 +328,12 @@ def effective_learning_rate(
     >>> _, state = tx.update({"w": jnp.array([1.0, 4.0])}, tx.init(params))
     >>> adam_jax.diagnostics.effective_learning_rate(state, 1e-3, eps=0.0, percentiles=(0, 100))
     {'w': Array([0.00025, 0.001  ], dtype=float32)}
+
+  References:
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, 2014: its Algorithm 1's step
+    :math:`\eta \hat m_t / (\sqrt{\hat v_t} + \epsilon)`, of which this is the
+    factor on :math:`\hat m_t`.
   """
   eps = _eps(eps)
   for q in percentiles:
@@ -551,6 +563,12 @@ def monitor(
     >>> updates, state = tx.update({"w": jnp.array([1.0, -1.0])}, tx.init(params), params)
     >>> state.stats.per_leaf.as_dict()["update_to_param_ratio/w"]
     Array(0.1, dtype=float32)
+
+  References:
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, 2014: the bias-corrected :math:`\hat v_t`
+    and :math:`\epsilon` behind ``eps_dominated_fraction``. The update-to-param
+    ratio is a common training heuristic, not a published method.
   """
   numerics.check_nonnegative(eps=eps)
   numerics.check_betas(b2=b2)
@@ -793,6 +811,14 @@ def plot_history(history: Any, out_dir: str | os.PathLike, *, title: str = "") -
 
   Raises:
     ValueError: if ``history`` is empty or has neither ratio nor eps entries.
+
+  Examples:
+    >>> import os, tempfile, adam_jax
+    >>> history = {"step": [1, 2, 3], "update_to_param_ratio": [1e-2, 3e-3, 1e-3],
+    ...            "eps_dominated_fraction": [0.0, 0.1, 0.2]}
+    >>> path = adam_jax.diagnostics.plot_history(history, tempfile.mkdtemp(), title="run")
+    >>> os.path.basename(path), os.path.getsize(path) > 0
+    ('diagnostics.png', True)
   """
   from matplotlib.figure import Figure
 

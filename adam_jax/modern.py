@@ -39,8 +39,22 @@ def schedule_free_adamw(
 ) -> optax.GradientTransformation:
   r"""Schedule-free AdamW: a constant learning rate, no decay schedule, averaged params.
 
-  See :func:`adam_jax.scale_by_schedule_free_adam` for the update rule. Train on the
-  params the loop holds; evaluate :func:`adam_jax.schedule_free_eval_params`.
+  The paper's Algorithm 1 (:func:`adam_jax.scale_by_schedule_free_adam`), with
+  :math:`y_t` the params the loop holds, :math:`g_t` the gradient there and
+  :math:`z_1 = x_1 = y_1` the initial params:
+
+  .. math::
+
+    v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+    \gamma_t &= \gamma \sqrt{1 - \beta_2^t} \min(1, t / T_{warmup}) \\
+    z_{t+1} &= z_t - \gamma_t g_t / (\sqrt{v_t} + \epsilon) - \gamma_t \lambda y_t \\
+    c_{t+1} &= \gamma_t^2 / \textstyle\sum_{i=1}^t \gamma_i^2 \\
+    x_{t+1} &= (1 - c_{t+1}) x_t + c_{t+1} z_{t+1} \\
+    y_{t+1} &= (1 - \beta_1) z_{t+1} + \beta_1 x_{t+1}
+
+  The updates move the params from :math:`y_t` to :math:`y_{t+1}`; with
+  ``maximize`` the gradient is negated first. Train on the params the loop holds;
+  evaluate :math:`x_t`, from :func:`adam_jax.schedule_free_eval_params`.
 
   Args:
     learning_rate: :math:`\gamma` (paper's default 2.5e-3; a constant is intended).
@@ -95,6 +109,22 @@ def adopt(
   r"""ADOPT: :math:`\theta_t = \theta_{t-1} - \eta_t m_t` with :func:`adam_jax.scale_by_adopt`'s
   :math:`m_t` (clipped, as the paper's final algorithm, by default).
 
+  The first call only sets :math:`v_0 = g_0^2` (the ADOPT part of its update is 0);
+  then, for :math:`t = 1, 2, \dots`:
+
+  .. math::
+
+    g_t &\leftarrow g_t + \lambda \theta_{t-1} \quad \text{(coupled, the default)} \\
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1)\,
+           \mathrm{clip}\!\left(g_t / \max(\sqrt{v_{t-1}}, \epsilon),\ t^{1/4}\right) \\
+    v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+    \theta_t &= \theta_{t-1} - \eta_t m_t
+    \quad \left(\text{decoupled: } \theta_t = \theta_{t-1} - \eta_t (m_t + \lambda
+    \theta_{t-1})\right)
+
+  ``clipping=False`` drops the clip (the paper's Algorithm 1). ``eps`` is a floor
+  on :math:`\sqrt{v_{t-1}}`, not added to it.
+
   Args:
     learning_rate: :math:`\eta`: float, array or schedule.
     b1: decay rate of the first moment, in [0, 1).
@@ -141,7 +171,18 @@ def adam_mini(
 ) -> optax.GradientTransformation:
   r"""Adam-mini with decoupled weight decay (the paper's AdamW form).
 
-  See :func:`adam_jax.scale_by_adam_mini` and :func:`adam_jax.adam_mini_partition`.
+  For each element :math:`i` of a block :math:`b` (see
+  :func:`adam_jax.adam_mini_partition`):
+
+  .. math::
+
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+    v_{t,b} &= \beta_2 v_{t-1,b} + (1 - \beta_2)\, \mathrm{mean}_{j \in b}(g_{t,j}^2) \\
+    \theta_{t,i} &= \theta_{t-1,i} - \eta_t \left(\frac{m_{t,i} / (1 - \beta_1^t)}
+                 {\sqrt{v_{t,b} / (1 - \beta_2^t) + \epsilon_{root}} + \epsilon}
+                 + \lambda \theta_{t-1,i}\right)
+
+  See :func:`adam_jax.scale_by_adam_mini`.
 
   Args:
     learning_rate: :math:`\eta`: float, array or schedule.
@@ -244,7 +285,18 @@ def lazy_adam(
 
   Rows of the leaves selected by ``mask_fn`` (default: paths containing ``embed``)
   whose gradient is entirely zero keep their moments and params; other leaves get
-  Adam. There is no weight decay: it would move every row.
+  Adam. For row :math:`r` (index along axis 0) of a selected leaf:
+
+  .. math::
+
+    \theta_{t,r} = \begin{cases}
+      \theta_{t-1,r} - \eta_t \, \hat m_{t,r} / (\sqrt{\hat v_{t,r} + \epsilon_{root}}
+      + \epsilon) & \text{if } g_{t,r} \ne 0 \\
+      \theta_{t-1,r} \quad (m_{t,r} = m_{t-1,r},\ v_{t,r} = v_{t-1,r}) & \text{otherwise}
+    \end{cases}
+
+  with Adam's moments and the global step :math:`t` in the bias corrections. There
+  is no weight decay: it would move every row.
 
   Args:
     learning_rate: :math:`\eta`: float, array or schedule.
@@ -268,6 +320,9 @@ def lazy_adam(
 
   References:
     TensorFlow Addons, ``tfa.optimizers.LazyAdam``.
+
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, 2014.
   """
   core = scale_by_lazy_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, mask_fn=mask_fn)
   return _chain(core, learning_rate, weight_decay=0.0, decoupled=False, mask=None,

@@ -92,6 +92,13 @@ def dynamic_map(signed: bool) -> np.ndarray:
     >>> m = adam_jax.quantization.dynamic_map(signed=False)
     >>> m[0], m[255], m[1], m[128], m[127]
     (np.float32(0.0), np.float32(1.0), np.float32(1e-07), np.float32(0.10703125), np.float32(0.1))
+
+  References:
+    Dettmers, Lewis, Shleifer & Zettlemoyer, `8-bit Optimizers via Block-wise
+    Quantization <https://arxiv.org/abs/2110.02861>`_, ICLR 2022.
+
+    Dettmers, `8-Bit Approximations for Parallelism in Deep Learning
+    <https://arxiv.org/abs/1511.04561>`_, ICLR 2016.
   """
   return _dynamic_map_np(bool(signed)).copy()
 
@@ -166,6 +173,10 @@ def quantize(
     >>> q = adam_jax.quantization.quantize(jnp.array([0.5, -2.0, 0.0]), signed=True)
     >>> adam_jax.quantization.dequantize(q, signed=True, shape=(3,))
     Array([ 0.509375, -2.      ,  0.      ], dtype=float32)
+
+  References:
+    Dettmers, Lewis, Shleifer & Zettlemoyer, `8-bit Optimizers via Block-wise
+    Quantization <https://arxiv.org/abs/2110.02861>`_, ICLR 2022.
   """
   codes, scale = _quantize_blocks(
       _blocks(jnp.asarray(x).astype(jnp.float32), block_size), signed, nonzero)
@@ -210,6 +221,21 @@ def dequantize(
 
   Returns:
     An array of ``shape`` and ``dtype``.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> from adam_jax import quantization
+    >>> x = jnp.linspace(0.0, 1.0, 600).reshape(20, 30)
+    >>> q = quantization.quantize(x, signed=False, block_size=256)
+    >>> q.codes.shape, q.codes.dtype, q.scale.shape  # 600 elements padded to 3 blocks
+    ((3, 256), dtype('uint8'), (3,))
+    >>> y = quantization.dequantize(q, signed=False, shape=x.shape, dtype=jnp.bfloat16)
+    >>> y.shape, y.dtype, bool(jnp.max(jnp.abs(y.astype(jnp.float32) - x)) < 0.01)
+    ((20, 30), dtype(bfloat16), True)
+
+  References:
+    Dettmers, Lewis, Shleifer & Zettlemoyer, `8-bit Optimizers via Block-wise
+    Quantization <https://arxiv.org/abs/2110.02861>`_, ICLR 2022.
   """
   values = _dequantize_blocks(q.codes, q.scale, signed)
   size = int(np.prod(shape, dtype=np.int64))

@@ -32,6 +32,12 @@ def load_digits() -> Dataset:
 
   Raises:
     ValueError: scikit-learn is not installed.
+
+  Examples:
+    >>> from adam_jax.tasks import load_digits
+    >>> data = load_digits()
+    >>> data.x.shape, data.x.dtype, float(data.x.max()), sorted(set(data.y.tolist()))[-1]
+    ((1797, 64), dtype('float32'), 1.0, 9)
   """
   spec = importlib.util.find_spec("sklearn")
   if spec is None:
@@ -67,6 +73,15 @@ def load_npz(path: str | os.PathLike[str], *, need_labels: bool) -> Dataset:
   Raises:
     ValueError: the file is missing, is not an ``.npz`` archive, or its arrays are
       not as described above.
+
+  Examples:
+    >>> import os, tempfile, numpy as np
+    >>> from adam_jax.tasks import load_npz
+    >>> path = os.path.join(tempfile.mkdtemp(), "data.npz")
+    >>> np.savez(path, x=np.zeros((10, 2, 3)), y=np.arange(10) % 2)
+    >>> data = load_npz(path, need_labels=True)
+    >>> data.x.shape, data.x.dtype, data.y.dtype
+    ((10, 6), dtype('float32'), dtype('int32'))
   """
   path = os.fspath(path)
   if not os.path.isfile(path):

@@ -50,6 +50,17 @@ def fit(
   Returns:
     ``(params, opt_state, losses)`` with the mini-batch loss of each step, or
     ``(params, opt_state, (losses, records))`` when ``record`` is given.
+
+  Examples:
+    >>> import functools, jax, adam_jax
+    >>> from adam_jax.tasks import fit, get_task
+    >>> task = get_task("digits-mlp", hidden=16)
+    >>> tx = adam_jax.adam(1e-2)
+    >>> run = jax.jit(functools.partial(fit, task, tx))
+    >>> params, state, losses = run(task.params, tx.init(task.params),
+    ...                             task.batch_indices(30, seed=0), task.x_train, task.y_train)
+    >>> losses.shape, bool(losses[-5:].mean() < losses[:5].mean())
+    ((30,), True)
   """
 
   def step(carry, batch):

@@ -16,6 +16,13 @@ def scale_by_learning_rate(
 ) -> optax.GradientTransformation:
   r"""Multiplies updates by :math:`-\eta_t` (or :math:`+\eta_t` with ``flip_sign=False``).
 
+  .. math::
+
+    u_t \leftarrow -\eta_t \, u_t, \qquad \eta_t = \text{schedule}(t - 1)
+    \text{ for a schedule, else } \eta
+
+  The last link of every alias: the updates, added to the params, descend.
+
   Args:
     learning_rate: :math:`\eta` (>= 0): a float, an array (possibly traced, for
       vmapping over learning rates), or a schedule, a callable of the step count.

@@ -239,6 +239,11 @@ def schedule_free_eval_params(state: Any, params: Any) -> Any:
     >>> state = adam_jax.schedule_free_adamw(1e-2).init(params)
     >>> adam_jax.schedule_free_eval_params(state, params)["w"]
     Array([1., 1.], dtype=float32)
+
+  References:
+    Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, `The Road Less
+    Scheduled <https://arxiv.org/abs/2405.15682>`_, NeurIPS 2024 (its
+    :math:`y = (1 - \beta_1) z + \beta_1 x`, solved for :math:`x`).
   """
   sf = _find_state(state)
   numerics.tree_check_same_structure(params, sf.z, what="schedule-free state")
