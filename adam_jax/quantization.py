@@ -136,7 +136,8 @@ def _encode_magnitude(y: Array, signed: bool, nonzero: bool) -> Array:
     below = y <= threshold
     slope = jnp.where(below, s, slope)
     offset = jnp.where(below, o, offset)
-  code = jnp.clip(jnp.floor(y * slope + offset), 0.0, 2.0 ** _magnitude_bits(signed) - 1)
+  # y >= 0 and every offset is positive: only the top needs clipping (y = inf).
+  code = jnp.minimum(jnp.floor(y * slope + offset), 2.0 ** _magnitude_bits(signed) - 1)
   if nonzero:
     # A positive value never becomes 0: a zero second moment under a non-zero
     # first moment would divide by eps alone.
@@ -185,9 +186,12 @@ def quantize(
 
 def _quantize_blocks(blocks: Array, signed: bool, nonzero: bool) -> tuple[Array, Array]:
   """``(codes, absmax)`` of a float32 ``(num_blocks, block_size)`` array."""
-  blocks = jnp.clip(blocks, -_F32_MAX, _F32_MAX)
-  # max(max, -min) reduces twice but never materialises |x|.
-  absmax = jnp.maximum(jnp.max(blocks, axis=1), -jnp.min(blocks, axis=1))
+  # max(max, -min) never materialises |x| (unsigned: x >= 0, max alone);
+  # infinities clip to the float32 range here and encode as the top code below.
+  absmax = jnp.max(blocks, axis=1)
+  if signed:
+    absmax = jnp.maximum(absmax, -jnp.min(blocks, axis=1))
+  absmax = jnp.clip(absmax, 0.0, _F32_MAX)
   # 1 / absmax is subnormal (flushed to zero on CPU) above 2**126: pre-scale
   # such blocks by 2**-64, exactly.
   pre = jnp.where(absmax > 2.0**100, 2.0**-64, 1.0)
@@ -259,7 +263,7 @@ def _adam8bit_chunk(g, mu: QuantizedArray, nu: QuantizedArray, count, hyper):
 
 
 def _adam8bit_blocks(g_blocks, mu: QuantizedArray, nu: QuantizedArray, count, hyper):
-  """One step on a blocked leaf, chunk by chunk, the codes updated in place."""
+  """One step on a blocked leaf, chunk by chunk, updated in place."""
   num_blocks, block_size = g_blocks.shape
   rows = max(1, _CHUNK_ELEMENTS // block_size)
   # On GPU and TPU, XLA fuses the block reduction with the arithmetic that feeds
@@ -267,21 +271,21 @@ def _adam8bit_blocks(g_blocks, mu: QuantizedArray, nu: QuantizedArray, count, hy
   if num_blocks <= rows or jax.default_backend() != "cpu":
     return _adam8bit_chunk(g_blocks, mu, nu, count, hyper)
 
-  # Written chunk by chunk: the update and the new scales go to fresh buffers
-  # (the old scales and the gradient are read by several loops of a chunk), the
-  # codes are overwritten in place.
+  # Everything is overwritten in place, chunk by chunk: the update over the
+  # gradient (a leaf-sized buffer of zeros would cost a page-faulting write of
+  # the whole leaf, about a quarter of the step), the codes and scales over the
+  # old ones. Each chunk's slices are read before its writes.
   def run(carry, start, length):
     u, mu_codes, mu_scale, nu_codes, nu_scale = carry
     sl = lambda x: jax.lax.dynamic_slice_in_dim(x, start, length)
     out = _adam8bit_chunk(
-        sl(g_blocks), QuantizedArray(sl(mu_codes), sl(mu.scale)),
-        QuantizedArray(sl(nu_codes), sl(nu.scale)), count, hyper)
+        sl(u), QuantizedArray(sl(mu_codes), sl(mu_scale)),
+        QuantizedArray(sl(nu_codes), sl(nu_scale)), count, hyper)
     new = (out[0], out[1].codes, out[1].scale, out[2].codes, out[2].scale)
     return tuple(jax.lax.dynamic_update_slice_in_dim(x, y, start, 0)
                  for x, y in zip(carry, new))
 
-  carry = (jnp.zeros_like(g_blocks), mu.codes, jnp.zeros_like(mu.scale), nu.codes,
-           jnp.zeros_like(nu.scale))
+  carry = (g_blocks, mu.codes, mu.scale, nu.codes, nu.scale)
   full = num_blocks // rows
   carry = jax.lax.fori_loop(0, full, lambda i, c: run(c, i * rows, rows), carry)
   if num_blocks % rows:
