@@ -580,8 +580,12 @@ def _sweep_parser(sub: Any) -> None:
                  help="adam (coupled L2 weight decay) or adamw (decoupled); default adam")
   p.add_argument("--sequential", action="store_true",
                  help="train one configuration at a time (for comparison and debugging)")
+  p.add_argument("--checkpoint-every", default=1000, type=_nonnegative_int,
+                 help="steps between checkpoints of the group in training in DIR/checkpoints "
+                      "(1000; 0: none)")
   p.add_argument("--resume", action="store_true",
-                 help="keep the rows of results.csv in --out and train only the others")
+                 help="keep the rows of results.csv in --out, continue an interrupted group "
+                      "from its checkpoint and train the others (same flags as the first run)")
   p.add_argument("--diagnostics", action="store_true",
                  help="record update/param ratios and eps dominance every step of every "
                       "configuration; writes diagnostics.png for the best one")
@@ -629,13 +633,15 @@ def _sweep(args: argparse.Namespace) -> int:
       result = grid_search(args.task, **grid, steps=args.steps, optimizer=args.optimizer,
                            seed=args.seed, data=args.data, out_dir=out, resume=args.resume,
                            sequential=args.sequential, on_row=on_row, on_group=on_group,
-                           diagnostics=args.diagnostics)
+                           diagnostics=args.diagnostics, checkpoint_every=args.checkpoint_every)
     except ValueError as err:
       raise _UsageError(str(err), prog) from None
     except KeyboardInterrupt:
       bar.close()
-      print(f"adam-jax sweep: interrupted; {csv_path} keeps every configuration that finished; "
-            f"run the same command with --resume to train the rest", file=sys.stderr)
+      kept = (f" and {os.path.join(out, 'checkpoints')} the training in progress"
+              if os.path.isdir(os.path.join(out, "checkpoints")) else "")
+      print(f"adam-jax sweep: interrupted; {csv_path} keeps every configuration that finished"
+            f"{kept}; run the same command with --resume to train the rest", file=sys.stderr)
       return 130
     bar.update(total - bar.n)
   elapsed = time.perf_counter() - start

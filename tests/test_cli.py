@@ -1,6 +1,7 @@
 """The adam-jax command line, run in-process (plus one run of the real entry point)."""
 
 import csv
+import importlib
 import json
 import subprocess
 import sys
@@ -166,6 +167,35 @@ def test_sweep_interrupt_then_resume(tmp_path, capsys, monkeypatch):
 
   assert cli.main(argv[:-4] + ["--steps", "16", "--out", str(out), "--resume"]) == 2
   assert "cannot resume" in capsys.readouterr().err
+
+
+def test_sweep_resumes_an_interrupted_group_from_its_checkpoint(tmp_path, capsys, monkeypatch):
+  grid_module = importlib.import_module("adam_jax.tuning.grid_search")
+  run_chunk = grid_module._run_chunk
+  chunks = []
+
+  def interrupt_second_chunk(*args):
+    chunks.append(len(chunks))
+    if len(chunks) == 2:
+      raise KeyboardInterrupt
+    return run_chunk(*args)
+
+  argv = ["sweep", "--lr", "3e-3,3e-2", "--hidden", "8", "--steps", "30",
+          "--checkpoint-every", "10"]
+  assert cli.main(argv + ["--out", str(tmp_path / "full")]) == 0
+  monkeypatch.setattr(grid_module, "_run_chunk", interrupt_second_chunk)
+  out = tmp_path / "cut"
+  assert cli.main(argv + ["--out", str(out)]) == 130
+  err = capsys.readouterr().err
+  assert "checkpoints the training in progress" in err and "--resume" in err
+  chunks.clear()
+  monkeypatch.setattr(grid_module, "_run_chunk", lambda *a: chunks.append(0) or run_chunk(*a))
+  assert cli.main(argv + ["--out", str(out), "--resume"]) == 0
+  assert len(chunks) == 2  # the first of the three chunks was restored, not retrained
+  assert "trained 2 configurations" in capsys.readouterr().out
+  for name in ("results.csv", "curves.jsonl"):
+    assert (out / name).read_text() == (tmp_path / "full" / name).read_text()
+  assert not (out / "checkpoints").exists()
 
 
 def test_demo_interrupt_then_resume_matches_an_uninterrupted_run(demo_run, tmp_path, capsys,

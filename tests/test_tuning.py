@@ -12,6 +12,7 @@ from adam_jax.tasks import get_task, train
 from adam_jax.tuning import SCHEDULES, grid_search, lr_find, schedule_fn
 
 _lr_find_module = importlib.import_module("adam_jax.tuning.lr_find")
+_grid_module = importlib.import_module("adam_jax.tuning.grid_search")
 
 STEPS = 25
 LRS = [3e-3, 1e-2, 3e-2]
@@ -117,6 +118,95 @@ def test_incremental_results_and_resume(tmp_path):
     grid_search(**{**kwargs, "steps": 11}, resume=True)
 
 
+def _count_chunks(monkeypatch, interrupt_at=None):
+  """Counts chunks run (and traces of the chunk program); raises KeyboardInterrupt at one."""
+  calls = {"chunks": 0, "traces": 0}
+  run_chunk, programs = _grid_module._run_chunk, _grid_module._chunk_programs
+
+  def counted_run(*args):
+    calls["chunks"] += 1
+    if calls["chunks"] == interrupt_at:
+      raise KeyboardInterrupt
+    return run_chunk(*args)
+
+  def counted_programs(*args):
+    init, train, evaluate = programs(*args)
+
+    def traced_train(*a):
+      calls["traces"] += 1
+      return train(*a)
+
+    return init, traced_train, evaluate
+
+  monkeypatch.setattr(_grid_module, "_run_chunk", counted_run)
+  monkeypatch.setattr(_grid_module, "_chunk_programs", counted_programs)
+  return calls
+
+
+def test_interrupted_group_resumes_mid_training_bit_for_bit(tmp_path, monkeypatch):
+  # 25 steps in chunks of at most 10: three chunks of 9, the last padded with 2 skipped steps.
+  kwargs = dict(lr=[1e-2, 3e-2], b1=[0.9, 0.5], hidden=[8], steps=25, checkpoint_every=10,
+                diagnostics=True)
+  calls = _count_chunks(monkeypatch)
+  full = grid_search(**kwargs, out_dir=tmp_path / "full")
+  assert calls == {"chunks": 3, "traces": 1}  # one compilation for the three chunks
+  assert not (tmp_path / "full" / "checkpoints").exists()  # removed once the rows were written
+
+  out = tmp_path / "cut"
+  calls = _count_chunks(monkeypatch, interrupt_at=3)
+  with pytest.raises(KeyboardInterrupt):
+    grid_search(**kwargs, out_dir=out)
+  assert (out / "checkpoints" / "layers1-hidden8-batch32").is_dir()
+  with open(out / "results.csv") as f:
+    assert list(csv.DictReader(f)) == []
+  calls = _count_chunks(monkeypatch)
+  resumed = grid_search(**kwargs, out_dir=out, resume=True)
+  assert calls == {"chunks": 1, "traces": 1}  # two of the three chunks came from the checkpoint
+  assert not (out / "checkpoints").exists()
+  for a, b in zip(resumed.rows, full.rows):
+    assert a.config == b.config
+    np.testing.assert_array_equal(a.curve, b.curve)
+    assert (a.train_loss, a.val_loss, a.val_accuracy) == (b.train_loss, b.val_loss,
+                                                          b.val_accuracy)
+    assert a.diagnostics.keys() == b.diagnostics.keys()
+    assert len(a.diagnostics["step"]) == 25
+    for name in a.diagnostics:
+      np.testing.assert_array_equal(a.diagnostics[name], b.diagnostics[name])
+  for name in ("results.csv", "curves.jsonl"):
+    assert (out / name).read_text() == (tmp_path / "full" / name).read_text()
+
+
+def test_chunks_cover_the_run_and_a_stale_checkpoint_is_not_used(tmp_path, monkeypatch):
+  assert [_grid_module._chunking(s, 250) for s in (1000, 1001, 100, 7)] == [
+      (250, 4), (201, 5), (100, 1), (7, 1)]
+  assert _grid_module._chunking(1000, 0) == (1000, 1)
+  kwargs = dict(lr=[1e-2, 3e-2], hidden=[8], steps=20, checkpoint_every=10)
+  whole = grid_search(**{**kwargs, "checkpoint_every": 0})
+  calls = _count_chunks(monkeypatch, interrupt_at=2)
+  with pytest.raises(KeyboardInterrupt):
+    grid_search(**kwargs, out_dir=tmp_path)
+  # Resumed with other learning rates, the checkpoint is not theirs: they train from step 0.
+  calls = _count_chunks(monkeypatch)
+  other = grid_search(**{**kwargs, "lr": [1e-2, 3e-3]}, out_dir=tmp_path, resume=True)
+  assert calls["chunks"] == 2
+  assert other.rows[0].val_loss == pytest.approx(whole.rows[0].val_loss, rel=1e-6)
+  np.testing.assert_allclose(other.rows[0].curve, whole.rows[0].curve, rtol=1e-6)
+  # Without resume the checkpoints of an earlier search are removed.
+  _count_chunks(monkeypatch, interrupt_at=2)
+  with pytest.raises(KeyboardInterrupt):
+    grid_search(**kwargs, out_dir=tmp_path)
+  calls = _count_chunks(monkeypatch)
+  grid_search(**kwargs, out_dir=tmp_path)
+  assert calls["chunks"] == 2 and not (tmp_path / "checkpoints").exists()
+
+
+def test_a_single_configuration(task):
+  result = grid_search(lr=[1e-2], hidden=[16], steps=STEPS, checkpoint_every=10)
+  want = train(task, adam_jax.adam(1e-2), STEPS)
+  np.testing.assert_allclose(result.best.curve, want.curve, rtol=2e-5)
+  assert result.best.val_loss == pytest.approx(want.val_loss, rel=2e-5)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -129,6 +219,7 @@ def test_incremental_results_and_resume(tmp_path):
         (dict(steps=0), "steps must be a positive integer"),
         (dict(optimizer="sgd"), "optimizer must be one of"),
         (dict(resume=True), "resume needs out_dir"),
+        (dict(checkpoint_every=-1), "checkpoint_every must be a nonnegative integer"),
         (dict(task="mnist"), "unknown task"),
     ],
 )

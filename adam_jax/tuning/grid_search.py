@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -29,6 +30,7 @@ OPTIMIZERS = ("adam", "adamw")
 _CSV = "results.csv"
 _CURVES = "curves.jsonl"
 _META = "sweep.json"
+_CHECKPOINTS = "checkpoints"
 
 
 class SweepRow(NamedTuple):
@@ -214,6 +216,56 @@ def _value_program(task: Any, steps: int, optimizer: str, const: dict[str, Any],
   return run
 
 
+def _chunk_programs(task: Any, steps: int, optimizer: str, const: dict[str, Any],
+                    traced: tuple[str, ...], diagnostics: bool, masked: bool
+                    ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+  """``init``, ``train`` (one chunk of steps) and ``evaluate`` of one configuration.
+
+  With ``masked``, ``train`` takes a boolean per step and skips the steps marked
+  false (the padding of a last chunk), so every chunk has the same length.
+  """
+  record = monitor_record if diagnostics else None
+
+  def make_tx(hp_traced):
+    hp = dict(const)
+    for name in traced:
+      hp[name] = hp_traced[name]
+    tx = make_optimizer(optimizer, hp, steps)
+    if diagnostics:
+      from adam_jax.diagnostics import monitor
+
+      tx = monitor(tx, eps=hp["eps"], b2=hp["b2"])
+    return tx
+
+  def init(hp_traced, params):
+    return params, make_tx(hp_traced).init(params)
+
+  def train(hp_traced, params, opt_state, idx, valid, x, y):
+    tx = make_tx(hp_traced)
+    if not masked:
+      return _fit(task, tx, params, opt_state, idx, x, y, record=record)
+
+    def one(carry, batch):
+      params, opt_state, out = _fit(task, tx, *carry, batch[None], x, y, record=record)
+      return (params, opt_state), jax.tree.map(lambda o: o[0], out)
+
+    def step(carry, xs):
+      batch, ok = xs
+      shape = jax.eval_shape(one, carry, batch)[1]
+      skip = lambda c, b: (c, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape))
+      return jax.lax.cond(ok, one, skip, carry, batch)
+
+    (params, opt_state), out = jax.lax.scan(step, (params, opt_state), (idx, valid))
+    return params, opt_state, out
+
+  def evaluate(params, x, y, x_val, y_val):
+    train_loss, _ = task.evaluate(params, x, y)
+    val_loss, val_acc = task.evaluate(params, x_val, y_val)
+    return train_loss, val_loss, val_acc
+
+  return init, train, evaluate
+
+
 def _fit(task, tx, params, opt_state, idx, x, y, record=None):
   from adam_jax.tasks import fit
 
@@ -239,7 +291,8 @@ class _Store:
     self.curves_path = os.path.join(out_dir, _CURVES)
     meta_path = os.path.join(out_dir, _META)
     self.done: dict[tuple[Any, ...], SweepRow] = {}
-    if resume and os.path.exists(self.csv_path):
+    self.resuming = resume and os.path.exists(self.csv_path)
+    if self.resuming:
       if os.path.exists(meta_path):
         with open(meta_path) as f:
           old = json.load(f)
@@ -336,6 +389,7 @@ def grid_search(
     on_row: Callable[[SweepRow], None] | None = None,
     on_group: Callable[[dict[str, int], int], None] | None = None,
     diagnostics: bool = False,
+    checkpoint_every: int = 1000,
 ) -> GridSearchResult:
   r"""Trains every configuration of a hyperparameter grid on an embedded task.
 
@@ -367,8 +421,12 @@ def grid_search(
     data: optional ``.npz`` with the user's arrays (see :func:`adam_jax.tasks.get_task`).
     out_dir: if given, ``results.csv`` (columns :data:`COLUMNS`) and ``curves.jsonl``
       are written there, a row as soon as its configuration finishes, so an
-      interrupted search keeps what it finished.
-    resume: with ``out_dir``, skip configurations already in its ``results.csv``.
+      interrupted search keeps what it finished; the group in training is
+      checkpointed in ``checkpoints/`` (see ``checkpoint_every``).
+    resume: with ``out_dir``, skip configurations already in its ``results.csv`` and
+      continue an interrupted group from its checkpoint, with results bit for bit
+      those of an uninterrupted search. A checkpoint that does not match the group
+      (other values, devices or ``checkpoint_every``) is ignored: the group starts over.
     sequential: train one configuration at a time (one compiled program per shape,
       hyperparameters as arguments; for comparison and debugging).
     devices: devices to spread configurations over (default ``jax.devices()``).
@@ -377,6 +435,11 @@ def grid_search(
     diagnostics: wrap each optimizer in :func:`adam_jax.diagnostics.monitor` and keep,
       for every step, the update-to-param ratios and the eps-dominated fraction in
       ``SweepRow.diagnostics`` (not written to ``out_dir``).
+    checkpoint_every: a vectorized group trains in equal chunks of at most this many
+      steps (one compiled program; a padded last chunk skips its extra steps), and with
+      ``out_dir`` its train state (params, optimizer states, steps done, losses so far)
+      is saved with :func:`adam_jax.checkpoint.save` after each chunk but the last.
+      ``0``: one chunk, no checkpoint. ``sequential`` runs are not checkpointed.
 
   Returns:
     A :class:`GridSearchResult`; ``best`` has the lowest validation loss.
@@ -398,6 +461,9 @@ def grid_search(
     raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
   if resume and out_dir is None:
     raise ValueError("resume needs out_dir, the folder of the search to resume")
+  if (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer))
+      or checkpoint_every < 0):
+    raise ValueError(f"checkpoint_every must be a nonnegative integer, got {checkpoint_every!r}")
   values = _check_values(dict(lr=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                               schedule=schedule, layers=layers, hidden=hidden,
                               batch_size=batch_size))
@@ -410,6 +476,17 @@ def grid_search(
             "data": None if data is None else os.fspath(data)}
     store = _Store(os.fspath(out_dir), meta, resume)
   done = {} if store is None else store.done
+  ckpt_root = None
+  if store is not None and checkpoint_every:
+    ckpt_root = os.path.join(os.fspath(out_dir), _CHECKPOINTS)
+    if not store.resuming and os.path.isdir(ckpt_root):
+      shutil.rmtree(ckpt_root)
+
+  def ckpt_path(shape_cfg: dict[str, int]) -> str | None:
+    if ckpt_root is None:
+      return None
+    return os.path.join(ckpt_root, "layers{layers}-hidden{hidden}-batch{batch_size}".format(
+        **shape_cfg))
 
   grid = _grid(values)
   traced = tuple(a for a in VALUE_AXES if len(values[a]) > 1)
@@ -422,26 +499,34 @@ def grid_search(
     todo = [c for c in configs if _key(c) not in done]
     results.update({_key(c): done[_key(c)] for c in configs if _key(c) in done})
     if not todo:
+      _remove_checkpoint(ckpt_path(shape_cfg))  # rows written before an interrupt
       continue
     if on_group is not None:
       on_group(shape_cfg, len(todo))
     t = get_task(task, seed=seed, data=data, **shape_cfg)
-    program = _value_program(t, steps, optimizer, const, traced, diagnostics)
-    args = (t.params, t.batch_indices(steps, seed), t.x_train, t.y_train, t.x_val, t.y_val)
     if sequential:
+      program = _value_program(t, steps, optimizer, const, traced, diagnostics)
+      args = (t.params, t.batch_indices(steps, seed), t.x_train, t.y_train, t.x_val, t.y_val)
       outs = _run_sequential(program, todo, traced, args)
     else:
-      outs = _run_vectorized(program, todo, traced, args, devices)
+      outs = _run_vectorized(t, steps, seed, optimizer, const, todo, traced, devices,
+                             diagnostics, checkpoint_every, ckpt_path(shape_cfg), resume)
       spread = max(spread, len(devices) if len(todo) > 1 else 1)
+    new_rows = []
     for config, (curve, tr, va, acc, records) in outs:
       row = SweepRow(config, float(tr), float(va), float(acc) if t.classification else None,
                      np.asarray(curve, np.float32),
                      None if records is None else monitor_columns(records))
       results[_key(config)] = row
+      new_rows.append(row)
       if store is not None:
         store.add(row)
-      if on_row is not None:
+    _remove_checkpoint(ckpt_path(shape_cfg))  # its rows are written
+    if on_row is not None:
+      for row in new_rows:
         on_row(row)
+  if ckpt_root is not None and os.path.isdir(ckpt_root) and not os.listdir(ckpt_root):
+    os.rmdir(ckpt_root)
   rows = [results[_key(c)] for c in grid]
   best = min(rows, key=lambda r: r.val_loss if math.isfinite(r.val_loss) else math.inf)
   return GridSearchResult(rows, best, spread)
@@ -455,24 +540,95 @@ def _run_sequential(program, todo, traced, args):
     yield config, jax.device_get(out)
 
 
-def _run_vectorized(program, todo, traced, args, devices):
-  n = len(todo)
-  hp = _traced_values(todo, traced)
-  fn = jax.vmap(program, in_axes=(0,) + (None,) * len(args))
-  if len(devices) > 1 and n > 1:
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+def _remove_checkpoint(path: str | None) -> None:
+  if path is not None and os.path.isdir(path):
+    shutil.rmtree(path)
 
-    padded = -(-n // len(devices)) * len(devices)
-    hp = {k: np.concatenate([v, np.repeat(v[-1:], padded - n)]) for k, v in hp.items()}
-    mesh = Mesh(np.asarray(devices), ("configs",))
-    spread = NamedSharding(mesh, PartitionSpec("configs"))
-    same = NamedSharding(mesh, PartitionSpec())
-    hp = jax.device_put(hp, spread)
-    args = jax.device_put(args, same)
-    fn = jax.jit(fn, out_shardings=spread)
-  else:
-    fn = jax.jit(fn)
-  curves, tr, va, acc, records = jax.device_get(fn(hp, *args))
+
+def _run_chunk(compiled: Callable[..., Any], *args: Any) -> Any:
+  """Runs one compiled chunk of steps for a whole group."""
+  return compiled(*args)
+
+
+def _chunking(steps: int, checkpoint_every: int) -> tuple[int, int]:
+  """``(chunk, chunks)``: equal chunks of at most ``checkpoint_every`` steps covering ``steps``."""
+  if not checkpoint_every or checkpoint_every >= steps:
+    return steps, 1
+  chunks = -(-steps // checkpoint_every)
+  return -(-steps // chunks), chunks
+
+
+def _run_vectorized(t, steps, seed, optimizer, const, todo, traced, devices, diagnostics,
+                    checkpoint_every, ckpt_path, resume):
+  """Trains a group in chunks of steps, checkpointing the vmapped train state after each."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+  n = len(todo)
+  chunk, chunks = _chunking(steps, checkpoint_every)
+  total = chunk * chunks
+  masked = total > steps
+  init, train, evaluate = _chunk_programs(t, steps, optimizer, const, traced, diagnostics, masked)
+  # The index keeps a batch axis to vmap over when no hyperparameter is traced.
+  hp = {"index": np.arange(n, dtype=np.int32), **_traced_values(todo, traced)}
+  use = devices if len(devices) > 1 and n > 1 else devices[:1]
+  padded = -(-n // len(use)) * len(use)
+  hp = {k: np.concatenate([v, np.repeat(v[-1:], padded - n)]) for k, v in hp.items()}
+  mesh = Mesh(np.asarray(use), ("configs",))
+  spread = NamedSharding(mesh, PartitionSpec("configs"))
+  same = NamedSharding(mesh, PartitionSpec())
+  hp_dev = jax.device_put(hp, spread)
+  idx = t.batch_indices(steps, seed)
+  idx = np.concatenate([idx, np.repeat(idx[-1:], total - steps, axis=0)])
+  valid = np.arange(total) < steps if masked else None
+  data = jax.device_put((t.x_train, t.y_train), same)
+  val = jax.device_put((t.x_val, t.y_val), same)
+
+  params, opt_state = jax.jit(jax.vmap(init, in_axes=(0, None)), out_shardings=spread)(
+      hp_dev, jax.device_put(t.params, same))
+
+  def args(lo):
+    part = None if valid is None else jax.device_put(valid[lo:lo + chunk], same)
+    return jax.device_put(idx[lo:lo + chunk], same), part
+
+  v_train = jax.vmap(train, in_axes=(0, 0, 0, None, None, None, None))
+  lowered = jax.jit(v_train, out_shardings=spread).lower(
+      hp_dev, params, opt_state, *args(0), *data)
+  compiled = lowered.compile()  # once: every chunk has the same length
+  out_shape = lowered.out_info[2]
+  trace = jax.tree.map(lambda s: np.zeros((padded, total) + s.shape[2:], s.dtype), out_shape)
+  # Everything a resumed group needs: params and optimizer state of every configuration,
+  # the steps done (which fixes the position in the batch order, drawn from the seed),
+  # the chunk length, the hyperparameters trained and the losses (and records) so far.
+  state = {"params": params, "opt_state": opt_state, "step": np.zeros((), np.int32),
+           "chunk": np.asarray(chunk, np.int32), "hp": hp, "trace": trace}
+  if resume and ckpt_path is not None and os.path.isdir(ckpt_path):
+    from adam_jax import checkpoint
+
+    try:
+      saved = checkpoint.restore(ckpt_path, like=state)
+    except ValueError:  # another grid or device count: the group starts over
+      saved = None
+    if (saved is not None and int(saved["chunk"]) == chunk
+        and all(np.array_equal(np.asarray(saved["hp"][k]), hp[k]) for k in hp)):
+      state = saved
+  first = int(state["step"])
+  params, opt_state = state["params"], state["opt_state"]
+  trace = jax.tree.map(np.array, state["trace"])
+  for lo in range(first, total, chunk):
+    params, opt_state, out = _run_chunk(compiled, hp_dev, params, opt_state, *args(lo), *data)
+    for dst, src in zip(jax.tree.leaves(trace), jax.tree.leaves(jax.device_get(out))):
+      dst[:, lo:lo + chunk] = src
+    if ckpt_path is not None and lo + chunk < total:
+      from adam_jax import checkpoint
+
+      checkpoint.save(ckpt_path, {"params": params, "opt_state": opt_state,
+                                  "step": np.asarray(lo + chunk, np.int32),
+                                  "chunk": np.asarray(chunk, np.int32), "hp": hp,
+                                  "trace": trace}, overwrite=True)
+  tr, va, acc = jax.device_get(jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None, None)))(
+      params, *data, *val))
+  trace = jax.tree.map(lambda a: a[:, :steps], trace)
+  curves, records = trace if diagnostics else (trace, None)
   for i, config in enumerate(todo):
     mine = None if records is None else jax.tree.map(lambda r, i=i: r[i], records)
     yield config, (curves[i], tr[i], va[i], acc[i], mine)
