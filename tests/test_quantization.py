@@ -276,6 +276,29 @@ def test_chunked_loop_matches_one_shot(monkeypatch):
   _assert_close_trees((u, state), (u_ref, state_ref))
 
 
+def test_chunked_step_leaves_the_gradient_intact():
+  # The update is written over a float32 gradient's buffer chunk by chunk: a
+  # gradient still used after the step (or passed in from outside) must not change.
+  rng = np.random.default_rng(4)
+  n = 2 * quantization._CHUNK_ELEMENTS + 300
+  params = {"w": jnp.asarray(rng.standard_normal(n), jnp.float32)}
+  g = {"w": jnp.asarray(rng.standard_normal(n), jnp.float32)}
+  g_copy = np.asarray(g["w"]).copy()
+  tx = adam_jax.scale_by_adam8bit()
+
+  @jax.jit
+  def step(g, s):
+    u, s = tx.update(g, s)
+    return u, s, g["w"] * 2.0
+
+  u, _, g_twice = step(g, tx.init(params))
+  np.testing.assert_array_equal(np.asarray(g["w"]), g_copy)
+  np.testing.assert_array_equal(np.asarray(g_twice), 2.0 * g_copy)
+  # First step from zero moments: m_hat = g and v_hat = g**2.
+  g64 = g_copy.astype(np.float64)
+  np.testing.assert_allclose(np.asarray(u["w"]), g64 / (np.abs(g64) + 1e-8), rtol=1e-5)
+
+
 def test_jit_compiles_once_over_100_steps():
   tx = adam_jax.adam8bit(1e-3)
   traces = []
