@@ -54,7 +54,16 @@ class GridSearchResult(NamedTuple):
 
 
 def schedule_fn(kind: Any, lr: Any, steps: int) -> Callable[[jax.Array], jax.Array]:
-  """The learning-rate schedule named ``kind`` over a run of ``steps`` steps.
+  r"""The learning-rate schedule named ``kind`` over a run of ``steps`` steps.
+
+  With :math:`\eta` = ``lr``, :math:`T` = ``steps`` and the step count :math:`k`:
+
+  .. math::
+
+    \eta_k^{const} = \eta, \quad
+    \eta_k^{cos} = \tfrac{\eta}{2}\left(1 + \cos(\pi \min(k, T) / T)\right), \quad
+    \eta_k^{step} = \eta \cdot 0.1^{\lfloor k / \lfloor T/3 \rfloor \rfloor}, \quad
+    \eta_k^{exp} = \eta \cdot 0.01^{k / (T - 1)}
 
   * ``constant``: ``lr`` throughout.
   * ``cosine``: cosine decay from ``lr`` to 0 at the last step
@@ -75,6 +84,16 @@ def schedule_fn(kind: Any, lr: Any, steps: int) -> Callable[[jax.Array], jax.Arr
 
   Returns:
     A schedule, a callable of the step count.
+
+  Examples:
+    >>> from adam_jax import tuning
+    >>> s = tuning.schedule_fn("step", 0.1, steps=9)
+    >>> [round(float(s(k)), 4) for k in (0, 3, 6)]
+    [0.1, 0.01, 0.001]
+
+  References:
+    Loshchilov & Hutter, `SGDR: Stochastic Gradient Descent with Warm Restarts
+    <https://arxiv.org/abs/1608.03983>`_, ICLR 2017 (the cosine schedule).
   """
   if isinstance(kind, str):
     if kind not in SCHEDULES:
@@ -101,9 +120,17 @@ def _schedule(kind: str, lr: Any, steps: int) -> Callable[[jax.Array], jax.Array
 
 
 def make_optimizer(optimizer: str, hp: dict[str, Any], steps: int) -> optax.GradientTransformation:
-  """``adam`` (coupled L2 weight decay) or ``adamw`` (decoupled) from one configuration.
+  r"""``adam`` (coupled L2 weight decay) or ``adamw`` (decoupled) from one configuration.
 
   Values in ``hp`` may be Python numbers (compile-time constants) or traced arrays.
+  With :math:`\hat m_t, \hat v_t` Adam's bias-corrected moments of the gradient
+  :math:`g_t` (plus :math:`\lambda \theta_{t-1}` for ``adam``) and :math:`\eta_t` the
+  schedule of :func:`schedule_fn`:
+
+  .. math::
+
+    \theta_t = \theta_{t-1} - \eta_t \left(\hat m_t / (\sqrt{\hat v_t} + \epsilon)
+    + [\text{adamw}]\, \lambda \theta_{t-1}\right)
 
   Args:
     optimizer: ``"adam"`` or ``"adamw"``.
@@ -113,7 +140,26 @@ def make_optimizer(optimizer: str, hp: dict[str, Any], steps: int) -> optax.Grad
 
   Returns:
     An ``optax.GradientTransformation``.
+
+  Raises:
+    ValueError: ``optimizer`` is neither ``"adam"`` nor ``"adamw"``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from adam_jax import tuning
+    >>> hp = dict(lr=0.1, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, schedule="constant")
+    >>> tx = tuning.make_optimizer("adamw", hp, steps=10)
+    >>> u, _ = tx.update(jnp.ones(2), tx.init(jnp.zeros(2)), jnp.zeros(2))
+    >>> [round(float(x), 4) for x in u]
+    [-0.1, -0.1]
+
+  References:
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, 2014; Loshchilov & Hutter, `Decoupled Weight
+    Decay Regularization <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
+  if optimizer not in ("adam", "adamw"):
+    raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
   if hp["schedule"] == "constant":
     lr = hp["lr"]
   else:
