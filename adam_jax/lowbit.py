@@ -134,9 +134,9 @@ def adamw8bit(
   Examples:
     >>> import jax.numpy as jnp, adam_jax
     >>> tx = adam_jax.adamw8bit(1e-3, weight_decay=1e-2)
-    >>> state = tx.init({"w": jnp.zeros((128, 64)), "b": jnp.zeros(64)})
-    >>> state[0].mu["w"].dtype, state[0].mu_scale["w"].shape, state[0].mu["b"].dtype
-    (dtype('uint8'), (32,), dtype('float32'))
+    >>> state = tx.init({"w": jnp.zeros((64, 512)), "b": jnp.zeros(512)})
+    >>> state[0].mu["w"].shape, state[0].mu_scale["w"].shape, state[0].mu["b"].dtype
+    ((64, 2, 256), (64, 2), dtype('float32'))
 
   References:
     Dettmers, Lewis, Shleifer & Zettlemoyer, `8-bit Optimizers via Block-wise

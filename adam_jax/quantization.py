@@ -1,9 +1,11 @@
 r"""Blockwise 8-bit dynamic quantization of Adam's moments, and ``scale_by_adam8bit``.
 
-A moment is cut into blocks of ``block_size`` consecutive elements (of the
-flattened leaf). Each block keeps its absolute maximum as a float32 *scale* and
-each element one byte: the index of the nearest value of a fixed 256-entry
-*dynamic map* to ``x / scale``.
+A moment is cut into blocks along its last axis: each row of ``n`` elements
+into ``ceil(n / block_size)`` blocks of at most ``block_size``, as equal as
+possible (the last axis is zero-padded to a multiple). Blocks never cross a row,
+so codes and scales shard like the param on its leading axes. Each block keeps
+its absolute maximum as a float32 *scale* and each element one byte: the index
+of the nearest value of a fixed 256-entry *dynamic map* to ``x / scale``.
 
 The dynamic map (Dettmers 2015; Dettmers et al. 2021) reads a code's bits as
 ``[sign] 0…0 1 f…f``: the number ``e`` of leading zeros is a decimal exponent,
@@ -34,7 +36,7 @@ import numpy as np
 import optax
 
 from adam_jax import numerics
-from adam_jax.transforms.adam import adam_leaf
+from adam_jax.transforms.adam import adam_leaf, zeros_like
 
 Array = jax.Array
 
@@ -44,18 +46,18 @@ _F32_MAX = float(np.finfo(np.float32).max)
 class QuantizedArray(NamedTuple):
   """One moment leaf stored as 8-bit codes with a float32 scale per block."""
 
-  codes: Array  # shape=(num_blocks, block_size), dtype=uint8; dynamic-map indices
-  scale: Array  # shape=(num_blocks,), dtype=float32; absolute maximum of each block
+  codes: Array  # shape=(*leading, num_blocks, block), dtype=uint8; dynamic-map indices
+  scale: Array  # shape=(*leading, num_blocks), dtype=float32; absolute maximum of each block
 
 
 class ScaleByAdam8bitState(NamedTuple):
   """State of :func:`scale_by_adam8bit`."""
 
   count: Array  # shape=(), dtype=int32; steps taken, saturating
-  mu: optax.Updates  # like params; uint8 (num_blocks, block_size) codes, or float32 like the param
-  nu: optax.Updates  # like params; uint8 (num_blocks, block_size) codes, or float32 like the param
-  mu_scale: optax.Updates  # like params; float32 (num_blocks,) block maxima, or shape (0,)
-  nu_scale: optax.Updates  # like params; float32 (num_blocks,) block maxima, or shape (0,)
+  mu: optax.Updates  # like params; uint8 (*leading, num_blocks, block) codes, or float32
+  nu: optax.Updates  # like params; uint8 (*leading, num_blocks, block) codes, or float32
+  mu_scale: optax.Updates  # like params; float32 (*leading, num_blocks) block maxima, or shape (0,)
+  nu_scale: optax.Updates  # like params; float32 (*leading, num_blocks) block maxima, or shape (0,)
 
 
 def _magnitude_bits(signed: bool) -> int:
@@ -145,12 +147,26 @@ def _encode_magnitude(y: Array, signed: bool, nonzero: bool) -> Array:
   return code
 
 
+def _row_blocks(n: int, block_size: int) -> tuple[int, int]:
+  """``(num_blocks, block)`` for a last axis of ``n``: near-equal blocks <= block_size."""
+  num_blocks = max(1, -(-n // block_size))
+  return num_blocks, -(-max(n, 1) // num_blocks)
+
+
 def _blocks(x: Array, block_size: int) -> Array:
-  flat = jnp.ravel(x)
-  pad = (-flat.size) % block_size
+  """``x`` as ``(*leading, num_blocks, block)``: blocks along the last axis."""
+  x = x.reshape(x.shape or (1,))
+  num_blocks, block = _row_blocks(x.shape[-1], block_size)
+  pad = num_blocks * block - x.shape[-1]
   if pad:
-    flat = jnp.pad(flat, (0, pad))
-  return flat.reshape(-1, block_size)
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+  return x.reshape(x.shape[:-1] + (num_blocks, block))
+
+
+def _unblocks(blocks: Array, shape: tuple[int, ...]) -> Array:
+  """Inverse of :func:`_blocks`: drop the padding, restore ``shape``."""
+  rows = blocks.reshape(blocks.shape[:-2] + (-1,))
+  return rows[..., :(shape[-1] if shape else 1)].reshape(shape)
 
 
 def quantize(
@@ -159,14 +175,18 @@ def quantize(
   """Blockwise 8-bit dynamic quantization of a real array.
 
   Args:
-    x: a real array of any shape; flattened and padded with zeros to a
-      multiple of ``block_size``. Infinities are clipped to the float32 range.
+    x: a real array of any shape; cut into blocks along its last axis (a
+      scalar is one element), zero-padded. Infinities are clipped to the
+      float32 range.
     signed: use the signed dynamic map (else ``x`` must be >= 0).
-    block_size: elements per block, each sharing one float32 scale.
+    block_size: the most elements per block, each block sharing one float32
+      scale; a last axis of ``n`` makes ``ceil(n / block_size)`` near-equal
+      blocks.
     nonzero: round positive values that would become 0 up to the smallest code.
 
   Returns:
-    A :class:`QuantizedArray`. Round-to-nearest: each element's error is at most
+    A :class:`QuantizedArray` with codes of shape
+    ``x.shape[:-1] + (num_blocks, block)``. Round-to-nearest: each element's error is at most
     half the map's local spacing times its block's absolute maximum.
 
   Examples:
@@ -185,31 +205,31 @@ def quantize(
 
 
 def _quantize_blocks(blocks: Array, signed: bool, nonzero: bool) -> tuple[Array, Array]:
-  """``(codes, absmax)`` of a float32 ``(num_blocks, block_size)`` array."""
+  """``(codes, absmax)`` of a float32 ``(..., block)`` array, one block per row."""
   # max(max, -min) never materialises |x| (unsigned: x >= 0, max alone);
   # infinities clip to the float32 range here and encode as the top code below.
-  absmax = jnp.max(blocks, axis=1)
+  absmax = jnp.max(blocks, axis=-1)
   if signed:
-    absmax = jnp.maximum(absmax, -jnp.min(blocks, axis=1))
+    absmax = jnp.maximum(absmax, -jnp.min(blocks, axis=-1))
   absmax = jnp.clip(absmax, 0.0, _F32_MAX)
   # 1 / absmax is subnormal (flushed to zero on CPU) above 2**126: pre-scale
   # such blocks by 2**-64, exactly.
   pre = jnp.where(absmax > 2.0**100, 2.0**-64, 1.0)
   safe = jnp.where(absmax > 0, absmax * pre, 1.0)
   inv = jnp.where(absmax > 0, 1.0 / safe, 0.0)
-  code = _encode_magnitude(jnp.abs(blocks) * pre[:, None] * inv[:, None], signed, nonzero)
+  code = _encode_magnitude(jnp.abs(blocks) * pre[..., None] * inv[..., None], signed, nonzero)
   if signed:
     code = jnp.where(blocks < 0, code + 128.0, code)
   return code.astype(jnp.uint8), absmax
 
 
 def _dequantize_blocks(codes: Array, scale: Array, signed: bool) -> Array:
-  """float32 ``(num_blocks, block_size)`` values of ``codes`` times ``scale``."""
+  """float32 values of ``(..., block)`` codes times their ``(...)`` scales."""
   table = jnp.asarray(_dynamic_map_np(bool(signed)))
   # The values take the codes' sharding (explicit sharding asks for it).
   values = table.at[codes.astype(jnp.int32)].get(
       mode="clip", out_sharding=jax.typeof(codes).sharding)
-  return values * scale[:, None]
+  return values * scale[..., None]
 
 
 def dequantize(
@@ -231,8 +251,8 @@ def dequantize(
     >>> from adam_jax import quantization
     >>> x = jnp.linspace(0.0, 1.0, 600).reshape(20, 30)
     >>> q = quantization.quantize(x, signed=False, block_size=256)
-    >>> q.codes.shape, q.codes.dtype, q.scale.shape  # 600 elements padded to 3 blocks
-    ((3, 256), dtype('uint8'), (3,))
+    >>> q.codes.shape, q.codes.dtype, q.scale.shape  # one block of 30 per row
+    ((20, 1, 30), dtype('uint8'), (20, 1))
     >>> y = quantization.dequantize(q, signed=False, shape=x.shape, dtype=jnp.bfloat16)
     >>> y.shape, y.dtype, bool(jnp.max(jnp.abs(y.astype(jnp.float32) - x)) < 0.01)
     ((20, 30), dtype(bfloat16), True)
@@ -242,8 +262,7 @@ def dequantize(
     Quantization <https://arxiv.org/abs/2110.02861>`_, ICLR 2022.
   """
   values = _dequantize_blocks(q.codes, q.scale, signed)
-  size = int(np.prod(shape, dtype=np.int64))
-  return values.reshape(-1)[:size].reshape(shape).astype(dtype)
+  return _unblocks(values, tuple(shape)).astype(dtype)
 
 
 # Elements per loop iteration of a large leaf on CPU: a chunk's float32 moments
@@ -262,14 +281,34 @@ def _adam8bit_chunk(g, mu: QuantizedArray, nu: QuantizedArray, count, hyper):
   return u, mu, nu
 
 
+def _use_chunks() -> bool:
+  """Whether large leaves are stepped chunk by chunk (CPU, one device).
+
+  On GPU and TPU, XLA fuses the block reduction with the arithmetic that feeds
+  it, and a loop of small kernels would be launch-bound: one shot there. With
+  several devices a leaf may be sharded on its leading axes, and slicing chunks
+  out of it would gather it: one shot too (each device then works on its rows).
+  """
+  return jax.default_backend() == "cpu" and jax.device_count() == 1
+
+
 def _adam8bit_blocks(g_blocks, mu: QuantizedArray, nu: QuantizedArray, count, hyper):
-  """One step on a blocked leaf, chunk by chunk, updated in place."""
-  num_blocks, block_size = g_blocks.shape
-  rows = max(1, _CHUNK_ELEMENTS // block_size)
-  # On GPU and TPU, XLA fuses the block reduction with the arithmetic that feeds
-  # it, and a loop of small kernels would be launch-bound: one shot there.
-  if num_blocks <= rows or jax.default_backend() != "cpu":
+  """One step on a blocked ``(*leading, num_blocks, block)`` leaf."""
+  shape = g_blocks.shape
+  rows = max(1, _CHUNK_ELEMENTS // shape[-1])
+  if g_blocks.size // shape[-1] <= rows or not _use_chunks():
     return _adam8bit_chunk(g_blocks, mu, nu, count, hyper)
+  flat = lambda x, *tail: x.reshape((-1, *tail))
+  u, qm, qv = _adam8bit_loop(
+      flat(g_blocks, shape[-1]), QuantizedArray(flat(mu.codes, shape[-1]), flat(mu.scale)),
+      QuantizedArray(flat(nu.codes, shape[-1]), flat(nu.scale)), count, hyper, rows)
+  back = lambda q: QuantizedArray(q.codes.reshape(shape), q.scale.reshape(shape[:-1]))
+  return u.reshape(shape), back(qm), back(qv)
+
+
+def _adam8bit_loop(g_blocks, mu: QuantizedArray, nu: QuantizedArray, count, hyper, rows):
+  """One step on ``(num_blocks, block)`` arrays, ``rows`` blocks at a time."""
+  num_blocks = g_blocks.shape[0]
 
   # Everything is overwritten in place, chunk by chunk: the update over the
   # gradient (a leaf-sized buffer of zeros would cost a page-faulting write of
@@ -331,10 +370,17 @@ def scale_by_adam8bit(
   with :math:`\mathrm{quant}_s` / :math:`\mathrm{quant}_u` the blockwise signed /
   unsigned dynamic quantization of :mod:`adam_jax.quantization`. The update uses
   the fresh float32 moments; only what is stored between steps is 8-bit. A
-  positive second moment is never rounded to zero. On GPU and TPU the three
-  stages fuse into a few loops over each leaf; on CPU they run over chunks of
-  32K elements that stay in cache (a ``fori_loop``), without leaf-sized
-  temporaries.
+  positive second moment is never rounded to zero. On GPU and TPU, and with
+  several devices, the three stages fuse into a few loops over each leaf; on one
+  CPU device they run over chunks of 32K elements that stay in cache (a
+  ``fori_loop``), without leaf-sized temporaries.
+
+  Blocks run along each leaf's last axis (at most ``block_size`` elements,
+  near-equal, never crossing a row): codes of shape
+  ``(*leading, num_blocks, block)`` and scales ``(*leading, num_blocks)`` shard
+  like the param on its leading axes (FSDP), also when ``init`` runs under
+  ``jax.jit``, and the step needs no communication there. A last axis of ``n``
+  shorter than ``block_size`` is one block (4 / n bytes of scale per element).
 
   Real floating leaves with at least ``min_quantized_size`` elements are
   quantized (about 2.03 bytes of state per parameter with blocks of 256);
@@ -359,7 +405,7 @@ def scale_by_adam8bit(
     >>> params = {"w": jnp.zeros(1000)}
     >>> state = tx.init(params)
     >>> state.mu["w"].shape, state.mu["w"].dtype, state.mu_scale["w"].shape
-    ((4, 256), dtype('uint8'), (4,))
+    ((4, 250), dtype('uint8'), (4,))
 
   References:
     Dettmers, Lewis, Shleifer & Zettlemoyer, `8-bit Optimizers via Block-wise
@@ -383,9 +429,12 @@ def scale_by_adam8bit(
   def init_fn(params):
     def moment(p, signed):
       if quantized(p):
-        num_blocks = -(-int(np.prod(jnp.shape(p), dtype=np.int64)) // block_size)
-        return (jnp.zeros((num_blocks, block_size), jnp.uint8),  # code 0 is 0.0
-                jnp.zeros((num_blocks,), jnp.float32))
+        # Sharded like the param, also under jit (the blocks split only its last
+        # axis): zeros tied to the blocked param (reshaped zeros of the param's
+        # shape would be constants that XLA places on one device).
+        blocked = _blocks(jnp.asarray(p), block_size)
+        return (zeros_like(blocked, jnp.uint8),  # code 0 is 0.0
+                zeros_like(blocked[..., 0], jnp.float32))
       dtype = numerics.compute_dtype(jnp.asarray(p).dtype)
       if not signed:
         dtype = numerics.real_dtype(dtype)
@@ -410,8 +459,7 @@ def scale_by_adam8bit(
     g_blocks = _blocks(g.astype(jnp.float32), block_size)
     u, qm, qv = _adam8bit_blocks(g_blocks, QuantizedArray(mu, mu_scale),
                                  QuantizedArray(nu, nu_scale), count, hyper)
-    size = int(np.prod(jnp.shape(g), dtype=np.int64))
-    u = u.reshape(-1)[:size].reshape(jnp.shape(g)).astype(g.dtype)
+    u = _unblocks(u, jnp.shape(g)).astype(g.dtype)
     return u, qm.codes, qv.codes, qm.scale, qv.scale
 
   def update_fn(updates, state, params=None):

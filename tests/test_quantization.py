@@ -44,9 +44,11 @@ def test_dynamic_map_matches_the_bit_layout(signed):
 
 
 def _blocks64(x, block_size):
+  """A 1-D array in near-equal blocks of at most ``block_size``, zero-padded."""
   flat = np.asarray(x, np.float64).ravel()
-  flat = np.pad(flat, (0, (-flat.size) % block_size))
-  return flat.reshape(-1, block_size)
+  num_blocks = -(-flat.size // block_size)
+  block = -(-flat.size // num_blocks)
+  return np.pad(flat, (0, num_blocks * block - flat.size)).reshape(num_blocks, block)
 
 
 @pytest.mark.parametrize("signed", [True, False])
@@ -59,7 +61,9 @@ def test_codes_are_nearest_and_error_is_bounded_per_block(signed, block_size):
   x *= np.repeat(10.0 ** rng.uniform(-20, 20, n // block_size + 1), block_size)[:n]
   x = (x if signed else np.abs(x)).astype(np.float32)
   q = _quantize(x, signed=signed, block_size=block_size)
-  assert q.codes.dtype == jnp.uint8 and q.codes.shape == (n // block_size + 1, block_size)
+  block = -(-n // (n // block_size + 1))  # 41 near-equal blocks, none above block_size
+  assert q.codes.dtype == jnp.uint8 and q.codes.shape == (n // block_size + 1, block)
+  assert block <= block_size
   assert q.scale.dtype == jnp.float32
 
   table = quantization.dynamic_map(signed).astype(np.float64)
@@ -133,16 +137,26 @@ def _big_params(seed=0):
 
 
 def test_state_layout_quantized_and_small_leaves():
-  tx = adam_jax.scale_by_adam8bit(block_size=128)
-  state = tx.init(_big_params())
+  tx = adam_jax.scale_by_adam8bit(block_size=48, min_quantized_size=100)
+  params = {**_big_params(), "t": jnp.zeros((2, 3, 100)), "v": jnp.zeros(128)}
+  state = tx.init(params)
   assert isinstance(state, adam_jax.ScaleByAdam8bitState)
-  assert state.mu["w"].shape == (48, 128) and state.mu["w"].dtype == jnp.uint8
-  assert state.nu_scale["w"].shape == (48,) and state.nu_scale["w"].dtype == jnp.float32
+  # Blocks run along the last axis, near-equal and at most block_size: 64 = 2 x 32,
+  # 100 = 3 x 34 (2 zeros of padding per row).
+  assert state.mu["w"].shape == (96, 2, 32) and state.mu["w"].dtype == jnp.uint8
+  assert state.nu_scale["w"].shape == (96, 2) and state.nu_scale["w"].dtype == jnp.float32
+  assert state.nu["t"].shape == (2, 3, 3, 34) and state.mu_scale["t"].shape == (2, 3, 3)
+  assert state.mu["v"].shape == (3, 43) and state.nu_scale["v"].shape == (3,)
   assert state.mu["b"].dtype == jnp.float32 and state.mu["b"].shape == (64,)
   assert state.mu_scale["b"].shape == (0,)
   # Every field has the params' tree structure (masking, nnx and tree utilities rely on it).
   for field in state[1:]:
-    assert jax.tree.structure(field) == jax.tree.structure(_big_params())
+    assert jax.tree.structure(field) == jax.tree.structure(params)
+  # The padding stays zero and the step restores the param's shape.
+  g = jax.tree.map(lambda p: jnp.ones_like(p), params)
+  u, state = jax.jit(tx.update)(g, state)
+  assert u["t"].shape == (2, 3, 100) and np.all(np.asarray(state.mu["t"])[..., -1, -2:] == 0)
+  assert np.all(np.asarray(state.mu["t"])[..., :-1, :] != 0)
 
 
 @pytest.mark.parametrize("make, make_ref", [
@@ -257,6 +271,7 @@ def _assert_close_trees(got, want):
 
 
 def test_chunked_loop_matches_one_shot(monkeypatch):
+  monkeypatch.setattr(quantization, "_use_chunks", lambda: True)  # as on one CPU device
   rng = np.random.default_rng(3)
   n = 3 * quantization._CHUNK_ELEMENTS + 5 * 256 + 17  # full chunks, a partial one, padding
   params = {"w": jnp.asarray(rng.standard_normal(n), jnp.float32)}
@@ -276,7 +291,8 @@ def test_chunked_loop_matches_one_shot(monkeypatch):
   _assert_close_trees((u, state), (u_ref, state_ref))
 
 
-def test_chunked_step_leaves_the_gradient_intact():
+def test_chunked_step_leaves_the_gradient_intact(monkeypatch):
+  monkeypatch.setattr(quantization, "_use_chunks", lambda: True)
   # The update is written over a float32 gradient's buffer chunk by chunk: a
   # gradient still used after the step (or passed in from outside) must not change.
   rng = np.random.default_rng(4)
@@ -381,12 +397,13 @@ def test_state_survives_flatten_and_device_sharding():
   assert rebuilt[0].mu["w"].dtype == np.uint8
 
   mesh = jax.make_mesh((8,), ("data",))
-  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None))
-  sharded = jax.tree.map(
-      lambda x: jax.device_put(x, spec) if x.ndim == 2 else x, rebuilt)
+  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  sharded = jax.tree.map(  # codes (96, 1, 64) and scales (96, 1) split by rows
+      lambda x: jax.device_put(x, spec) if x.ndim >= 2 else x, rebuilt)
   u1, s1 = step(params, sharded, params)
   u2, s2 = step(params, state, params)
-  assert s1[0].mu["w"].sharding.spec == spec.spec  # state stays sharded
+  for x in (s1[0].mu["w"], s1[0].nu_scale["w"]):  # state stays sharded
+    assert x.sharding.is_equivalent_to(spec, x.ndim)
   _assert_close_trees((u1, s1), (u2, s2))
 
 
