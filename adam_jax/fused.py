@@ -16,8 +16,9 @@ the layouts measured so far (``benchmarks/RESULTS.md``): on an H200 a
 GPT-2-medium-like tree took 3.86 ms per step with it and 3.56 ms without
 (optax: 3.52 ms), and on the CPU XLA's concatenation of many operands costs
 more than the per-leaf kernels it saves. It also cannot see the leaves'
-shardings inside ``jit``, so it must not be used where leaves of one bucket
-are sharded differently. ``fused=True`` turns it on.
+shardings inside ``jit``, so it only runs in a process that sees one device
+(elsewhere ``fused=True`` falls back to the per-leaf path). ``fused=True`` turns
+it on.
 """
 
 from __future__ import annotations
@@ -25,15 +26,26 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 #: Leaves with at most this many elements are bucketed; larger ones stay in place.
 BUCKET_MAX_SIZE = 2**16
 
 
+def _single_device() -> bool:
+  return jax.device_count() == 1
+
+
 def enabled(fused: bool | None) -> bool:
-  """Resolves the ``fused`` argument of a transformation: on only when asked."""
-  return bool(fused)
+  """Resolves the ``fused`` argument of a transformation.
+
+  On only when asked, and only in a process that sees one device: inside ``jit``
+  the leaves' shardings are not visible, so with several devices the engine
+  cannot keep leaves of different shardings out of one bucket, and it falls back
+  to the per-leaf path.
+  """
+  return bool(fused) and _single_device()
 
 
 def map_leaves(

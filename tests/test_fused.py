@@ -59,8 +59,14 @@ def _run(tx, steps=8):
   return params, state
 
 
+@pytest.fixture
+def one_device(monkeypatch):
+  """The tests run with 8 simulated devices; the engine only runs with one."""
+  monkeypatch.setattr(fused_engine, "_single_device", lambda: True)
+
+
 @pytest.mark.parametrize("name", sorted(FACTORIES))
-def test_fused_equals_per_leaf(name):
+def test_fused_equals_per_leaf(name, one_device):
   p_fused, s_fused = _run(FACTORIES[name](True))
   p_plain, s_plain = _run(FACTORIES[name](False))
   assert jax.tree.structure(s_fused) == jax.tree.structure(s_plain)
@@ -89,7 +95,7 @@ def test_small_leaves_really_share_one_computation():
   assert len(calls) == 4
 
 
-def test_state_structure_mirrors_params_with_engine_on():
+def test_state_structure_mirrors_params_with_engine_on(one_device):
   params = _params()
   state = adam_jax.scale_by_adam(fused=True).init(params)
   _, new_state = adam_jax.scale_by_adam(fused=True).update(params, state, params)
@@ -97,13 +103,28 @@ def test_state_structure_mirrors_params_with_engine_on():
   assert optax.tree.get(new_state, "nu")["dense"][0]["w"].shape == (8, 4)
 
 
-def test_engine_is_opt_in():
+def test_engine_is_opt_in(one_device):
   assert fused_engine.enabled(None) is False
   assert fused_engine.enabled(False) is False
   assert fused_engine.enabled(True) is True
 
 
-def test_donated_step_does_not_copy_state():
+def test_engine_stays_off_with_several_devices():
+  assert jax.device_count() == 8
+  assert fused_engine.enabled(True) is False
+
+
+def test_engine_really_runs_in_the_equality_tests(one_device, monkeypatch):
+  calls = []
+  real = fused_engine.map_leaves
+  monkeypatch.setattr(fused_engine, "map_leaves",
+                      lambda fn, cols, *, fused, **kw: calls.append(fused) or real(
+                          fn, cols, fused=fused, **kw))
+  _run(FACTORIES["adam"](True), steps=1)
+  assert calls and all(calls)
+
+
+def test_donated_step_does_not_copy_state(one_device):
   params = _params()
   tx = adam_jax.adam(1e-2, fused=True)
   state = tx.init(params)
