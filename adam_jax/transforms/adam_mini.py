@@ -32,6 +32,7 @@ import optax
 
 from adam_jax import numerics
 from adam_jax.transforms.adam import ScaleByAdamState, abs_sq, zeros_like
+from adam_jax.transforms.variants import map_moments
 
 Array = jax.Array
 Partition = Callable[[tuple, tuple], Sequence[int]]
@@ -191,7 +192,6 @@ def scale_by_adam_mini(
 
   def update_fn(updates, state, params=None):
     del params
-    numerics.tree_check_same_structure(updates, state.mu)
     count = numerics.safe_increment(state.count)
 
     def leaf(g, mu, nu):
@@ -214,14 +214,7 @@ def scale_by_adam_mini(
       update = (mu_c / bc1.astype(cd)) / denom.astype(cd)
       return update.astype(g.dtype), mu_c.astype(mu.dtype), nu_c.astype(nu.dtype)
 
-    g_leaves, treedef = jax.tree.flatten(updates)
-    outs = [
-        leaf(g, m, v)
-        for g, m, v in zip(
-            g_leaves, treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
-        )
-    ]
-    u, mu, nu = (treedef.unflatten([o[i] for o in outs]) for i in range(3))
+    u, mu, nu = map_moments(leaf, updates, state)
     return u, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)

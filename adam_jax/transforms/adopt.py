@@ -10,6 +10,7 @@ import optax
 
 from adam_jax import numerics
 from adam_jax.transforms.adam import ScaleByAdamState, abs_sq, init_moments
+from adam_jax.transforms.variants import map_moments
 
 Array = jax.Array
 
@@ -93,7 +94,6 @@ def scale_by_adopt(
 
   def update_fn(updates, state, params=None):
     del params
-    numerics.tree_check_same_structure(updates, state.mu)
     count = numerics.safe_increment(state.count)
     first = state.count == 0
     # The paper's t: the first call is its step 0 (v_0 = g_0^2).
@@ -117,14 +117,7 @@ def scale_by_adopt(
       update = jnp.where(first, jnp.zeros_like(mu_c), mu_c)
       return update.astype(g.dtype), mu_c.astype(mu.dtype), nu_c.astype(nu.dtype)
 
-    g_leaves, treedef = jax.tree.flatten(updates)
-    outs = [
-        leaf(g, m, v)
-        for g, m, v in zip(
-            g_leaves, treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
-        )
-    ]
-    u, mu, nu = (treedef.unflatten([o[i] for o in outs]) for i in range(3))
+    u, mu, nu = map_moments(leaf, updates, state)
     return u, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -17,16 +17,19 @@ from adam_jax.transforms.adam import ScaleByAdamState, abs_sq, init_moments
 Array = jax.Array
 
 
-def _map_leaves(
-    leaf_fn: Callable[..., tuple], updates: Any, state: ScaleByAdamState, count: Array,
-    fused: bool | None,
+def map_moments(
+    leaf_fn: Callable[..., tuple], updates: Any, state: Any, fused: bool | None = None,
 ) -> tuple[Any, Any, Any]:
-  """Applies ``leaf_fn(g, mu, nu, count) -> (u, mu, nu)`` over the gradient tree."""
+  """Applies ``leaf_fn(g, mu, nu) -> (u, mu, nu)`` leaf by leaf over the gradient tree.
+
+  ``state`` is any state with ``mu`` and ``nu`` trees of the params' structure (their
+  leaves may differ in shape from the gradient's, as Adam-mini's blocks do, as long
+  as ``fused`` stays off). Returns the ``(updates, mu, nu)`` trees.
+  """
   numerics.tree_check_same_structure(updates, state.mu)
   g_leaves, treedef = jax.tree.flatten(updates)
   columns = [g_leaves, treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)]
-  outs = fused_engine.map_leaves(lambda g, m, v: leaf_fn(g, m, v, count), columns,
-                                 fused=fused_engine.enabled(fused))
+  outs = fused_engine.map_leaves(leaf_fn, columns, fused=fused_engine.enabled(fused))
   return tuple(treedef.unflatten([o[i] for o in outs]) for i in range(3))
 
 
@@ -44,7 +47,7 @@ def _moment_transform(
   def update_fn(updates, state, params=None):
     del params
     count = numerics.safe_increment(state.count)
-    u, mu, nu = _map_leaves(leaf_fn, updates, state, count, fused)
+    u, mu, nu = map_moments(lambda g, m, v: leaf_fn(g, m, v, count), updates, state, fused)
     return u, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
