@@ -35,24 +35,23 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------------- parsing helpers
 
 
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-  return value
+def _int_at_least(low: int, what: str) -> Callable[[str], int]:
+  """An argparse type: an integer >= ``low``, described as ``what`` in errors."""
+
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      value = low - 1
+    if value < low:
+      raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+  return parse
 
 
-def _nonnegative_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-  if value < 0:
-    raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-  return value
+_positive_int = _int_at_least(1, "a positive integer")
+_nonnegative_int = _int_at_least(0, "a non-negative integer")
 
 
 def _float_in(low: float, high: float | None, *, low_open: bool = False,

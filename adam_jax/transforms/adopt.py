@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import numerics
-from adam_jax.transforms.adam import ScaleByAdamState, abs_sq, init_moments
-from adam_jax.transforms.variants import map_moments
+from adam_jax.transforms.adam import abs_sq
+from adam_jax.transforms.variants import _moment_transform
 
 Array = jax.Array
 
@@ -85,42 +85,29 @@ def scale_by_adopt(
   """
   numerics.check_betas(b1=b1, b2=b2)
   numerics.check_range("eps", eps, 0.0, None, low_inclusive=False)
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
-  nu_dtype = None if nu_dtype is None else jnp.dtype(nu_dtype)
+  def leaf(g, mu, nu, count):
+    # The paper's t is the number of previous calls: the first call is its step 0,
+    # which only sets v_0 = g_0^2.
+    t = count - 1
+    first = t == 0
+    cd = numerics.compute_dtype(g.dtype, mu.dtype)
+    rd = numerics.real_dtype(cd)
+    g_c = g.astype(cd)
+    b1_c, b2_r = numerics.hyper(b1, cd), numerics.hyper(b2, rd)
+    nu_prev = nu.astype(rd)
+    g_sq = abs_sq(g_c)
+    # g_t / max(sqrt(v_{t-1}), eps), clipped to t^(1/4)
+    normed = g_c / jnp.maximum(jnp.sqrt(nu_prev), numerics.hyper(eps, rd)).astype(cd)
+    if clipping:
+      normed = _clip(normed, t.astype(rd) ** 0.25)
+    mu_c = b1_c * mu.astype(cd) + (1 - b1_c) * normed
+    nu_c = b2_r * nu_prev + (1 - b2_r) * g_sq
+    mu_c = jnp.where(first, mu.astype(cd), mu_c)
+    nu_c = jnp.where(first, g_sq, nu_c)
+    update = jnp.where(first, jnp.zeros_like(mu_c), mu_c)
+    return update.astype(g.dtype), mu_c.astype(mu.dtype), nu_c.astype(nu.dtype)
 
-  def init_fn(params):
-    mu, nu = init_moments(params, mu_dtype, nu_dtype)
-    return ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
-
-  def update_fn(updates, state, params=None):
-    del params
-    count = numerics.safe_increment(state.count)
-    first = state.count == 0
-    # The paper's t: the first call is its step 0 (v_0 = g_0^2).
-    t = state.count
-
-    def leaf(g, mu, nu):
-      cd = numerics.compute_dtype(g.dtype, mu.dtype)
-      rd = numerics.real_dtype(cd)
-      g_c = g.astype(cd)
-      b1_c, b2_r = numerics.hyper(b1, cd), numerics.hyper(b2, rd)
-      nu_prev = nu.astype(rd)
-      g_sq = abs_sq(g_c)
-      # g_t / max(sqrt(v_{t-1}), eps), clipped to t^(1/4)
-      normed = g_c / jnp.maximum(jnp.sqrt(nu_prev), numerics.hyper(eps, rd)).astype(cd)
-      if clipping:
-        normed = _clip(normed, t.astype(rd) ** 0.25)
-      mu_c = b1_c * mu.astype(cd) + (1 - b1_c) * normed
-      nu_c = b2_r * nu_prev + (1 - b2_r) * g_sq
-      mu_c = jnp.where(first, mu.astype(cd), mu_c)
-      nu_c = jnp.where(first, g_sq, nu_c)
-      update = jnp.where(first, jnp.zeros_like(mu_c), mu_c)
-      return update.astype(g.dtype), mu_c.astype(mu.dtype), nu_c.astype(nu.dtype)
-
-    u, mu, nu = map_moments(leaf, updates, state)
-    return u, ScaleByAdamState(count=count, mu=mu, nu=nu)
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  return _moment_transform(leaf, mu_dtype, nu_dtype, fused=None)
 
 
 __all__ = ["scale_by_adopt"]
