@@ -90,6 +90,24 @@ def test_console_entry_point_bad_input(tmp_path):
   assert not (tmp_path / "x").exists()
 
 
+def test_console_script_imports_flax_without_ipython():
+  """The start-up shortcut: flax.nnx loads, IPython stays unloaded and importable afterwards."""
+  code = (
+      "import importlib.util, sys\n"
+      "from adam_jax import cli\n"
+      "cli._import_flax_outside_ipython()\n"
+      "print('flax.nnx' in sys.modules, 'IPython' in sys.modules)\n"
+      "if importlib.util.find_spec('IPython') is not None:\n"
+      "  import IPython\n"
+      "  print(IPython.get_ipython() is None)\n"
+      "else:\n"
+      "  print(True)\n"
+  )
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.split() == ["True", "False", "True"]
+
+
 def test_help_lists_examples(capsys):
   assert cli.main(["demo", "--help"]) == 0
   out = capsys.readouterr().out
