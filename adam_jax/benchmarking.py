@@ -168,7 +168,8 @@ def run(size: str = "cpu", impls: list[str] | None = None, rounds: int = 20, war
 
   Returns:
     A dict with the machine, the copy bandwidth and, per layout, per
-    implementation: median ms per step, GB/s at 28 B/param, compile seconds.
+    implementation: median ms per step, GB/s at 28 B/param, compile seconds and
+    the cores kept busy (process CPU time over wall time).
   """
   import jax
 
@@ -225,9 +226,14 @@ def run(size: str = "cpu", impls: list[str] | None = None, rounds: int = 20, war
       for _ in range(warmup):
         runner.run()
     times: dict[str, list[float]] = {k: [] for k in runners}
+    busy: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(rounds):
       for name, runner in runners.items():
+        cpu0 = time.process_time()
         times[name].append(runner.run())
+        # CPU seconds of every thread of this process per wall second: how many
+        # cores the step kept busy (on a GPU, the host's share of the wait).
+        busy[name].append((time.process_time() - cpu0) / runner.loop / times[name][-1])
     rows = {}
     for name, ts in times.items():
       med = statistics.median(ts)
@@ -236,6 +242,7 @@ def run(size: str = "cpu", impls: list[str] | None = None, rounds: int = 20, war
           "GBps_at_28B": BYTES_PER_PARAM * n / med / 1e9,
           "compile_s": runners[name].compile_s,
           "spread_ms": 1e3 * (max(ts) - min(ts)),
+          "cores_busy": statistics.median(busy[name]),
       }
     floor_ms = 1e3 * BYTES_PER_PARAM * n / (bw * 1e9)
     result["layouts"][lname] = {"params": n, "leaves": len(shapes), "floor_ms": floor_ms,
@@ -271,11 +278,11 @@ def _print_layout(name, n, leaves, floor_ms, rows):
   ref = rows.get("optax.adam", {}).get("ms")
   print(f"\n## {name}: {n / 1e6:.1f}M params, {leaves} leaves, copy-bound floor {floor_ms:.2f} ms")
   print(f"{'implementation':<24}{'ms':>9}{'GB/s@28B':>10}{'x floor':>9}{'vs optax':>10}"
-        f"{'compile s':>11}")
+        f"{'compile s':>11}{'cores busy':>12}")
   for k, r in rows.items():
     vs = f"{ref / r['ms']:.2f}x" if ref else "-"
     print(f"{k:<24}{r['ms']:>9.2f}{r['GBps_at_28B']:>10.1f}{r['ms'] / floor_ms:>9.2f}{vs:>10}"
-          f"{r['compile_s']:>11.2f}")
+          f"{r['compile_s']:>11.2f}{r['cores_busy']:>12.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
