@@ -132,6 +132,20 @@ class _TorchRunner:
     return (time.perf_counter() - t0) / self.loop
 
 
+def _cores_busy(runner: Any, seconds: float = 0.2) -> float:
+  """CPU seconds of all of this process's threads per wall second, over back-to-back steps.
+
+  How many cores one implementation keeps busy (on a GPU: the host's share of
+  the wait). Measured over a fraction of a second rather than per call: the
+  kernel's accounting of other threads' CPU time lags by up to a tick.
+  """
+  wall0, cpu0, calls = time.perf_counter(), time.process_time(), 0
+  while calls < 3 or time.perf_counter() - wall0 < seconds:
+    runner.run()
+    calls += 1
+  return (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+
+
 def copy_bandwidth(device, n: int = 2**26, reps: int = 10) -> float:
   """Device copy bandwidth in GB/s (bytes read plus bytes written)."""
   import jax
@@ -160,7 +174,8 @@ def run(size: str = "cpu", impls: list[str] | None = None, rounds: int = 20, war
   Args:
     size: ``"cpu"`` (a few million params) or ``"gpu"`` (hundreds of millions).
     impls: implementation names (default: all available).
-    rounds: interleaved rounds; medians are reported.
+    rounds: interleaved rounds (alternately in forward and reverse order);
+      medians are reported.
     warmup: untimed calls per implementation before the rounds.
     layout_names: restrict to these layouts.
     out: write the results as JSON here after each layout.
@@ -226,14 +241,12 @@ def run(size: str = "cpu", impls: list[str] | None = None, rounds: int = 20, war
       for _ in range(warmup):
         runner.run()
     times: dict[str, list[float]] = {k: [] for k in runners}
-    busy: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(rounds):
-      for name, runner in runners.items():
-        cpu0 = time.process_time()
-        times[name].append(runner.run())
-        # CPU seconds of every thread of this process per wall second: how many
-        # cores the step kept busy (on a GPU, the host's share of the wait).
-        busy[name].append((time.process_time() - cpu0) / runner.loop / times[name][-1])
+    names = list(runners)
+    for r in range(rounds):
+      # Forward, then backward: no implementation always runs right after the same one.
+      for name in names if r % 2 == 0 else names[::-1]:
+        times[name].append(runners[name].run())
+    busy = {name: _cores_busy(runner) for name, runner in runners.items()}
     rows = {}
     for name, ts in times.items():
       med = statistics.median(ts)
@@ -242,7 +255,7 @@ def run(size: str = "cpu", impls: list[str] | None = None, rounds: int = 20, war
           "GBps_at_28B": BYTES_PER_PARAM * n / med / 1e9,
           "compile_s": runners[name].compile_s,
           "spread_ms": 1e3 * (max(ts) - min(ts)),
-          "cores_busy": statistics.median(busy[name]),
+          "cores_busy": busy[name],
       }
     floor_ms = 1e3 * BYTES_PER_PARAM * n / (bw * 1e9)
     result["layouts"][lname] = {"params": n, "leaves": len(shapes), "floor_ms": floor_ms,
