@@ -206,11 +206,18 @@ def quantize(
 
 def _quantize_blocks(blocks: Array, signed: bool, nonzero: bool) -> tuple[Array, Array]:
   """``(codes, absmax)`` of a float32 ``(..., block)`` array, one block per row."""
-  # max(max, -min) never materialises |x| (unsigned: x >= 0, max alone);
-  # infinities clip to the float32 range here and encode as the top code below.
+  # max(max, -min) never materialises |x| (unsigned: x >= 0, max alone).
   absmax = jnp.max(blocks, axis=-1)
   if signed:
     absmax = jnp.maximum(absmax, -jnp.min(blocks, axis=-1))
+  return _encode_blocks(blocks, absmax, signed, nonzero)
+
+
+def _encode_blocks(
+    blocks: Array, absmax: Array, signed: bool, nonzero: bool
+) -> tuple[Array, Array]:
+  """``(codes, scale)`` of ``(..., block)`` values given each block's ``(...)`` absmax."""
+  # Infinities clip to the float32 range here and encode as the top code below.
   absmax = jnp.clip(absmax, 0.0, _F32_MAX)
   # 1 / absmax is subnormal (flushed to zero on CPU) above 2**126: pre-scale
   # such blocks by 2**-64, exactly.
@@ -223,12 +230,18 @@ def _quantize_blocks(blocks: Array, signed: bool, nonzero: bool) -> tuple[Array,
   return code.astype(jnp.uint8), absmax
 
 
-def _dequantize_blocks(codes: Array, scale: Array, signed: bool) -> Array:
-  """float32 values of ``(..., block)`` codes times their ``(...)`` scales."""
+def _dequantize_blocks(
+    codes: Array, scale: Array, signed: bool, index_dtype: Any = jnp.int32
+) -> Array:
+  """float32 values of ``(..., block)`` codes times their ``(...)`` scales.
+
+  ``index_dtype`` is the integer type the table is indexed with (see
+  :func:`_adam8bit_blocks`); every code is in range, so no clamping.
+  """
   table = jnp.asarray(_dynamic_map_np(bool(signed)))
   # The values take the codes' sharding (explicit sharding asks for it).
-  values = table.at[codes.astype(jnp.int32)].get(
-      mode="clip", out_sharding=jax.typeof(codes).sharding)
+  values = table.at[codes.astype(index_dtype)].get(
+      mode="promise_in_bounds", out_sharding=jax.typeof(codes).sharding)
   return values * scale[..., None]
 
 
@@ -265,72 +278,46 @@ def dequantize(
   return _unblocks(values, tuple(shape)).astype(dtype)
 
 
-# Elements per loop iteration of a large leaf on CPU: a chunk's float32 moments
-# stay in cache between the reduction (block maxima) and the encoding, and no
-# float32 temporaries the size of the leaf are allocated (on CPU these cost more
-# than the arithmetic; measured best at 2**14..2**15 on a 2-core x86 machine).
-_CHUNK_ELEMENTS = 1 << 15
+# One 8-bit step reads the codes three times: for the block maxima of the new
+# moments, for their encoding, and for the update. Each reader decodes the codes
+# itself, inside its own fused loop, instead of sharing one decoded float32 copy:
+# such a copy is a temporary the size of the leaf (on CPU, fresh pages written on
+# every step once the temporaries outgrow the allocator's reuse threshold), and
+# it would keep the block reduction out of XLA's fusions (a separate, one-thread
+# kernel on CPU). The readers index the table with distinct integer types, so
+# XLA cannot merge the three lookups into one (common-subexpression elimination).
+# All three loops are elementwise or row reductions over the leaf, which XLA's
+# CPU backend splits across cores.
+_MAXIMA_INDEX, _ENCODE_INDEX, _UPDATE_INDEX = jnp.uint8, jnp.uint16, jnp.int32
 
 
-def _adam8bit_chunk(g, mu: QuantizedArray, nu: QuantizedArray, count, hyper):
-  m = _dequantize_blocks(mu.codes, mu.scale, signed=True)
-  v = _dequantize_blocks(nu.codes, nu.scale, signed=False)
-  u, m, v, _ = adam_leaf(g, m, v, None, count, **hyper)
-  mu = QuantizedArray(*_quantize_blocks(m, signed=True, nonzero=False))
-  nu = QuantizedArray(*_quantize_blocks(v, signed=False, nonzero=True))
-  return u, mu, nu
+def _block_absmax_pair(m: Array, v: Array) -> tuple[Array, Array]:
+  """``(max |m|, max v)`` over the last axis, in one variadic reduction."""
+  zero = jnp.zeros((), jnp.float32)
 
+  def combine(a, b):
+    return jnp.maximum(a[0], b[0]), jnp.maximum(a[1], b[1])
 
-def _use_chunks() -> bool:
-  """Whether large leaves are stepped chunk by chunk (CPU, one device).
-
-  On GPU and TPU, XLA fuses the block reduction with the arithmetic that feeds
-  it, and a loop of small kernels would be launch-bound: one shot there. With
-  several devices a leaf may be sharded on its leading axes, and slicing chunks
-  out of it would gather it: one shot too (each device then works on its rows).
-  """
-  return jax.default_backend() == "cpu" and jax.device_count() == 1
+  return jax.lax.reduce((jnp.abs(m), v), (zero, zero), combine, (m.ndim - 1,))
 
 
 def _adam8bit_blocks(g_blocks, mu: QuantizedArray, nu: QuantizedArray, count, hyper):
-  """One step on a blocked ``(*leading, num_blocks, block)`` leaf."""
-  shape = g_blocks.shape
-  rows = max(1, _CHUNK_ELEMENTS // shape[-1])
-  if g_blocks.size // shape[-1] <= rows or not _use_chunks():
-    return _adam8bit_chunk(g_blocks, mu, nu, count, hyper)
-  flat = lambda x, *tail: x.reshape((-1, *tail))
-  u, qm, qv = _adam8bit_loop(
-      flat(g_blocks, shape[-1]), QuantizedArray(flat(mu.codes, shape[-1]), flat(mu.scale)),
-      QuantizedArray(flat(nu.codes, shape[-1]), flat(nu.scale)), count, hyper, rows)
-  back = lambda q: QuantizedArray(q.codes.reshape(shape), q.scale.reshape(shape[:-1]))
-  return u.reshape(shape), back(qm), back(qv)
+  """One step on a blocked ``(*leading, num_blocks, block)`` float32 leaf."""
 
+  def step(index_dtype):
+    m = _dequantize_blocks(mu.codes, mu.scale, True, index_dtype)
+    v = _dequantize_blocks(nu.codes, nu.scale, False, index_dtype)
+    return adam_leaf(g_blocks, m, v, None, count, **hyper)
 
-def _adam8bit_loop(g_blocks, mu: QuantizedArray, nu: QuantizedArray, count, hyper, rows):
-  """One step on ``(num_blocks, block)`` arrays, ``rows`` blocks at a time."""
-  num_blocks = g_blocks.shape[0]
-
-  # Everything is overwritten in place, chunk by chunk: the update over the
-  # gradient (a leaf-sized buffer of zeros would cost a page-faulting write of
-  # the whole leaf, about a quarter of the step), the codes and scales over the
-  # old ones. Each chunk's slices are read before its writes.
-  def run(carry, start, length):
-    u, mu_codes, mu_scale, nu_codes, nu_scale = carry
-    sl = lambda x: jax.lax.dynamic_slice_in_dim(x, start, length)
-    out = _adam8bit_chunk(
-        sl(u), QuantizedArray(sl(mu_codes), sl(mu_scale)),
-        QuantizedArray(sl(nu_codes), sl(nu_scale)), count, hyper)
-    new = (out[0], out[1].codes, out[1].scale, out[2].codes, out[2].scale)
-    return tuple(jax.lax.dynamic_update_slice_in_dim(x, y, start, 0)
-                 for x, y in zip(carry, new))
-
-  carry = (g_blocks, mu.codes, mu.scale, nu.codes, nu.scale)
-  full = num_blocks // rows
-  carry = jax.lax.fori_loop(0, full, lambda i, c: run(c, i * rows, rows), carry)
-  if num_blocks % rows:
-    carry = run(carry, full * rows, num_blocks % rows)
-  u, mu_codes, mu_scale, nu_codes, nu_scale = carry
-  return u, QuantizedArray(mu_codes, mu_scale), QuantizedArray(nu_codes, nu_scale)
+  _, m, v, _ = step(_MAXIMA_INDEX)
+  m_max, v_max = _block_absmax_pair(m, v)
+  _, m, v, _ = step(_ENCODE_INDEX)
+  new_mu = QuantizedArray(*_encode_blocks(m, m_max, signed=True, nonzero=False))
+  # A positive second moment never becomes 0: with a non-zero first moment the
+  # update would divide by eps alone.
+  new_nu = QuantizedArray(*_encode_blocks(v, v_max, signed=False, nonzero=True))
+  u, _, _, _ = step(_UPDATE_INDEX)
+  return u, new_mu, new_nu
 
 
 def _check_sizes(block_size: Any, min_quantized_size: Any) -> None:
@@ -370,10 +357,11 @@ def scale_by_adam8bit(
   with :math:`\mathrm{quant}_s` / :math:`\mathrm{quant}_u` the blockwise signed /
   unsigned dynamic quantization of :mod:`adam_jax.quantization`. The update uses
   the fresh float32 moments; only what is stored between steps is 8-bit. A
-  positive second moment is never rounded to zero. On GPU and TPU, and with
-  several devices, the three stages fuse into a few loops over each leaf; on one
-  CPU device they run over chunks of 32K elements that stay in cache (a
-  ``fori_loop``), without leaf-sized temporaries.
+  positive second moment is never rounded to zero. The step is four fused loops
+  over each leaf, each decoding the codes it needs itself, with no float32
+  temporaries the size of the leaf: the block maxima of both new moments (one
+  reduction), the encoding of each moment, and the update (which XLA fuses with
+  the rest of the chain and ``optax.apply_updates``).
 
   Blocks run along each leaf's last axis (at most ``block_size`` elements,
   near-equal, never crossing a row): codes of shape
