@@ -11,10 +11,10 @@ def test_run_reports_every_number_per_implementation(tmp_path, capsys):
   out = tmp_path / "bench.json"
   with jax.numpy_dtype_promotion("standard"):  # optax's own code needs it
     result = benchmarking.run("cpu", impls=["adam_jax", "optax.adam"], rounds=2, warmup=1,
-                              layout_names=["512 leaves"], out=str(out))
-  layout = result["layouts"]["512 leaves"]
-  assert set(result["layouts"]) == {"512 leaves"}
-  assert layout["params"] == 512 * 2**13 and layout["leaves"] == 512
+                              layout_names=["one leaf"], out=str(out))
+  layout = result["layouts"]["one leaf"]
+  assert set(result["layouts"]) == {"one leaf"}
+  assert layout["params"] == 2**22 and layout["leaves"] == 1
   assert layout["floor_ms"] > 0 and result["copy_GBps"] > 0
   assert set(layout["impls"]) == {"adam_jax", "optax.adam"}
   for row in layout["impls"].values():
@@ -26,4 +26,4 @@ def test_run_reports_every_number_per_implementation(tmp_path, capsys):
     assert 0.3 < row["cores_busy"] < 64
   assert json.loads(out.read_text()) == json.loads(json.dumps(result))
   printed = capsys.readouterr().out
-  assert "cores busy" in printed and "512 leaves" in printed
+  assert "cores busy" in printed and "one leaf" in printed
