@@ -127,23 +127,35 @@ def _decade_constants(signed: bool) -> tuple[tuple[float, float, float], ...]:
   return tuple(out)
 
 
+# Adding 2**23 to a float32 in [0, 2**23) rounds it to an integer held in the low
+# mantissa bits, so a bitcast and a mask give the code: cheaper on CPU than
+# floor plus XLA's saturating float-to-uint8 conversion. It relies on the two
+# additions staying in order, as XLA keeps them (no reassociation unless fast
+# math is turned on).
+_ROUNDER = 2.0**23
+
+
 def _encode_magnitude(y: Array, signed: bool, nonzero: bool) -> Array:
-  """Code (as float32) of the map value nearest to ``y`` in [0, 1]."""
+  """int32 code of the map value nearest to ``y`` in [0, 1] (larger: the top code)."""
   consts = _decade_constants(signed)
+  # Above 1 only by rounding, or infinite: the top code.
+  y = jnp.where(y <= 1.0, y, 1.0)
   slope = jnp.full(y.shape, consts[0][1], y.dtype)
-  offset = jnp.full(y.shape, consts[0][2], y.dtype)
+  offset = jnp.full(y.shape, consts[0][2] - 0.5, y.dtype)
   # The decade is found by a chain of compares and selects of constants, which
   # XLA fuses into one vectorised loop (a table lookup would be a gather).
   for threshold, s, o in consts[1:]:
     below = y <= threshold
     slope = jnp.where(below, s, slope)
-    offset = jnp.where(below, o, offset)
-  # y >= 0 and every offset is positive: only the top needs clipping (y = inf).
-  code = jnp.minimum(jnp.floor(y * slope + offset), 2.0 ** _magnitude_bits(signed) - 1)
+    offset = jnp.where(below, o - 0.5, offset)
+  # round(y * slope + offset - 1/2) = floor(y * slope + offset) but at exact ties,
+  # which are equally near either code.
+  rounded = (y * slope + offset) + _ROUNDER
+  code = jax.lax.bitcast_convert_type(rounded, jnp.int32) & 0xFF
   if nonzero:
     # A positive value never becomes 0: a zero second moment under a non-zero
     # first moment would divide by eps alone.
-    code = jnp.where(y > 0, jnp.maximum(code, 1.0), code)
+    code = jnp.maximum(code, (y > 0).astype(jnp.int32))
   return code
 
 
@@ -226,7 +238,7 @@ def _encode_blocks(
   inv = jnp.where(absmax > 0, 1.0 / safe, 0.0)
   code = _encode_magnitude(jnp.abs(blocks) * pre[..., None] * inv[..., None], signed, nonzero)
   if signed:
-    code = jnp.where(blocks < 0, code + 128.0, code)
+    code = jnp.where(blocks < 0, code + 128, code)
   return code.astype(jnp.uint8), absmax
 
 
