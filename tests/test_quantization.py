@@ -247,6 +247,24 @@ def test_huge_and_tiny_gradients_stay_finite():
       assert np.all(np.isfinite(np.asarray(leaf, np.float64)))
 
 
+@pytest.mark.parametrize("bad", [np.nan, -np.nan, np.inf])
+def test_non_finite_gradient_stays_in_its_block(bad):
+  # A NaN is kept (its block's scales become NaN, as a float32 moment would),
+  # an infinity clips to the float32 range; other blocks are untouched.
+  params = {"w": jnp.zeros(8192, jnp.float32)}
+  tx = adam_jax.scale_by_adam8bit()
+  g = np.ones(8192, np.float32)
+  g[5] = bad
+  _, state = jax.jit(tx.update)({"w": jnp.asarray(g)}, tx.init(params))
+  mu_scale, nu_scale = np.asarray(state.mu_scale["w"]), np.asarray(state.nu_scale["w"])
+  if np.isnan(bad):
+    assert np.isnan(mu_scale[0]) and np.isnan(nu_scale[0])
+  else:
+    assert mu_scale[0] == nu_scale[0] == np.finfo(np.float32).max
+  np.testing.assert_allclose(mu_scale[1:], 0.1, rtol=1e-6)
+  np.testing.assert_allclose(nu_scale[1:], 1e-3, rtol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_update_dtype_and_shape_follow_the_gradient(dtype):
   params = jax.tree.map(lambda p: p.astype(dtype), _big_params())
