@@ -248,19 +248,23 @@ def _encode_blocks(
   return code.astype(jnp.uint8), scale
 
 
-def _dequantize_blocks(
-    codes: Array, scale: Array, signed: bool, index_dtype: Any = jnp.int32
-) -> Array:
-  """float32 values of ``(..., block)`` codes times their ``(...)`` scales.
+def _decode(codes: Array, signed: bool, index_dtype: Any = jnp.int32) -> Array:
+  """float32 map values of ``codes``, which index the table as ``index_dtype``.
 
-  ``index_dtype`` is the integer type the table is indexed with (see
-  :func:`_adam8bit_blocks`); every code is in range, so no clamping.
+  Every code is in range, so no clamping; see :func:`_adam8bit_blocks` for the
+  index types.
   """
   table = jnp.asarray(_dynamic_map_np(bool(signed)))
   # The values take the codes' sharding (explicit sharding asks for it).
-  values = table.at[codes.astype(index_dtype)].get(
+  return table.at[codes.astype(index_dtype)].get(
       mode="promise_in_bounds", out_sharding=jax.typeof(codes).sharding)
-  return values * scale[..., None]
+
+
+def _dequantize_blocks(
+    codes: Array, scale: Array, signed: bool, index_dtype: Any = jnp.int32
+) -> Array:
+  """float32 values of ``(..., block)`` codes times their ``(...)`` scales."""
+  return _decode(codes, signed, index_dtype) * scale[..., None]
 
 
 def dequantize(
@@ -304,8 +308,8 @@ def dequantize(
 # it would keep the block reduction out of XLA's fusions (a separate, one-thread
 # kernel on CPU). The readers index the table with distinct integer types, so
 # XLA cannot merge the three lookups into one (common-subexpression elimination).
-# All three loops are elementwise or row reductions over the leaf, which XLA's
-# CPU backend splits across cores.
+# The four loops (maxima, two encodings, update) are elementwise or row
+# reductions over the leaf, which XLA's CPU backend splits across cores.
 _MAXIMA_INDEX, _ENCODE_INDEX, _UPDATE_INDEX = jnp.uint8, jnp.uint16, jnp.int32
 
 
@@ -343,7 +347,7 @@ def _encode_moment(
   scale, pre, inv = _block_factors(absmax)
   beta = numerics.hyper(beta, jnp.float32)
   old_coef = old.scale * beta * pre  # finite: beta <= 1, pre <= 1
-  decoded = _dequantize_blocks(old.codes, jnp.ones_like(old.scale), signed, _ENCODE_INDEX)
+  decoded = _decode(old.codes, signed, _ENCODE_INDEX)
   x = decoded * old_coef[..., None] + (term * pre[..., None]) * (1 - beta)
   code = _encode_magnitude(jnp.abs(x) * inv[..., None], signed, nonzero)
   if signed:
