@@ -114,32 +114,23 @@ def rounding_noise(steps: int) -> dict[str, list[float]]:
   loss as much as vectorized against sequential does, the difference between the two
   modes is float32 rounding amplified by training, not a difference of algorithm.
   """
-  import functools
+  import dataclasses
 
   import jax
   import jax.numpy as jnp
   import optax
 
   import adam_jax
-  from adam_jax.tasks import fit, get_task
+  from adam_jax.tasks import get_task, train
 
   task = get_task("digits-mlp", seed=0, layers=1, hidden=128, batch_size=32)
-  idx = jnp.asarray(task.batch_indices(steps, 0))
-  x, y = jnp.asarray(task.x_train), jnp.asarray(task.y_train)
-  x_val, y_val = jnp.asarray(task.x_val), jnp.asarray(task.y_val)
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def val_loss(make, lr, params):
-    tx = make(lr)
-    params, _, _ = fit(task, tx, params, tx.init(params), idx, x, y)
-    return task.evaluate(params, x_val, y_val)[0]
-
-  nudged = jax.tree.map(lambda a: jnp.nextafter(a, jnp.full_like(a, jnp.inf)), task.params)
+  nudged = dataclasses.replace(task, params=jax.tree.map(
+      lambda a: jnp.nextafter(a, jnp.full_like(a, jnp.inf)), task.params))
   out: dict[str, list[float]] = {"one_ulp_from_start": [], "optax_adam": []}
   for lr in LRS:
     lr = float(f"{lr:.6g}")  # as the command line receives it
-    out["one_ulp_from_start"].append(float(val_loss(adam_jax.adam, lr, nudged)))
-    out["optax_adam"].append(float(val_loss(optax.adam, lr, task.params)))
+    out["one_ulp_from_start"].append(train(nudged, adam_jax.adam(lr), steps).val_loss)
+    out["optax_adam"].append(train(task, optax.adam(lr), steps).val_loss)
   return out
 
 
