@@ -105,57 +105,54 @@ def dynamic_map(signed: bool) -> np.ndarray:
   return _dynamic_map_np(bool(signed)).copy()
 
 
-@functools.lru_cache(maxsize=2)
-def _decade_constants(signed: bool) -> tuple[tuple[float, float, float], ...]:
-  """Per decade ``e``: (threshold 10**-e, slope, offset) of its nearest code.
-
-  For ``y`` in decade ``e`` the nearest code is ``floor(y * slope + offset)``:
-  ``k = round((10**e y - 0.1) 2**b / 0.9)`` and code ``2**b + k - 1`` folded into one
-  multiply-add. In the lowest decade (``b = 0``) the candidates are 0 and
-  ``10**-e``, so the code is ``round(10**e y)``.
-  """
-  nbits = _magnitude_bits(signed)
-  out = []
-  for e in range(nbits):
-    b = nbits - 1 - e
-    if b == 0:
-      slope, offset = 10.0**e, 0.5
-    else:
-      slope = 10.0**e * 2**b / 0.9
-      offset = 2**b - 1 - 0.1 * 2**b / 0.9 + 0.5
-    out.append((10.0**-e, slope, offset))
-  return tuple(out)
-
-
 # Adding 2**23 to a float32 in [0, 2**23) rounds it to an integer held in the low
 # mantissa bits, so a bitcast and a mask give the code: cheaper on CPU than
-# floor plus XLA's saturating float-to-uint8 conversion. It relies on the two
+# floor plus XLA's saturating float-to-uint8 conversion. It relies on the
 # additions staying in order, as XLA keeps them (no reassociation unless fast
 # math is turned on).
 _ROUNDER = 2.0**23
 
 
 def _encode_magnitude(y: Array, signed: bool, nonzero: bool) -> Array:
-  """int32 code of the map value nearest to ``y`` in [0, 1] (larger: the top code)."""
-  consts = _decade_constants(signed)
-  # Above 1 only by rounding, or infinite: the top code.
+  r"""int32 code of the map value nearest to ``y`` in [0, 1] (larger: the top code).
+
+  In decade ``e`` (``y`` in :math:`(10^{-e-1}, 10^{-e}]`) the fraction bits are
+  ``b = nbits - 1 - e`` and, with :math:`z = 10^e y \in (0.1, 1]`, the nearest code is
+
+  .. math::
+
+    \mathrm{round}\left(2^b + \frac{(z - 0.1)\, 2^b}{0.9} - 1\right)
+    = \mathrm{round}\left(2^b \frac{z + 0.8}{0.9} - 1\right),
+
+  which is also right just below a decade's bottom (it rounds to ``2**b - 1``,
+  the top of the decade below, the same value). The decade is found by three
+  halvings of the range (``z <= 1e-4``, ``1e-2``, ``1e-1``, scaling ``z`` up by
+  exact powers of ten each time), ``2**b`` is built from its exponent bits; each
+  step is a compare and two masked operations, which XLA fuses into one
+  vectorised loop (a table lookup would be a gather). The lowest decade has
+  only the codes 0 and 1 (values 0 and :math:`10^{-e}`): ``round(10**e y)``.
+  """
+  nbits = _magnitude_bits(signed)
+  # Above 1 only by rounding, or infinite, or NaN: the top code.
   y = jnp.where(y <= 1.0, y, 1.0)
-  slope = jnp.full(y.shape, consts[0][1], y.dtype)
-  offset = jnp.full(y.shape, consts[0][2] - 0.5, y.dtype)
-  # The decade is found by a chain of compares and selects of constants, which
-  # XLA fuses into one vectorised loop (a table lookup would be a gather).
-  for threshold, s, o in consts[1:]:
-    below = y <= threshold
-    slope = jnp.where(below, s, slope)
-    offset = jnp.where(below, o - 0.5, offset)
-  # round(y * slope + offset - 1/2) = floor(y * slope + offset) but at exact ties,
-  # which are equally near either code.
-  rounded = (y * slope + offset) + _ROUNDER
-  code = jax.lax.bitcast_convert_type(rounded, jnp.int32) & 0xFF
+  z = y
+  shift = jnp.zeros(y.shape, jnp.int32)  # e << 23, e the decade
+  for threshold, power, e in ((1e-4, 1e4, 4), (1e-2, 1e2, 2), (1e-1, 1e1, 1)):
+    below = z <= threshold
+    z = jnp.where(below, z * power, z)
+    shift = jnp.where(below, shift + (e << 23), shift)
+  # 2**b as a float: exponent field 127 + nbits - 1 - e.
+  pow2b = jax.lax.bitcast_convert_type(((127 + nbits - 1) << 23) - shift, jnp.float32)
+  t = (z * (1 / 0.9) + (0.8 / 0.9)) * pow2b  # in [1, 2**nbits] above the lowest decade
+  code = jax.lax.bitcast_convert_type(t + (_ROUNDER - 1), jnp.int32) & (2**nbits - 1)
+  lowest = 10.0 ** -(nbits - 1)
   if nonzero:
     # A positive value never becomes 0: a zero second moment under a non-zero
-    # first moment would divide by eps alone.
+    # first moment would divide by eps alone. This also settles the lowest
+    # decade, where every positive value is then code 1.
     code = jnp.maximum(code, (y > 0).astype(jnp.int32))
+  else:
+    code = jnp.where(y <= lowest, (y >= 0.5 * lowest).astype(jnp.int32), code)
   return code
 
 
@@ -347,9 +344,11 @@ def _encode_moment(
   scale, pre, inv = _block_factors(absmax)
   beta = numerics.hyper(beta, jnp.float32)
   old_coef = old.scale * beta * pre  # finite: beta <= 1, pre <= 1
+  new_coef = pre * (1 - beta)  # exact: pre is a power of two
   decoded = _decode(old.codes, signed, _ENCODE_INDEX)
-  x = decoded * old_coef[..., None] + (term * pre[..., None]) * (1 - beta)
-  code = _encode_magnitude(jnp.abs(x) * inv[..., None], signed, nonzero)
+  x = decoded * old_coef[..., None] + term * new_coef[..., None]
+  # The unsigned moment is a sum of non-negative terms (or NaN): no abs needed.
+  code = _encode_magnitude((jnp.abs(x) if signed else x) * inv[..., None], signed, nonzero)
   if signed:
     code = jnp.where(x < 0, code + 128, code)
   return QuantizedArray(code.astype(jnp.uint8), scale)

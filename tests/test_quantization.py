@@ -88,6 +88,37 @@ def test_codes_are_nearest_and_error_is_bounded_per_block(signed, block_size):
 
 
 @pytest.mark.parametrize("signed", [True, False])
+def test_codes_are_nearest_at_decade_edges_and_midpoints(signed):
+  # Every map value, the midpoints between neighbours and points 1% of the gap
+  # to either side, the decade thresholds 10**-e, each with its float32 neighbours,
+  # in blocks whose maximum is 1 (so each element is its own y).
+  table = quantization.dynamic_map(signed).astype(np.float64)
+  mags = np.unique(np.abs(table))
+  gaps = np.diff(mags)
+  points = np.r_[mags, mags[:-1] + 0.5 * gaps, mags[:-1] + 0.49 * gaps, mags[:-1] + 0.51 * gaps,
+                 10.0 ** -np.arange(9)]
+  points = points.astype(np.float32)
+  y = np.unique(np.r_[points, np.nextafter(points, 0), np.nextafter(points, 2)])
+  y = y[(y >= 0) & (y <= 1)]
+  x = np.r_[y, np.zeros((-len(y)) % 255, np.float32)].reshape(-1, 255)
+  x = np.c_[np.ones(len(x), np.float32), x]  # the block maximum
+  if signed:
+    x = np.r_[x, -x]
+  q = _quantize(x, signed=signed, block_size=256)
+  np.testing.assert_array_equal(np.asarray(q.scale), 1.0)
+  codes = np.asarray(q.codes, np.int64).reshape(x.shape)
+  dist = np.abs(x.astype(np.float64)[..., None] - table)
+  chosen = np.take_along_axis(dist, codes[..., None], -1)[..., 0]
+  # The nearest value; a different code only where both are equally near to
+  # float32 rounding of the arithmetic (a few ulp of y).
+  excess = chosen - dist.min(-1)
+  assert np.all(excess <= 4e-7 * np.abs(x)), np.max(excess / np.maximum(np.abs(x), 1e-30))
+  if signed:  # the sign bit (subnormals read as zero on CPU)
+    normal = np.abs(x) >= np.finfo(np.float32).tiny
+    assert np.all(codes[normal & (x < 0)] >= 128) and np.all(codes[x > 0] < 128)
+
+
+@pytest.mark.parametrize("signed", [True, False])
 def test_zeros_all_zero_huge_and_tiny_blocks(signed):
   f32max = np.finfo(np.float32).max
   s = 1.0 if signed else -1.0
