@@ -40,6 +40,7 @@ def adam8bit(
     nesterov: bool = False,
     maximize: bool = False,
     mask: Any = None,
+    native: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""Adam (coupled L2, as ``torch.optim.Adam``) with 8-bit blockwise moments.
 
@@ -64,6 +65,8 @@ def adam8bit(
     nesterov: use Nesterov momentum (NAdam).
     maximize: ascend the objective instead of descending.
     mask: which params get weight decay (pytree of bools or callable).
+    native: run the step as one hand-written CPU kernel (see
+      :func:`adam_jax.scale_by_adam8bit`); ``None``: whenever it is available.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -83,7 +86,8 @@ def adam8bit(
     Quantization <https://arxiv.org/abs/2110.02861>`_, ICLR 2022.
   """
   core = scale_by_adam8bit(b1, b2, eps, eps_root, block_size=block_size,
-                           min_quantized_size=min_quantized_size, nesterov=nesterov)
+                           min_quantized_size=min_quantized_size, nesterov=nesterov,
+                           native=native)
   return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=False,
                 mask=mask, maximize=maximize)
 
@@ -101,6 +105,7 @@ def adamw8bit(
     nesterov: bool = False,
     maximize: bool = False,
     mask: Any = None,
+    native: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""AdamW (decoupled weight decay, as ``torch.optim.AdamW``) with 8-bit moments.
 
@@ -127,6 +132,8 @@ def adamw8bit(
     nesterov: use Nesterov momentum (NAdamW).
     maximize: ascend the objective instead of descending.
     mask: which params decay (pytree of bools or callable).
+    native: run the step as one hand-written CPU kernel (see
+      :func:`adam_jax.scale_by_adam8bit`); ``None``: whenever it is available.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -146,7 +153,8 @@ def adamw8bit(
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
   core = scale_by_adam8bit(b1, b2, eps, eps_root, block_size=block_size,
-                           min_quantized_size=min_quantized_size, nesterov=nesterov)
+                           min_quantized_size=min_quantized_size, nesterov=nesterov,
+                           native=native)
   return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=True,
                 mask=mask, maximize=maximize)
 

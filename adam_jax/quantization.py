@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from adam_jax import native as _native
 from adam_jax import numerics
 from adam_jax.transforms.adam import adam_leaf, zeros_like
 
@@ -136,7 +137,7 @@ def _encode_magnitude(y: Array, signed: bool, nonzero: bool) -> Array:
   # Above 1 only by rounding, or infinite, or NaN: the top code.
   y = jnp.where(y <= 1.0, y, 1.0)
   z = y
-  shift = jnp.zeros(y.shape, jnp.int32)  # e << 23, e the decade
+  shift = jnp.zeros_like(y, jnp.int32)  # e << 23, e the decade (sharded like y)
   for threshold, power, e in ((1e-4, 1e4, 4), (1e-2, 1e2, 2), (1e-1, 1e1, 1)):
     below = z <= threshold
     z = jnp.where(below, z * power, z)
@@ -373,6 +374,43 @@ def _adam8bit_blocks(g_blocks, mu: QuantizedArray, nu: QuantizedArray, count, hy
   return u, new_mu, new_nu
 
 
+def _adam8bit_native(g_blocks, mu: QuantizedArray, nu: QuantizedArray, count, hyper):
+  """:func:`_adam8bit_blocks` as one call of the CPU kernel (``adam_jax/native``)."""
+  f32 = jnp.float32
+  b1, b2 = numerics.hyper(hyper["b1"], f32), numerics.hyper(hyper["b2"], f32)
+  bc1 = numerics.bias_correction(hyper["b1"], count, f32)
+  bc2 = numerics.bias_correction(hyper["b2"], count, f32)
+  if hyper["nesterov"]:
+    bc1_next = numerics.bias_correction(hyper["b1"], numerics.safe_increment(count), f32)
+    a_m, a_g = b1 / bc1_next, (1 - b1) / bc1
+  else:
+    a_m, a_g = 1 / bc1, jnp.zeros((), f32)
+  coef = jnp.stack([b1, 1 - b1, b2, 1 - b2, a_m, a_g, 1 / bc2,
+                    numerics.hyper(hyper["eps"], f32), numerics.hyper(hyper["eps_root"], f32)])
+  tables = [jnp.asarray(_dynamic_map_np(signed)) for signed in (True, False)]
+  like = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
+  call = jax.ffi.ffi_call(
+      _native.ADAM8BIT_TARGET,
+      (like(g_blocks), like(mu.codes), like(nu.codes), like(mu.scale), like(nu.scale)),
+      input_output_aliases={1: 1, 2: 2, 3: 3, 4: 4},  # codes and scales in place
+      vmap_method="sequential")
+  u, codes_m, codes_v, scale_m, scale_v = call(
+      g_blocks, mu.codes, nu.codes, mu.scale, nu.scale, *tables, coef,
+      nesterov=bool(hyper["nesterov"]))
+  return u, QuantizedArray(codes_m, scale_m), QuantizedArray(codes_v, scale_v)
+
+
+def _use_native(native: bool | None) -> bool:
+  """Whether the 8-bit step calls the CPU kernel (on CPU; see ``native`` below)."""
+  if native is None:
+    # One device: the kernel has no sharding rule, so on several devices the
+    # XLA program (which shards like the params) is used.
+    return jax.device_count() == 1 and _native.available()
+  if native and not _native.available():
+    raise RuntimeError(f"native=True but the CPU kernel is unavailable: {_native.status()}")
+  return native
+
+
 def _check_sizes(block_size: Any, min_quantized_size: Any) -> None:
   if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
       or block_size < 1:
@@ -392,6 +430,7 @@ def scale_by_adam8bit(
     block_size: int = 256,
     min_quantized_size: int = 4096,
     nesterov: bool = False,
+    native: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""Adam's rescaling with both moments stored as blockwise 8-bit codes.
 
@@ -410,11 +449,13 @@ def scale_by_adam8bit(
   with :math:`\mathrm{quant}_s` / :math:`\mathrm{quant}_u` the blockwise signed /
   unsigned dynamic quantization of :mod:`adam_jax.quantization`. The update uses
   the fresh float32 moments; only what is stored between steps is 8-bit. A
-  positive second moment is never rounded to zero. The step is four fused loops
-  over each leaf, each decoding the codes it needs itself, with no float32
-  temporaries the size of the leaf: the block maxima of both new moments (one
-  reduction), the encoding of each moment, and the update (which XLA fuses with
-  the rest of the chain and ``optax.apply_updates``).
+  positive second moment is never rounded to zero. On CPU (one device) the step
+  of each quantized leaf is one call of a hand-written kernel that reads and
+  writes every block once (``native``, below). Elsewhere it is an XLA program of
+  four fused loops over each leaf, each decoding the codes it needs itself, with
+  no float32 temporaries the size of the leaf: the block maxima of both new
+  moments (one reduction), the encoding of each moment, and the update (which
+  XLA fuses with the rest of the chain and ``optax.apply_updates``).
 
   Blocks run along each leaf's last axis (at most ``block_size`` elements,
   near-equal, never crossing a row): codes of shape
@@ -436,6 +477,15 @@ def scale_by_adam8bit(
     block_size: elements per quantization block (one float32 scale each).
     min_quantized_size: leaves with fewer elements are not quantized.
     nesterov: use Nesterov momentum (NAdam), as :func:`adam_jax.scale_by_adam`.
+    native: on CPU, run the step of each quantized leaf as one call of a
+      hand-written kernel (:mod:`adam_jax.native`, built on first use with the
+      system C++ compiler) that reads and writes every block once, instead of
+      XLA's four passes; the same arithmetic up to float32 rounding. ``None``
+      (default): when the kernel is available and JAX has one device (the
+      kernel has no sharding rule); ``True``: always on CPU (error if it cannot
+      be built); ``False``: never. Other platforms always run the XLA program.
+      The kernel has no derivative rule (differentiating through the step needs
+      ``native=False``).
 
   Returns:
     An ``optax.GradientTransformation`` with state :class:`ScaleByAdam8bitState`.
@@ -461,6 +511,9 @@ def scale_by_adam8bit(
   numerics.check_betas(b1=b1, b2=b2)
   numerics.check_nonnegative(eps=eps, eps_root=eps_root)
   _check_sizes(block_size, min_quantized_size)
+  if native is not None and not isinstance(native, bool):
+    raise TypeError(f"native must be True, False or None, got {native!r}")
+  use_native = None  # decided at the first update (building the kernel takes seconds)
 
   def quantized(p) -> bool:
     p = jnp.asarray(p) if not hasattr(p, "dtype") else p
@@ -498,8 +551,14 @@ def scale_by_adam8bit(
       u, mu, nu, _ = adam_leaf(g.astype(mu.dtype), mu, nu, None, count, **hyper)
       return u.astype(g.dtype), mu, nu, mu_scale, nu_scale
     g_blocks = _blocks(g.astype(jnp.float32), block_size)
-    u, qm, qv = _adam8bit_blocks(g_blocks, QuantizedArray(mu, mu_scale),
-                                 QuantizedArray(nu, nu_scale), count, hyper)
+    args = (g_blocks, QuantizedArray(mu, mu_scale), QuantizedArray(nu, nu_scale), count)
+    if use_native:
+      # The kernel on CPU, the XLA program on every other platform.
+      u, qm, qv = jax.lax.platform_dependent(
+          *args, cpu=functools.partial(_adam8bit_native, hyper=hyper),
+          default=functools.partial(_adam8bit_blocks, hyper=hyper))
+    else:
+      u, qm, qv = _adam8bit_blocks(*args, hyper)
     u = _unblocks(u, jnp.shape(g)).astype(g.dtype)
     return u, qm.codes, qv.codes, qm.scale, qv.scale
 
@@ -510,6 +569,9 @@ def scale_by_adam8bit(
     parts = [treedef.flatten_up_to(t)
              for t in (state.mu, state.nu, state.mu_scale, state.nu_scale)]
     count = numerics.safe_increment(state.count)
+    nonlocal use_native
+    if use_native is None:
+      use_native = _use_native(native)
     outs = [leaf(g, *rest, count) for g, *rest in zip(g_leaves, *parts)]
     u, mu, nu, mu_scale, nu_scale = (
         treedef.unflatten([o[i] for o in outs]) for i in range(5))

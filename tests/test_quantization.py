@@ -1,5 +1,9 @@
 """Blockwise 8-bit codec and ``scale_by_adam8bit`` / ``adam8bit`` / ``adamw8bit``."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +14,9 @@ from flax import nnx
 import adam_jax
 from adam_jax import quantization
 from tests import helpers
+
+NATIVE = [False, pytest.param(True, marks=pytest.mark.skipif(
+    not adam_jax.native.available(), reason=f"CPU kernel: {adam_jax.native.status()}"))]
 
 _quantize = jax.jit(quantization.quantize, static_argnames=("signed", "block_size", "nonzero"))
 _dequantize = jax.jit(quantization.dequantize, static_argnames=("signed", "shape", "dtype"))
@@ -167,8 +174,9 @@ def _big_params(seed=0):
           "b": jnp.asarray(rng.standard_normal(64) * 0.1, jnp.float32)}
 
 
-def test_state_layout_quantized_and_small_leaves():
-  tx = adam_jax.scale_by_adam8bit(block_size=48, min_quantized_size=100)
+@pytest.mark.parametrize("native", NATIVE)
+def test_state_layout_quantized_and_small_leaves(native):
+  tx = adam_jax.scale_by_adam8bit(block_size=48, min_quantized_size=100, native=native)
   params = {**_big_params(), "t": jnp.zeros((2, 3, 100)), "v": jnp.zeros(128)}
   state = tx.init(params)
   assert isinstance(state, adam_jax.ScaleByAdam8bitState)
@@ -224,9 +232,10 @@ def _quadratic_run(tx, steps, params):
   return out, state
 
 
-def test_200_step_trajectory_close_to_fp32_adam():
+@pytest.mark.parametrize("native", NATIVE)
+def test_200_step_trajectory_close_to_fp32_adam(native):
   params = _big_params()
-  got, _ = _quadratic_run(adam_jax.adam8bit(1e-2), 200, params)
+  got, _ = _quadratic_run(adam_jax.adam8bit(1e-2, native=native), 200, params)
   want, _ = _quadratic_run(adam_jax.adam(1e-2), 200, params)
   for t in (0, 9, 99, 199):
     w_got, w_want = np.asarray(got[t]["w"]), np.asarray(want[t]["w"])
@@ -236,20 +245,22 @@ def test_200_step_trajectory_close_to_fp32_adam():
     assert np.linalg.norm(w_got - w_want) <= 0.03 * moved, t
 
 
-def test_first_step_is_sign_descent_like_adam():
+@pytest.mark.parametrize("native", NATIVE)
+def test_first_step_is_sign_descent_like_adam(native):
   params = _big_params()
   g = jax.tree.map(lambda p: p * 3.0, params)
-  tx, ref = adam_jax.adam8bit(0.1), adam_jax.adam(0.1)
+  tx, ref = adam_jax.adam8bit(0.1, native=native), adam_jax.adam(0.1)
   u, _ = jax.jit(tx.update)(g, tx.init(params), params)
   u_ref, _ = jax.jit(ref.update)(g, ref.init(params), params)
   np.testing.assert_allclose(np.asarray(u["w"]), np.asarray(u_ref["w"]), rtol=1e-6)
 
 
-def test_zero_gradients_keep_zero_moments_and_give_zero_updates():
+@pytest.mark.parametrize("native", NATIVE)
+def test_zero_gradients_keep_zero_moments_and_give_zero_updates(native):
   params = _big_params()
   mask = np.ones((96, 64), np.float32)
   mask[:, ::3] = 0.0  # these entries never get a gradient
-  tx = adam_jax.scale_by_adam8bit(min_quantized_size=0)
+  tx = adam_jax.scale_by_adam8bit(min_quantized_size=0, native=native)
   state = tx.init(params)
   update = jax.jit(tx.update)
   for t in range(5):
@@ -267,9 +278,10 @@ def test_zero_gradients_keep_zero_moments_and_give_zero_updates():
   assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(zero_u))
 
 
-def test_huge_and_tiny_gradients_stay_finite():
+@pytest.mark.parametrize("native", NATIVE)
+def test_huge_and_tiny_gradients_stay_finite(native):
   params = _big_params()
-  tx = adam_jax.adam8bit(1e-3)
+  tx = adam_jax.adam8bit(1e-3, native=native)
   state = tx.init(params)
   update = jax.jit(lambda g, s, p, c: tx.update(jax.tree.map(lambda x: x * c, g), s, p))
   for scale in (1e18, 1e-30, 1.0, 0.0, 1e-20):
@@ -279,11 +291,12 @@ def test_huge_and_tiny_gradients_stay_finite():
 
 
 @pytest.mark.parametrize("bad", [np.nan, -np.nan, np.inf])
-def test_non_finite_gradient_stays_in_its_block(bad):
+@pytest.mark.parametrize("native", NATIVE)
+def test_non_finite_gradient_stays_in_its_block(bad, native):
   # A NaN is kept (its block's scales become NaN, as a float32 moment would),
   # an infinity clips to the float32 range; other blocks are untouched.
   params = {"w": jnp.zeros(8192, jnp.float32)}
-  tx = adam_jax.scale_by_adam8bit()
+  tx = adam_jax.scale_by_adam8bit(native=native)
   g = np.ones(8192, np.float32)
   g[5] = bad
   _, state = jax.jit(tx.update)({"w": jnp.asarray(g)}, tx.init(params))
@@ -297,9 +310,10 @@ def test_non_finite_gradient_stays_in_its_block(bad):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
-def test_update_dtype_and_shape_follow_the_gradient(dtype):
+@pytest.mark.parametrize("native", NATIVE)
+def test_update_dtype_and_shape_follow_the_gradient(dtype, native):
   params = jax.tree.map(lambda p: p.astype(dtype), _big_params())
-  tx = adam_jax.adamw8bit(1e-3, weight_decay=1e-2)
+  tx = adam_jax.adamw8bit(1e-3, weight_decay=1e-2, native=native)
   state = tx.init(params)
   u, state = jax.jit(tx.update)(params, state, params)
   for p, x in zip(jax.tree.leaves(params), jax.tree.leaves(u)):
@@ -337,12 +351,13 @@ def _step_reference(g, mu, nu, mu_scale, nu_scale, t, b1=0.9, b2=0.999, eps=1e-8
   return u, (y_m, table_s, m_scale), (y_v, table_u, v_scale)
 
 
-def test_step_matches_float64_reference():
+@pytest.mark.parametrize("native", NATIVE)
+def test_step_matches_float64_reference(native):
   # Rows of 301 elements: two blocks of 151 per row, one zero of padding.
   rng = np.random.default_rng(3)
   shape = (40, 301)
   params = {"w": jnp.zeros(shape, jnp.float32)}
-  tx = adam_jax.scale_by_adam8bit(min_quantized_size=0)
+  tx = adam_jax.scale_by_adam8bit(min_quantized_size=0, native=native)
   state = tx.init(params)
   step = jax.jit(tx.update)
   for t in range(1, 4):
@@ -367,26 +382,30 @@ def test_step_matches_float64_reference():
     assert positive.sum() == g.size and np.all(got[1][0][positive] > 0)
 
 
-def test_step_has_no_leaf_sized_float32_temporaries():
+@pytest.mark.parametrize("native", NATIVE)
+def test_step_has_no_leaf_sized_float32_temporaries(native):
   # Every stage decodes the codes it reads inside its own fused loop: a decoded
   # moment kept for a later stage would be 4 bytes per element of scratch memory.
   n = 512 * 512
   params = {"w": jnp.zeros((512, 512), jnp.float32)}
-  tx = adam_jax.adam8bit(1e-3)
+  tx = adam_jax.adam8bit(1e-3, native=native)
   compiled = jax.jit(tx.update).lower(params, tx.init(params), params).compile()
   analysis = compiled.memory_analysis()
   assert analysis is not None
-  assert analysis.temp_size_in_bytes < n  # below one byte per parameter
+  # Below one byte per parameter; the kernel writes the update itself (4 bytes per
+  # parameter, then scaled by the learning rate) but nothing else.
+  assert analysis.temp_size_in_bytes < (5 * n if native else n)
 
 
-def test_step_leaves_the_gradient_intact():
+@pytest.mark.parametrize("native", NATIVE)
+def test_step_leaves_the_gradient_intact(native):
   # A gradient still used after the step (or passed in from outside) must not change.
   rng = np.random.default_rng(4)
   n = 2 * 32768 + 300
   params = {"w": jnp.asarray(rng.standard_normal(n), jnp.float32)}
   g = {"w": jnp.asarray(rng.standard_normal(n), jnp.float32)}
   g_copy = np.asarray(g["w"]).copy()
-  tx = adam_jax.scale_by_adam8bit()
+  tx = adam_jax.scale_by_adam8bit(native=native)
 
   @jax.jit
   def step(g, s):
@@ -401,8 +420,9 @@ def test_step_leaves_the_gradient_intact():
   np.testing.assert_allclose(np.asarray(u["w"]), g64 / (np.abs(g64) + 1e-8), rtol=1e-5)
 
 
-def test_jit_compiles_once_over_100_steps():
-  tx = adam_jax.adam8bit(1e-3)
+@pytest.mark.parametrize("native", NATIVE)
+def test_jit_compiles_once_over_100_steps(native):
+  tx = adam_jax.adam8bit(1e-3, native=native)
   traces = []
 
   @jax.jit
@@ -420,9 +440,10 @@ def test_jit_compiles_once_over_100_steps():
   assert int(state[0].count) == 100
 
 
-def test_inside_optax_chain_with_clipping_and_schedule():
+@pytest.mark.parametrize("native", NATIVE)
+def test_inside_optax_chain_with_clipping_and_schedule(native):
   params = _big_params()
-  tx = optax.chain(optax.clip_by_global_norm(1.0), adam_jax.scale_by_adam8bit(),
+  tx = optax.chain(optax.clip_by_global_norm(1.0), adam_jax.scale_by_adam8bit(native=native),
                    optax.scale_by_schedule(optax.linear_schedule(-1e-2, -1e-3, 50)))
   ref = optax.chain(optax.clip_by_global_norm(1.0), adam_jax.scale_by_adam(),
                     optax.scale_by_schedule(optax.linear_schedule(-1e-2, -1e-3, 50)))
@@ -432,9 +453,11 @@ def test_inside_optax_chain_with_clipping_and_schedule():
   assert np.linalg.norm(np.asarray(got[-1]["w"] - want[-1]["w"])) <= 0.03 * moved
 
 
-def test_flax_nnx_optimizer_trains():
+@pytest.mark.parametrize("native", NATIVE)
+def test_flax_nnx_optimizer_trains(native):
   model = nnx.Linear(80, 64, rngs=nnx.Rngs(0))  # kernel 5120 >= 4096: quantized
-  opt = nnx.Optimizer(model, adam_jax.adamw8bit(1e-2, weight_decay=1e-4), wrt=nnx.Param)
+  opt = nnx.Optimizer(model, adam_jax.adamw8bit(1e-2, weight_decay=1e-4, native=native),
+                      wrt=nnx.Param)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((32, 80)), jnp.float32)
   y = jnp.asarray(rng.standard_normal((32, 64)), jnp.float32)
@@ -451,12 +474,13 @@ def test_flax_nnx_optimizer_trains():
   assert len(codes) == 2  # mu and nu of the kernel
 
 
-def test_vmap_over_learning_rates_and_betas():
+@pytest.mark.parametrize("native", NATIVE)
+def test_vmap_over_learning_rates_and_betas(native):
   params = _big_params()
   g = jax.tree.map(lambda p: p * 2.0, params)
 
   def one(lr, b1):
-    tx = adam_jax.adam8bit(lr, b1=b1)
+    tx = adam_jax.adam8bit(lr, b1=b1, native=native)
     state = tx.init(params)
     for _ in range(2):
       u, state = tx.update(g, state, params)
@@ -510,3 +534,79 @@ def test_mismatched_gradient_tree_raises():
   state = tx.init(_big_params())
   with pytest.raises(ValueError, match="structure"):
     tx.update({"w": jnp.zeros((96, 64))}, state)
+
+
+# ------------------------------------------------------------------ the CPU kernel
+
+needs_native = pytest.mark.skipif(not adam_jax.native.available(),
+                                  reason=f"CPU kernel: {adam_jax.native.status()}")
+
+
+@needs_native
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_kernel_and_xla_program_agree_on_one_step(nesterov):
+  # Rows of 300: blocks of 150, so the kernel's 16-lane loop and its scalar tail both run.
+  rng = np.random.default_rng(5)
+  shape = (64, 300)
+  params = {"w": jnp.zeros(shape, jnp.float32)}
+  txs = {nat: adam_jax.scale_by_adam8bit(min_quantized_size=0, nesterov=nesterov, native=nat)
+         for nat in (False, True)}
+  state = txs[False].init(params)
+  for _ in range(3):  # a state with moments of every size
+    g = {"w": jnp.asarray(rng.standard_normal(shape) * np.exp(rng.uniform(-9, 0, shape)),
+                          jnp.float32)}
+    _, state = jax.jit(txs[False].update)(g, state)
+  g = {"w": jnp.asarray(rng.standard_normal(shape), jnp.float32)}
+  (u0, s0), (u1, s1) = (jax.jit(txs[nat].update)(g, state) for nat in (False, True))
+  np.testing.assert_allclose(np.asarray(u1["w"]), np.asarray(u0["w"]), rtol=1e-5, atol=1e-6)
+  for field in ("mu_scale", "nu_scale"):
+    np.testing.assert_allclose(np.asarray(getattr(s1, field)["w"]),
+                               np.asarray(getattr(s0, field)["w"]), rtol=1e-6)
+  _assert_close_trees((s1.mu, s1.nu), (s0.mu, s0.nu))  # codes: equal but at ties
+
+
+@needs_native
+def test_kernel_is_one_custom_call_per_quantized_leaf():
+  params = {"w": jnp.zeros((128, 256)), "b": jnp.zeros(256), "e": jnp.zeros((64, 64))}
+
+  def hlo(native):
+    tx = adam_jax.adam8bit(1e-3, native=native)
+    return jax.jit(tx.update).lower(params, tx.init(params), params).as_text()
+
+  assert hlo(True).count(adam_jax.native.ADAM8BIT_TARGET) == 2  # "b" keeps float32 moments
+  assert adam_jax.native.ADAM8BIT_TARGET not in hlo(False)
+  # By default the tests' eight CPU devices get the XLA program (the kernel has no
+  # sharding rule).
+  assert jax.device_count() > 1 and adam_jax.native.ADAM8BIT_TARGET not in hlo(None)
+
+
+def test_native_true_without_a_kernel_raises(monkeypatch):
+  monkeypatch.setattr(adam_jax.native, "available", lambda: False)
+  tx = adam_jax.scale_by_adam8bit(native=True)
+  params = {"w": jnp.zeros(8192)}
+  with pytest.raises(RuntimeError, match="unavailable"):
+    tx.update(params, tx.init(params))
+  with pytest.raises(TypeError, match="native"):
+    adam_jax.scale_by_adam8bit(native="yes")
+
+
+def test_kernel_can_be_turned_off_from_the_environment(tmp_path):
+  code = ("import adam_jax.native as n; print(n.available(), n.status())")
+  env = {**os.environ, "ADAM_JAX_NATIVE": "0", "ADAM_JAX_CACHE": str(tmp_path)}
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=120, check=True).stdout
+  assert out.strip() == "False disabled by ADAM_JAX_NATIVE=0"
+  assert not list(tmp_path.iterdir())  # nothing built
+
+
+@needs_native
+def test_kernel_builds_into_an_empty_cache_and_is_reused(tmp_path):
+  code = ("import adam_jax.native as n; print(n.available(), n.status())")
+  env = {**os.environ, "ADAM_JAX_CACHE": str(tmp_path)}
+  run = lambda: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                               text=True, timeout=300, check=True).stdout.strip()
+  assert run() == "True available"
+  built = list(tmp_path.glob("adam8bit_cpu-*.so"))
+  assert len(built) == 1 and len(list(tmp_path.iterdir())) == 1  # no temporary left behind
+  mtime = built[0].stat().st_mtime_ns
+  assert run() == "True available" and built[0].stat().st_mtime_ns == mtime  # not rebuilt
