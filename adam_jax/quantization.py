@@ -479,13 +479,13 @@ def scale_by_adam8bit(
     nesterov: use Nesterov momentum (NAdam), as :func:`adam_jax.scale_by_adam`.
     native: on CPU, run the step of each quantized leaf as one call of a
       hand-written kernel (:mod:`adam_jax.native`, built on first use with the
-      system C++ compiler) that reads and writes every block once, instead of
-      XLA's four passes; the same arithmetic up to float32 rounding. ``None``
-      (default): when the kernel is available and JAX has one device (the
-      kernel has no sharding rule); ``True``: always on CPU (error if it cannot
-      be built); ``False``: never. Other platforms always run the XLA program.
-      The kernel has no derivative rule (differentiating through the step needs
-      ``native=False``).
+      system C++ compiler, x86 with AVX-512 only) that reads and writes every
+      block once, instead of XLA's four passes; the same arithmetic up to
+      float32 rounding. ``None`` (default): when the kernel is available and
+      JAX has one device (the kernel has no sharding rule); ``True``: always on
+      CPU (error if it is unavailable); ``False``: never. Other platforms
+      always run the XLA program. The kernel has no derivative rule
+      (differentiating through the step needs ``native=False``).
 
   Returns:
     An ``optax.GradientTransformation`` with state :class:`ScaleByAdam8bitState`.
