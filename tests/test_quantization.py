@@ -544,12 +544,16 @@ needs_native = pytest.mark.skipif(not adam_jax.native.available(),
 
 @needs_native
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_kernel_and_xla_program_agree_on_one_step(nesterov):
-  # Rows of 300: blocks of 150, so the kernel's 16-lane loop and its scalar tail both run.
+@pytest.mark.parametrize("shape, block_size", [
+    ((64, 300), 256),  # blocks of 150: the kernel's 16-lane loop and its scalar tail
+    ((40, 37), 8),  # blocks of 7 and 8: scalar only
+    ((1024, 512), 256),  # eight chunks of blocks, shared among threads
+])
+def test_kernel_and_xla_program_agree_on_one_step(nesterov, shape, block_size):
   rng = np.random.default_rng(5)
-  shape = (64, 300)
   params = {"w": jnp.zeros(shape, jnp.float32)}
-  txs = {nat: adam_jax.scale_by_adam8bit(min_quantized_size=0, nesterov=nesterov, native=nat)
+  txs = {nat: adam_jax.scale_by_adam8bit(min_quantized_size=0, nesterov=nesterov,
+                                         block_size=block_size, native=nat)
          for nat in (False, True)}
   state = txs[False].init(params)
   for _ in range(3):  # a state with moments of every size
