@@ -26,6 +26,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -370,6 +374,18 @@ ffi::Error Adam8bitStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
   }
   if (rows == 0) return ffi::Error::Success();
   const float* k = coef.typed_data();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  // XLA allocates the update afresh on every step; above malloc's mmap threshold
+  // (32 MB) that is new memory, faulted in page by page on first touch. Ask for
+  // transparent huge pages on the 2 MB-aligned part: 512 times fewer faults. A
+  // hint only: nothing changes where the kernel does not honour it.
+  {
+    constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+    const uintptr_t lo = (reinterpret_cast<uintptr_t>(u->typed_data()) + kHuge - 1) & ~(kHuge - 1);
+    const uintptr_t hi = (reinterpret_cast<uintptr_t>(u->typed_data() + n)) & ~(kHuge - 1);
+    if (hi > lo + 8 * kHuge) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+  }
+#endif
   auto work = std::make_shared<Work>();
   work->step = Step{g.typed_data(), codes_m.typed_data(), codes_v.typed_data(),
                     scale_m.typed_data(), scale_v.typed_data(), table_m.typed_data(),
