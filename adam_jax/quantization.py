@@ -513,7 +513,6 @@ def scale_by_adam8bit(
   _check_sizes(block_size, min_quantized_size)
   if native is not None and not isinstance(native, bool):
     raise TypeError(f"native must be True, False or None, got {native!r}")
-  use_native = None  # decided at the first update (building the kernel takes seconds)
 
   def quantized(p) -> bool:
     p = jnp.asarray(p) if not hasattr(p, "dtype") else p
@@ -545,7 +544,7 @@ def scale_by_adam8bit(
         nu_scale=treedef.unflatten([v[1] for v in nu]),
     )
 
-  def leaf(g, mu, nu, mu_scale, nu_scale, count):
+  def leaf(g, mu, nu, mu_scale, nu_scale, count, use_native):
     hyper = dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov)
     if mu.dtype != jnp.uint8:
       u, mu, nu, _ = adam_leaf(g.astype(mu.dtype), mu, nu, None, count, **hyper)
@@ -569,10 +568,8 @@ def scale_by_adam8bit(
     parts = [treedef.flatten_up_to(t)
              for t in (state.mu, state.nu, state.mu_scale, state.nu_scale)]
     count = numerics.safe_increment(state.count)
-    nonlocal use_native
-    if use_native is None:
-      use_native = _use_native(native)
-    outs = [leaf(g, *rest, count) for g, *rest in zip(g_leaves, *parts)]
+    use_native = _use_native(native)  # the first call builds the kernel (seconds), once
+    outs = [leaf(g, *rest, count, use_native) for g, *rest in zip(g_leaves, *parts)]
     u, mu, nu, mu_scale, nu_scale = (
         treedef.unflatten([o[i] for o in outs]) for i in range(5))
     return u, ScaleByAdam8bitState(count=count, mu=mu, nu=nu, mu_scale=mu_scale,
