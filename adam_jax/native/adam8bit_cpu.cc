@@ -9,7 +9,7 @@
 // math and the dynamic map) up to float32 rounding.
 //
 // Inputs : g f32[R, B], codes_m u8[R, B], codes_v u8[R, B], scale_m f32[R],
-//          scale_v f32[R], table_m f32[256], table_v f32[256], coef f32[8]
+//          scale_v f32[R], table_m f32[256], table_v f32[256], coef f32[9]
 // Outputs: u f32[R, B], codes_m u8[R, B], codes_v u8[R, B], scale_m f32[R],
 //          scale_v f32[R]  (codes and scales may alias the inputs: each block is
 //          read whole before it is written)
