@@ -15,8 +15,9 @@ import adam_jax
 from adam_jax import quantization
 from tests import helpers
 
-NATIVE = [False, pytest.param(True, marks=pytest.mark.skipif(
-    not adam_jax.native.available(), reason=f"CPU kernel: {adam_jax.native.status()}"))]
+needs_native = pytest.mark.skipif(not adam_jax.native.available(),
+                                  reason=f"CPU kernel: {adam_jax.native.status()}")
+NATIVE = [False, pytest.param(True, marks=needs_native)]  # both paths of the 8-bit step
 
 _quantize = jax.jit(quantization.quantize, static_argnames=("signed", "block_size", "nonzero"))
 _dequantize = jax.jit(quantization.dequantize, static_argnames=("signed", "shape", "dtype"))
@@ -537,10 +538,6 @@ def test_mismatched_gradient_tree_raises():
 
 
 # ------------------------------------------------------------------ the CPU kernel
-
-needs_native = pytest.mark.skipif(not adam_jax.native.available(),
-                                  reason=f"CPU kernel: {adam_jax.native.status()}")
-
 
 @needs_native
 @pytest.mark.parametrize("nesterov", [False, True])

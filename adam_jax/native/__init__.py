@@ -59,8 +59,9 @@ def _cpu_signature() -> str:
 
 def _compiler() -> str | None:
   for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-    if name and shutil.which(name):
-      return shutil.which(name)
+    path = shutil.which(name) if name else None
+    if path:
+      return path
   return None
 
 
