@@ -1,30 +1,42 @@
-"""adam_jax: the Adam family as composable optax transformations."""
+"""adam_jax: the Adam family as composable optax transformations.
+
+The public surface: every name below, and the submodules ``schedules``,
+``diagnostics``, ``checkpoint``, ``quantization``, ``tuning`` and ``tasks``.
+"""
 
 from adam_jax import checkpoint, diagnostics, quantization, schedules
 from adam_jax.aliases import (
     adabelief,
     adam,
+    adam8bit,
+    adam_mini,
     adamax,
     adamaxw,
     adamw,
+    adamw8bit,
+    adopt,
     amsgrad,
+    cautious_adamw,
+    get_optimizer,
+    lazy_adam,
     nadam,
     nadamw,
+    optimizers,
     radam,
+    schedule_free_adamw,
 )
-from adam_jax.lowbit import (
-    ScaleByAdamStochasticState,
-    adam8bit,
-    adamw8bit,
-    scale_by_adam_stochastic,
-)
-from adam_jax.modern import adam_mini, adopt, cautious_adamw, lazy_adam, schedule_free_adamw
-from adam_jax.quantization import QuantizedArray, ScaleByAdam8bitState, scale_by_adam8bit
-from adam_jax.transforms.adam import ScaleByAdamState, ScaleByAmsgradState, scale_by_adam
+from adam_jax.quantization import QuantizedArray
+from adam_jax.transforms._common import ScaleByAdamState
+from adam_jax.transforms.adam import ScaleByAmsgradState, scale_by_adam
+from adam_jax.transforms.adam8bit import ScaleByAdam8bitState, scale_by_adam8bit
 from adam_jax.transforms.adam_mini import (
     adam_mini_block_shapes,
     adam_mini_partition,
     scale_by_adam_mini,
+)
+from adam_jax.transforms.adam_stochastic import (
+    ScaleByAdamStochasticState,
+    scale_by_adam_stochastic,
 )
 from adam_jax.transforms.adopt import scale_by_adopt
 from adam_jax.transforms.cautious import cautious
@@ -66,9 +78,11 @@ __all__ = [
     "checkpoint",
     "diagnostics",
     "embedding_mask",
+    "get_optimizer",
     "lazy_adam",
     "nadam",
     "nadamw",
+    "optimizers",
     "quantization",
     "radam",
     "scale_by_adam",

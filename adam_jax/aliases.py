@@ -1,28 +1,90 @@
-"""The familiar optimizer names, each a chain of the transformations.
+"""Every alias: the familiar optimizer names, each a chain of the transformations.
 
 Every alias is
 
     [negate if maximize] -> [coupled L2] -> scale_by_* -> [decoupled decay] -> -learning_rate
 
-Positional parameters follow optax's order, so a call that works with ``optax.X``
-works unchanged with ``adam_jax.X``. Every numeric hyperparameter may be a traced
-JAX array (vmap over learning rates, betas, eps, weight decay) or, for the
-learning rate and weight decay, a schedule.
+(schedule-free AdamW is the exception: its learning rate weights the average, so it
+lives inside :func:`adam_jax.scale_by_schedule_free_adam`). Positional parameters
+follow optax's order, so a call that works with ``optax.X`` works unchanged with
+``adam_jax.X``. Every numeric hyperparameter may be a traced JAX array (vmap over
+learning rates, betas, eps, weight decay) or, for the learning rate and weight
+decay, a schedule.
+
+Each alias is registered where it is defined: :func:`optimizers` lists them and
+:func:`get_optimizer` returns one by name, for the command line, the tuning tools,
+the benchmarks and the tests.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import jax
 import optax
+from jax.typing import ArrayLike
 
-from adam_jax import numerics
+from adam_jax import _numerics as numerics
 from adam_jax.transforms.adam import scale_by_adam
+from adam_jax.transforms.adam8bit import scale_by_adam8bit
+from adam_jax.transforms.adam_mini import Partition, scale_by_adam_mini
+from adam_jax.transforms.adopt import scale_by_adopt
+from adam_jax.transforms.cautious import cautious
+from adam_jax.transforms.lazy import scale_by_lazy_adam
 from adam_jax.transforms.learning_rate import scale_by_learning_rate
+from adam_jax.transforms.schedule_free import scale_by_schedule_free_adam
 from adam_jax.transforms.variants import scale_by_adamax, scale_by_belief, scale_by_radam
 from adam_jax.transforms.weight_decay import add_weight_decay
 
-ScalarOrSchedule = numerics.ScalarOrSchedule
+ScalarOrSchedule = optax.ScalarOrSchedule
+
+_REGISTRY: dict[str, Callable[..., optax.GradientTransformation]] = {}
+
+
+def _register(factory: Callable[..., optax.GradientTransformation]):
+  """Adds an alias to the registry under its function name."""
+  _REGISTRY[factory.__name__] = factory
+  return factory
+
+
+def optimizers() -> tuple[str, ...]:
+  """The names of every optimizer alias, sorted.
+
+  Returns:
+    A tuple of names, each accepted by :func:`get_optimizer`.
+
+  Examples:
+    >>> import adam_jax
+    >>> "adamw" in adam_jax.optimizers(), "adam8bit" in adam_jax.optimizers()
+    (True, True)
+  """
+  return tuple(sorted(_REGISTRY))
+
+
+def get_optimizer(name: str) -> Callable[..., optax.GradientTransformation]:
+  """The alias called ``name`` (for example ``"adamw"``): a factory of transformations.
+
+  Args:
+    name: one of :func:`optimizers`.
+
+  Returns:
+    The alias itself: ``get_optimizer("adamw")(1e-3, weight_decay=1e-2)`` is
+    ``adamw(1e-3, weight_decay=1e-2)``.
+
+  Raises:
+    ValueError: for an unknown ``name``, listing the accepted ones.
+
+  Examples:
+    >>> import adam_jax
+    >>> adam_jax.get_optimizer("nadamw") is adam_jax.nadamw
+    True
+  """
+  try:
+    return _REGISTRY[name]
+  except (KeyError, TypeError):
+    raise ValueError(
+        f"unknown optimizer {name!r}; expected one of: {', '.join(optimizers())}") from None
 
 
 def _is_zero(value: Any) -> bool:
@@ -36,7 +98,7 @@ def _chain(
     *,
     weight_decay: ScalarOrSchedule,
     decoupled: bool,
-    mask: Any,
+    mask: optax.MaskOrFn,
     maximize: bool,
 ) -> optax.GradientTransformation:
   numerics.check_nonnegative(learning_rate=learning_rate, weight_decay=weight_decay)
@@ -53,21 +115,21 @@ def _chain(
   return optax.chain(*links)
 
 
+@_register
 def adam(
     learning_rate: ScalarOrSchedule,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
-    mu_dtype: Any | None = None,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
     *,
-    nu_dtype: Any | None = None,
+    nu_dtype: jax.typing.DTypeLike | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
     amsgrad: bool = False,
     nesterov: bool = False,
     maximize: bool = False,
-    fused: bool | None = None,
-    mask: Any = None,
+    mask: optax.MaskOrFn = None,
 ) -> optax.GradientTransformation:
   r"""Adam, as ``torch.optim.Adam``: weight decay (if any) is coupled L2.
 
@@ -90,8 +152,6 @@ def adam(
     amsgrad: use AMSGrad's running maximum (torch's convention).
     nesterov: use Nesterov momentum (NAdam).
     maximize: ascend the objective instead of descending (torch's ``maximize``).
-    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
-      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
     mask: which params get weight decay (pytree of bools or callable).
 
   Returns:
@@ -112,26 +172,26 @@ def adam(
     <https://arxiv.org/abs/1412.6980>`_, 2014.
   """
   core = scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
-                       amsgrad=amsgrad, nesterov=nesterov, fused=fused)
+                       amsgrad=amsgrad, nesterov=nesterov)
   return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=False,
                 mask=mask, maximize=maximize)
 
 
+@_register
 def adamw(
     learning_rate: ScalarOrSchedule,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
-    mu_dtype: Any | None = None,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
     weight_decay: ScalarOrSchedule = 1e-4,
-    mask: Any = None,
+    mask: optax.MaskOrFn = None,
     *,
-    nu_dtype: Any | None = None,
+    nu_dtype: jax.typing.DTypeLike | None = None,
     amsgrad: bool = False,
     nesterov: bool = False,
     maximize: bool = False,
-    fused: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""AdamW: Adam with decoupled weight decay, as ``torch.optim.AdamW`` and optax.
 
@@ -158,8 +218,6 @@ def adamw(
     amsgrad: use AMSGrad's running maximum (torch's convention).
     nesterov: use Nesterov momentum (NAdamW).
     maximize: ascend the objective instead of descending.
-    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
-      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -174,24 +232,24 @@ def adamw(
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
   core = scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
-                       amsgrad=amsgrad, nesterov=nesterov, fused=fused)
+                       amsgrad=amsgrad, nesterov=nesterov)
   return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=True,
                 mask=mask, maximize=maximize)
 
 
+@_register
 def amsgrad(
     learning_rate: ScalarOrSchedule,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
-    mu_dtype: Any | None = None,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
     *,
-    nu_dtype: Any | None = None,
+    nu_dtype: jax.typing.DTypeLike | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
     maximize: bool = False,
-    fused: bool | None = None,
-    mask: Any = None,
+    mask: optax.MaskOrFn = None,
 ) -> optax.GradientTransformation:
   r"""AMSGrad, as ``torch.optim.Adam(amsgrad=True)``.
 
@@ -214,8 +272,6 @@ def amsgrad(
     nu_dtype: dtype of the second moment and its maximum.
     weight_decay: coupled L2 coefficient.
     maximize: ascend the objective instead of descending.
-    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
-      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
     mask: which params get weight decay.
 
   Returns:
@@ -238,23 +294,22 @@ def amsgrad(
     <https://openreview.net/forum?id=ryQu7f-RZ>`_, ICLR 2018.
   """
   return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
-              weight_decay=weight_decay, amsgrad=True, maximize=maximize, mask=mask,
-              fused=fused)
+              weight_decay=weight_decay, amsgrad=True, maximize=maximize, mask=mask)
 
 
+@_register
 def nadam(
     learning_rate: ScalarOrSchedule,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
-    mu_dtype: Any | None = None,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
     *,
-    nu_dtype: Any | None = None,
+    nu_dtype: jax.typing.DTypeLike | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
     maximize: bool = False,
-    fused: bool | None = None,
-    mask: Any = None,
+    mask: optax.MaskOrFn = None,
 ) -> optax.GradientTransformation:
   r"""NAdam as optax defines it: Adam with Nesterov momentum.
 
@@ -283,8 +338,6 @@ def nadam(
     nu_dtype: dtype of the second moment.
     weight_decay: coupled L2 coefficient.
     maximize: ascend the objective instead of descending.
-    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
-      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
     mask: which params get weight decay.
 
   Returns:
@@ -303,23 +356,22 @@ def nadam(
     <https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
   """
   return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
-              weight_decay=weight_decay, nesterov=True, maximize=maximize, mask=mask,
-              fused=fused)
+              weight_decay=weight_decay, nesterov=True, maximize=maximize, mask=mask)
 
 
+@_register
 def nadamw(
     learning_rate: ScalarOrSchedule,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
-    mu_dtype: Any | None = None,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
     weight_decay: ScalarOrSchedule = 1e-4,
-    mask: Any = None,
+    mask: optax.MaskOrFn = None,
     *,
-    nu_dtype: Any | None = None,
+    nu_dtype: jax.typing.DTypeLike | None = None,
     maximize: bool = False,
-    fused: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""NAdamW: :func:`nadam` with decoupled weight decay, as ``optax.nadamw``.
 
@@ -345,8 +397,6 @@ def nadamw(
     mask: which params decay.
     nu_dtype: dtype of the second moment.
     maximize: ascend the objective instead of descending.
-    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
-      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -367,24 +417,24 @@ def nadamw(
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
   return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask,
-               nu_dtype=nu_dtype, nesterov=True, maximize=maximize, fused=fused)
+               nu_dtype=nu_dtype, nesterov=True, maximize=maximize)
 
 
+@_register
 def radam(
     learning_rate: ScalarOrSchedule,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
-    threshold: Any = 5.0,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    threshold: ArrayLike = 5.0,
     *,
-    mu_dtype: Any | None = None,
-    nu_dtype: Any | None = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    nu_dtype: jax.typing.DTypeLike | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
-    fused: bool | None = None,
-    mask: Any = None,
+    mask: optax.MaskOrFn = None,
 ) -> optax.GradientTransformation:
   r"""RAdam with ``torch.optim.RAdam``'s update (see :func:`adam_jax.scale_by_radam`).
 
@@ -423,8 +473,6 @@ def radam(
     decoupled_weight_decay: decoupled (AdamW-style) rather than coupled L2,
       as torch's ``decoupled_weight_decay``.
     maximize: ascend the objective instead of descending.
-    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
-      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
     mask: which params get weight decay.
 
   Returns:
@@ -442,24 +490,23 @@ def radam(
     Liu et al., `On the Variance of the Adaptive Learning Rate and Beyond
     <https://arxiv.org/abs/1908.03265>`_, ICLR 2020.
   """
-  core = scale_by_radam(b1, b2, eps, eps_root, threshold, mu_dtype, nu_dtype=nu_dtype,
-                        fused=fused)
+  core = scale_by_radam(b1, b2, eps, eps_root, threshold, mu_dtype, nu_dtype=nu_dtype)
   return _chain(core, learning_rate, weight_decay=weight_decay,
                 decoupled=decoupled_weight_decay, mask=mask, maximize=maximize)
 
 
+@_register
 def adamax(
     learning_rate: ScalarOrSchedule,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
     *,
-    mu_dtype: Any | None = None,
-    nu_dtype: Any | None = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    nu_dtype: jax.typing.DTypeLike | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
     maximize: bool = False,
-    fused: bool | None = None,
-    mask: Any = None,
+    mask: optax.MaskOrFn = None,
 ) -> optax.GradientTransformation:
   r"""Adamax with ``torch.optim.Adamax``'s update (see :func:`adam_jax.scale_by_adamax`).
 
@@ -483,8 +530,6 @@ def adamax(
     nu_dtype: dtype of the infinity norm.
     weight_decay: coupled L2 coefficient (torch's ``weight_decay``).
     maximize: ascend the objective instead of descending.
-    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
-      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
     mask: which params get weight decay.
 
   Returns:
@@ -502,23 +547,23 @@ def adamax(
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, section 7.1, 2014.
   """
-  core = scale_by_adamax(b1, b2, eps, mu_dtype, nu_dtype=nu_dtype, fused=fused)
+  core = scale_by_adamax(b1, b2, eps, mu_dtype, nu_dtype=nu_dtype)
   return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=False,
                 mask=mask, maximize=maximize)
 
 
+@_register
 def adamaxw(
     learning_rate: ScalarOrSchedule,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
     weight_decay: ScalarOrSchedule = 1e-4,
-    mask: Any = None,
+    mask: optax.MaskOrFn = None,
     *,
-    mu_dtype: Any | None = None,
-    nu_dtype: Any | None = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    nu_dtype: jax.typing.DTypeLike | None = None,
     maximize: bool = False,
-    fused: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""Adamax with decoupled weight decay, as ``optax.adamaxw`` (up to ``eps``).
 
@@ -544,8 +589,6 @@ def adamaxw(
     mu_dtype: dtype of the first moment.
     nu_dtype: dtype of the infinity norm.
     maximize: ascend the objective instead of descending.
-    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
-      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -565,25 +608,25 @@ def adamaxw(
     Loshchilov & Hutter, `Decoupled Weight Decay Regularization
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
-  core = scale_by_adamax(b1, b2, eps, mu_dtype, nu_dtype=nu_dtype, fused=fused)
+  core = scale_by_adamax(b1, b2, eps, mu_dtype, nu_dtype=nu_dtype)
   return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=True,
                 mask=mask, maximize=maximize)
 
 
+@_register
 def adabelief(
     learning_rate: ScalarOrSchedule,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-16,
-    eps_root: Any = 1e-16,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-16,
+    eps_root: ArrayLike = 1e-16,
     *,
-    mu_dtype: Any | None = None,
-    nu_dtype: Any | None = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    nu_dtype: jax.typing.DTypeLike | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
-    fused: bool | None = None,
-    mask: Any = None,
+    mask: optax.MaskOrFn = None,
 ) -> optax.GradientTransformation:
   r"""AdaBelief, as the paper and ``optax.adabelief`` (see :func:`adam_jax.scale_by_belief`).
 
@@ -607,8 +650,6 @@ def adabelief(
     weight_decay: weight decay coefficient.
     decoupled_weight_decay: decoupled rather than coupled L2.
     maximize: ascend the objective instead of descending.
-    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
-      (measured slower so far), ``False``/``None`` is the per-leaf path. Same numbers.
     mask: which params get weight decay.
 
   Returns:
@@ -626,6 +667,456 @@ def adabelief(
     Zhuang et al., `AdaBelief Optimizer: Adapting Stepsizes by the Belief in
     Observed Gradients <https://arxiv.org/abs/2010.07468>`_, NeurIPS 2020.
   """
-  core = scale_by_belief(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, fused=fused)
+  core = scale_by_belief(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype)
   return _chain(core, learning_rate, weight_decay=weight_decay,
                 decoupled=decoupled_weight_decay, mask=mask, maximize=maximize)
+
+
+@_register
+def schedule_free_adamw(
+    learning_rate: ScalarOrSchedule = 2.5e-3,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    weight_decay: ArrayLike = 0.0,
+    warmup_steps: ArrayLike = 0,
+    mask: optax.MaskOrFn = None,
+    *,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+    maximize: bool = False,
+) -> optax.GradientTransformation:
+  r"""Schedule-free AdamW: a constant learning rate, no decay schedule, averaged params.
+
+  The paper's Algorithm 1 (:func:`adam_jax.scale_by_schedule_free_adam`), with
+  :math:`y_t` the params the loop holds, :math:`g_t` the gradient there and
+  :math:`z_1 = x_1 = y_1` the initial params:
+
+  .. math::
+
+    v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+    \gamma_t &= \gamma \sqrt{1 - \beta_2^t} \min(1, t / T_{warmup}) \\
+    z_{t+1} &= z_t - \gamma_t g_t / (\sqrt{v_t} + \epsilon) - \gamma_t \lambda y_t \\
+    c_{t+1} &= \gamma_t^2 / \textstyle\sum_{i=1}^t \gamma_i^2 \\
+    x_{t+1} &= (1 - c_{t+1}) x_t + c_{t+1} z_{t+1} \\
+    y_{t+1} &= (1 - \beta_1) z_{t+1} + \beta_1 x_{t+1}
+
+  The updates move the params from :math:`y_t` to :math:`y_{t+1}`; with
+  ``maximize`` the gradient is negated first. Train on the params the loop holds;
+  evaluate :math:`x_t`, from :func:`adam_jax.schedule_free_eval_params`.
+
+  Args:
+    learning_rate: :math:`\gamma` (paper's default 2.5e-3; a constant is intended).
+    b1: interpolation weight, in (0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to :math:`\sqrt{v_t}`.
+    weight_decay: :math:`\lambda`, applied at the gradient point :math:`y_t`.
+    warmup_steps: linear warm-up of :math:`\gamma_t` over this many steps.
+    mask: which params decay (pytree of bools or callable).
+    nu_dtype: dtype of the second moment.
+    maximize: ascend the objective instead of descending.
+
+  Returns:
+    An ``optax.GradientTransformation``; ``update`` needs the params.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, adam_jax
+    >>> tx = adam_jax.schedule_free_adamw(0.1, warmup_steps=5)
+    >>> params = jnp.array([2.0, -3.0])
+    >>> state = tx.init(params)
+    >>> for _ in range(200):
+    ...   updates, state = tx.update(jax.grad(lambda p: jnp.sum(p ** 2))(params), state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> bool(jnp.all(jnp.abs(adam_jax.schedule_free_eval_params(state, params)) < 0.05))
+    True
+
+  References:
+    Defazio et al., `The Road Less Scheduled <https://arxiv.org/abs/2405.15682>`_,
+    NeurIPS 2024.
+  """
+  core = scale_by_schedule_free_adam(learning_rate, b1, b2, eps, weight_decay=weight_decay,
+                                     warmup_steps=warmup_steps, mask=mask, nu_dtype=nu_dtype)
+  if maximize:
+    return optax.chain(optax.scale(-1.0), core)
+  return core
+
+
+@_register
+def adopt(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.9999,
+    eps: ArrayLike = 1e-6,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    *,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+    clipping: bool = True,
+    weight_decay: ScalarOrSchedule = 0.0,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+    mask: optax.MaskOrFn = None,
+) -> optax.GradientTransformation:
+  r"""ADOPT: :math:`\theta_t = \theta_{t-1} - \eta_t m_t` with :func:`adam_jax.scale_by_adopt`'s
+  :math:`m_t` (clipped, as the paper's final algorithm, by default).
+
+  The first call only sets :math:`v_0 = g_0^2` (the ADOPT part of its update is 0);
+  then, for :math:`t = 1, 2, \dots`:
+
+  .. math::
+
+    g_t &\leftarrow g_t + \lambda \theta_{t-1} \quad \text{(coupled, the default)} \\
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1)\,
+           \mathrm{clip}\!\left(g_t / \max(\sqrt{v_{t-1}}, \epsilon),\ t^{1/4}\right) \\
+    v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+    \theta_t &= \theta_{t-1} - \eta_t m_t
+    \quad \left(\text{decoupled: } \theta_t = \theta_{t-1} - \eta_t (m_t + \lambda
+    \theta_{t-1})\right)
+
+  ``clipping=False`` drops the clip (the paper's Algorithm 1). ``eps`` is a floor
+  on :math:`\sqrt{v_{t-1}}`, not added to it.
+
+  Args:
+    learning_rate: :math:`\eta`: float, array or schedule.
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1) (any value converges).
+    eps: floor on :math:`\sqrt{v_{t-1}}` (> 0).
+    mu_dtype: dtype of the first moment.
+    nu_dtype: dtype of the second moment.
+    clipping: clip the normalised gradient to :math:`\pm t^{1/4}`.
+    weight_decay: weight decay coefficient.
+    decoupled_weight_decay: decoupled (AdamW-style) rather than coupled L2.
+    maximize: ascend the objective instead of descending.
+    mask: which params get weight decay.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.adopt(1e-3, b2=0.5)
+    >>> state = tx.init({"w": jnp.zeros(3)})
+
+  References:
+    Taniguchi et al., `ADOPT: Modified Adam Can Converge with Any β2 with the
+    Optimal Rate <https://arxiv.org/abs/2411.02853>`_, NeurIPS 2024.
+  """
+  core = scale_by_adopt(b1, b2, eps, mu_dtype, nu_dtype=nu_dtype, clipping=clipping)
+  return _chain(core, learning_rate, weight_decay=weight_decay,
+                decoupled=decoupled_weight_decay, mask=mask, maximize=maximize)
+
+
+@_register
+def adam_mini(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: optax.MaskOrFn = None,
+    *,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+    partition: Partition | None = None,
+    maximize: bool = False,
+) -> optax.GradientTransformation:
+  r"""Adam-mini with decoupled weight decay (the paper's AdamW form).
+
+  For each element :math:`i` of a block :math:`b` (see
+  :func:`adam_jax.adam_mini_partition`):
+
+  .. math::
+
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+    v_{t,b} &= \beta_2 v_{t-1,b} + (1 - \beta_2)\, \mathrm{mean}_{j \in b}(g_{t,j}^2) \\
+    \theta_{t,i} &= \theta_{t-1,i} - \eta_t \left(\frac{m_{t,i} / (1 - \beta_1^t)}
+                 {\sqrt{v_{t,b} / (1 - \beta_2^t) + \epsilon_{root}} + \epsilon}
+                 + \lambda \theta_{t-1,i}\right)
+
+  See :func:`adam_jax.scale_by_adam_mini`.
+
+  Args:
+    learning_rate: :math:`\eta`: float, array or schedule.
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the block second moment, in [0, 1).
+    eps: added to the denominator outside the square root.
+    eps_root: added inside the square root.
+    mu_dtype: dtype of the first moment.
+    weight_decay: decoupled decay coefficient (default as :func:`adam_jax.adamw`).
+    mask: which params decay.
+    nu_dtype: dtype of the block second moment.
+    partition: ``partition(path, shape) -> axes``; default the module's rule.
+    maximize: ascend the objective instead of descending.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.adam_mini(1e-3)
+    >>> state = tx.init({"kernel": jnp.zeros((64, 10)), "bias": jnp.zeros(10)})
+
+  References:
+    Zhang et al., `Adam-mini: Use Fewer Learning Rates To Gain More
+    <https://arxiv.org/abs/2406.16793>`_, ICLR 2025.
+  """
+  core = scale_by_adam_mini(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
+                            partition=partition)
+  return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=True,
+                mask=mask, maximize=maximize)
+
+
+@_register
+def cautious_adamw(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: optax.MaskOrFn = None,
+    *,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+    maximize: bool = False,
+) -> optax.GradientTransformation:
+  r"""C-AdamW: AdamW whose Adam step is masked by :func:`adam_jax.cautious`.
+
+  .. math::
+
+    u_t &= \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon), \qquad
+    \phi_t = \mathbb{1}[u_t \odot g_t > 0] \\
+    \theta_t &= \theta_{t-1} - \eta_t \left(\frac{d}{\mathrm{nnz}(\phi_t) + 1}\,
+                u_t \odot \phi_t + \lambda \theta_{t-1}\right)
+
+  The weight decay is not masked (the paper's C-AdamW).
+
+  Args:
+    learning_rate: :math:`\eta`: float, array or schedule.
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to the denominator outside the square root.
+    eps_root: added inside the square root.
+    mu_dtype: dtype of the first moment.
+    weight_decay: decoupled decay coefficient.
+    mask: which params decay.
+    nu_dtype: dtype of the second moment.
+    maximize: ascend the objective instead of descending.
+
+  Returns:
+    An ``optax.GradientTransformation`` (its state is :func:`adam_jax.adamw`'s).
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.cautious_adamw(1e-3, weight_decay=1e-2)
+    >>> state = tx.init({"w": jnp.zeros(3)})
+
+  References:
+    Liang et al., `Cautious Optimizers: Improving Training with One Line of Code
+    <https://arxiv.org/abs/2411.16085>`_, 2024.
+  """
+  core = cautious(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype),
+                  flip_sign=False)
+  return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=True,
+                mask=mask, maximize=maximize)
+
+
+@_register
+def lazy_adam(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    *,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+    mask_fn: Callable[[Any], Any] | Any | None = None,
+    maximize: bool = False,
+) -> optax.GradientTransformation:
+  r"""Lazy Adam, as TensorFlow Addons' ``LazyAdam``: see :func:`adam_jax.scale_by_lazy_adam`.
+
+  Rows of the leaves selected by ``mask_fn`` (default: paths containing ``embed``)
+  whose gradient is entirely zero keep their moments and params; other leaves get
+  Adam. For row :math:`r` (index along axis 0) of a selected leaf:
+
+  .. math::
+
+    \theta_{t,r} = \begin{cases}
+      \theta_{t-1,r} - \eta_t \, \hat m_{t,r} / (\sqrt{\hat v_{t,r} + \epsilon_{root}}
+      + \epsilon) & \text{if } g_{t,r} \ne 0 \\
+      \theta_{t-1,r} \quad (m_{t,r} = m_{t-1,r},\ v_{t,r} = v_{t-1,r}) & \text{otherwise}
+    \end{cases}
+
+  with Adam's moments and the global step :math:`t` in the bias corrections. There
+  is no weight decay: it would move every row.
+
+  Args:
+    learning_rate: :math:`\eta`: float, array or schedule.
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to the denominator outside the square root.
+    eps_root: added inside the square root.
+    mu_dtype: dtype of the first moment.
+    nu_dtype: dtype of the second moment.
+    mask_fn: callable of the gradient tree (or a pytree of bools) marking the
+      embedding tables.
+    maximize: ascend the objective instead of descending.
+
+  Returns:
+    An ``optax.GradientTransformation`` (its state is :func:`adam_jax.adam`'s).
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.lazy_adam(1e-3, mask_fn=lambda g: {"emb": True, "w": False})
+    >>> state = tx.init({"emb": jnp.zeros((100, 8)), "w": jnp.zeros((8, 2))})
+
+  References:
+    TensorFlow Addons, ``tfa.optimizers.LazyAdam``.
+
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, 2014.
+  """
+  core = scale_by_lazy_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, mask_fn=mask_fn)
+  return _chain(core, learning_rate, weight_decay=0.0, decoupled=False, mask=None,
+                maximize=maximize)
+
+
+@_register
+def adam8bit(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    *,
+    eps_root: ArrayLike = 0.0,
+    weight_decay: ScalarOrSchedule = 0.0,
+    block_size: int = 256,
+    min_quantized_size: int = 4096,
+    nesterov: bool = False,
+    maximize: bool = False,
+    mask: optax.MaskOrFn = None,
+    native: bool | None = None,
+) -> optax.GradientTransformation:
+  r"""Adam (coupled L2, as ``torch.optim.Adam``) with 8-bit blockwise moments.
+
+  .. math::
+
+    g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+    \theta_t &= \theta_{t-1} - \eta_t \, \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)
+
+  with :math:`\hat m_t, \hat v_t` from :func:`adam_jax.scale_by_adam8bit`, which
+  stores both moments as one byte per element plus a float32 scale per block:
+  about 2 bytes of state per parameter instead of 8.
+
+  Args:
+    learning_rate: :math:`\eta`: float, array or schedule.
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to the denominator outside the square root.
+    eps_root: added inside the square root.
+    weight_decay: coupled L2 coefficient :math:`\lambda` (torch's ``weight_decay``).
+    block_size: elements per quantization block.
+    min_quantized_size: leaves with fewer elements keep float32 moments.
+    nesterov: use Nesterov momentum (NAdam).
+    maximize: ascend the objective instead of descending.
+    mask: which params get weight decay (pytree of bools or callable).
+    native: run the step as one hand-written CPU kernel (see
+      :func:`adam_jax.scale_by_adam8bit`); ``None``: whenever it is available.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, adam_jax
+    >>> params = {"w": jnp.array([1.0, -1.0])}
+    >>> tx = adam_jax.adam8bit(1e-1, min_quantized_size=0)
+    >>> state = tx.init(params)
+    >>> grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2))(params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> optax.apply_updates(params, updates)["w"]
+    Array([ 0.9, -0.9], dtype=float32)
+
+  References:
+    Dettmers, Lewis, Shleifer & Zettlemoyer, `8-bit Optimizers via Block-wise
+    Quantization <https://arxiv.org/abs/2110.02861>`_, ICLR 2022.
+  """
+  core = scale_by_adam8bit(b1, b2, eps, eps_root, block_size=block_size,
+                           min_quantized_size=min_quantized_size, nesterov=nesterov,
+                           native=native)
+  return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=False,
+                mask=mask, maximize=maximize)
+
+
+@_register
+def adamw8bit(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    *,
+    eps_root: ArrayLike = 0.0,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    block_size: int = 256,
+    min_quantized_size: int = 4096,
+    nesterov: bool = False,
+    maximize: bool = False,
+    mask: optax.MaskOrFn = None,
+    native: bool | None = None,
+) -> optax.GradientTransformation:
+  r"""AdamW (decoupled weight decay, as ``torch.optim.AdamW``) with 8-bit moments.
+
+  .. math::
+
+    \theta_t = \theta_{t-1} - \eta_t \left(\hat m_t / (\sqrt{\hat v_t +
+    \epsilon_{root}} + \epsilon) + \lambda \theta_{t-1}\right)
+
+  with :math:`\hat m_t, \hat v_t` from :func:`adam_jax.scale_by_adam8bit`.
+
+  .. warning::
+    The default ``weight_decay`` is optax's ``1e-4`` (as :func:`adam_jax.adamw`);
+    ``torch.optim.AdamW`` and bitsandbytes' ``AdamW8bit`` default to ``1e-2``.
+
+  Args:
+    learning_rate: :math:`\eta`: float, array or schedule.
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to the denominator outside the square root.
+    eps_root: added inside the square root.
+    weight_decay: decoupled decay coefficient :math:`\lambda`.
+    block_size: elements per quantization block.
+    min_quantized_size: leaves with fewer elements keep float32 moments.
+    nesterov: use Nesterov momentum (NAdamW).
+    maximize: ascend the objective instead of descending.
+    mask: which params decay (pytree of bools or callable).
+    native: run the step as one hand-written CPU kernel (see
+      :func:`adam_jax.scale_by_adam8bit`); ``None``: whenever it is available.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.adamw8bit(1e-3, weight_decay=1e-2)
+    >>> state = tx.init({"w": jnp.zeros((64, 512)), "b": jnp.zeros(512)})
+    >>> state[0].mu["w"].shape, state[0].mu_scale["w"].shape, state[0].mu["b"].dtype
+    ((64, 2, 256), (64, 2), dtype('float32'))
+
+  References:
+    Dettmers, Lewis, Shleifer & Zettlemoyer, `8-bit Optimizers via Block-wise
+    Quantization <https://arxiv.org/abs/2110.02861>`_, ICLR 2022.
+
+    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
+  """
+  core = scale_by_adam8bit(b1, b2, eps, eps_root, block_size=block_size,
+                           min_quantized_size=min_quantized_size, nesterov=nesterov,
+                           native=native)
+  return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=True,
+                mask=mask, maximize=maximize)
+
+
+__all__ = [
+    "adabelief", "adam", "adam8bit", "adam_mini", "adamax", "adamaxw", "adamw", "adamw8bit",
+    "adopt", "amsgrad", "cautious_adamw", "get_optimizer", "lazy_adam", "nadam", "nadamw",
+    "optimizers", "radam", "schedule_free_adamw",
+]

@@ -776,11 +776,11 @@ def _bench_parser(sub: Any) -> None:
 
 
 def _bench(argv: list[str]) -> int:
-  """Forwards to the step-time benchmark, :func:`adam_jax.benchmarking.main`."""
+  """Forwards to the step-time benchmark, :func:`adam_jax._benchmarking.main`."""
   import contextlib
   import io
 
-  from adam_jax import benchmarking
+  from adam_jax import _benchmarking as benchmarking
 
   errors = io.StringIO()  # argparse's usage lines are held back: bad input gets one line
   try:

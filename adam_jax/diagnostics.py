@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adam_jax import numerics
+from adam_jax import _numerics as numerics
 
 Array = jax.Array
 

@@ -1,4 +1,4 @@
-r"""Blockwise 8-bit dynamic quantization of Adam's moments, and ``scale_by_adam8bit``.
+r"""Blockwise 8-bit dynamic quantization: the codec of :func:`adam_jax.scale_by_adam8bit`.
 
 A moment is cut into blocks along its last axis: each row of ``n`` elements
 into ``ceil(n / block_size)`` blocks of at most ``block_size``, as equal as
@@ -27,21 +27,15 @@ wide range (down to 1e-6 and 1e-7 of the block maximum); code 0 is exactly zero.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from adam_jax import native as _native
-from adam_jax import numerics
-from adam_jax.transforms.adam import adam_leaf, zeros_like
+from adam_jax import _blockwise as blockwise
 
 Array = jax.Array
-
-_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class QuantizedArray(NamedTuple):
@@ -50,33 +44,6 @@ class QuantizedArray(NamedTuple):
   codes: Array  # shape=(*leading, num_blocks, block), dtype=uint8; dynamic-map indices
   scale: Array  # shape=(*leading, num_blocks), dtype=float32; absolute maximum of each block
 
-
-class ScaleByAdam8bitState(NamedTuple):
-  """State of :func:`scale_by_adam8bit`."""
-
-  count: Array  # shape=(), dtype=int32; steps taken, saturating
-  mu: optax.Updates  # like params; uint8 (*leading, num_blocks, block) codes, or float32
-  nu: optax.Updates  # like params; uint8 (*leading, num_blocks, block) codes, or float32
-  mu_scale: optax.Updates  # like params; float32 (*leading, num_blocks) block maxima, or shape (0,)
-  nu_scale: optax.Updates  # like params; float32 (*leading, num_blocks) block maxima, or shape (0,)
-
-
-def _magnitude_bits(signed: bool) -> int:
-  """Bits left for exponent, indicator and fraction: 7 signed, 8 unsigned."""
-  return 7 if signed else 8
-
-
-@functools.lru_cache(maxsize=2)
-def _dynamic_map_np(signed: bool) -> np.ndarray:
-  nbits = _magnitude_bits(signed)
-  mags = np.zeros(2**nbits, np.float64)
-  for e in range(nbits):
-    b = nbits - 1 - e
-    k = np.arange(1, 2**b + 1, dtype=np.float64)
-    mags[2**b + k.astype(np.int64) - 1] = 10.0**-e * (0.1 + 0.9 * k / 2**b)
-  if signed:
-    mags = np.concatenate([mags, -mags])
-  return mags.astype(np.float32)
 
 
 def dynamic_map(signed: bool) -> np.ndarray:
@@ -103,80 +70,8 @@ def dynamic_map(signed: bool) -> np.ndarray:
     Dettmers, `8-Bit Approximations for Parallelism in Deep Learning
     <https://arxiv.org/abs/1511.04561>`_, ICLR 2016.
   """
-  return _dynamic_map_np(bool(signed)).copy()
+  return blockwise.map_table(bool(signed)).copy()
 
-
-# Adding 2**23 to a float32 in [0, 2**23) rounds it to an integer held in the low
-# mantissa bits, so a bitcast and a mask give the code: cheaper on CPU than
-# floor plus XLA's saturating float-to-uint8 conversion. It relies on the
-# additions staying in order, as XLA keeps them (no reassociation unless fast
-# math is turned on).
-_ROUNDER = 2.0**23
-
-
-def _encode_magnitude(y: Array, signed: bool, nonzero: bool) -> Array:
-  r"""int32 code of the map value nearest to ``y`` in [0, 1] (larger: the top code).
-
-  In decade ``e`` (``y`` in :math:`(10^{-e-1}, 10^{-e}]`) the fraction bits are
-  ``b = nbits - 1 - e`` and, with :math:`z = 10^e y \in (0.1, 1]`, the nearest code is
-
-  .. math::
-
-    \mathrm{round}\left(2^b + \frac{(z - 0.1)\, 2^b}{0.9} - 1\right)
-    = \mathrm{round}\left(2^b \frac{z + 0.8}{0.9} - 1\right),
-
-  which is also right just below a decade's bottom (it rounds to ``2**b - 1``,
-  the top of the decade below, the same value). The decade is found by three
-  halvings of the range (``z <= 1e-4``, ``1e-2``, ``1e-1``, scaling ``z`` up by
-  exact powers of ten each time), ``2**b`` is built from its exponent bits; each
-  step is a compare and two masked operations, which XLA fuses into one
-  vectorised loop (a table lookup would be a gather). The lowest decade has
-  only the codes 0 and 1 (values 0 and :math:`10^{-e}`): ``round(10**e y)``.
-  """
-  nbits = _magnitude_bits(signed)
-  # Above 1 only by rounding, or infinite, or NaN: the top code.
-  y = jnp.where(y <= 1.0, y, 1.0)
-  z = y
-  shift = jnp.zeros_like(y, jnp.int32)  # e << 23, e the decade (sharded like y)
-  for threshold, power, e in ((1e-4, 1e4, 4), (1e-2, 1e2, 2), (1e-1, 1e1, 1)):
-    below = z <= threshold
-    z = jnp.where(below, z * power, z)
-    shift = jnp.where(below, shift + (e << 23), shift)
-  # 2**b as a float: exponent field 127 + nbits - 1 - e.
-  pow2b = jax.lax.bitcast_convert_type(((127 + nbits - 1) << 23) - shift, jnp.float32)
-  t = (z * (1 / 0.9) + (0.8 / 0.9)) * pow2b  # in [1, 2**nbits] above the lowest decade
-  code = jax.lax.bitcast_convert_type(t + (_ROUNDER - 1), jnp.int32) & (2**nbits - 1)
-  lowest = 10.0 ** -(nbits - 1)
-  if nonzero:
-    # A positive value never becomes 0: a zero second moment under a non-zero
-    # first moment would divide by eps alone. This also settles the lowest
-    # decade, where every positive value is then code 1.
-    code = jnp.maximum(code, (y > 0).astype(jnp.int32))
-  else:
-    code = jnp.where(y <= lowest, (y >= 0.5 * lowest).astype(jnp.int32), code)
-  return code
-
-
-def _row_blocks(n: int, block_size: int) -> tuple[int, int]:
-  """``(num_blocks, block)`` for a last axis of ``n``: near-equal blocks <= block_size."""
-  num_blocks = max(1, -(-n // block_size))
-  return num_blocks, -(-max(n, 1) // num_blocks)
-
-
-def _blocks(x: Array, block_size: int) -> Array:
-  """``x`` as ``(*leading, num_blocks, block)``: blocks along the last axis."""
-  x = x.reshape(x.shape or (1,))
-  num_blocks, block = _row_blocks(x.shape[-1], block_size)
-  pad = num_blocks * block - x.shape[-1]
-  if pad:
-    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
-  return x.reshape(x.shape[:-1] + (num_blocks, block))
-
-
-def _unblocks(blocks: Array, shape: tuple[int, ...]) -> Array:
-  """Inverse of :func:`_blocks`: drop the padding, restore ``shape``."""
-  rows = blocks.reshape(blocks.shape[:-2] + (-1,))
-  return rows[..., :(shape[-1] if shape else 1)].reshape(shape)
 
 
 def quantize(
@@ -209,60 +104,10 @@ def quantize(
     Dettmers, Lewis, Shleifer & Zettlemoyer, `8-bit Optimizers via Block-wise
     Quantization <https://arxiv.org/abs/2110.02861>`_, ICLR 2022.
   """
-  codes, scale = _quantize_blocks(
-      _blocks(jnp.asarray(x).astype(jnp.float32), block_size), signed, nonzero)
+  codes, scale = blockwise.quantize_blocks(
+      blockwise.to_blocks(jnp.asarray(x).astype(jnp.float32), block_size), signed, nonzero)
   return QuantizedArray(codes=codes, scale=scale)
 
-
-def _quantize_blocks(blocks: Array, signed: bool, nonzero: bool) -> tuple[Array, Array]:
-  """``(codes, absmax)`` of a float32 ``(..., block)`` array, one block per row."""
-  # max(max, -min) never materialises |x| (unsigned: x >= 0, max alone).
-  absmax = jnp.max(blocks, axis=-1)
-  if signed:
-    absmax = jnp.maximum(absmax, -jnp.min(blocks, axis=-1))
-  return _encode_blocks(blocks, absmax, signed, nonzero)
-
-
-def _block_factors(absmax: Array) -> tuple[Array, Array, Array]:
-  """``(scale, pre, inv)`` per block: ``|x| * pre * inv`` is ``|x| / scale`` in [0, 1]."""
-  # Infinities clip to the float32 range here and encode as the top code.
-  scale = jnp.clip(absmax, 0.0, _F32_MAX)
-  # 1 / scale is subnormal (flushed to zero on CPU) above 2**126: pre-scale
-  # such blocks by 2**-64, exactly.
-  pre = jnp.where(scale > 2.0**100, 2.0**-64, 1.0)
-  safe = jnp.where(scale > 0, scale * pre, 1.0)
-  inv = jnp.where(scale > 0, 1.0 / safe, 0.0)
-  return scale, pre, inv
-
-
-def _encode_blocks(
-    blocks: Array, absmax: Array, signed: bool, nonzero: bool
-) -> tuple[Array, Array]:
-  """``(codes, scale)`` of ``(..., block)`` values given each block's ``(...)`` absmax."""
-  scale, pre, inv = _block_factors(absmax)
-  code = _encode_magnitude(jnp.abs(blocks) * pre[..., None] * inv[..., None], signed, nonzero)
-  if signed:
-    code = jnp.where(blocks < 0, code + 128, code)
-  return code.astype(jnp.uint8), scale
-
-
-def _decode(codes: Array, signed: bool, index_dtype: Any = jnp.int32) -> Array:
-  """float32 map values of ``codes``, which index the table as ``index_dtype``.
-
-  Every code is in range, so no clamping; see :func:`_adam8bit_blocks` for the
-  index types.
-  """
-  table = jnp.asarray(_dynamic_map_np(bool(signed)))
-  # The values take the codes' sharding (explicit sharding asks for it).
-  return table.at[codes.astype(index_dtype)].get(
-      mode="promise_in_bounds", out_sharding=jax.typeof(codes).sharding)
-
-
-def _dequantize_blocks(
-    codes: Array, scale: Array, signed: bool, index_dtype: Any = jnp.int32
-) -> Array:
-  """float32 values of ``(..., block)`` codes times their ``(...)`` scales."""
-  return _decode(codes, signed, index_dtype) * scale[..., None]
 
 
 def dequantize(
@@ -294,295 +139,9 @@ def dequantize(
     Dettmers, Lewis, Shleifer & Zettlemoyer, `8-bit Optimizers via Block-wise
     Quantization <https://arxiv.org/abs/2110.02861>`_, ICLR 2022.
   """
-  values = _dequantize_blocks(q.codes, q.scale, signed)
-  return _unblocks(values, tuple(shape)).astype(dtype)
+  values = blockwise.dequantize_blocks(q.codes, q.scale, signed)
+  return blockwise.from_blocks(values, tuple(shape)).astype(dtype)
 
 
-# One 8-bit step reads the codes three times: for the block maxima of the new
-# moments, for their encoding, and for the update. Each reader decodes the codes
-# itself, inside its own fused loop, instead of sharing one decoded float32 copy:
-# such a copy is a temporary the size of the leaf (on CPU, fresh pages written on
-# every step once the temporaries outgrow the allocator's reuse threshold), and
-# it would keep the block reduction out of XLA's fusions (a separate, one-thread
-# kernel on CPU). The readers index the table with distinct integer types, so
-# XLA cannot merge the three lookups into one (common-subexpression elimination).
-# The four loops (maxima, two encodings, update) are elementwise or row
-# reductions over the leaf, which XLA's CPU backend splits across cores.
-_MAXIMA_INDEX, _ENCODE_INDEX, _UPDATE_INDEX = jnp.uint8, jnp.uint16, jnp.int32
 
-
-def _block_absmax_pair(m: Array, v: Array) -> tuple[Array, Array]:
-  """``(max |m|, max v)`` over the last axis, in one variadic reduction.
-
-  The maxima of non-negative floats are those of their bit patterns read as
-  int32: one integer instruction per element on CPU instead of a
-  NaN-propagating float maximum. Absolute values of both (``v`` is a sum of
-  non-negative terms, but a NaN may carry a sign bit) keep NaN the winner: its
-  pattern is above every number's.
-  """
-  zero = jnp.zeros((), jnp.int32)
-  as_int = lambda x: jax.lax.bitcast_convert_type(x, jnp.int32)
-  as_float = lambda x: jax.lax.bitcast_convert_type(x, jnp.float32)
-
-  def combine(a, b):
-    return jnp.maximum(a[0], b[0]), jnp.maximum(a[1], b[1])
-
-  m_max, v_max = jax.lax.reduce(
-      (as_int(jnp.abs(m)), as_int(jnp.abs(v))), (zero, zero), combine, (m.ndim - 1,))
-  return as_float(m_max), as_float(v_max)
-
-
-def _encode_moment(
-    old: QuantizedArray, absmax: Array, beta: Any, term: Array, signed: bool, nonzero: bool
-) -> QuantizedArray:
-  """Codes of the new moment ``beta * old + (1 - beta) * term`` over its block maxima.
-
-  The same arithmetic as :func:`adam_jax.transforms.adam.adam_leaf` followed by
-  :func:`_encode_blocks`, regrouped (equal up to float32 rounding): the old
-  scale, ``beta`` and the pre-scale are folded into one per-block coefficient,
-  so each element takes one multiply fewer.
-  """
-  scale, pre, inv = _block_factors(absmax)
-  beta = numerics.hyper(beta, jnp.float32)
-  old_coef = old.scale * beta * pre  # finite: beta <= 1, pre <= 1
-  new_coef = pre * (1 - beta)  # exact: pre is a power of two
-  decoded = _decode(old.codes, signed, _ENCODE_INDEX)
-  x = decoded * old_coef[..., None] + term * new_coef[..., None]
-  # The unsigned moment is a sum of non-negative terms (or NaN): no abs needed.
-  code = _encode_magnitude((jnp.abs(x) if signed else x) * inv[..., None], signed, nonzero)
-  if signed:
-    code = jnp.where(x < 0, code + 128, code)
-  return QuantizedArray(code.astype(jnp.uint8), scale)
-
-
-def _adam8bit_blocks(g_blocks, mu: QuantizedArray, nu: QuantizedArray, count, hyper):
-  """One step on a blocked ``(*leading, num_blocks, block)`` float32 leaf."""
-
-  def step(index_dtype):
-    m = _dequantize_blocks(mu.codes, mu.scale, True, index_dtype)
-    v = _dequantize_blocks(nu.codes, nu.scale, False, index_dtype)
-    return adam_leaf(g_blocks, m, v, None, count, **hyper)
-
-  _, m, v, _ = step(_MAXIMA_INDEX)
-  m_max, v_max = _block_absmax_pair(m, v)
-  new_mu = _encode_moment(mu, m_max, hyper["b1"], g_blocks, signed=True, nonzero=False)
-  # A positive second moment never becomes 0: with a non-zero first moment the
-  # update would divide by eps alone.
-  new_nu = _encode_moment(nu, v_max, hyper["b2"], g_blocks * g_blocks, signed=False,
-                          nonzero=True)
-  u, _, _, _ = step(_UPDATE_INDEX)
-  return u, new_mu, new_nu
-
-
-def _adam8bit_native(g_blocks, mu: QuantizedArray, nu: QuantizedArray, count, hyper):
-  """:func:`_adam8bit_blocks` as one call of the CPU kernel (``adam_jax/native``)."""
-  f32 = jnp.float32
-  b1, b2 = numerics.hyper(hyper["b1"], f32), numerics.hyper(hyper["b2"], f32)
-  bc1 = numerics.bias_correction(hyper["b1"], count, f32)
-  bc2 = numerics.bias_correction(hyper["b2"], count, f32)
-  if hyper["nesterov"]:
-    bc1_next = numerics.bias_correction(hyper["b1"], numerics.safe_increment(count), f32)
-    a_m, a_g = b1 / bc1_next, (1 - b1) / bc1
-  else:
-    a_m, a_g = 1 / bc1, jnp.zeros((), f32)
-  coef = jnp.stack([b1, 1 - b1, b2, 1 - b2, a_m, a_g, 1 / bc2,
-                    numerics.hyper(hyper["eps"], f32), numerics.hyper(hyper["eps_root"], f32)])
-  tables = [jnp.asarray(_dynamic_map_np(signed)) for signed in (True, False)]
-  like = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
-  call = jax.ffi.ffi_call(
-      _native.ADAM8BIT_TARGET,
-      (like(g_blocks), like(mu.codes), like(nu.codes), like(mu.scale), like(nu.scale)),
-      input_output_aliases={1: 1, 2: 2, 3: 3, 4: 4},  # codes and scales in place
-      vmap_method="sequential")
-  u, codes_m, codes_v, scale_m, scale_v = call(
-      g_blocks, mu.codes, nu.codes, mu.scale, nu.scale, *tables, coef,
-      nesterov=bool(hyper["nesterov"]))
-  return u, QuantizedArray(codes_m, scale_m), QuantizedArray(codes_v, scale_v)
-
-
-def _use_native(native: bool | None) -> bool:
-  """Whether the 8-bit step calls the CPU kernel (on CPU; see ``native`` below)."""
-  if native is None:
-    # One device: the kernel has no sharding rule, so on several devices the
-    # XLA program (which shards like the params) is used.
-    return jax.device_count() == 1 and _native.available()
-  if native and not _native.available():
-    raise RuntimeError(f"native=True but the CPU kernel is unavailable: {_native.status()}")
-  return native
-
-
-def _check_sizes(block_size: Any, min_quantized_size: Any) -> None:
-  if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
-      or block_size < 1:
-    raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-  if isinstance(min_quantized_size, bool) \
-      or not isinstance(min_quantized_size, (int, np.integer)) or min_quantized_size < 0:
-    raise ValueError(
-        f"min_quantized_size must be a non-negative integer, got {min_quantized_size!r}")
-
-
-def scale_by_adam8bit(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
-    *,
-    block_size: int = 256,
-    min_quantized_size: int = 4096,
-    nesterov: bool = False,
-    native: bool | None = None,
-) -> optax.GradientTransformation:
-  r"""Adam's rescaling with both moments stored as blockwise 8-bit codes.
-
-  Each step dequantizes the moments, runs exactly the update of
-  :func:`adam_jax.scale_by_adam` in float32, and requantizes the new moments:
-
-  .. math::
-
-    m_{t-1} &= \mathrm{deq}_{s}(Q^m_{t-1}), \qquad v_{t-1} = \mathrm{deq}_{u}(Q^v_{t-1}) \\
-    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
-    v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
-    u_t &= \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t) + \epsilon_{root}}
-           + \epsilon} \\
-    Q^m_t &= \mathrm{quant}_{s}(m_t), \qquad Q^v_t = \mathrm{quant}_{u}(v_t)
-
-  with :math:`\mathrm{quant}_s` / :math:`\mathrm{quant}_u` the blockwise signed /
-  unsigned dynamic quantization of :mod:`adam_jax.quantization`. The update uses
-  the fresh float32 moments; only what is stored between steps is 8-bit. A
-  positive second moment is never rounded to zero. On CPU (one device) the step
-  of each quantized leaf is one call of a hand-written kernel that reads and
-  writes every block once (``native``, below). Elsewhere it is an XLA program of
-  four fused loops over each leaf, each decoding the codes it needs itself, with
-  no float32 temporaries the size of the leaf: the block maxima of both new
-  moments (one reduction), the encoding of each moment, and the update (which
-  XLA fuses with the rest of the chain and ``optax.apply_updates``).
-
-  Blocks run along each leaf's last axis (at most ``block_size`` elements,
-  near-equal, never crossing a row): codes of shape
-  ``(*leading, num_blocks, block)`` and scales ``(*leading, num_blocks)`` shard
-  like the param on its leading axes (FSDP), also when ``init`` runs under
-  ``jax.jit``, and the step needs no communication there. A last axis of ``n``
-  shorter than ``block_size`` is one block (4 / n bytes of scale per element).
-
-  Real floating leaves with at least ``min_quantized_size`` elements are
-  quantized (about 2.03 bytes of state per parameter with blocks of 256);
-  smaller leaves (biases, norms) and complex leaves keep float32 moments (the
-  param's dtype if wider). Updates keep the gradient's dtype and shape.
-
-  Args:
-    b1: decay rate of the first moment, in [0, 1).
-    b2: decay rate of the second moment, in [0, 1).
-    eps: added to the denominator outside the square root.
-    eps_root: added inside the square root.
-    block_size: elements per quantization block (one float32 scale each).
-    min_quantized_size: leaves with fewer elements are not quantized.
-    nesterov: use Nesterov momentum (NAdam), as :func:`adam_jax.scale_by_adam`.
-    native: on CPU, run the step of each quantized leaf as one call of a
-      hand-written kernel (:mod:`adam_jax.native`, built on first use with the
-      system C++ compiler, x86 with AVX-512 only) that reads and writes every
-      block once, instead of XLA's four passes; the same arithmetic up to
-      float32 rounding. ``None`` (default): when the kernel is available and
-      JAX has one device (the kernel has no sharding rule); ``True``: always on
-      CPU (error if it is unavailable); ``False``: never. Other platforms
-      always run the XLA program. The kernel has no derivative rule
-      (differentiating through the step needs ``native=False``).
-
-  Returns:
-    An ``optax.GradientTransformation`` with state :class:`ScaleByAdam8bitState`.
-
-  Examples:
-    >>> import jax.numpy as jnp, adam_jax
-    >>> tx = adam_jax.scale_by_adam8bit(min_quantized_size=0)
-    >>> params = {"w": jnp.zeros(1000)}
-    >>> state = tx.init(params)
-    >>> state.mu["w"].shape, state.mu["w"].dtype, state.mu_scale["w"].shape
-    ((4, 250), dtype('uint8'), (4,))
-
-  References:
-    Dettmers, Lewis, Shleifer & Zettlemoyer, `8-bit Optimizers via Block-wise
-    Quantization <https://arxiv.org/abs/2110.02861>`_, ICLR 2022.
-
-    Dettmers, `8-Bit Approximations for Parallelism in Deep Learning
-    <https://arxiv.org/abs/1511.04561>`_, ICLR 2016.
-
-    Kingma & Ba, `Adam: A Method for Stochastic Optimization
-    <https://arxiv.org/abs/1412.6980>`_, 2014.
-  """
-  numerics.check_betas(b1=b1, b2=b2)
-  numerics.check_nonnegative(eps=eps, eps_root=eps_root)
-  _check_sizes(block_size, min_quantized_size)
-  if native is not None and not isinstance(native, bool):
-    raise TypeError(f"native must be True, False or None, got {native!r}")
-
-  def quantized(p) -> bool:
-    p = jnp.asarray(p) if not hasattr(p, "dtype") else p
-    return (jnp.issubdtype(p.dtype, jnp.floating)
-            and int(np.prod(jnp.shape(p), dtype=np.int64)) >= max(min_quantized_size, 1))
-
-  def init_fn(params):
-    def moment(p, signed):
-      if quantized(p):
-        # Sharded like the param, also under jit (the blocks split only its last
-        # axis): zeros tied to the blocked param (reshaped zeros of the param's
-        # shape would be constants that XLA places on one device).
-        blocked = _blocks(jnp.asarray(p), block_size)
-        return (zeros_like(blocked, jnp.uint8),  # code 0 is 0.0
-                zeros_like(blocked[..., 0], jnp.float32))
-      dtype = numerics.compute_dtype(jnp.asarray(p).dtype)
-      if not signed:
-        dtype = numerics.real_dtype(dtype)
-      return jnp.zeros(jnp.shape(p), dtype), jnp.zeros((0,), jnp.float32)
-
-    leaves, treedef = jax.tree.flatten(params)
-    mu = [moment(p, True) for p in leaves]
-    nu = [moment(p, False) for p in leaves]
-    return ScaleByAdam8bitState(
-        count=jnp.zeros([], jnp.int32),
-        mu=treedef.unflatten([m[0] for m in mu]),
-        nu=treedef.unflatten([v[0] for v in nu]),
-        mu_scale=treedef.unflatten([m[1] for m in mu]),
-        nu_scale=treedef.unflatten([v[1] for v in nu]),
-    )
-
-  def leaf(g, mu, nu, mu_scale, nu_scale, count, use_native):
-    hyper = dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov)
-    if mu.dtype != jnp.uint8:
-      u, mu, nu, _ = adam_leaf(g.astype(mu.dtype), mu, nu, None, count, **hyper)
-      return u.astype(g.dtype), mu, nu, mu_scale, nu_scale
-    g_blocks = _blocks(g.astype(jnp.float32), block_size)
-    args = (g_blocks, QuantizedArray(mu, mu_scale), QuantizedArray(nu, nu_scale), count)
-    if use_native:
-      # The kernel on CPU, the XLA program on every other platform.
-      u, qm, qv = jax.lax.platform_dependent(
-          *args, cpu=functools.partial(_adam8bit_native, hyper=hyper),
-          default=functools.partial(_adam8bit_blocks, hyper=hyper))
-    else:
-      u, qm, qv = _adam8bit_blocks(*args, hyper)
-    u = _unblocks(u, jnp.shape(g)).astype(g.dtype)
-    return u, qm.codes, qv.codes, qm.scale, qv.scale
-
-  def update_fn(updates, state, params=None):
-    del params
-    numerics.tree_check_same_structure(updates, state.mu)
-    g_leaves, treedef = jax.tree.flatten(updates)
-    parts = [treedef.flatten_up_to(t)
-             for t in (state.mu, state.nu, state.mu_scale, state.nu_scale)]
-    count = numerics.safe_increment(state.count)
-    use_native = _use_native(native)  # the first call builds the kernel (seconds), once
-    outs = [leaf(g, *rest, count, use_native) for g, *rest in zip(g_leaves, *parts)]
-    u, mu, nu, mu_scale, nu_scale = (
-        treedef.unflatten([o[i] for o in outs]) for i in range(5))
-    return u, ScaleByAdam8bitState(count=count, mu=mu, nu=nu, mu_scale=mu_scale,
-                                   nu_scale=nu_scale)
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-__all__ = [
-    "QuantizedArray",
-    "ScaleByAdam8bitState",
-    "dequantize",
-    "dynamic_map",
-    "quantize",
-    "scale_by_adam8bit",
-]
+__all__ = ["QuantizedArray", "dequantize", "dynamic_map", "quantize"]

@@ -30,7 +30,7 @@ from optax import (
     warmup_exponential_decay_schedule,
 )
 
-from adam_jax import numerics
+from adam_jax import _numerics as numerics
 
 
 def _float_count(schedule: optax.Schedule) -> optax.Schedule:

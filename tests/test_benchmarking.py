@@ -4,7 +4,7 @@ import json
 
 import jax
 
-from adam_jax import benchmarking
+from adam_jax import _benchmarking as benchmarking
 
 
 def test_run_reports_every_number_per_implementation(tmp_path, capsys):

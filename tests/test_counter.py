@@ -9,7 +9,8 @@ import optax
 import pytest
 
 import adam_jax
-from adam_jax import numerics, schedules
+from adam_jax import _numerics as numerics
+from adam_jax import schedules
 
 INT32_MAX = 2**31 - 1
 LR, B1, B2, EPS = 1e-2, 0.9, 0.999, 1e-8

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import adam_jax
-from adam_jax.lowbit import _noise16, _stochastic_round_bf16
+from adam_jax.transforms.adam_stochastic import _noise16, _stochastic_round_bf16
 from tests import helpers
 
 

@@ -430,11 +430,3 @@ def test_schedule_free_traced_b1_and_warmup_match_python_values():
   for i, (b1, warmup) in enumerate([(0.5, 0), (0.9, 3)]):
     np.testing.assert_allclose(batched[i], train(b1, warmup), rtol=1e-5, atol=1e-6)
   assert not np.allclose(batched[0], batched[1])
-
-
-def test_cautious_wraps_the_fused_engine_with_the_same_numbers():
-  params = helpers.make_params(seed=5)
-  got, _, _ = _run(adam_jax.cautious(adam_jax.adamw(3e-2, weight_decay=0.1, fused=True)),
-                   params, 20)
-  want, _, _ = _run(adam_jax.cautious(adam_jax.adamw(3e-2, weight_decay=0.1)), params, 20)
-  helpers.assert_traj_close(got, want, rtol=1e-6, atol=1e-6)

@@ -1,11 +1,11 @@
 // One step of 8-bit blockwise Adam on CPU, in one pass over each block.
 //
-// The XLA program of adam_jax.quantization reads every block four times (block
+// The XLA program of adam_jax.transforms.adam8bit reads every block four times (block
 // maxima of the new moments, one encoding per moment, the update), decoding the
 // 8-bit codes in each reader. This kernel does the same arithmetic block by
 // block while the block sits in L1: decode both moments once, update them,
 // take their absolute maxima, write the update, encode both moments. It is the
-// same computation as adam_jax.quantization._adam8bit_blocks (see there for the
+// same computation as adam_jax.transforms.adam8bit._adam8bit_blocks (see there for the
 // math and the dynamic map) up to float32 rounding.
 //
 // Inputs : g f32[R, B], codes_m u8[R, B], codes_v u8[R, B], scale_m f32[R],
@@ -56,7 +56,7 @@ inline float AsFloat(int32_t i) {
 }
 
 // The code of the map value nearest to y in [0, 1]: the arithmetic of
-// adam_jax.quantization._encode_magnitude (three halvings of the decade range,
+// adam_jax._blockwise.encode_magnitude (three halvings of the decade range,
 // 2**b from its exponent bits, round(2**b (z + 0.8) / 0.9 - 1)).
 template <int kBits, bool kNonzero>
 inline int32_t EncodeMagnitude(float y) {
@@ -85,7 +85,7 @@ inline int32_t EncodeMagnitude(float y) {
   return code;
 }
 
-// (scale, pre, inv) of a block: adam_jax.quantization._block_factors.
+// (scale, pre, inv) of a block: adam_jax._blockwise.block_factors.
 struct Factors {
   float scale, pre, inv;
 };

@@ -8,23 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-try:
-  from jax.experimental.shard_alike import shard_alike
-except ImportError:  # not in every jax release; without it, zeros are not tied to p
-  shard_alike = getattr(jax.sharding, "shard_alike", None)
-
-from adam_jax import fused as fused_engine
-from adam_jax import numerics
+from adam_jax import _numerics as numerics
+from adam_jax.transforms._common import ScaleByAdamState, adam_leaf, init_moments, map_leaves
 
 Array = jax.Array
-
-
-class ScaleByAdamState(NamedTuple):
-  """State of :func:`scale_by_adam` (field names as in optax)."""
-
-  count: Array  # shape=(), dtype=int32; steps taken, saturating
-  mu: optax.Updates  # like params; dtype=mu_dtype (default: param dtype)
-  nu: optax.Updates  # like params, real; dtype=nu_dtype (default: param dtype)
 
 
 class ScaleByAmsgradState(NamedTuple):
@@ -34,99 +21,6 @@ class ScaleByAmsgradState(NamedTuple):
   mu: optax.Updates  # like params; dtype=mu_dtype
   nu: optax.Updates  # like params, real; dtype=nu_dtype
   nu_max: optax.Updates  # like params, real; dtype=nu_dtype; max over raw nu
-
-
-def abs_sq(g: Array) -> Array:
-  """``|g|**2``, real for complex ``g``."""
-  if jnp.iscomplexobj(g):
-    return jnp.real(g) ** 2 + jnp.imag(g) ** 2
-  return g * g
-
-
-def _sharding_in_type(p: Any) -> bool:
-  """Whether traced ``p``'s type carries its whole sharding (every mesh axis explicit)."""
-  mesh = jax.typeof(p).sharding.mesh
-  return bool(mesh.axis_names) and mesh.are_all_axes_explicit
-
-
-def zeros_like(p: Any, dtype: Any) -> Array:
-  """Zeros of ``p``'s shape in ``dtype``, sharded like ``p``.
-
-  Concrete arrays pass their sharding to ``jnp.zeros_like``, and so do traced
-  arrays on explicit-sharding meshes (through their type). Under ``jax.jit`` on
-  auto meshes the sharding of an input is only known to the compiler, so the
-  zeros are tied to ``p`` with ``shard_alike``: without it, zeros that depend on
-  no input are placed on one device (optax's behaviour). On explicit meshes an
-  optimization barrier keeps ``p`` an input of the program (``jit`` drops unused
-  inputs, and with them the devices the zeros' type names); XLA removes it.
-  """
-  zeros = jnp.zeros_like(p, dtype=dtype)
-  if isinstance(p, jax.core.Tracer):
-    if _sharding_in_type(p):
-      zeros, _ = jax.lax.optimization_barrier((zeros, p))
-    elif shard_alike is not None:
-      zeros, _ = shard_alike(zeros, p)
-  return zeros
-
-
-def init_moments(params: Any, mu_dtype: Any, nu_dtype: Any):
-  """Zero first and second moments shaped and sharded like ``params``.
-
-  The first moment takes ``mu_dtype`` (default: the param's dtype), the second
-  ``nu_dtype`` (default: the real counterpart of the param's dtype). Each
-  moment has its param's sharding, also when ``init`` runs under ``jax.jit``.
-  """
-
-  def mu0(p):
-    return zeros_like(p, mu_dtype or jnp.result_type(p))
-
-  def nu0(p):
-    return zeros_like(p, nu_dtype or numerics.real_dtype(jnp.result_type(p)))
-
-  return jax.tree.map(mu0, params), jax.tree.map(nu0, params)
-
-
-def adam_leaf(
-    g: Array,
-    mu: Array,
-    nu: Array,
-    nu_max: Array | None,
-    count: Array,
-    *,
-    b1: Any,
-    b2: Any,
-    eps: Any,
-    eps_root: Any,
-    nesterov: bool,
-):
-  """One Adam step on one array, computed in at least float32.
-
-  Returns ``(update, mu, nu, nu_max)`` with the update in ``g``'s dtype and each
-  moment in its own stored dtype (``nu_max`` is ``None`` without AMSGrad).
-  """
-  cd = numerics.compute_dtype(g.dtype, mu.dtype)
-  rd = numerics.real_dtype(cd)
-  g_c = g.astype(cd)
-  b1_c, b2_r = numerics.hyper(b1, cd), numerics.hyper(b2, rd)
-  # m_t = b1 m_{t-1} + (1 - b1) g_t ;  v_t = b2 v_{t-1} + (1 - b2) |g_t|^2
-  mu_c = b1_c * mu.astype(cd) + (1 - b1_c) * g_c
-  nu_c = b2_r * nu.astype(rd) + (1 - b2_r) * abs_sq(g_c)
-  nu_used, nu_max_new = nu_c, None
-  if nu_max is not None:
-    # AMSGrad (Reddi et al.; torch): max over the raw second moment.
-    nu_used = jnp.maximum(nu_max.astype(rd), nu_c)
-    nu_max_new = nu_used.astype(nu_max.dtype)
-  bc1 = numerics.bias_correction(b1, count, rd)
-  bc2 = numerics.bias_correction(b2, count, rd)
-  if nesterov:
-    bc1_next = numerics.bias_correction(b1, numerics.safe_increment(count), rd)
-    mu_hat = b1_c * mu_c / bc1_next.astype(cd) + (1 - b1_c) * g_c / bc1.astype(cd)
-  else:
-    mu_hat = mu_c / bc1.astype(cd)
-  nu_hat = nu_used / bc2
-  denom = jnp.sqrt(nu_hat + numerics.hyper(eps_root, rd)) + numerics.hyper(eps, rd)
-  update = mu_hat / denom.astype(cd)
-  return update.astype(g.dtype), mu_c.astype(mu.dtype), nu_c.astype(nu.dtype), nu_max_new
 
 
 def scale_by_adam(
@@ -139,7 +33,6 @@ def scale_by_adam(
     nu_dtype: Any | None = None,
     amsgrad: bool = False,
     nesterov: bool = False,
-    fused: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by Adam's bias-corrected moments.
 
@@ -192,9 +85,6 @@ def scale_by_adam(
       param's (real) dtype.
     amsgrad: keep the running maximum of the second moment.
     nesterov: use Nesterov momentum (NAdam).
-    fused: compute small leaves together in flat buckets (the multi-tensor
-      engine of :mod:`adam_jax.fused`; off by default, measured slower so far).
-      The numbers and the state are the same either way.
 
   Returns:
     An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState`, or
@@ -235,21 +125,13 @@ def scale_by_adam(
     del params
     numerics.tree_check_same_structure(updates, state.mu)
     count = numerics.safe_increment(state.count)
-    g_leaves, treedef = jax.tree.flatten(updates)
-    mu_leaves = treedef.flatten_up_to(state.mu)
-    nu_leaves = treedef.flatten_up_to(state.nu)
-    max_leaves = (
-        treedef.flatten_up_to(state.nu_max) if amsgrad else [None] * len(g_leaves)
-    )
+
     def leaf(g, m, v, vm):
       return adam_leaf(g, m, v, vm, count, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
                        nesterov=nesterov)
 
-    outs = fused_engine.map_leaves(leaf, [g_leaves, mu_leaves, nu_leaves, max_leaves],
-                                   fused=fused_engine.enabled(fused))
-    u, mu, nu, nu_max = (
-        treedef.unflatten([o[i] for o in outs]) for i in range(4)
-    )
+    u, mu, nu, nu_max = map_leaves(leaf, updates, state.mu, state.nu,
+                                   state.nu_max if amsgrad else None, num_outputs=4)
     if amsgrad:
       return u, ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
     return u, ScaleByAdamState(count=count, mu=mu, nu=nu)

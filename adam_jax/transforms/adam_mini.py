@@ -30,9 +30,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adam_jax import numerics
-from adam_jax.transforms.adam import ScaleByAdamState, abs_sq, zeros_like
-from adam_jax.transforms.variants import map_moments
+from adam_jax import _numerics as numerics
+from adam_jax.transforms._common import ScaleByAdamState, abs_sq, map_leaves, zeros_like
 
 Array = jax.Array
 Partition = Callable[[tuple, tuple], Sequence[int]]
@@ -214,7 +213,7 @@ def scale_by_adam_mini(
       update = (mu_c / bc1.astype(cd)) / denom.astype(cd)
       return update.astype(g.dtype), mu_c.astype(mu.dtype), nu_c.astype(nu.dtype)
 
-    u, mu, nu = map_moments(leaf, updates, state)
+    u, mu, nu = map_leaves(leaf, updates, state.mu, state.nu, num_outputs=3)
     return u, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)

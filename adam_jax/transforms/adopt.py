@@ -8,9 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adam_jax import numerics
-from adam_jax.transforms.adam import abs_sq
-from adam_jax.transforms.variants import _moment_transform
+from adam_jax import _numerics as numerics
+from adam_jax.transforms._common import abs_sq, moment_transform
 
 Array = jax.Array
 
@@ -107,7 +106,7 @@ def scale_by_adopt(
     update = jnp.where(first, jnp.zeros_like(mu_c), mu_c)
     return update.astype(g.dtype), mu_c.astype(mu.dtype), nu_c.astype(nu.dtype)
 
-  return _moment_transform(leaf, mu_dtype, nu_dtype, fused=None)
+  return moment_transform(leaf, mu_dtype, nu_dtype)
 
 
 __all__ = ["scale_by_adopt"]

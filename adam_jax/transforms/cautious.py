@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adam_jax import numerics
+from adam_jax import _numerics as numerics
 
 Array = jax.Array
 

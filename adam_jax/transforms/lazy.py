@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adam_jax import numerics
-from adam_jax.transforms.adam import ScaleByAdamState, adam_leaf, init_moments
+from adam_jax import _numerics as numerics
+from adam_jax.transforms._common import ScaleByAdamState, adam_leaf, init_moments, map_leaves
 
 Array = jax.Array
 
@@ -38,8 +38,8 @@ def embedding_mask(tree: Any) -> Any:
   return jax.tree_util.tree_map_with_path(is_embedding, tree)
 
 
-def _full_mask(mask_fn: Any, updates: Any) -> list[bool]:
-  """One bool per leaf of ``updates`` (a prefix mask is broadcast over subtrees)."""
+def _full_mask(mask_fn: Any, updates: Any) -> Any:
+  """A tree of one bool per leaf of ``updates`` (a prefix mask is broadcast over subtrees)."""
   mask = mask_fn(updates) if callable(mask_fn) else mask_fn
   full = jax.tree.map(
       lambda m, sub: jax.tree.map(lambda _: m, sub), mask, updates,
@@ -51,7 +51,7 @@ def _full_mask(mask_fn: Any, updates: Any) -> list[bool]:
         "lazy Adam's mask_fn must give a Python bool per leaf (True for embedding "
         f"tables), got {set(type(m).__name__ for m in leaves)}."
     )
-  return leaves
+  return full
 
 
 def scale_by_lazy_adam(
@@ -136,7 +136,6 @@ def scale_by_lazy_adam(
     del params
     numerics.tree_check_same_structure(updates, state.mu)
     count = numerics.safe_increment(state.count)
-    g_leaves, treedef = jax.tree.flatten(updates)
     lazy = _full_mask(mask_fn, updates)
 
     def leaf(g, mu, nu, is_lazy):
@@ -149,12 +148,7 @@ def scale_by_lazy_adam(
       return (jnp.where(active, u, jnp.zeros_like(u)), jnp.where(active, mu_new, mu),
               jnp.where(active, nu_new, nu))
 
-    outs = [
-        leaf(g, m, v, z)
-        for g, m, v, z in zip(g_leaves, treedef.flatten_up_to(state.mu),
-                              treedef.flatten_up_to(state.nu), lazy)
-    ]
-    u, mu, nu = (treedef.unflatten([o[i] for o in outs]) for i in range(3))
+    u, mu, nu = map_leaves(leaf, updates, state.mu, state.nu, lazy, num_outputs=3)
     return u, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)

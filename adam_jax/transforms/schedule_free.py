@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adam_jax import numerics
-from adam_jax.transforms.adam import abs_sq, zeros_like
+from adam_jax import _numerics as numerics
+from adam_jax.transforms._common import abs_sq, map_leaves, zeros_like
 
 Array = jax.Array
 
@@ -184,18 +184,7 @@ def scale_by_schedule_free_adam(
       update = c_c.astype(cd) * (z_c - y_c) + (1 - b1_c * (1 - c_c)).astype(cd) * dz
       return update.astype(g.dtype), (z_c + dz).astype(z.dtype), v_c.astype(v.dtype)
 
-    g_leaves, treedef = jax.tree.flatten(updates)
-    outs = [
-        leaf(g, z, v, y, d)
-        for g, z, v, y, d in zip(
-            g_leaves,
-            treedef.flatten_up_to(state.z),
-            treedef.flatten_up_to(state.nu),
-            treedef.flatten_up_to(params),
-            treedef.flatten_up_to(decays),
-        )
-    ]
-    u, z, nu = (treedef.unflatten([o[i] for o in outs]) for i in range(3))
+    u, z, nu = map_leaves(leaf, updates, state.z, state.nu, params, decays, num_outputs=3)
     new_state = ScheduleFreeAdamWState(
         count=count, z=z, nu=nu, lr_sq_sum=lr_sq_sum, b1=state.b1
     )

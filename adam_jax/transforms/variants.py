@@ -3,54 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from adam_jax import fused as fused_engine
-from adam_jax import numerics
-from adam_jax.transforms.adam import ScaleByAdamState, abs_sq, init_moments
+from adam_jax import _numerics as numerics
+from adam_jax.transforms._common import abs_sq, moment_transform
 
 Array = jax.Array
-
-
-def map_moments(
-    leaf_fn: Callable[..., tuple], updates: Any, state: Any, fused: bool | None = None,
-) -> tuple[Any, Any, Any]:
-  """Applies ``leaf_fn(g, mu, nu) -> (u, mu, nu)`` leaf by leaf over the gradient tree.
-
-  ``state`` is any state with ``mu`` and ``nu`` trees of the params' structure (their
-  leaves may differ in shape from the gradient's, as Adam-mini's blocks do, as long
-  as ``fused`` stays off). Returns the ``(updates, mu, nu)`` trees.
-  """
-  numerics.tree_check_same_structure(updates, state.mu)
-  g_leaves, treedef = jax.tree.flatten(updates)
-  columns = [g_leaves, treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)]
-  outs = fused_engine.map_leaves(leaf_fn, columns, fused=fused_engine.enabled(fused))
-  return tuple(treedef.unflatten([o[i] for o in outs]) for i in range(3))
-
-
-def _moment_transform(
-    leaf_fn: Callable[..., tuple], mu_dtype: Any, nu_dtype: Any, fused: bool | None
-) -> optax.GradientTransformation:
-  """A transformation with :class:`ScaleByAdamState` whose step is ``leaf_fn``."""
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
-  nu_dtype = None if nu_dtype is None else jnp.dtype(nu_dtype)
-
-  def init_fn(params):
-    mu, nu = init_moments(params, mu_dtype, nu_dtype)
-    return ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
-
-  def update_fn(updates, state, params=None):
-    del params
-    count = numerics.safe_increment(state.count)
-    u, mu, nu = map_moments(lambda g, m, v: leaf_fn(g, m, v, count), updates, state, fused)
-    return u, ScaleByAdamState(count=count, mu=mu, nu=nu)
-
-  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _first_moment(g, mu, b1):
@@ -96,7 +58,6 @@ def scale_by_radam(
     mu_dtype: Any | None = None,
     *,
     nu_dtype: Any | None = None,
-    fused: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""Rectified Adam, with ``torch.optim.RAdam``'s update.
 
@@ -125,8 +86,6 @@ def scale_by_radam(
     threshold: :math:`\rho_t` above which the adaptive step is used.
     mu_dtype: dtype of the first moment; default the param's dtype.
     nu_dtype: dtype of the second moment; default the param's (real) dtype.
-    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
-      (measured slower so far); ``False``/``None`` is the per-leaf path.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByAdamState``.
@@ -174,7 +133,7 @@ def scale_by_radam(
     update = mu_c / bc1.astype(g_c.dtype) * scale.astype(g_c.dtype)
     return update.astype(g.dtype), mu_c.astype(mu.dtype), nu_c.astype(nu.dtype)
 
-  return _moment_transform(leaf, mu_dtype, nu_dtype, fused)
+  return moment_transform(leaf, mu_dtype, nu_dtype)
 
 
 def scale_by_adamax(
@@ -184,7 +143,6 @@ def scale_by_adamax(
     mu_dtype: Any | None = None,
     *,
     nu_dtype: Any | None = None,
-    fused: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""Adamax (the infinity-norm Adam), with ``torch.optim.Adamax``'s update.
 
@@ -207,8 +165,6 @@ def scale_by_adamax(
     eps: added to :math:`|g_t|` inside the maximum.
     mu_dtype: dtype of the first moment; default the param's dtype.
     nu_dtype: dtype of the infinity norm; default the param's (real) dtype.
-    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
-      (measured slower so far); ``False``/``None`` is the per-leaf path.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByAdamState``.
@@ -240,7 +196,7 @@ def scale_by_adamax(
     update = mu_c / (bc1 * u_inf).astype(g_c.dtype)
     return update.astype(g.dtype), mu_c.astype(mu.dtype), u_inf.astype(nu.dtype)
 
-  return _moment_transform(leaf, mu_dtype, nu_dtype, fused)
+  return moment_transform(leaf, mu_dtype, nu_dtype)
 
 
 def scale_by_belief(
@@ -251,7 +207,6 @@ def scale_by_belief(
     mu_dtype: Any | None = None,
     *,
     nu_dtype: Any | None = None,
-    fused: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""AdaBelief: Adam with the variance of the gradient around its prediction.
 
@@ -272,8 +227,6 @@ def scale_by_belief(
     eps_root: added to :math:`s_t` at every step (stored in the state).
     mu_dtype: dtype of the first moment; default the param's dtype.
     nu_dtype: dtype of :math:`s_t`; default the param's (real) dtype.
-    fused: use the multi-tensor engine (:mod:`adam_jax.fused`); off by default
-      (measured slower so far); ``False``/``None`` is the per-leaf path.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByAdamState``.
@@ -305,4 +258,4 @@ def scale_by_belief(
     update = mu_c / (bc1 * denom).astype(g_c.dtype)
     return update.astype(g.dtype), mu_c.astype(mu.dtype), s.astype(nu.dtype)
 
-  return _moment_transform(leaf, mu_dtype, nu_dtype, fused)
+  return moment_transform(leaf, mu_dtype, nu_dtype)

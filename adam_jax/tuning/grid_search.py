@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adam_jax import aliases, numerics, schedules
+from adam_jax import _numerics as numerics
+from adam_jax import aliases, schedules
 
 SCHEDULES = ("constant", "cosine", "step", "exponential")
 # Hyperparameters that only change values: vmapped (traced) within one compiled program.

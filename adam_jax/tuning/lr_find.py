@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adam_jax import aliases, numerics
+from adam_jax import _numerics as numerics
+from adam_jax import aliases
 
 
 class LRFindResult(NamedTuple):

@@ -53,8 +53,6 @@ def _jax_impls(names: list[str]) -> dict[str, Callable[[], Any]]:
 
   makers = {
       "adam_jax": lambda: adam_jax.adam(1e-3),
-      "adam_jax fused=True": lambda: adam_jax.adam(1e-3, fused=True),
-      "adam_jax fused=False": lambda: adam_jax.adam(1e-3, fused=False),
       "adam_jax.adamw": lambda: adam_jax.adamw(1e-3, weight_decay=1e-2),
       "optax.adam": lambda: optax.adam(1e-3),
       "optax.adamw": lambda: optax.adamw(1e-3, weight_decay=1e-2),
@@ -188,7 +186,7 @@ def run(size: str = "cpu", impls: list[str] | None = None, rounds: int = 20, war
   """
   import jax
 
-  impls = impls or ["adam_jax", "adam_jax fused=False", "optax.adam", "optax.adamw",
+  impls = impls or ["adam_jax", "optax.adam", "optax.adamw",
                     "torch foreach", "torch fused"]
   device = jax.devices()[0]
   torch_device = "cuda" if device.platform == "gpu" else "cpu"
@@ -219,17 +217,6 @@ def run(size: str = "cpu", impls: list[str] | None = None, rounds: int = 20, war
     runners = {}
     for name, make in _jax_impls(impls).items():
       runners[name] = _JaxRunner(make(), shapes, 0, device, loop=loop)
-    if "adam_jax buckets<=2^20" in impls:
-      # The engine with a larger bucket limit (read when the step is traced).
-      import adam_jax
-      from adam_jax import fused
-
-      default_limit, fused.BUCKET_MAX_SIZE = fused.BUCKET_MAX_SIZE, 2**20
-      try:
-        runners["adam_jax buckets<=2^20"] = _JaxRunner(adam_jax.adam(1e-3, fused=True), shapes, 0,
-                                                       device, loop=loop)
-      finally:
-        fused.BUCKET_MAX_SIZE = default_limit
     if have_torch:
       for name in impls:
         if name.startswith("torch "):

@@ -1,0 +1,186 @@
+"""Block layout and the 8-bit dynamic-map codec, shared by :mod:`adam_jax.quantization`
+(the public codec) and :mod:`adam_jax.transforms.adam8bit` (the 8-bit Adam step)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def magnitude_bits(signed: bool) -> int:
+  """Bits left for exponent, indicator and fraction: 7 signed, 8 unsigned."""
+  return 7 if signed else 8
+
+
+@functools.lru_cache(maxsize=2)
+def map_table(signed: bool) -> np.ndarray:
+  nbits = magnitude_bits(signed)
+  mags = np.zeros(2**nbits, np.float64)
+  for e in range(nbits):
+    b = nbits - 1 - e
+    k = np.arange(1, 2**b + 1, dtype=np.float64)
+    mags[2**b + k.astype(np.int64) - 1] = 10.0**-e * (0.1 + 0.9 * k / 2**b)
+  if signed:
+    mags = np.concatenate([mags, -mags])
+  return mags.astype(np.float32)
+
+
+def dynamic_map(signed: bool) -> np.ndarray:
+  """The 256 values an 8-bit code stands for, as a multiple of the block scale.
+
+  Args:
+    signed: the signed map (first moment: codes 128..255 are the negatives of
+      0..127) or the unsigned map (second moment).
+
+  Returns:
+    A float32 NumPy array of shape ``(256,)``; entry ``c`` is code ``c``'s value.
+    Entry 0 is 0 and the largest magnitude is exactly 1.
+
+  Examples:
+    >>> import adam_jax
+    >>> m = adam_jax.quantization.dynamic_map(signed=False)
+    >>> m[0], m[255], m[1], m[128], m[127]
+    (np.float32(0.0), np.float32(1.0), np.float32(1e-07), np.float32(0.10703125), np.float32(0.1))
+
+  References:
+    Dettmers, Lewis, Shleifer & Zettlemoyer, `8-bit Optimizers via Block-wise
+    Quantization <https://arxiv.org/abs/2110.02861>`_, ICLR 2022.
+
+    Dettmers, `8-Bit Approximations for Parallelism in Deep Learning
+    <https://arxiv.org/abs/1511.04561>`_, ICLR 2016.
+  """
+  return map_table(bool(signed)).copy()
+
+
+# Adding 2**23 to a float32 in [0, 2**23) rounds it to an integer held in the low
+# mantissa bits, so a bitcast and a mask give the code: cheaper on CPU than
+# floor plus XLA's saturating float-to-uint8 conversion. It relies on the
+# additions staying in order, as XLA keeps them (no reassociation unless fast
+# math is turned on).
+_ROUNDER = 2.0**23
+
+
+def encode_magnitude(y: Array, signed: bool, nonzero: bool) -> Array:
+  r"""int32 code of the map value nearest to ``y`` in [0, 1] (larger: the top code).
+
+  In decade ``e`` (``y`` in :math:`(10^{-e-1}, 10^{-e}]`) the fraction bits are
+  ``b = nbits - 1 - e`` and, with :math:`z = 10^e y \in (0.1, 1]`, the nearest code is
+
+  .. math::
+
+    \mathrm{round}\left(2^b + \frac{(z - 0.1)\, 2^b}{0.9} - 1\right)
+    = \mathrm{round}\left(2^b \frac{z + 0.8}{0.9} - 1\right),
+
+  which is also right just below a decade's bottom (it rounds to ``2**b - 1``,
+  the top of the decade below, the same value). The decade is found by three
+  halvings of the range (``z <= 1e-4``, ``1e-2``, ``1e-1``, scaling ``z`` up by
+  exact powers of ten each time), ``2**b`` is built from its exponent bits; each
+  step is a compare and two masked operations, which XLA fuses into one
+  vectorised loop (a table lookup would be a gather). The lowest decade has
+  only the codes 0 and 1 (values 0 and :math:`10^{-e}`): ``round(10**e y)``.
+  """
+  nbits = magnitude_bits(signed)
+  # Above 1 only by rounding, or infinite, or NaN: the top code.
+  y = jnp.where(y <= 1.0, y, 1.0)
+  z = y
+  shift = jnp.zeros_like(y, jnp.int32)  # e << 23, e the decade (sharded like y)
+  for threshold, power, e in ((1e-4, 1e4, 4), (1e-2, 1e2, 2), (1e-1, 1e1, 1)):
+    below = z <= threshold
+    z = jnp.where(below, z * power, z)
+    shift = jnp.where(below, shift + (e << 23), shift)
+  # 2**b as a float: exponent field 127 + nbits - 1 - e.
+  pow2b = jax.lax.bitcast_convert_type(((127 + nbits - 1) << 23) - shift, jnp.float32)
+  t = (z * (1 / 0.9) + (0.8 / 0.9)) * pow2b  # in [1, 2**nbits] above the lowest decade
+  code = jax.lax.bitcast_convert_type(t + (_ROUNDER - 1), jnp.int32) & (2**nbits - 1)
+  lowest = 10.0 ** -(nbits - 1)
+  if nonzero:
+    # A positive value never becomes 0: a zero second moment under a non-zero
+    # first moment would divide by eps alone. This also settles the lowest
+    # decade, where every positive value is then code 1.
+    code = jnp.maximum(code, (y > 0).astype(jnp.int32))
+  else:
+    code = jnp.where(y <= lowest, (y >= 0.5 * lowest).astype(jnp.int32), code)
+  return code
+
+
+def row_blocks(n: int, block_size: int) -> tuple[int, int]:
+  """``(num_blocks, block)`` for a last axis of ``n``: near-equal blocks <= block_size."""
+  num_blocks = max(1, -(-n // block_size))
+  return num_blocks, -(-max(n, 1) // num_blocks)
+
+
+def to_blocks(x: Array, block_size: int) -> Array:
+  """``x`` as ``(*leading, num_blocks, block)``: blocks along the last axis."""
+  x = x.reshape(x.shape or (1,))
+  num_blocks, block = row_blocks(x.shape[-1], block_size)
+  pad = num_blocks * block - x.shape[-1]
+  if pad:
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+  return x.reshape(x.shape[:-1] + (num_blocks, block))
+
+
+def from_blocks(blocks: Array, shape: tuple[int, ...]) -> Array:
+  """Inverse of :func:`_blocks`: drop the padding, restore ``shape``."""
+  rows = blocks.reshape(blocks.shape[:-2] + (-1,))
+  return rows[..., :(shape[-1] if shape else 1)].reshape(shape)
+
+
+
+def quantize_blocks(blocks: Array, signed: bool, nonzero: bool) -> tuple[Array, Array]:
+  """``(codes, absmax)`` of a float32 ``(..., block)`` array, one block per row."""
+  # max(max, -min) never materialises |x| (unsigned: x >= 0, max alone).
+  absmax = jnp.max(blocks, axis=-1)
+  if signed:
+    absmax = jnp.maximum(absmax, -jnp.min(blocks, axis=-1))
+  return encode_blocks(blocks, absmax, signed, nonzero)
+
+
+def block_factors(absmax: Array) -> tuple[Array, Array, Array]:
+  """``(scale, pre, inv)`` per block: ``|x| * pre * inv`` is ``|x| / scale`` in [0, 1]."""
+  # Infinities clip to the float32 range here and encode as the top code.
+  scale = jnp.clip(absmax, 0.0, _F32_MAX)
+  # 1 / scale is subnormal (flushed to zero on CPU) above 2**126: pre-scale
+  # such blocks by 2**-64, exactly.
+  pre = jnp.where(scale > 2.0**100, 2.0**-64, 1.0)
+  safe = jnp.where(scale > 0, scale * pre, 1.0)
+  inv = jnp.where(scale > 0, 1.0 / safe, 0.0)
+  return scale, pre, inv
+
+
+def encode_blocks(
+    blocks: Array, absmax: Array, signed: bool, nonzero: bool
+) -> tuple[Array, Array]:
+  """``(codes, scale)`` of ``(..., block)`` values given each block's ``(...)`` absmax."""
+  scale, pre, inv = block_factors(absmax)
+  code = encode_magnitude(jnp.abs(blocks) * pre[..., None] * inv[..., None], signed, nonzero)
+  if signed:
+    code = jnp.where(blocks < 0, code + 128, code)
+  return code.astype(jnp.uint8), scale
+
+
+def decode(codes: Array, signed: bool, index_dtype: Any = jnp.int32) -> Array:
+  """float32 map values of ``codes``, which index the table as ``index_dtype``.
+
+  Every code is in range, so no clamping; see ``adam8bit_blocks`` in
+  :mod:`adam_jax.transforms.adam8bit` for the index types.
+  """
+  table = jnp.asarray(map_table(bool(signed)))
+  # The values take the codes' sharding (explicit sharding asks for it).
+  return table.at[codes.astype(index_dtype)].get(
+      mode="promise_in_bounds", out_sharding=jax.typeof(codes).sharding)
+
+
+def dequantize_blocks(
+    codes: Array, scale: Array, signed: bool, index_dtype: Any = jnp.int32
+) -> Array:
+  """float32 values of ``(..., block)`` codes times their ``(...)`` scales."""
+  return decode(codes, signed, index_dtype) * scale[..., None]
+
