@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adam_jax._tree import key_name
+
 _EMPTY_KEY = "adam_jax_empty_leaves"
 _NO_ARRAYS = "adam_jax_no_arrays"
 
@@ -41,16 +43,9 @@ def _orbax():
   return ocp
 
 
-def _key_name(entry: Any) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
-
-
 def _leaf_name(path: tuple) -> str:
   """``(SequenceKey(0), GetAttrKey('mu'), DictKey('w'))`` -> ``"0.mu.w"``, as orbax names it."""
-  return ".".join(_key_name(k) for k in path) or "<root>"
+  return ".".join(key_name(k) for k in path) or "<root>"
 
 
 def _abstract(leaf: Any) -> jax.ShapeDtypeStruct:

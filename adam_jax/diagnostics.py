@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 from adam_jax import _numerics as numerics
+from adam_jax._tree import path_name
 
 Array = jax.Array
 
@@ -68,10 +69,7 @@ def _find(tree: Any, pred: Callable[[Any], bool]) -> list[tuple[Any, Any]]:
 
 def _path_str(path: Sequence[Any]) -> str:
   """``"layers/0/kernel"`` for a key path (a trailing ``.value`` of Flax NNX dropped)."""
-  path = tuple(path)
-  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
-    path = path[:-1]
-  return jax.tree_util.keystr(path, simple=True, separator="/") or "."
+  return path_name(path) or "."
 
 
 def _scalar(x: Any) -> Array:

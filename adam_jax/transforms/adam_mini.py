@@ -31,17 +31,11 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import _numerics as numerics
+from adam_jax._tree import key_name
 from adam_jax.transforms._common import ScaleByAdamState, abs_sq, map_leaves, zeros_like
 
 Array = jax.Array
 Partition = Callable[[tuple, tuple], Sequence[int]]
-
-
-def _key_name(key: Any) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr)).lower()
-  return str(key).lower()
 
 
 def adam_mini_partition(path: tuple, shape: tuple) -> tuple[int, ...]:
@@ -66,7 +60,7 @@ def adam_mini_partition(path: tuple, shape: tuple) -> tuple[int, ...]:
   """
   # nnx.State paths end in the Variable's ``.value`` attribute: not a name.
   names = [
-      _key_name(k) for k in path
+      key_name(k).lower() for k in path
       if not (isinstance(k, jax.tree_util.GetAttrKey) and k.name == "value")
   ]
   ndim = len(shape)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import _numerics as numerics
+from adam_jax._tree import key_name
 from adam_jax.transforms._common import ScaleByAdamState, adam_leaf, init_moments, map_leaves
 
 Array = jax.Array
@@ -33,7 +34,7 @@ def embedding_mask(tree: Any) -> Any:
 
   def is_embedding(path, leaf):
     del leaf
-    return any("embed" in str(getattr(k, "key", getattr(k, "name", k))).lower() for k in path)
+    return any("embed" in key_name(k).lower() for k in path)
 
   return jax.tree_util.tree_map_with_path(is_embedding, tree)
 

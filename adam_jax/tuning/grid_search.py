@@ -18,6 +18,7 @@ import optax
 
 from adam_jax import _numerics as numerics
 from adam_jax import aliases, schedules
+from adam_jax._tree import path_name
 
 SCHEDULES = ("constant", "cosine", "step", "exponential")
 # Hyperparameters that only change values: vmapped (traced) within one compiled program.
@@ -232,9 +233,7 @@ def monitor_columns(stats: Any, first_step: int = 1) -> dict[str, np.ndarray]:
   else:
     leaves = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(stats.update_to_param_ratio)[0]:
-      name = "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
-                      for k in path)
-      leaves[f"update_to_param_ratio/{name}"] = leaf
+      leaves[f"update_to_param_ratio/{path_name(path)}"] = leaf
   cols.update({k: np.asarray(v, np.float64).reshape(-1) for k, v in leaves.items()})
   return cols
 
