@@ -256,10 +256,10 @@ def _rms(x):
   return np.sqrt(np.mean(x * x))
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_monitor_stats_match_numpy(monkeypatch, fused):
-  if not fused:  # every leaf takes the path of leaves of 2**24 elements and more
-    monkeypatch.setattr(dg, "_EXACT_F32_COUNT", 0)
+@pytest.mark.parametrize("packed", [True, False])
+def test_monitor_stats_match_numpy(monkeypatch, packed):
+  if not packed:  # every leaf takes the path of leaves of 2**24 elements and more
+    monkeypatch.setattr(dg._monitor, "_EXACT_F32_COUNT", 0)
   params = _tree_f32(make_params(5))
   eps, b2 = 0.5, 0.99
   tx = dg.monitor(adam_jax.adam(3e-2, b2=b2, eps=eps), eps=eps, b2=b2)
