@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+import adam_jax
 
 SHAPES = {"w": (5, 3), "b": (3,), "deep": [(), (2, 2)]}
 
@@ -69,3 +73,35 @@ def assert_traj_close(got, want, rtol=1e-5, atol=1e-5):
     for g, w in zip(g_step, w_step):
       np.testing.assert_allclose(g, w, rtol=rtol, atol=atol,
                                  err_msg=f"trajectory differs at step {step + 1}")
+
+
+# ----------------------------------------------------------------------------- the alias table
+
+# Every alias in the registry, so that a new alias joins every table-driven check
+# (tests/test_every_alias.py, checkpoints, sharding, properties) without being listed.
+ALIASES = adam_jax.optimizers()
+
+# Options that give an alias a state worth testing on the small trees used here; an
+# alias not listed runs with its defaults. The 8-bit aliases quantize every leaf in
+# blocks of 4 (their defaults would keep these small leaves in float32).
+ALIAS_OPTIONS = {
+    "adam8bit": {"block_size": 4, "min_quantized_size": 0},
+    "adamw8bit": {"block_size": 4, "min_quantized_size": 0},
+}
+
+# Aliases whose step reduces over the elements of a leaf (cautious: a per-leaf mean;
+# Adam-mini: per-block second moments): sharded, they communicate.
+REDUCES_WITHIN_A_LEAF = frozenset({"adam_mini", "cautious_adamw"})
+
+# Aliases whose moments are not shaped like the params (8-bit codes in blocks).
+BLOCKED_STATE = frozenset({"adam8bit", "adamw8bit"})
+
+
+def make_alias(name, learning_rate=1e-2, **options):
+  """The alias ``name`` with the table's options (``options`` override them)."""
+  return adam_jax.get_optimizer(name)(learning_rate, **{**ALIAS_OPTIONS.get(name, {}), **options})
+
+
+def alias_takes(name, option):
+  """Whether alias ``name`` has a parameter called ``option``."""
+  return option in inspect.signature(adam_jax.get_optimizer(name)).parameters

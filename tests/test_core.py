@@ -10,41 +10,7 @@ import adam_jax
 from tests import helpers
 from tests.references import numpy_adam as ref
 
-ALIASES = {
-    "adam": lambda lr: adam_jax.adam(lr),
-    "adam-l2-amsgrad": lambda lr: adam_jax.adam(lr, weight_decay=0.1, amsgrad=True),
-    "adamw": lambda lr: adam_jax.adamw(lr, weight_decay=0.1),
-    "amsgrad": lambda lr: adam_jax.amsgrad(lr),
-    "nadam": lambda lr: adam_jax.nadam(lr),
-    "nadamw": lambda lr: adam_jax.nadamw(lr),
-    "radam": lambda lr: adam_jax.radam(lr),
-    "adamax": lambda lr: adam_jax.adamax(lr),
-    "adamaxw": lambda lr: adam_jax.adamaxw(lr),
-    "adabelief": lambda lr: adam_jax.adabelief(lr),
-}
-
-
 # --- jit and recompilation ------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", sorted(ALIASES))
-def test_jitted_step_compiles_once_when_learning_rate_changes(name):
-  params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
-  traces = []
-
-  @jax.jit
-  def step(params, state, grads, lr):
-    traces.append(1)
-    tx = ALIASES[name](lr)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  state = ALIASES[name](1e-3).init(params)
-  grads = jax.tree.map(jnp.ones_like, params)
-  for lr in (1e-3, 1e-2, 3e-2, 1e-1):
-    params, state = step(params, state, grads, jnp.asarray(lr, jnp.float32))
-  assert len(traces) == 1
-  assert step._cache_size() == 1
 
 
 def test_jit_equals_eager():
@@ -111,16 +77,10 @@ def test_vmap_over_betas_for_variants(name):
 # --- dtypes -----------------------------------------------------------------------------
 
 
-def test_float16_zero_gradients_give_finite_zero_updates():
+def test_optax_float16_zero_gradients_give_nan():
+  # The bug ours fixes (every alias: tests/test_every_alias.py): optax's eps
+  # underflows to zero in float16.
   params = {"w": jnp.ones(4, jnp.float16)}
-  for make in ALIASES.values():
-    tx = make(1e-3)
-    state = tx.init(params)
-    grads = {"w": jnp.zeros(4, jnp.float16)}
-    for _ in range(3):
-      updates, state = tx.update(grads, state, params)
-    assert updates["w"].dtype == jnp.float16
-    assert bool(jnp.all(jnp.isfinite(updates["w"])))
   # optax gives NaN here (its eps underflows to zero in float16): the bug we fix.
   with jax.numpy_dtype_promotion("standard"):
     tx = optax.adam(1e-3)
@@ -173,19 +133,6 @@ def test_float64_with_x64_matches_reference_tightly():
   want = ref.adam(helpers.leaves64(params), helpers.grad_leaves, 60, lr=3e-2, weight_decay=0.1,
                   decoupled=True, amsgrad=True)
   helpers.assert_traj_close(got, want, rtol=1e-12, atol=1e-12)
-
-
-def test_scalars_empty_arrays_and_none_leaves():
-  params = {"s": jnp.asarray(2.0), "e": jnp.zeros((0, 3)), "n": None, "v": [jnp.ones(2), None]}
-  for make in ALIASES.values():
-    tx = make(1e-2)
-    state = tx.init(params)
-    grads = {"s": jnp.asarray(1.0), "e": jnp.zeros((0, 3)), "n": None,
-             "v": [jnp.ones(2), None]}
-    updates, state = jax.jit(tx.update)(grads, state, params)
-    assert jax.tree.structure(updates) == jax.tree.structure(params)
-    assert updates["e"].shape == (0, 3)
-    assert float(updates["s"]) < 0
 
 
 # --- validation and errors ------------------------------------------------------------

@@ -5,6 +5,8 @@ a weakly typed moment, a schedule state appearing after step 1) would make every
 call retrace; so would a learning rate baked in as a constant.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,28 +15,25 @@ import pytest
 
 import adam_jax
 from adam_jax import schedules
+from tests import helpers
 
 STEPS = 100
 
 OPTIMIZERS = {
-    "adam": lambda: adam_jax.adam(1e-3),
+    # Every alias with its defaults, and variants with schedules, options and chains.
+    **{name: functools.partial(helpers.make_alias, name, 1e-3) for name in helpers.ALIASES},
     "adamw-schedules": lambda: adam_jax.adamw(
         schedules.warmup_cosine(1e-3, 10, STEPS), weight_decay=schedules.step_decay(1e-2, 30)),
     "adam-amsgrad-l2-maximize": lambda: adam_jax.adam(1e-3, weight_decay=0.1, amsgrad=True,
                                                       maximize=True),
     "adam-lowp-moments": lambda: adam_jax.adam(1e-3, mu_dtype=jnp.bfloat16,
                                                nu_dtype=jnp.float32),
-    "nadamw": lambda: adam_jax.nadamw(schedules.exponential_lr(1e-3, 0.99)),
-    "radam": lambda: adam_jax.radam(1e-3),
-    "adamax": lambda: adam_jax.adamax(1e-3),
-    "adabelief": lambda: adam_jax.adabelief(1e-3),
-    "adopt": lambda: adam_jax.adopt(1e-3),
-    "adam_mini": lambda: adam_jax.adam_mini(1e-3),
-    "cautious_adamw": lambda: adam_jax.cautious_adamw(schedules.warmup_cosine(1e-3, 10, STEPS)),
-    "lazy_adam": lambda: adam_jax.lazy_adam(1e-3),
-    "schedule_free_adamw": lambda: adam_jax.schedule_free_adamw(1e-3, warmup_steps=10),
-    "adamw8bit": lambda: adam_jax.adamw8bit(schedules.warmup_cosine(1e-3, 10, STEPS),
-                                            block_size=4, min_quantized_size=0),
+    "nadamw-schedule": lambda: adam_jax.nadamw(schedules.exponential_lr(1e-3, 0.99)),
+    "cautious_adamw-schedule": lambda: adam_jax.cautious_adamw(
+        schedules.warmup_cosine(1e-3, 10, STEPS)),
+    "schedule_free_adamw-warmup": lambda: adam_jax.schedule_free_adamw(1e-3, warmup_steps=10),
+    "adamw8bit-schedule": lambda: adam_jax.adamw8bit(schedules.warmup_cosine(1e-3, 10, STEPS),
+                                                     block_size=4, min_quantized_size=0),
     "chain-skip-nonfinite": lambda: optax.chain(
         optax.clip_by_global_norm(1.0), optax.apply_if_finite(adam_jax.adamw(1e-3), 5)),
 }

@@ -6,6 +6,8 @@ schedules), and must be counted. The library's answer is optax's wrapper, with
 ``max_consecutive_errors`` large enough never to give up.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,21 +16,23 @@ import pytest
 
 import adam_jax
 from adam_jax import schedules
+from tests import helpers
 
 NEVER_GIVE_UP = 2**31 - 1
 BAD = {3: np.nan, 4: np.inf, 7: -np.inf}  # step -> value put into one gradient entry
 
 OPTIMIZERS = {
-    "adam": lambda: adam_jax.adam(3e-2),
+    # Every alias with its defaults, and variants with schedules and options.
+    **{name: functools.partial(helpers.make_alias, name, 3e-2) for name in helpers.ALIASES},
     "adamw-schedules-amsgrad": lambda: adam_jax.adamw(
         schedules.warmup_cosine(3e-2, 3, 12, init_value=1e-3),
         weight_decay=schedules.step_decay(0.1, 2), amsgrad=True),
-    "nadamw": lambda: adam_jax.nadamw(3e-2, weight_decay=0.1),
-    "radam": lambda: adam_jax.radam(3e-2, b2=0.9),
-    "adamax": lambda: adam_jax.adamax(3e-2),
-    "adabelief-float16-params": lambda: adam_jax.adabelief(3e-2, nu_dtype=jnp.float32),
-    "adamw8bit": lambda: adam_jax.adamw8bit(3e-2, block_size=2, min_quantized_size=0),
-    "schedule_free_adamw": lambda: adam_jax.schedule_free_adamw(3e-2, warmup_steps=3),
+    "nadamw-decay": lambda: adam_jax.nadamw(3e-2, weight_decay=0.1),
+    "radam-b2": lambda: adam_jax.radam(3e-2, b2=0.9),
+    "adabelief-float32-nu": lambda: adam_jax.adabelief(3e-2, nu_dtype=jnp.float32),
+    "adamw8bit-blocks-of-2": lambda: adam_jax.adamw8bit(3e-2, block_size=2,
+                                                        min_quantized_size=0),
+    "schedule_free_adamw-warmup": lambda: adam_jax.schedule_free_adamw(3e-2, warmup_steps=3),
 }
 
 
@@ -83,7 +87,8 @@ def test_bad_steps_are_skipped_bit_for_bit(name):
       assert _bits(new_params) == _bits(ref_params)
       assert _bits(new_state.inner_state) == _bits(ref_state.inner_state)
       assert bool(new_state.last_finite)
-      assert _bits(new_params) != _bits(params)
+      if t_clean:  # ADOPT's first step only sets its second moment
+        assert _bits(new_params) != _bits(params)
       t_clean += 1
     params, state = new_params, new_state
     for x in jax.tree.leaves((params, state)):

@@ -15,6 +15,7 @@ Each alias runs ``ADAM_JAX_HYPOTHESIS_EXAMPLES`` examples (default 3); raise it 
 explore further.
 """
 
+import inspect
 import os
 import warnings
 
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 
 import adam_jax
 from adam_jax import schedules
+from tests import helpers
 
 # To show a failing example hypothesis imports libcst, whose import warns
 # (mypy_extensions.TypedDict); warnings are errors here, which would hide the
@@ -55,26 +57,23 @@ TOL = {"float16": 4e-3, "bfloat16": 3e-2, "float32": 2e-5, "float64": 1e-12,
 FLOAT32_STATE = {"schedule_free_adamw", "adam8bit", "adamw8bit"}
 TOL_FLOAT64_FLOAT32_STATE = 2e-6
 
-_BASE = {"weight_decay", "wd_schedule", "mask", "mu_dtype", "nu_dtype", "maximize"}
-# The keyword options each alias accepts besides the learning rate.
-ALIASES = {
-    "adam": _BASE | {"amsgrad", "nesterov", "eps_root"},
-    "adamw": _BASE | {"amsgrad", "nesterov", "eps_root"},
-    "amsgrad": _BASE | {"eps_root"},
-    "nadam": _BASE | {"eps_root"},
-    "nadamw": _BASE | {"eps_root"},
-    "radam": _BASE | {"eps_root", "decoupled_weight_decay"},
-    "adamax": _BASE,
-    "adamaxw": _BASE,
-    "adabelief": _BASE | {"eps_root", "decoupled_weight_decay"},
-    "adopt": _BASE | {"decoupled_weight_decay", "clipping"},
-    "adam_mini": _BASE | {"eps_root"},
-    "cautious_adamw": _BASE | {"eps_root"},
-    "lazy_adam": {"mu_dtype", "nu_dtype", "maximize", "eps_root"},
-    "schedule_free_adamw": {"weight_decay", "mask", "nu_dtype", "maximize"},
-    "adam8bit": (_BASE - {"mu_dtype", "nu_dtype"}) | {"eps_root", "nesterov", "block"},
-    "adamw8bit": (_BASE - {"mu_dtype", "nu_dtype"}) | {"eps_root", "nesterov", "block"},
-}
+_OPTIONS = {"weight_decay", "mask", "mu_dtype", "nu_dtype", "maximize", "amsgrad", "nesterov",
+            "eps_root", "decoupled_weight_decay", "clipping"}
+
+
+def _accepted(alias):
+  """The keyword options ``alias`` accepts besides the learning rate, from its signature."""
+  params = inspect.signature(adam_jax.get_optimizer(alias)).parameters
+  ok = set(params) & _OPTIONS
+  if "block_size" in params:
+    ok.add("block")
+  if "weight_decay" in params and "Schedule" in str(params["weight_decay"].annotation):
+    ok.add("wd_schedule")
+  return ok
+
+
+# Every registered alias, with the options it accepts.
+ALIASES = {alias: _accepted(alias) for alias in helpers.ALIASES}
 
 
 class Shape(tuple):

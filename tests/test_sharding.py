@@ -12,6 +12,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import adam_jax
+from tests import helpers
 
 SHAPES = {"w": (16, 8), "v": (8, 16), "b": (8,), "s": ()}
 # FSDP: the big leaves split over one data axis; the bias and the scalar replicated.
@@ -19,7 +20,10 @@ FSDP = ((8,), ("data",), {"w": P("data", None), "v": P("data"), "b": P(), "s": P
 # Tensor parallel on a 2-D mesh: both axes split the matrices, the bias split over "model".
 TP = ((4, 2), ("data", "model"),
       {"w": P("data", "model"), "v": P("model", "data"), "b": P("model"), "s": P()})
-CORE = ("adam", "adamw", "amsgrad", "nadam", "nadamw", "radam", "adamax", "adamaxw", "adabelief")
+# Every alias whose step is elementwise on param-shaped moments (the others reduce within
+# a leaf and communicate; the 8-bit state has a test of its own below).
+CORE = tuple(a for a in helpers.ALIASES
+             if a not in helpers.REDUCES_WITHIN_A_LEAF | helpers.BLOCKED_STATE)
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
 
 
@@ -107,7 +111,7 @@ CASES = ([(name, *COMBOS[i % 4]) for i, name in enumerate(CORE)]
     "name,layout,axis_type", CASES,
     ids=[f"{n}-{'fsdp' if lay is FSDP else 'tp'}-{t.name.lower()}" for n, lay, t in CASES])
 def test_state_and_step_follow_param_shardings(name, layout, axis_type):
-  tx = getattr(adam_jax, name)(1e-2)
+  tx = helpers.make_alias(name, 1e-2)
   mesh, specs = _mesh(layout, axis_type)
   values, grad_values = _values(0), [_values(i) for i in (1, 2, 3)]
   with _context(mesh, axis_type):
@@ -282,40 +286,6 @@ def test_param_shaped_state_of_modern_variants_follows_param_sharding(make):
   assert shaped, "expected param-shaped state leaves"
   for x in shaped:
     assert x.sharding.is_equivalent_to(sharding, 2)
-
-
-MODERN = {
-    # name: (factory, the step is elementwise, so it needs no communication)
-    "adopt": (lambda: adam_jax.adopt(1e-2), True),
-    "lazy_adam": (lambda: adam_jax.lazy_adam(1e-2, mask_fn=lambda p: {k: k == "w" for k in p}),
-                  True),
-    "schedule_free_adamw": (lambda: adam_jax.schedule_free_adamw(1e-2, warmup_steps=2), True),
-    # Per-leaf means (cautious) and per-block second moments (Adam-mini) reduce across
-    # the sharded axes: a collective is expected there.
-    "cautious_adamw": (lambda: adam_jax.cautious_adamw(1e-2), False),
-    "adam_mini": (lambda: adam_jax.adam_mini(1e-2), False),
-}
-
-
-@pytest.mark.parametrize("name", sorted(MODERN))
-def test_modern_variants_keep_shardings_and_match_one_device(name):
-  make, elementwise = MODERN[name]
-  mesh, specs = _mesh(FSDP, AxisType.Auto)
-  values, grad_values = _values(0), [_values(i) for i in (1, 2, 3)]
-  params = _place(values, mesh, specs)
-  grads = [_place(g, mesh, specs) for g in grad_values]
-  state0, new_params, state, hlo = _run(make(), params, grads)
-  assert_same_shardings(new_params, params)
-  assert_same_shardings(state, state0)
-  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-    key = path[-1]
-    if isinstance(key, jax.tree_util.DictKey) and leaf.shape == params[key.key].shape:
-      assert leaf.sharding.is_equivalent_to(params[key.key].sharding, leaf.ndim), path
-  if elementwise:
-    assert not [c for c in COLLECTIVES if c in hlo]
-  want = _single_device_run(make(), values, grad_values)
-  for got, w in zip(jax.tree.leaves((new_params, state)), jax.tree.leaves(want)):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(w), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
