@@ -209,7 +209,9 @@ def _returns_transformation(obj: Any) -> bool:
     annotation = inspect.signature(obj).return_annotation
   except (TypeError, ValueError):
     return False
-  return "GradientTransformation" in str(getattr(annotation, "__name__", annotation))
+  text = str(getattr(annotation, "__name__", annotation))
+  # A factory of transformations (get_optimizer) is not itself a transformation.
+  return "GradientTransformation" in text and not text.startswith("Callable")
 
 
 def _has_example(sections: dict[str, list[str]]) -> bool:

@@ -15,9 +15,19 @@ import adam_jax
 from adam_jax import quantization
 from tests import helpers
 
-needs_native = pytest.mark.skipif(not adam_jax.native.available(),
-                                  reason=f"CPU kernel: {adam_jax.native.status()}")
+needs_native = pytest.mark.needs_native  # the test runs the CPU kernel
 NATIVE = [False, pytest.param(True, marks=needs_native)]  # both paths of the 8-bit step
+
+
+@pytest.fixture(autouse=True)
+def _skip_without_kernel(request):
+  """Skips a test that needs the CPU kernel where it cannot be built.
+
+  Decided when the test runs, not at import: building the kernel takes seconds and
+  must not slow the collection of every other test.
+  """
+  if request.node.get_closest_marker("needs_native") and not adam_jax.native.available():
+    pytest.skip(f"CPU kernel: {adam_jax.native.status()}")
 
 _quantize = jax.jit(quantization.quantize, static_argnames=("signed", "block_size", "nonzero"))
 _dequantize = jax.jit(quantization.dequantize, static_argnames=("signed", "shape", "dtype"))
