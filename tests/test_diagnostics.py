@@ -111,6 +111,7 @@ def test_amsgrad_states_use_the_running_maximum_with_each_convention():
   assert float(dg.eps_dominated_fraction(theirs, eps)) == 1.0
 
 
+@pytest.mark.slow
 def test_state_is_found_inside_wrappers_and_several_states_are_pooled():
   params = {"x": jnp.ones(3, F32), "y": jnp.ones(5, F32)}
   inner = optax.chain(
@@ -223,6 +224,7 @@ ALIASES = {
 }
 
 
+@pytest.mark.slow
 def test_monitor_updates_are_identical_to_the_wrapped_alias():
   full = _tree_f32(make_params(4))
   params = {"w": full["w"], "b": full["b"]}  # two leaves keep the ten compiles cheap
@@ -356,6 +358,7 @@ def test_monitor_under_vmap_matches_separate_runs():
   assert ratios[0] < ratios[1] < ratios[2]
 
 
+@pytest.mark.slow
 def test_monitor_inside_chain_and_summarize():
   params = _tree_f32(make_params(7))
   plain = optax.chain(optax.clip_by_global_norm(0.5), adam_jax.adam(1e-2))
@@ -389,6 +392,7 @@ def test_monitor_inside_chain_and_summarize():
     dg.summarize(batched)
 
 
+@pytest.mark.slow
 def test_monitor_with_flax_nnx_optimizer_has_clean_leaf_names():
   nnx = pytest.importorskip("flax.nnx")
 
@@ -421,6 +425,7 @@ def test_monitor_with_flax_nnx_optimizer_has_clean_leaf_names():
 # ----------------------------------------------------------------------------- plots
 
 
+@pytest.mark.slow
 def test_plot_history_rows_and_columns_draw_the_same_figure(tmp_path):
   pytest.importorskip("matplotlib")
   rows = [

@@ -91,6 +91,7 @@ def test_inject_hyperparams_changes_learning_rate():
   np.testing.assert_allclose(np.asarray(u2["w"]), np.asarray(u1["w"]) / 10, rtol=1e-5)
 
 
+@pytest.mark.slow
 @jax.numpy_dtype_promotion("standard")  # optax.MultiSteps mixes int and float counts
 def test_multisteps_accumulates_gradients():
   k = 3

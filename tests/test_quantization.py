@@ -610,6 +610,7 @@ def test_kernel_can_be_turned_off_from_the_environment(tmp_path):
   assert not list(tmp_path.iterdir())  # nothing built
 
 
+@pytest.mark.slow
 @needs_native
 def test_kernel_builds_into_an_empty_cache_and_is_reused(tmp_path):
   code = ("import adam_jax.native as n; print(n.available(), n.status())")
