@@ -13,6 +13,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 from optax import (
     constant_schedule,
     cosine_decay_schedule,
@@ -129,11 +130,11 @@ def cosine_annealing(init_value: Any, t_max: int, eta_min: Any = 0.0) -> optax.S
 
 
 def warmup_cosine(
-    peak_value: Any,
+    peak_value: ArrayLike,
     warmup_steps: int,
     total_steps: int,
-    init_value: Any = 0.0,
-    end_value: Any = 0.0,
+    init_value: ArrayLike = 0.0,
+    end_value: ArrayLike = 0.0,
 ) -> optax.Schedule:
   r"""Linear warm-up from ``init_value`` to ``peak_value``, then cosine decay.
 

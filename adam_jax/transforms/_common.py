@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 try:
   from jax.experimental.shard_alike import shard_alike
@@ -92,10 +93,10 @@ def adam_leaf(
     nu_max: Array | None,
     count: Array,
     *,
-    b1: Any,
-    b2: Any,
-    eps: Any,
-    eps_root: Any,
+    b1: ArrayLike,
+    b2: ArrayLike,
+    eps: ArrayLike,
+    eps_root: ArrayLike,
     nesterov: bool,
 ):
   """One Adam step on one array, computed in at least float32.

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from adam_jax import _blockwise as blockwise
 from adam_jax import _numerics as numerics
@@ -159,10 +160,10 @@ def _check_sizes(block_size: Any, min_quantized_size: Any) -> None:
 
 
 def scale_by_adam8bit(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
     *,
     block_size: int = 256,
     min_quantized_size: int = 4096,

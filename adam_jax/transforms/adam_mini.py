@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _numerics as numerics
 from adam_jax._tree import key_name
@@ -111,13 +112,13 @@ def adam_mini_block_shapes(params: Any, partition: Partition | None = None) -> A
 
 
 def scale_by_adam_mini(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
-    mu_dtype: Any | None = None,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: DTypeLike | None = None,
     *,
-    nu_dtype: Any | None = None,
+    nu_dtype: DTypeLike | None = None,
     partition: Partition | None = None,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by Adam-mini: Adam with one second moment per block.

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from adam_jax import _numerics as numerics
 from adam_jax.transforms._common import adam_leaf, map_leaves, zeros_like
@@ -58,12 +59,12 @@ def _stochastic_round_bf16(x: Array, noise: Array) -> Array:
 
 
 def scale_by_adam_stochastic(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
     *,
-    seed: Any = 0,
+    seed: ArrayLike = 0,
 ) -> optax.GradientTransformation:
   r"""Adam's rescaling with bfloat16 moments written by stochastic rounding.
 

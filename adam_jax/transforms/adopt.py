@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _numerics as numerics
 from adam_jax.transforms._common import abs_sq, moment_transform
@@ -23,12 +22,12 @@ def _clip(n: Array, bound: Array) -> Array:
 
 
 def scale_by_adopt(
-    b1: Any = 0.9,
-    b2: Any = 0.9999,
-    eps: Any = 1e-6,
-    mu_dtype: Any | None = None,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.9999,
+    eps: ArrayLike = 1e-6,
+    mu_dtype: DTypeLike | None = None,
     *,
-    nu_dtype: Any | None = None,
+    nu_dtype: DTypeLike | None = None,
     clipping: bool = True,
 ) -> optax.GradientTransformation:
   r"""Rescales updates as ADOPT: normalise by the *previous* second moment, then average.

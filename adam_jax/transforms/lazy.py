@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _numerics as numerics
 from adam_jax._tree import key_name
@@ -56,13 +57,13 @@ def _full_mask(mask_fn: Any, updates: Any) -> Any:
 
 
 def scale_by_lazy_adam(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
-    mu_dtype: Any | None = None,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: DTypeLike | None = None,
     *,
-    nu_dtype: Any | None = None,
+    nu_dtype: DTypeLike | None = None,
     mask_fn: Callable[[Any], Any] | Any | None = None,
 ) -> optax.GradientTransformation:
   r"""Adam that leaves the rows of embedding tables with a zero gradient untouched.

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _numerics as numerics
 from adam_jax.transforms._common import abs_sq, map_leaves, zeros_like
@@ -49,14 +50,14 @@ def _warmup_factor(warmup_steps: Any, t: Array) -> Array:
 
 def scale_by_schedule_free_adam(
     learning_rate: numerics.ScalarOrSchedule = 2.5e-3,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
     *,
-    weight_decay: Any = 0.0,
-    warmup_steps: Any = 0,
-    mask: Any = None,
-    nu_dtype: Any | None = None,
+    weight_decay: ArrayLike = 0.0,
+    warmup_steps: ArrayLike = 0,
+    mask: optax.MaskOrFn = None,
+    nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
   r"""Schedule-free AdamW's step: the updates move the params from :math:`y_t` to :math:`y_{t+1}`.
 

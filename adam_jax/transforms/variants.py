@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _numerics as numerics
 from adam_jax.transforms._common import abs_sq, moment_transform
@@ -50,14 +51,14 @@ def _radam_rho(b2: Any, t: Array) -> tuple[Any, Array]:
 
 
 def scale_by_radam(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
-    threshold: Any = 5.0,
-    mu_dtype: Any | None = None,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    threshold: ArrayLike = 5.0,
+    mu_dtype: DTypeLike | None = None,
     *,
-    nu_dtype: Any | None = None,
+    nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
   r"""Rectified Adam, with ``torch.optim.RAdam``'s update.
 
@@ -137,12 +138,12 @@ def scale_by_radam(
 
 
 def scale_by_adamax(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    mu_dtype: Any | None = None,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    mu_dtype: DTypeLike | None = None,
     *,
-    nu_dtype: Any | None = None,
+    nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
   r"""Adamax (the infinity-norm Adam), with ``torch.optim.Adamax``'s update.
 
@@ -200,13 +201,13 @@ def scale_by_adamax(
 
 
 def scale_by_belief(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-16,
-    eps_root: Any = 1e-16,
-    mu_dtype: Any | None = None,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-16,
+    eps_root: ArrayLike = 1e-16,
+    mu_dtype: DTypeLike | None = None,
     *,
-    nu_dtype: Any | None = None,
+    nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
   r"""AdaBelief: Adam with the variance of the gradient around its prediction.
 

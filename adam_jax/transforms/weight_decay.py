@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ class AddWeightDecayState(NamedTuple):
 
 def add_weight_decay(
     weight_decay: numerics.ScalarOrSchedule = 0.0,
-    mask: Any = None,
+    mask: optax.MaskOrFn = None,
 ) -> optax.GradientTransformation:
   r"""Adds ``weight_decay * param`` to the updates.
 
