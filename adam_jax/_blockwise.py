@@ -33,33 +33,6 @@ def map_table(signed: bool) -> np.ndarray:
   return mags.astype(np.float32)
 
 
-def dynamic_map(signed: bool) -> np.ndarray:
-  """The 256 values an 8-bit code stands for, as a multiple of the block scale.
-
-  Args:
-    signed: the signed map (first moment: codes 128..255 are the negatives of
-      0..127) or the unsigned map (second moment).
-
-  Returns:
-    A float32 NumPy array of shape ``(256,)``; entry ``c`` is code ``c``'s value.
-    Entry 0 is 0 and the largest magnitude is exactly 1.
-
-  Examples:
-    >>> import adam_jax
-    >>> m = adam_jax.quantization.dynamic_map(signed=False)
-    >>> m[0], m[255], m[1], m[128], m[127]
-    (np.float32(0.0), np.float32(1.0), np.float32(1e-07), np.float32(0.10703125), np.float32(0.1))
-
-  References:
-    Dettmers, Lewis, Shleifer & Zettlemoyer, `8-bit Optimizers via Block-wise
-    Quantization <https://arxiv.org/abs/2110.02861>`_, ICLR 2022.
-
-    Dettmers, `8-Bit Approximations for Parallelism in Deep Learning
-    <https://arxiv.org/abs/1511.04561>`_, ICLR 2016.
-  """
-  return map_table(bool(signed)).copy()
-
-
 # Adding 2**23 to a float32 in [0, 2**23) rounds it to an integer held in the low
 # mantissa bits, so a bitcast and a mask give the code: cheaper on CPU than
 # floor plus XLA's saturating float-to-uint8 conversion. It relies on the

@@ -148,11 +148,16 @@ def map_leaves(
 
 
 def moment_transform(
-    leaf_fn: Callable[..., tuple], mu_dtype: Any, nu_dtype: Any
+    leaf_fn: Callable[..., tuple],
+    mu_dtype: Any,
+    nu_dtype: Any,
+    leaf_options: Callable[[Any], Any] | None = None,
 ) -> optax.GradientTransformation:
   """A transformation with :class:`ScaleByAdamState` whose step is ``leaf_fn``.
 
   ``leaf_fn(g, mu, nu, count) -> (update, mu, nu)``, with ``count`` already incremented.
+  With ``leaf_options``, ``leaf_options(updates)`` gives a tree of one value per leaf of
+  ``updates``, passed as a fifth argument (lazy Adam's mask).
   """
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
   nu_dtype = None if nu_dtype is None else jnp.dtype(nu_dtype)
@@ -165,8 +170,10 @@ def moment_transform(
     del params
     numerics.tree_check_same_structure(updates, state.mu)
     count = numerics.safe_increment(state.count)
-    u, mu, nu = map_leaves(lambda g, m, v: leaf_fn(g, m, v, count), updates, state.mu,
-                           state.nu, num_outputs=3)
+    options = None if leaf_options is None else leaf_options(updates)
+    u, mu, nu = map_leaves(lambda g, m, v, *o: leaf_fn(g, m, v, count, *o), updates,
+                           state.mu, state.nu, *([] if options is None else [options]),
+                           num_outputs=3)
     return u, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)

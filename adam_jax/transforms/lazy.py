@@ -12,7 +12,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _numerics as numerics
 from adam_jax._tree import key_name
-from adam_jax.transforms._common import ScaleByAdamState, adam_leaf, init_moments, map_leaves
+from adam_jax.transforms._common import adam_leaf, moment_transform
 
 Array = jax.Array
 
@@ -127,33 +127,19 @@ def scale_by_lazy_adam(
   numerics.check_nonnegative(eps=eps, eps_root=eps_root)
   if mask_fn is None:
     mask_fn = embedding_mask
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
-  nu_dtype = None if nu_dtype is None else jnp.dtype(nu_dtype)
 
-  def init_fn(params):
-    mu, nu = init_moments(params, mu_dtype, nu_dtype)
-    return ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
+  def leaf(g, mu, nu, count, is_lazy):
+    u, mu_new, nu_new, _ = adam_leaf(g, mu, nu, None, count, b1=b1, b2=b2, eps=eps,
+                                     eps_root=eps_root, nesterov=False)
+    if not is_lazy:
+      return u, mu_new, nu_new
+    # A row (index along axis 0) is active when any entry of its gradient is not 0.
+    active = jnp.any(g != 0, axis=tuple(range(1, g.ndim)), keepdims=True)
+    return (jnp.where(active, u, jnp.zeros_like(u)), jnp.where(active, mu_new, mu),
+            jnp.where(active, nu_new, nu))
 
-  def update_fn(updates, state, params=None):
-    del params
-    numerics.tree_check_same_structure(updates, state.mu)
-    count = numerics.safe_increment(state.count)
-    lazy = _full_mask(mask_fn, updates)
-
-    def leaf(g, mu, nu, is_lazy):
-      u, mu_new, nu_new, _ = adam_leaf(g, mu, nu, None, count, b1=b1, b2=b2, eps=eps,
-                                       eps_root=eps_root, nesterov=False)
-      if not is_lazy:
-        return u, mu_new, nu_new
-      # A row (index along axis 0) is active when any entry of its gradient is not 0.
-      active = jnp.any(g != 0, axis=tuple(range(1, g.ndim)), keepdims=True)
-      return (jnp.where(active, u, jnp.zeros_like(u)), jnp.where(active, mu_new, mu),
-              jnp.where(active, nu_new, nu))
-
-    u, mu, nu = map_leaves(leaf, updates, state.mu, state.nu, lazy, num_outputs=3)
-    return u, ScaleByAdamState(count=count, mu=mu, nu=nu)
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  return moment_transform(leaf, mu_dtype, nu_dtype,
+                          leaf_options=lambda updates: _full_mask(mask_fn, updates))
 
 
 __all__ = ["embedding_mask", "scale_by_lazy_adam"]
