@@ -93,6 +93,13 @@ def _encode_moment(
   return QuantizedArray(code.astype(jnp.uint8), scale)
 
 
+# The XLA program: four fused loops over each leaf, each decoding the codes it needs
+# itself, with no float32 temporaries the size of the leaf: the block maxima of both
+# new moments (one reduction), the encoding of each moment, and the update (which XLA
+# fuses with the rest of the chain and optax.apply_updates). The CPU kernel
+# (native/adam8bit_cpu.cc) does the same arithmetic reading and writing every block
+# once; it is used only where built with AVX-512 (its AVX2 build measured slower than
+# this program) and with one device (it has no sharding rule).
 def _adam8bit_blocks(g_blocks, mu: QuantizedArray, nu: QuantizedArray, count, hyper):
   """One step on a blocked ``(*leading, num_blocks, block)`` float32 leaf."""
 
@@ -188,12 +195,8 @@ def scale_by_adam8bit(
   unsigned dynamic quantization of :mod:`adam_jax.quantization`. The update uses
   the fresh float32 moments; only what is stored between steps is 8-bit. A
   positive second moment is never rounded to zero. On CPU (one device) the step
-  of each quantized leaf is one call of a hand-written kernel that reads and
-  writes every block once (``native``, below). Elsewhere it is an XLA program of
-  four fused loops over each leaf, each decoding the codes it needs itself, with
-  no float32 temporaries the size of the leaf: the block maxima of both new
-  moments (one reduction), the encoding of each moment, and the update (which
-  XLA fuses with the rest of the chain and ``optax.apply_updates``).
+  runs as a hand-written kernel (``native``, below), elsewhere as an XLA program;
+  both compute the same step.
 
   Blocks run along each leaf's last axis (at most ``block_size`` elements,
   near-equal, never crossing a row): codes of shape
@@ -215,15 +218,13 @@ def scale_by_adam8bit(
     block_size: elements per quantization block (one float32 scale each).
     min_quantized_size: leaves with fewer elements are not quantized.
     nesterov: use Nesterov momentum (NAdam), as :func:`adam_jax.scale_by_adam`.
-    native: on CPU, run the step of each quantized leaf as one call of a
-      hand-written kernel (:mod:`adam_jax.native`, built on first use with the
-      system C++ compiler, x86 with AVX-512 only) that reads and writes every
-      block once, instead of XLA's four passes; the same arithmetic up to
-      float32 rounding. ``None`` (default): when the kernel is available and
-      JAX has one device (the kernel has no sharding rule); ``True``: always on
-      CPU (error if it is unavailable); ``False``: never. Other platforms
-      always run the XLA program. The kernel has no derivative rule
-      (differentiating through the step needs ``native=False``).
+    native: on CPU, run the step as a hand-written kernel
+      (:mod:`adam_jax.native`, built on first use with the system C++ compiler;
+      the same arithmetic up to float32 rounding). ``None`` (default): when the
+      kernel is available and JAX has one device; ``True``: always on CPU (error
+      if it is unavailable); ``False``: never. Other platforms always run the XLA
+      program. The kernel has no derivative rule: differentiate through the step
+      (meta-gradients) with ``native=False``.
 
   Returns:
     An ``optax.GradientTransformation`` with state :class:`ScaleByAdam8bitState`.
