@@ -12,7 +12,8 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # Whole files of long tests; single long tests carry @pytest.mark.slow themselves.
 _SLOW_FILES = ("test_properties.py", "test_sharding.py", "test_cli.py", "test_tuning.py",
-               "test_tasks.py", "test_every_alias.py", "test_benchmarking.py")
+               "test_tasks.py", "test_every_alias.py", "test_benchmarking.py",
+               "test_quantization.py", "test_checkpoint.py", "test_diagnostics.py")
 
 
 def pytest_collection_modifyitems(config, items):
