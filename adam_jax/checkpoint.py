@@ -424,6 +424,15 @@ def _sharding(leaf: Any) -> Any:
   return sharding
 
 
+def _default_sharding() -> Any:
+  """For a leaf of ``like`` without a sharding: replicated over the current mesh, if one
+  is set (``jax.set_mesh``), else on this process's first device."""
+  mesh = jax.sharding.get_mesh()
+  if not mesh.empty:
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
 def _key_data_sharding(sharding: Any, ndim: int) -> Any:
   """The sharding of ``key_data`` of a key array with ``sharding`` (one more axis)."""
   if isinstance(sharding, jax.sharding.NamedSharding):
@@ -471,8 +480,7 @@ def _restore_save(save_dir: pathlib.Path, like: Any) -> Any:
     data_shape, data_dtype = tuple(entry["data_shape"]), entry["data_dtype"]
     if "key" in entry:
       if kind == "jax":
-        if sharding is None:
-          sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        sharding = sharding or _default_sharding()
         data_sharding = (_key_data_sharding(sharding, len(shape)) if entry["kind"] == "key"
                          else sharding)
         target[entry["key"]] = jax.ShapeDtypeStruct(data_shape, data_dtype,
@@ -494,7 +502,7 @@ def _restore_save(save_dir: pathlib.Path, like: Any) -> Any:
         # Placed (committed) like the arrays orbax restores, so one jitted step sees
         # one signature for the whole tree.
         value = jax.device_put(
-            value, sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+            value, sharding or _default_sharding())
     if entry["kind"] == "key":
       value = jax.random.wrap_key_data(value, impl=entry["impl"])
     if kind == "python":
