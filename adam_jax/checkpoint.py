@@ -175,10 +175,16 @@ def _entries(state: Any) -> tuple[list[dict], dict[str, Any]]:
 
 
 def _read_marker(path: pathlib.Path) -> bool:
-  try:
-    return json.loads((path / _MARKER).read_text()) == _FORMAT
-  except (OSError, ValueError):
+  """Whether ``path`` is marked as a checkpoint written here; a damaged mark is an error."""
+  marker = path / _MARKER
+  if not marker.is_file():
     return False
+  try:
+    if json.loads(marker.read_text()) == _FORMAT:
+      return True
+  except (OSError, ValueError):
+    pass
+  raise CheckpointCorruptError(f"{marker} is damaged: it should hold {json.dumps(_FORMAT)}")
 
 
 def _check_target(path: pathlib.Path, *, overwrite: bool, add: bool) -> None:
@@ -507,6 +513,8 @@ def _restore_save(save_dir: pathlib.Path, like: Any) -> Any:
       value = jax.random.wrap_key_data(value, impl=entry["impl"])
     if kind == "python":
       value = type(leaf)(np.asarray(value).item())
+    elif isinstance(leaf, np.generic):
+      value = np.asarray(value)[()]  # a NumPy scalar, as in `like`
     leaves.append(value)
   return treedef.unflatten(leaves)
 

@@ -249,6 +249,11 @@ def test_a_corrupt_manifest_is_an_error(tmp_path):
   manifest.write_text("{")
   with pytest.raises(checkpoint.CheckpointCorruptError, match="unreadable"):
     checkpoint.restore(path, like=state)
+  (path / "adam_jax_checkpoint.json").write_text('{"format": "adam_jax.checkpoinT"}')
+  with pytest.raises(checkpoint.CheckpointCorruptError, match="checkpoint.json is damaged"):
+    checkpoint.restore(path, like=state)
+  with pytest.raises(checkpoint.CheckpointCorruptError, match="damaged"):
+    checkpoint.save(path, state, overwrite=True)
 
 
 def test_rotating_saves_fall_back_to_the_previous_one(tmp_path):
@@ -352,21 +357,23 @@ def test_typed_keys_and_python_scalars_round_trip(tmp_path):
           "rbg": jax.random.key(0, impl="rbg"),
           "sharded": jax.device_put(jax.random.split(jax.random.key(2), 16),
                                     jax.sharding.NamedSharding(mesh, jax.P("data"))),
-          "f": 0.1, "i": 2**40, "b": True, "c": 1.5 - 2j, "np": np.arange(3, dtype=np.int16)}
+          "f": 0.1, "i": 2**40, "b": True, "c": 1.5 - 2j, "np": np.arange(3, dtype=np.int16),
+          "np_scalar": np.float32(2.5)}
   path = checkpoint.save(tmp_path / "s", tree)
   restored = checkpoint.restore(path, like=tree)
   assert jax.tree.structure(restored) == jax.tree.structure(tree)
   for k in ("f", "i", "b", "c"):
     assert type(restored[k]) is type(tree[k]) and restored[k] == tree[k]
   assert type(restored["np"]) is np.ndarray and np.array_equal(restored["np"], tree["np"])
+  assert type(restored["np_scalar"]) is np.float32 and restored["np_scalar"] == 2.5
   for k in ("key", "keys", "rbg", "sharded"):
     assert restored[k].dtype == tree[k].dtype
     assert np.array_equal(jax.random.key_data(restored[k]), jax.random.key_data(tree[k]))
   assert restored["sharded"].sharding.spec == jax.P("data")
   # Into an abstract target too.
   restored = checkpoint.restore(path, like=jax.eval_shape(lambda: {
-      k: v for k, v in tree.items() if k not in ("f", "i", "b", "c", "np")}) | {
-          k: tree[k] for k in ("f", "i", "b", "c", "np")})
+      k: v for k, v in tree.items() if k.startswith(("key", "keys", "rbg", "sharded"))}) | {
+          k: v for k, v in tree.items() if not k.startswith(("key", "keys", "rbg", "sharded"))})
   assert np.array_equal(jax.random.key_data(restored["keys"]), jax.random.key_data(tree["keys"]))
   with pytest.raises(checkpoint.CheckpointMismatchError, match=r"key<fry>\[\].*key<rbg>\[\]"):
     checkpoint.restore(path, like={**tree, "key": jax.random.key(0, impl="rbg")})
