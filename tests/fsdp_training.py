@@ -67,9 +67,13 @@ def train(ckpt_dir: str) -> dict[str, np.ndarray]:
     for _ in range(STOP):
       params, state, loss = step(params, state, x, y)
       losses.append(loss)
-    checkpoint.save(ckpt_dir, (params, state))
+    extras = {"step": np.asarray(STOP, np.int32), "lr": 1e-2, "curve": np.asarray(losses)}
+    checkpoint.save(ckpt_dir, (params, state, extras))
     like = jax.eval_shape(lambda p: (p, tx.init(p)), params)  # shardings on an abstract mesh
-    r_params, r_state = checkpoint.restore(ckpt_dir, like=like)
+    like_extras = {"step": np.zeros((), np.int32), "lr": 0.0, "curve": np.zeros(STOP, np.float32)}
+    r_params, r_state, r_extras = checkpoint.restore(ckpt_dir, like=(*like, like_extras))
+    assert int(r_extras["step"]) == STOP and r_extras["lr"] == 1e-2
+    assert np.array_equal(r_extras["curve"], extras["curve"])
     assert r_state[0].mu["w1"].sharding.spec == P("data", None)
     compiled = step._cache_size()
     for _ in range(STOP, STEPS):
