@@ -213,10 +213,16 @@ def _saves(path: pathlib.Path) -> list[pathlib.Path]:
   return sorted(names, key=lambda p: int(_SAVE.fullmatch(p.name)[1]), reverse=True)
 
 
-def _fsync(path: pathlib.Path) -> None:
-  fd = os.open(path, os.O_RDONLY)
+def _fsync_directory(path: pathlib.Path) -> None:
+  """Makes a directory's entries durable, where the platform can (not on Windows)."""
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return
   try:
     os.fsync(fd)
+  except OSError:
+    pass
   finally:
     os.close(fd)
 
@@ -280,9 +286,9 @@ def _save(path: str | os.PathLike, state: Any, *, keep: int, overwrite: bool,
         files[file.relative_to(tmp).as_posix()] = {"sha256": digest, "size": size}
       body = {"leaves": entries, "files": files}
       _write_json(tmp / _MANIFEST, {"body": body, "sha256": _json_digest(body)})
-      _fsync(tmp)
+      _fsync_directory(tmp)
       os.replace(tmp, final)
-      _fsync(path)
+      _fsync_directory(path)
       for old in saves[max(keep - 1, 0):]:
         _remove(old)
   except BaseException:
