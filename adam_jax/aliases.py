@@ -9,7 +9,9 @@ lives inside :func:`adam_jax.scale_by_schedule_free_adam`). Positional parameter
 follow optax's order, so a call that works with ``optax.X`` works unchanged with
 ``adam_jax.X``. Every numeric hyperparameter may be a traced JAX array (vmap over
 learning rates, betas, eps, weight decay) or, for the learning rate and weight
-decay, a schedule.
+decay, a schedule. The state's structure depends only on which arguments are
+given, never on their values, so ``optax.inject_hyperparams(alias)`` has the same
+inner state as ``alias``.
 
 Each alias is registered where it is defined: :func:`optimizers` lists them and
 :func:`get_optimizer` returns one by name, for the command line, the tuning tools,
@@ -87,11 +89,6 @@ def get_optimizer(name: str) -> Callable[..., optax.GradientTransformation]:
         f"unknown optimizer {name!r}; expected one of: {', '.join(optimizers())}") from None
 
 
-def _is_zero(value: Any) -> bool:
-  """True for a concrete scalar zero (a decay that can be left out of the chain)."""
-  return isinstance(value, (int, float)) and value == 0
-
-
 def _chain(
     core: optax.GradientTransformation,
     learning_rate: ScalarOrSchedule,
@@ -101,11 +98,13 @@ def _chain(
     mask: optax.MaskOrFn,
     maximize: bool,
 ) -> optax.GradientTransformation:
-  numerics.check_nonnegative(learning_rate=learning_rate, weight_decay=weight_decay)
+  numerics.check_nonnegative(learning_rate=learning_rate)
   links = []
   if maximize:
     links.append(optax.scale(-1.0))
-  decay = None if _is_zero(weight_decay) else add_weight_decay(weight_decay, mask)
+  # Left out only when not given: never decided by the value, which may be traced
+  # (optax.inject_hyperparams), so the state's structure depends on the arguments only.
+  decay = None if weight_decay is None else add_weight_decay(weight_decay, mask)
   if decay is not None and not decoupled:
     links.append(decay)
   links.append(core)
@@ -125,7 +124,7 @@ def adam(
     mu_dtype: jax.typing.DTypeLike | None = None,
     *,
     nu_dtype: jax.typing.DTypeLike | None = None,
-    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
     amsgrad: bool = False,
     nesterov: bool = False,
     maximize: bool = False,
@@ -149,6 +148,7 @@ def adam(
     mu_dtype: dtype of the first moment; default the param's dtype.
     nu_dtype: dtype of the second moment; default the param's dtype.
     weight_decay: coupled L2 coefficient :math:`\lambda` (torch's ``weight_decay``).
+      ``None`` (default): no decay term (a ``0.0`` given keeps a zero one).
     amsgrad: use AMSGrad's running maximum (torch's convention).
     nesterov: use Nesterov momentum (NAdam).
     maximize: ascend the objective instead of descending (torch's ``maximize``).
@@ -247,7 +247,7 @@ def amsgrad(
     mu_dtype: jax.typing.DTypeLike | None = None,
     *,
     nu_dtype: jax.typing.DTypeLike | None = None,
-    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
     maximize: bool = False,
     mask: optax.MaskOrFn = None,
 ) -> optax.GradientTransformation:
@@ -271,6 +271,7 @@ def amsgrad(
     mu_dtype: dtype of the first moment.
     nu_dtype: dtype of the second moment and its maximum.
     weight_decay: coupled L2 coefficient.
+      ``None`` (default): no decay term (a ``0.0`` given keeps a zero one).
     maximize: ascend the objective instead of descending.
     mask: which params get weight decay.
 
@@ -307,7 +308,7 @@ def nadam(
     mu_dtype: jax.typing.DTypeLike | None = None,
     *,
     nu_dtype: jax.typing.DTypeLike | None = None,
-    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
     maximize: bool = False,
     mask: optax.MaskOrFn = None,
 ) -> optax.GradientTransformation:
@@ -337,6 +338,7 @@ def nadam(
     mu_dtype: dtype of the first moment.
     nu_dtype: dtype of the second moment.
     weight_decay: coupled L2 coefficient.
+      ``None`` (default): no decay term (a ``0.0`` given keeps a zero one).
     maximize: ascend the objective instead of descending.
     mask: which params get weight decay.
 
@@ -431,7 +433,7 @@ def radam(
     *,
     mu_dtype: jax.typing.DTypeLike | None = None,
     nu_dtype: jax.typing.DTypeLike | None = None,
-    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
     mask: optax.MaskOrFn = None,
@@ -470,6 +472,7 @@ def radam(
     mu_dtype: dtype of the first moment.
     nu_dtype: dtype of the second moment.
     weight_decay: weight decay coefficient.
+      ``None`` (default): no decay term (a ``0.0`` given keeps a zero one).
     decoupled_weight_decay: decoupled (AdamW-style) rather than coupled L2,
       as torch's ``decoupled_weight_decay``.
     maximize: ascend the objective instead of descending.
@@ -504,7 +507,7 @@ def adamax(
     *,
     mu_dtype: jax.typing.DTypeLike | None = None,
     nu_dtype: jax.typing.DTypeLike | None = None,
-    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
     maximize: bool = False,
     mask: optax.MaskOrFn = None,
 ) -> optax.GradientTransformation:
@@ -529,6 +532,7 @@ def adamax(
     mu_dtype: dtype of the first moment.
     nu_dtype: dtype of the infinity norm.
     weight_decay: coupled L2 coefficient (torch's ``weight_decay``).
+      ``None`` (default): no decay term (a ``0.0`` given keeps a zero one).
     maximize: ascend the objective instead of descending.
     mask: which params get weight decay.
 
@@ -623,7 +627,7 @@ def adabelief(
     *,
     mu_dtype: jax.typing.DTypeLike | None = None,
     nu_dtype: jax.typing.DTypeLike | None = None,
-    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
     mask: optax.MaskOrFn = None,
@@ -648,6 +652,7 @@ def adabelief(
     mu_dtype: dtype of the first moment.
     nu_dtype: dtype of the belief moment.
     weight_decay: weight decay coefficient.
+      ``None`` (default): no decay term (a ``0.0`` given keeps a zero one).
     decoupled_weight_decay: decoupled rather than coupled L2.
     maximize: ascend the objective instead of descending.
     mask: which params get weight decay.
@@ -750,7 +755,7 @@ def adopt(
     *,
     nu_dtype: jax.typing.DTypeLike | None = None,
     clipping: bool = True,
-    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
     mask: optax.MaskOrFn = None,
@@ -783,6 +788,7 @@ def adopt(
     nu_dtype: dtype of the second moment.
     clipping: clip the normalised gradient to :math:`\pm t^{1/4}`.
     weight_decay: weight decay coefficient.
+      ``None`` (default): no decay term (a ``0.0`` given keeps a zero one).
     decoupled_weight_decay: decoupled (AdamW-style) rather than coupled L2.
     maximize: ascend the objective instead of descending.
     mask: which params get weight decay.
@@ -977,7 +983,7 @@ def lazy_adam(
     <https://arxiv.org/abs/1412.6980>`_, 2014.
   """
   core = scale_by_lazy_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, mask_fn=mask_fn)
-  return _chain(core, learning_rate, weight_decay=0.0, decoupled=False, mask=None,
+  return _chain(core, learning_rate, weight_decay=None, decoupled=False, mask=None,
                 maximize=maximize)
 
 
@@ -989,7 +995,7 @@ def adam8bit(
     eps: ArrayLike = 1e-8,
     *,
     eps_root: ArrayLike = 0.0,
-    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
     block_size: int = 256,
     min_quantized_size: int = 4096,
     nesterov: bool = False,
@@ -1015,6 +1021,7 @@ def adam8bit(
     eps: added to the denominator outside the square root.
     eps_root: added inside the square root.
     weight_decay: coupled L2 coefficient :math:`\lambda` (torch's ``weight_decay``).
+      ``None`` (default): no decay term (a ``0.0`` given keeps a zero one).
     block_size: elements per quantization block.
     min_quantized_size: leaves with fewer elements keep float32 moments.
     nesterov: use Nesterov momentum (NAdam).

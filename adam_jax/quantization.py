@@ -57,6 +57,18 @@ def dynamic_map(signed: bool) -> np.ndarray:
     A float32 NumPy array of shape ``(256,)``; entry ``c`` is code ``c``'s value.
     Entry 0 is 0 and the largest magnitude is exactly 1.
 
+  .. note::
+
+    These maps differ from bitsandbytes' (``create_dynamic_map``) on purpose. A
+    code ``[sign] 0…0 1 f…f`` (``e`` leading zeros, ``b`` fraction bits) stands for
+    the upper edge of its cell, ``10**-e * (0.1 + 0.9 * (f + 1) / 2**b)``, so ±1 and
+    0 are exact and the unsigned map has eight decades (down to 1e-7);
+    bitsandbytes' codes stand for cell centres, with 0 and +1 appended (-1 is not
+    exact; its unsigned map stops at 3.25e-7). On simulated Adam moments
+    (``benchmarks/dynamic_map_error.py``) the mean relative error is 1–6% higher
+    (3.02% against 2.90% for m), the error relative to the block maximum the same
+    to 1%, each block's maximum exact, and fewer small second moments round to 0.
+
   Examples:
     >>> import adam_jax
     >>> m = adam_jax.quantization.dynamic_map(signed=False)
