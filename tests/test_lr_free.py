@@ -235,6 +235,10 @@ def test_the_learnt_rate_follows_the_distance_to_the_solution(name, scale):
 
 ALIASES = {
     "prodigy": lambda h: adam_jax.prodigy(d_coef=h, weight_decay=1e-2),
+    "prodigy-d0-b2-b3": lambda h: adam_jax.prodigy(d0=h * 1e-3, b2=0.9 + 0.09 * h, b3=h),
+    "dadapt_adamw-d0-b1": lambda h: adam_jax.dadapt_adamw(d0=h * 1e-3, b1=h),
+    "mechanize-betas": lambda h: adam_jax.mechanize(adam_jax.adam(1.0), s_init=1e-2,
+                                                    betas=jnp.stack([h, 0.99 + 0.0 * h])),
     "dadapt_adamw": lambda h: adam_jax.dadapt_adamw(h, weight_decay=1e-2),
     "mechanic_adamw": lambda h: adam_jax.mechanic_adamw(s_init=h * 1e-6),
     "reduce_on_plateau": lambda h: optax.chain(adam_jax.adam(1e-2),
