@@ -17,11 +17,14 @@ from adam_jax.aliases import (
     adopt,
     amsgrad,
     cautious_adamw,
+    dadapt_adamw,
     get_optimizer,
     lazy_adam,
+    mechanic_adamw,
     nadam,
     nadamw,
     optimizers,
+    prodigy,
     radam,
     schedule_free_adamw,
 )
@@ -40,8 +43,16 @@ from adam_jax.transforms.adam_stochastic import (
 )
 from adam_jax.transforms.adopt import scale_by_adopt
 from adam_jax.transforms.cautious import cautious
+from adam_jax.transforms.dadapt import (
+    ScaleByDAdaptAdamState,
+    ScaleByProdigyState,
+    scale_by_dadapt_adam,
+    scale_by_prodigy,
+)
 from adam_jax.transforms.lazy import embedding_mask, scale_by_lazy_adam
 from adam_jax.transforms.learning_rate import scale_by_learning_rate
+from adam_jax.transforms.mechanic import MechanicState, mechanize
+from adam_jax.transforms.plateau import ReduceOnPlateauState, reduce_on_plateau
 from adam_jax.transforms.schedule_free import (
     ScheduleFreeAdamWState,
     scale_by_schedule_free_adam,
@@ -99,4 +110,15 @@ __all__ = [
     "schedule_free_adamw",
     "schedule_free_eval_params",
     "schedules",
+    "MechanicState",
+    "ReduceOnPlateauState",
+    "ScaleByDAdaptAdamState",
+    "ScaleByProdigyState",
+    "dadapt_adamw",
+    "mechanic_adamw",
+    "mechanize",
+    "prodigy",
+    "reduce_on_plateau",
+    "scale_by_dadapt_adam",
+    "scale_by_prodigy",
 ]

@@ -33,8 +33,10 @@ from adam_jax.transforms.adam8bit import scale_by_adam8bit
 from adam_jax.transforms.adam_mini import Partition, scale_by_adam_mini
 from adam_jax.transforms.adopt import scale_by_adopt
 from adam_jax.transforms.cautious import cautious
+from adam_jax.transforms.dadapt import scale_by_dadapt_adam, scale_by_prodigy
 from adam_jax.transforms.lazy import scale_by_lazy_adam
 from adam_jax.transforms.learning_rate import scale_by_learning_rate
+from adam_jax.transforms.mechanic import mechanize
 from adam_jax.transforms.schedule_free import scale_by_schedule_free_adam
 from adam_jax.transforms.variants import scale_by_adamax, scale_by_belief, scale_by_radam
 from adam_jax.transforms.weight_decay import add_weight_decay
@@ -1122,8 +1124,204 @@ def adamw8bit(
                 mask=mask, maximize=maximize)
 
 
+@_register
+def prodigy(
+    learning_rate: ScalarOrSchedule = 1.0,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    b3: ArrayLike | None = None,
+    eps: ArrayLike = 1e-8,
+    d0: ArrayLike = 1e-6,
+    d_coef: ArrayLike = 1.0,
+    weight_decay: ArrayLike = 0.0,
+    mask: optax.MaskOrFn = None,
+    *,
+    decoupled_weight_decay: bool = True,
+    bias_correction: bool = False,
+    safeguard_warmup: bool = False,
+    maximize: bool = False,
+) -> optax.GradientTransformation:
+  r"""Prodigy: Adam with a learnt learning rate :math:`d_k \gamma_k` (no rate to tune).
+
+  The paper's Adam version (:func:`adam_jax.scale_by_prodigy`), with :math:`x_0`
+  the initial params and :math:`\beta_3 = \sqrt{\beta_2}` by default:
+
+  .. math::
+
+    m_{k+1} &= \beta_1 m_k + (1 - \beta_1)\, d_k g_k, \qquad
+    v_{k+1} = \beta_2 v_k + (1 - \beta_2)\, d_k^2 g_k^2 \\
+    r_{k+1} &= \beta_3 r_k + (1 - \beta_3)\, \gamma_k d_k^2 \langle g_k, x_0 - x_k \rangle,
+    \qquad s_{k+1} = \beta_3 s_k + (1 - \beta_3)\, \gamma_k d_k^2 g_k \\
+    d_{k+1} &= \max(d_k,\ c\, r_{k+1} / \|s_{k+1}\|_1) \\
+    x_{k+1} &= x_k - \gamma_k d_k \left(m_{k+1} / (\sqrt{v_{k+1}} + d_k \epsilon)
+               + \mu x_k\right)
+
+  Keep ``learning_rate`` at 1 (or a schedule with peak 1, cosine decay as the
+  authors advise); change ``d_coef`` to force larger or smaller steps. With
+  ``decoupled_weight_decay=False`` the decay is coupled L2 (added to the gradient).
+
+  Args:
+    learning_rate: :math:`\gamma_k`: float, array or schedule; 1 is intended.
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    b3: decay rate of the estimate's sums; ``None`` for :math:`\sqrt{\beta_2}`.
+    eps: added to :math:`\sqrt{v}`, times :math:`d_k`.
+    d0: initial estimate :math:`d_0` (> 0).
+    d_coef: :math:`c`, multiplies the estimate.
+    weight_decay: :math:`\mu` (decoupled: scaled by :math:`\gamma_k d_k`).
+    mask: which params decay (pytree of bools or callable).
+    decoupled_weight_decay: AdamW-style decay (the authors' default) rather than L2.
+    bias_correction: multiply :math:`\gamma_k` by Adam's bias correction (as optax).
+    safeguard_warmup: leave :math:`\gamma_k` out of :math:`s_{k+1}` (for warm-up).
+    maximize: ascend the objective instead of descending.
+
+  Returns:
+    An ``optax.GradientTransformation``; ``update`` needs the params.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.prodigy(weight_decay=1e-2)
+    >>> state = tx.init({"w": jnp.zeros(3)})
+    >>> state[0].d  # the estimate starts at d0
+    Array(1.e-06, dtype=float32)
+
+  References:
+    Mishchenko & Defazio, `Prodigy: An Expeditiously Adaptive Parameter-Free
+    Learner <https://arxiv.org/abs/2306.06101>`_, ICML 2024.
+  """
+  links = [optax.scale(-1.0)] if maximize else []
+  coupled = not decoupled_weight_decay and not _is_zero(weight_decay)
+  if coupled:
+    numerics.check_nonnegative(weight_decay=weight_decay)
+    links.append(add_weight_decay(weight_decay, mask))
+  links.append(scale_by_prodigy(
+      learning_rate, b1, b2, b3, eps, d0, d_coef,
+      weight_decay=weight_decay if decoupled_weight_decay else 0.0, mask=mask,
+      bias_correction=bias_correction, safeguard_warmup=safeguard_warmup))
+  return optax.chain(*links)
+
+
+@_register
+def dadapt_adamw(
+    learning_rate: ScalarOrSchedule = 1.0,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    d0: ArrayLike = 1e-6,
+    weight_decay: ArrayLike = 0.0,
+    mask: optax.MaskOrFn = None,
+    *,
+    bias_correction: bool = False,
+    maximize: bool = False,
+) -> optax.GradientTransformation:
+  r"""D-Adapt AdamW: Adam with a learnt learning rate :math:`d_k \gamma_k`, decoupled decay.
+
+  The paper's Adam variant (:func:`adam_jax.scale_by_dadapt_adam`), with
+  :math:`\lambda_k = d_k \gamma_k`:
+
+  .. math::
+
+    m_{k+1} &= \beta_1 m_k + (1 - \beta_1) \lambda_k g_k, \qquad
+    v_{k+1} = \beta_2 v_k + (1 - \beta_2) g_k^2 \\
+    x_{k+1} &= x_k - m_{k+1} / (\sqrt{v_{k+1}} + \epsilon) - \lambda_k \mu x_k \\
+    r_{k+1} &= \sqrt{\beta_2}\, r_k + (1 - \sqrt{\beta_2}) \lambda_k
+               \textstyle\sum_i g_{k,i} s_{k,i} / (\sqrt{v_{k,i}} + \epsilon) \\
+    s_{k+1} &= \sqrt{\beta_2}\, s_k + (1 - \sqrt{\beta_2}) \lambda_k g_k, \qquad
+    d_{k+1} = \max\!\left(d_k,\ \frac{r_{k+1}}{(1 - \sqrt{\beta_2}) \|s_{k+1}\|_1}\right)
+
+  Keep ``learning_rate`` at 1 (or a schedule with peak 1).
+
+  Args:
+    learning_rate: :math:`\gamma_k`: float, array or schedule; 1 is intended.
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to :math:`\sqrt{v}`.
+    d0: initial estimate :math:`d_0` (> 0).
+    weight_decay: decoupled decay :math:`\mu`, scaled by :math:`d_k \gamma_k`.
+    mask: which params decay (pytree of bools or callable).
+    bias_correction: multiply :math:`\gamma_k` by Adam's bias correction (as optax).
+    maximize: ascend the objective instead of descending.
+
+  Returns:
+    An ``optax.GradientTransformation``; ``update`` needs the params when
+    ``weight_decay`` is not 0.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.dadapt_adamw(weight_decay=1e-2)
+    >>> state = tx.init({"w": jnp.zeros(3)})
+
+  References:
+    Defazio & Mishchenko, `Learning-Rate-Free Learning by D-Adaptation
+    <https://arxiv.org/abs/2301.07733>`_, ICML 2023.
+  """
+  core = scale_by_dadapt_adam(learning_rate, b1, b2, eps, d0, weight_decay=weight_decay,
+                              mask=mask, bias_correction=bias_correction)
+  if maximize:
+    return optax.chain(optax.scale(-1.0), core)
+  return core
+
+
+@_register
+def mechanic_adamw(
+    learning_rate: ScalarOrSchedule = 1.0,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: optax.MaskOrFn = None,
+    *,
+    mechanic_weight_decay: ArrayLike = 0.01,
+    s_init: ArrayLike = 1e-8,
+    maximize: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  r"""AdamW whose learning-rate scale Mechanic learns: ``mechanize(adamw(learning_rate))``.
+
+  With :math:`u_t` AdamW's update at learning rate :math:`\eta_t` (1 by default) and
+  the scale :math:`\sum_i s_{t+1,i}` from :func:`adam_jax.mechanize`:
+
+  .. math::
+
+    u_t &= -\eta_t \left(\hat m_t / (\sqrt{\hat v_t} + \epsilon) + \lambda x_t\right),
+    \qquad \Delta_{t+1} = \Delta_t + u_t \\
+    x_{t+1} &= x_{ref} + \left(\textstyle\sum_i s_{t+1,i}\right) \Delta_{t+1}
+
+  Args:
+    learning_rate: :math:`\eta_t` of the inner AdamW: 1 (or a schedule with peak 1).
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to the denominator of the inner AdamW.
+    weight_decay: the inner AdamW's decoupled decay :math:`\lambda`.
+    mask: which params the inner AdamW decays.
+    mechanic_weight_decay: Mechanic's own :math:`\lambda` inside :math:`h_t`.
+    s_init: Mechanic's initial scale.
+    maximize: ascend the objective instead of descending.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs the params.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_jax
+    >>> tx = adam_jax.mechanic_adamw()
+    >>> state = tx.init({"w": jnp.zeros(3)})
+    >>> state.s.shape  # one scale per decay rate
+    (6,)
+
+  References:
+    Cutkosky, Defazio & Mehta, `Mechanic: A Learning Rate Tuner
+    <https://arxiv.org/abs/2306.00144>`_, NeurIPS 2023.
+  """
+  inner = _chain(scale_by_adam(b1, b2, eps), learning_rate, weight_decay=weight_decay,
+                 decoupled=True, mask=mask, maximize=False)
+  tx = mechanize(inner, weight_decay=mechanic_weight_decay, s_init=s_init)
+  if maximize:  # Mechanic's h_t needs the negated gradient too
+    return optax.chain(optax.scale(-1.0), tx)
+  return tx
+
+
 __all__ = [
     "adabelief", "adam", "adam8bit", "adam_mini", "adamax", "adamaxw", "adamw", "adamw8bit",
     "adopt", "amsgrad", "cautious_adamw", "get_optimizer", "lazy_adam", "nadam", "nadamw",
     "optimizers", "radam", "schedule_free_adamw",
+    "dadapt_adamw", "mechanic_adamw", "prodigy",
 ]
