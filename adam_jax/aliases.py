@@ -1133,7 +1133,7 @@ def prodigy(
     eps: ArrayLike = 1e-8,
     d0: ArrayLike = 1e-6,
     d_coef: ArrayLike = 1.0,
-    weight_decay: ArrayLike = 0.0,
+    weight_decay: ArrayLike | None = None,
     mask: optax.MaskOrFn = None,
     *,
     decoupled_weight_decay: bool = True,
@@ -1190,13 +1190,14 @@ def prodigy(
     Learner <https://arxiv.org/abs/2306.06101>`_, ICML 2024.
   """
   links = [optax.scale(-1.0)] if maximize else []
-  coupled = not decoupled_weight_decay and not _is_zero(weight_decay)
-  if coupled:
+  # Left out only when not given, never because of its value (see _chain).
+  if weight_decay is not None and not decoupled_weight_decay:
     numerics.check_nonnegative(weight_decay=weight_decay)
     links.append(add_weight_decay(weight_decay, mask))
+  decoupled = weight_decay is not None and decoupled_weight_decay
   links.append(scale_by_prodigy(
       learning_rate, b1, b2, b3, eps, d0, d_coef,
-      weight_decay=weight_decay if decoupled_weight_decay else 0.0, mask=mask,
+      weight_decay=weight_decay if decoupled else 0.0, mask=mask,
       bias_correction=bias_correction, safeguard_warmup=safeguard_warmup))
   return optax.chain(*links)
 
@@ -1268,7 +1269,7 @@ def mechanic_adamw(
     b1: ArrayLike = 0.9,
     b2: ArrayLike = 0.999,
     eps: ArrayLike = 1e-8,
-    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
     mask: optax.MaskOrFn = None,
     *,
     mechanic_weight_decay: ArrayLike = 0.01,

@@ -87,11 +87,15 @@ ALIASES = adam_jax.optimizers()
 ALIAS_OPTIONS = {
     "adam8bit": {"block_size": 4, "min_quantized_size": 0},
     "adamw8bit": {"block_size": 4, "min_quantized_size": 0},
+    # Mechanic's scale starts at 1e-8: a few steps would barely move the params.
+    "mechanic_adamw": {"s_init": 1e-2},
 }
 
-# Aliases whose step reduces over the elements of a leaf (cautious: a per-leaf mean;
-# Adam-mini: per-block second moments): sharded, they communicate.
-REDUCES_WITHIN_A_LEAF = frozenset({"adam_mini", "cautious_adamw"})
+# Aliases whose step reduces over elements (cautious: a per-leaf mean; Adam-mini:
+# per-block second moments; D-Adaptation, Prodigy, Mechanic: sums over all params):
+# sharded, they communicate.
+REDUCES_OVER_ELEMENTS = frozenset({"adam_mini", "cautious_adamw", "dadapt_adamw",
+                                   "mechanic_adamw", "prodigy"})
 
 # Aliases whose moments are not shaped like the params (8-bit codes in blocks).
 BLOCKED_STATE = frozenset({"adam8bit", "adamw8bit"})

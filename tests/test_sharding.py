@@ -23,7 +23,7 @@ TP = ((4, 2), ("data", "model"),
 # Every alias whose step is elementwise on param-shaped moments (the others reduce within
 # a leaf and communicate; the 8-bit state has a test of its own below).
 CORE = tuple(a for a in helpers.ALIASES
-             if a not in helpers.REDUCES_WITHIN_A_LEAF | helpers.BLOCKED_STATE)
+             if a not in helpers.REDUCES_OVER_ELEMENTS | helpers.BLOCKED_STATE)
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
 
 
