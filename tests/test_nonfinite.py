@@ -29,6 +29,8 @@ OPTIMIZERS = {
     "adabelief-float16-params": lambda: adam_jax.adabelief(3e-2, nu_dtype=jnp.float32),
     "adamw8bit": lambda: adam_jax.adamw8bit(3e-2, block_size=2, min_quantized_size=0),
     "schedule_free_adamw": lambda: adam_jax.schedule_free_adamw(3e-2, warmup_steps=3),
+    "prodigy": lambda: adam_jax.prodigy(d0=1e-3, weight_decay=0.1),
+    "dadapt_adamw": lambda: adam_jax.dadapt_adamw(d0=1e-3),
 }
 
 

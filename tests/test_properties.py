@@ -74,6 +74,10 @@ ALIASES = {
     "schedule_free_adamw": {"weight_decay", "mask", "nu_dtype", "maximize"},
     "adam8bit": (_BASE - {"mu_dtype", "nu_dtype"}) | {"eps_root", "nesterov", "block"},
     "adamw8bit": (_BASE - {"mu_dtype", "nu_dtype"}) | {"eps_root", "nesterov", "block"},
+    # Learning-rate-free: the learning rate is a multiplier on the learnt one.
+    "prodigy": {"weight_decay", "mask", "maximize", "decoupled_weight_decay"},
+    "dadapt_adamw": {"weight_decay", "mask", "maximize"},
+    "mechanic_adamw": {"weight_decay", "wd_schedule", "mask", "maximize"},
 }
 
 
