@@ -36,6 +36,10 @@ OPTIMIZERS = {
                                                      block_size=4, min_quantized_size=0),
     "chain-skip-nonfinite": lambda: optax.chain(
         optax.clip_by_global_norm(1.0), optax.apply_if_finite(adam_jax.adamw(1e-3), 5)),
+    "prodigy-schedule": lambda: adam_jax.prodigy(schedules.cosine_annealing(1.0, STEPS),
+                                                 weight_decay=1e-2),
+    "dadapt_adamw": lambda: adam_jax.dadapt_adamw(weight_decay=1e-2),
+    "mechanic_adamw": lambda: adam_jax.mechanic_adamw(schedules.warmup_cosine(1.0, 10, STEPS)),
 }
 
 

@@ -33,6 +33,8 @@ OPTIMIZERS = {
     "adamw8bit-blocks-of-2": lambda: adam_jax.adamw8bit(3e-2, block_size=2,
                                                         min_quantized_size=0),
     "schedule_free_adamw-warmup": lambda: adam_jax.schedule_free_adamw(3e-2, warmup_steps=3),
+    "prodigy-d0-decay": lambda: adam_jax.prodigy(d0=1e-3, weight_decay=0.1),
+    "dadapt_adamw-d0": lambda: adam_jax.dadapt_adamw(d0=1e-3),
 }
 
 

@@ -78,15 +78,19 @@ def mechanize(
     Conventions. (1) :math:`\Delta_t` is kept in the state, one buffer more than
     ``optax.contrib.mechanize``, which recomputes it as :math:`(x_t - x_{ref}) /
     (\sum_i s_{t,i} + \epsilon)`: exact only up to :math:`\epsilon / \sum_i s`
-    and only while nothing else moves the params. (2) As the paper's box, and
-    unlike optax (written by the authors after the paper): :math:`s_1 = 0`
-    rather than :math:`s_{init}`, :math:`m_t` takes :math:`|h_t|` without
-    :math:`+\epsilon`, :math:`h_t` is not clipped to :math:`\pm m_{t-1}`, and
-    :math:`s_{init}` defaults to the paper's :math:`10^{-8}` (optax:
-    :math:`10^{-6}`). (3) :math:`x_{ref}` is the params given to ``init`` (optax
-    takes those of the first ``update``). (4) Where :math:`\|x_t\| = 0` the decay
-    term is 0 (the box divides by it). Trees and leaves as ``tx`` has them:
-    ``tx`` receives the raw gradient, Mechanic's decay only enters :math:`h_t`.
+    and only while nothing else moves the params. (2) The paper's box as we read
+    it, where optax (written by the authors after the paper) differs: the scales
+    start at :math:`s_1 = 0`, so :math:`s_{init}` enters only through the wealth
+    (optax starts them at :math:`s_{init}`, which makes its first updates
+    nonzero); :math:`m_t` takes :math:`|h_t|` (optax: :math:`|h_t| + \epsilon`);
+    :math:`h_t` is not clipped (optax clips it to :math:`\pm m_{t-1}`, an
+    addition after the paper); :math:`s_{init}` defaults to the paper's
+    :math:`10^{-8}` (optax: :math:`10^{-6}`). The start :math:`s_1` is the detail
+    we are least sure the box fixes; :math:`s_1 = 0` is what makes :math:`s_{init}`
+    the scale the tuner starts from. (3) :math:`x_{ref}` is the params given to
+    ``init`` (optax takes those of the first ``update``). (4) Where
+    :math:`\|x_t\| = 0` the decay term is 0 (the box divides by it). ``tx``
+    receives the raw gradient; Mechanic's decay only enters :math:`h_t`.
 
   Args:
     tx: the optimizer to tune (an optax ``GradientTransformation``; extra keyword
