@@ -446,3 +446,16 @@ def test_plot_history_rows_and_columns_draw_the_same_figure(tmp_path):
     dg.plot_history([], tmp_path)
   with pytest.raises(ValueError, match="no update_to_param_ratio"):
     dg.plot_history([{"loss": 1.0}], tmp_path)
+
+
+def test_learnt_distance_states_are_not_read_as_adam():
+  # D-Adaptation and Prodigy keep d^2-scaled second moments: not Adam's eps regime.
+  params = {"w": jnp.ones(3, F32)}
+  for tx in (adam_jax.prodigy(), adam_jax.dadapt_adamw()):
+    with pytest.raises(ValueError, match="no Adam-like state"):
+      dg.eps_dominated_fraction(tx.init(params))
+  tx = optax.chain(adam_jax.prodigy(), adam_jax.adam(1e-3))
+  _, state = tx.update({"w": jnp.ones(3, F32)}, tx.init(params), params)
+  # Only Adam's state is read: one element per param, none below eps.
+  assert dg.eps_dominated_fraction(state, per_leaf=True).keys() == {"w"}
+  assert float(dg.eps_dominated_fraction(state)) == 0.0

@@ -19,8 +19,15 @@ DEFAULT_B2 = 0.999
 
 
 def is_adam_like(node: Any) -> bool:
+  r"""A NamedTuple with ``count`` and ``nu``, whose ``nu`` is Adam's second moment.
+
+  D-Adaptation's and Prodigy's states (with a learnt distance ``d``) accumulate
+  :math:`d^2 g^2` in ``nu`` and compare it with :math:`d \epsilon`: not Adam's
+  regime test, so they are not read.
+  """
   fields = getattr(node, "_fields", None)
-  return isinstance(node, tuple) and fields is not None and "count" in fields and "nu" in fields
+  return (isinstance(node, tuple) and fields is not None and "count" in fields
+          and "nu" in fields and "d" not in fields)
 
 
 
