@@ -243,7 +243,8 @@ def _check_optimizer_values(factory: Callable[..., Any], space: _Space, opt_name
   """Builds the optimizer with every value once: its own checks name bad values."""
   opt = [k for k in space.values if k not in space.shape and k != "schedule"]
   params = inspect.signature(factory).parameters
-  base = {k: space.values[k][0] for k in opt if k in params and params[k].default is params[k].empty}
+  base = {k: space.values[k][0] for k in opt
+          if k in params and params[k].default is params[k].empty}
   for key in opt:
     for v in space.values[key]:
       try:

@@ -20,10 +20,11 @@ class Problem:
 
   * **Flax NNX**: ``model`` is an ``nnx.Module``, or a factory
     ``model(rngs, **shape_hparams) -> nnx.Module`` (a parameter named ``rngs``,
-    which is passed by keyword; an ``nnx.Module`` class is such a factory); ``loss_fn(model, batch) -> loss`` or ``(loss, aux_dict)``. Only
-    ``nnx.Param`` variables are optimized; every other variable (BatchNorm
-    statistics, the RNG streams of Dropout, counters) is carried from step to step
-    exactly as an ``nnx.jit`` training loop carries it. The model is in train mode
+    which is passed by keyword; an ``nnx.Module`` class is such a factory);
+    ``loss_fn(model, batch) -> loss`` or ``(loss, aux_dict)``. Only ``nnx.Param``
+    variables are optimized; every other variable (BatchNorm statistics, the RNG
+    streams of Dropout, counters) is carried from step to step exactly as an
+    ``nnx.jit`` training loop carries it. The model is in train mode
     (``model.train()``) while it trains and in eval mode (``model.eval()``) when it is
     evaluated and when it is returned.
   * **Functional**: ``model`` is a pytree of params, or ``init(key, **shape_hparams)
