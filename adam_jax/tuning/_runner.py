@@ -9,6 +9,8 @@ dispatch. Between chunks the group's train state can be checkpointed.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -120,23 +122,46 @@ def train_group(
     opt_state = jax.vmap(lambda hp1, p: make_tx(hp1).init(p))(hp, params)
     return params, opt_state, state
 
-  carry = jax.jit(init, out_shardings=spread)(hp_dev, pos_dev, seeds_dev)
   chunk = steps if not chunk else min(int(chunk), steps)
-
+  as_spread = lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=spread)
+  carry_shape = jax.tree.map(as_spread, jax.eval_shape(init, hp_dev, pos_dev, seeds_dev))
+  t_shape = jax.ShapeDtypeStruct((), jnp.int32)
+  step_args = (hp_dev, pos_dev, t_shape, idx_dev, seeds_dev, data_dev)
   if loop == "auto":
-    loop = "python" if _lowers_to_convolution(v_step, carry, hp_dev, pos_dev, idx_dev, seeds_dev,
-                                               data_dev) else "scan"
-    if jax.default_backend() != "cpu":
-      loop = "scan"
-
-  out_shape = jax.eval_shape(v_step, carry, hp_dev, pos_dev, jnp.zeros((), jnp.int32), idx_dev,
-                             seeds_dev, data_dev)[1]
+    conv = _lowers_to_convolution(v_step, carry_shape, *step_args)
+    loop = "python" if conv and jax.default_backend() == "cpu" else "scan"
+  if loop not in ("scan", "python"):
+    raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+  out_shape = jax.eval_shape(v_step, carry_shape, *step_args)[1]
   trace = jax.tree.map(lambda s: np.zeros((padded, steps) + s.shape[1:], s.dtype), out_shape)
+
+  # Every program of the group is lowered first and compiled in parallel threads:
+  # on a CPU with a few cores, compilation is most of a short search's time.
+  lowered = {"init": jax.jit(init, out_shardings=spread).lower(hp_dev, pos_dev, seeds_dev)}
+  if loop == "scan":
+    def scan_chunk(carry, hp1, pos, lo, idx_all, seeds_all, data, length):
+      def body(c, t):
+        return v_step(c, hp1, pos, t, idx_all, seeds_all, data)
+      return jax.lax.scan(body, carry, lo + jnp.arange(length, dtype=jnp.int32))
+
+    for length in {chunk, steps % chunk or chunk}:
+      lowered[length] = jax.jit(functools.partial(scan_chunk, length=length),
+                                donate_argnums=0).lower(carry_shape, *step_args)
+  else:
+    lowered["step"] = jax.jit(v_step, donate_argnums=0).lower(carry_shape, *step_args)
+  params_shape, _, state_shape = carry_shape
+  lowered["metrics"] = jax.jit(jax.vmap(fns.metrics, in_axes=(0, 0, None, None))).lower(
+      params_shape, state_shape, data_dev, val_dev)
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(len(lowered), os.cpu_count() or 1))
+                                             ) as pool:
+    compiled = dict(zip(lowered, pool.map(lambda low: low.compile(), lowered.values())))
+
   first = 0
+  carry = None
   if resume and checkpoint_path is not None and os.path.isdir(checkpoint_path):
     from adam_jax import checkpoint
 
-    like = {"carry": carry, "step": np.zeros((), np.int32), "chunk": np.int32(chunk),
+    like = {"carry": carry_shape, "step": np.zeros((), np.int32), "chunk": np.int32(chunk),
             "hp": hp, "seed_pos": seed_pos, "trace": trace}
     try:
       saved = checkpoint.restore(checkpoint_path, like=like)
@@ -148,39 +173,28 @@ def train_group(
       carry = jax.device_put(saved["carry"], spread)
       first = int(saved["step"])
       trace = jax.tree.map(np.array, saved["trace"])
+  if carry is None:
+    carry = compiled["init"](hp_dev, pos_dev, seeds_dev)
 
   if loop == "scan":
-    def scan_chunk(carry, hp1, pos, lo, idx_all, seeds_all, data, length):
-      def body(c, t):
-        return v_step(c, hp1, pos, t, idx_all, seeds_all, data)
-      return jax.lax.scan(body, carry, lo + jnp.arange(length, dtype=jnp.int32))
-
-    compiled = {}
-
     def run_chunk(carry, lo, hi):
-      length = hi - lo
-      if length not in compiled:
-        compiled[length] = jax.jit(scan_chunk, static_argnums=7, donate_argnums=0)
-      carry, out = compiled[length](carry, hp_dev, pos_dev, np.int32(lo), idx_dev, seeds_dev,
-                                    data_dev, length)
-      return carry, jax.tree.map(lambda o: jnp.swapaxes(o, 0, 1), out)
-  elif loop == "python":
-    jstep = jax.jit(v_step, donate_argnums=0)
-
+      carry, out = compiled[hi - lo](carry, hp_dev, pos_dev, np.int32(lo), idx_dev, seeds_dev,
+                                     data_dev)
+      return carry, jax.tree.map(lambda o: np.swapaxes(o, 0, 1), jax.device_get(out))
+  else:
     def run_chunk(carry, lo, hi):
       outs = []
       for t in range(lo, hi):
-        carry, out = jstep(carry, hp_dev, pos_dev, np.int32(t), idx_dev, seeds_dev, data_dev)
+        carry, out = compiled["step"](carry, hp_dev, pos_dev, np.int32(t), idx_dev, seeds_dev,
+                                      data_dev)
         outs.append(out)
-      return carry, jax.tree.map(lambda *o: jnp.stack(o, axis=1), *outs)
-  else:
-    raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+      return carry, jax.tree.map(lambda *o: np.stack(o, axis=1), *jax.device_get(outs))
 
   start = time.perf_counter()
   for lo in range(first, steps, chunk):
     hi = min(lo + chunk, steps)
     carry, out = run_chunk_hook(run_chunk, carry, lo, hi)
-    for dst, src in zip(jax.tree.leaves(trace), jax.tree.leaves(jax.device_get(out))):
+    for dst, src in zip(jax.tree.leaves(trace), jax.tree.leaves(out)):
       dst[:, lo:hi] = src
     if checkpoint_path is not None and hi < steps:
       from adam_jax import checkpoint
@@ -191,8 +205,7 @@ def train_group(
     if on_steps is not None:
       on_steps(hi)
   params, _, state = carry
-  metrics = jax.jit(jax.vmap(fns.metrics, in_axes=(0, 0, None, None)))(
-      params, state, data_dev, val_dev)
+  metrics = compiled["metrics"](params, state, data_dev, val_dev)
   metrics = jax.device_get(metrics)
   first_names = [k for k in ("train_loss", "val_loss") if k in metrics]
   metrics = {k: np.asarray(metrics[k])[:n] for k in first_names + [
@@ -211,7 +224,7 @@ def run_chunk_hook(run_chunk: Callable[..., Any], carry: Any, lo: int, hi: int) 
 
 def _lowers_to_convolution(fn: Callable[..., Any], *args: Any) -> bool:
   """Whether ``fn``'s program (a training step) contains a convolution."""
-  jaxpr = jax.make_jaxpr(fn)(args[0], args[1], args[2], jnp.zeros((), jnp.int32), *args[3:])
+  jaxpr = jax.make_jaxpr(fn)(*args)
   return _find_primitive(jaxpr.jaxpr, "conv_general_dilated")
 
 
