@@ -528,6 +528,7 @@ def grid_search(
         shutil.rmtree(ckpt)
       continue
     bound = problem.bind(**{k: group_cfg[k] for k in sp.shape if k in group_cfg})
+    _check_metric(bound, problem, metric)
     group_const = {k: v for k, v in group_cfg.items() if k not in sp.shape}
     hp = _traced_values(todo, sp.traced)
     n = len(todo) * len(seeds)
@@ -605,6 +606,18 @@ def grid_search(
   best_row = row._replace(model=models[chosen], models=models)
   rows = [best_row if r is top else r for r in rows]
   return SearchResult(rows, best_row, metric, mode, spread, loops)
+
+
+def _check_metric(bound: Any, problem: Problem, metric: str) -> None:
+  """Fails before training when ``metric`` is not among the problem's metrics."""
+  params, state = jax.eval_shape(bound.fns.init, jnp.zeros((), jnp.int32))
+  names = list(jax.eval_shape(bound.fns.metrics, params, state, problem.train_data,
+                              problem.val_data))
+  if metric not in names:
+    first = [k for k in ("train_loss", "val_loss") if k in names]
+    names = first + [k for k in names if k not in first]
+    raise ValueError(f"metric {metric!r} is not among the metrics ({', '.join(names)}); "
+                     "pass val_data or metric=...")
 
 
 def _with_const(make_tx, const: dict[str, Any]):
