@@ -3,12 +3,12 @@
 Compares, as whole processes (start-up, imports, compilation and plots included):
 
 * ``adam-jax sweep`` (vectorized: one vmapped program for the 16 learning rates);
-* ``adam-jax sweep --sequential`` (one compilation, the training loop inside jit,
-  one configuration at a time);
+* ``adam-jax sweep --loop python`` (the same vmapped program, its steps called from
+  Python instead of inside ``lax.scan``);
 * a plain Python script: 16 ``optax.adam`` trainings of the same Flax model, each a
   Python loop over a jitted step (what users write today).
 
-Then checks that the vectorized and sequential sweeps agree, measures how far
+Then checks that the two loop forms agree, measures how far
 float32 rounding alone moves each row (one ulp on the initial params; optax.adam),
 and that the LR finder's suggestion, trained like the grid's rows, reaches a validation loss within
 10% of the grid's best. Runs are interleaved (round-robin) and medians reported.
@@ -108,11 +108,11 @@ def _rows(path: str) -> list[dict[str, str]]:
 def rounding_noise(steps: int) -> dict[str, list[float]]:
   """Validation loss per learning rate under two float32 rounding perturbations.
 
-  Trains each grid row one at a time as ``--sequential`` does, (a) from initial
+  Trains each grid row one at a time, (a) from initial
   params moved by one ulp each (``nextafter`` towards +inf) and (b) with
   ``optax.adam`` (the same algorithm, rounded differently). Where these move the
-  loss as much as vectorized against sequential does, the difference between the two
-  modes is float32 rounding amplified by training, not a difference of algorithm.
+  loss as much as one loop form against the other does, the difference between the two
+  forms is float32 rounding amplified by training, not a difference of algorithm.
   """
   import dataclasses
 
@@ -147,8 +147,8 @@ def main() -> None:
   sweep = _cli() + ["sweep", "--lr", lr_text, "--steps", str(args.steps)]
   runs = {
       "adam-jax sweep": lambda r: sweep + ["--out", os.path.join(work, f"vec{r}")],
-      "adam-jax sweep --sequential": lambda r: sweep + [
-          "--sequential", "--out", os.path.join(work, f"seq{r}")],
+      "adam-jax sweep --loop python": lambda r: sweep + [
+          "--loop", "python", "--out", os.path.join(work, f"seq{r}")],
       "plain optax loop": lambda r: [sys.executable, plain_path, str(args.steps), lr_text],
   }
   times: dict[str, list[float]] = {name: [] for name in runs}
@@ -189,14 +189,16 @@ def main() -> None:
       "speedup_vs_plain_per_round": [p / v for p, v in zip(times["plain optax loop"],
                                                           times["adam-jax sweep"])],
       "speedup_vs_sequential_per_round": [q / v for q, v in zip(
-          times["adam-jax sweep --sequential"], times["adam-jax sweep"])],
-      "speedup_vs_sequential": med["adam-jax sweep --sequential"] / med["adam-jax sweep"],
-      "best_lr_vectorized": float(best_vec["lr"]), "best_lr_sequential": float(best_seq["lr"]),
+          times["adam-jax sweep --loop python"], times["adam-jax sweep"])],
+      "speedup_vs_sequential": med["adam-jax sweep --loop python"] / med["adam-jax sweep"],
+      "best_lr_vectorized": float(best_vec["learning_rate"]),
+      "best_lr_sequential": float(best_seq["learning_rate"]),
       "val_loss_rel_diff_max": max(rel), "val_loss_rel_diff_median": statistics.median(rel),
       "val_loss_rel_diff_lr_le_1e-2_max": max(
-          d for d, r in zip(rel, vec) if float(r["lr"]) <= 1e-2),
+          d for d, r in zip(rel, vec) if float(r["learning_rate"]) <= 1e-2),
       "grid_lr_val_vectorized_val_sequential": [
-          (float(a["lr"]), float(a["val_loss"]), float(b["val_loss"])) for a, b in zip(vec, seq)],
+          (float(a["learning_rate"]), float(a["val_loss"]), float(b["val_loss"]))
+          for a, b in zip(vec, seq)],
       "rounding_noise_val_loss": noise, "rounding_noise_best_lr": noise_best,
       "grid_best_val_loss": grid_best,
       "lr_find_suggestion": found["suggestion"], "lr_find_suggestion_val_loss": sugg_val,

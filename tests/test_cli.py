@@ -11,6 +11,9 @@ import pytest
 
 from adam_jax import cli
 
+_common = importlib.import_module("adam_jax.cli._common")
+_runner = importlib.import_module("adam_jax.tuning._runner")
+
 DEMO = ["demo", "--steps", "300", "--eval-every", "100", "--checkpoint-every", "100",
         "--hidden", "32", "--lr", "1e-2", "--diagnostics"]
 
@@ -62,7 +65,11 @@ def test_demo_prints_progress(tmp_path, capsys):
         (["sweep", "--lr", "1e-3,1e-3"], "argument --lr: repeated value in '1e-3,1e-3'"),
         (["sweep", "--b2", "0.9,1.0"], "argument --b2: '1.0' is outside [0.0, 1.0)"),
         (["sweep", "--schedule", "linear"], "'linear' is not one of constant, cosine"),
-        (["sweep", "--batch-size", "32,5000"], "batch_size must be at most the training"),
+        (["sweep", "--batch-size", "32,5000"], "batch_size must be at most the number of"),
+        (["sweep", "--optimizer", "sgd"], "argument --optimizer: 'sgd' is not one of adabelief"),
+        (["sweep", "--optimizer", "lazy_adam", "--weight-decay", "0.1"],
+         "--weight-decay: lazy_adam has no weight_decay hyperparameter"),
+        (["sweep", "--seeds", "0"], "argument --seeds: expected a positive integer"),
         (["sweep", "--data", "/nonexistent.npz"], "data file not found"),
         (["lr-find", "--start-lr", "1", "--end-lr", "0.1"], "--end-lr (0.1) must be greater"),
         (["lr-find", "--num-steps", "5"], "--num-steps must be at least 10"),
@@ -95,7 +102,7 @@ def test_console_script_imports_flax_without_ipython():
   code = (
       "import importlib.util, sys\n"
       "from adam_jax import cli\n"
-      "cli._import_flax_outside_ipython()\n"
+      "cli._common.import_flax_outside_ipython()\n"
       "print('flax.nnx' in sys.modules, 'IPython' in sys.modules)\n"
       "if importlib.util.find_spec('IPython') is not None:\n"
       "  import IPython\n"
@@ -122,7 +129,7 @@ def test_lr_find_writes_suggestion_and_plot(tmp_path, capsys):
   assert f"suggested learning rate: {result['suggestion']:.3g}" in printed
   assert len(result["lrs"]) == result["steps_run"] == 60
   assert result["lrs"][0] == 1e-6 and abs(result["lrs"][-1] - 1.0) < 1e-9
-  assert result["suggestion"] == result["steepest"] and 1e-6 < result["valley"] < 1
+  assert 1e-6 < result["suggestion"] < 1 and 1e-6 < result["valley"] < 1
   assert (out / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -153,32 +160,48 @@ class _InterruptingBar:
     pass
 
 
+def _interrupt_chunk(monkeypatch, at):
+  """Ctrl-C arrives when the ``at``-th chunk of steps starts; returns the chunks started."""
+  run = _runner.run_chunk_hook
+  chunks = []
+
+  def hook(*args):
+    chunks.append(args[2])
+    if len(chunks) == at:
+      raise KeyboardInterrupt
+    return run(*args)
+
+  monkeypatch.setattr(_runner, "run_chunk_hook", hook)
+  return chunks
+
+
 def test_sweep_interrupt_then_resume(tmp_path, capsys, monkeypatch):
   out = tmp_path / "sweep"
   argv = ["sweep", "--lr", "3e-3,3e-2", "--hidden", "8,16", "--steps", "15", "--out", str(out)]
-  monkeypatch.setattr(cli, "_progress", lambda *a, **k: _InterruptingBar(after=2))
+  _interrupt_chunk(monkeypatch, at=2)  # during the second group (hidden 16)
   assert cli.main(argv) == 130
   err = capsys.readouterr().err
   assert "interrupted" in err and "--resume" in err and "Traceback" not in err
   with open(out / "results.csv") as f:
     first = list(csv.DictReader(f))
-  assert [(r["lr"], r["hidden"]) for r in first] == [("0.003", "8"), ("0.03", "8")]
+  assert [(r["learning_rate"], r["hidden"]) for r in first] == [("0.003", "8"), ("0.03", "8")]
 
   monkeypatch.undo()
-  assert cli.main(argv + ["--resume", "--sequential", "--diagnostics"]) == 0
+  assert cli.main(argv + ["--resume", "--diagnostics", "--seeds", "1"]) == 0
   printed = capsys.readouterr().out
   assert "trained 2 configurations" in printed and "(2 resumed)" in printed
   with open(out / "results.csv") as f:
     rows = list(csv.DictReader(f))
-  assert list(rows[0]) == ["lr", "b1", "b2", "eps", "weight_decay", "schedule", "layers",
-                           "hidden", "batch_size", "train_loss", "val_loss", "val_accuracy"]
-  assert sorted((r["lr"], r["hidden"]) for r in rows) == [
+  assert list(rows[0]) == ["learning_rate", "b1", "b2", "eps", "weight_decay", "schedule",
+                           "layers", "hidden", "batch_size", "train_loss", "val_loss",
+                           "val_accuracy"]
+  assert sorted((r["learning_rate"], r["hidden"]) for r in rows) == [
       ("0.003", "16"), ("0.003", "8"), ("0.03", "16"), ("0.03", "8")]
   assert rows[:2] == first  # the finished rows were kept as they were
   best = json.loads((out / "best.json").read_text())
   want = min(rows, key=lambda r: float(r["val_loss"]))
-  assert (best["lr"], best["hidden"], best["val_loss"]) == (
-      float(want["lr"]), int(want["hidden"]), float(want["val_loss"]))
+  assert (best["learning_rate"], best["hidden"], best["val_loss"]) == (
+      float(want["learning_rate"]), int(want["hidden"]), float(want["val_loss"]))
   assert best["diagnostics"]["config"]["hidden"] == 16  # only the resumed group was monitored
   for name in ("heatmap.png", "curves.png", "diagnostics.png"):
     assert (out / name).read_bytes()[:4] == b"\x89PNG"
@@ -187,29 +210,34 @@ def test_sweep_interrupt_then_resume(tmp_path, capsys, monkeypatch):
   assert "cannot resume" in capsys.readouterr().err
 
 
+def test_sweep_seeds_and_any_optimizer(tmp_path, capsys):
+  out = tmp_path / "seeds"
+  argv = ["sweep", "--lr", "1e-2", "--b1", "0.9,0.5", "--hidden", "8", "--steps", "10",
+          "--optimizer", "nadamw", "--weight-decay", "1e-2", "--seeds", "2", "--seed", "3",
+          "--out", str(out)]
+  assert cli.main(argv) == 0
+  with open(out / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["b1"] for r in rows] == ["0.9", "0.5"]
+  assert float(rows[0]["val_loss_std"]) > 0  # two seeds: initial params and batches differ
+  best = json.loads((out / "best.json").read_text())
+  assert best["optimizer"] == "nadamw" and best["seeds"] == [3, 4]
+  assert "best: b1=" in capsys.readouterr().out
+
+
 def test_sweep_resumes_an_interrupted_group_from_its_checkpoint(tmp_path, capsys, monkeypatch):
-  grid_module = importlib.import_module("adam_jax.tuning.grid_search")
-  run_chunk = grid_module._run_chunk
-  chunks = []
-
-  def interrupt_second_chunk(*args):
-    chunks.append(len(chunks))
-    if len(chunks) == 2:
-      raise KeyboardInterrupt
-    return run_chunk(*args)
-
   argv = ["sweep", "--lr", "3e-3,3e-2", "--hidden", "8", "--steps", "30",
           "--checkpoint-every", "10"]
   assert cli.main(argv + ["--out", str(tmp_path / "full")]) == 0
-  monkeypatch.setattr(grid_module, "_run_chunk", interrupt_second_chunk)
+  _interrupt_chunk(monkeypatch, at=2)
   out = tmp_path / "cut"
   assert cli.main(argv + ["--out", str(out)]) == 130
   err = capsys.readouterr().err
   assert "checkpoints the training in progress" in err and "--resume" in err
-  chunks.clear()
-  monkeypatch.setattr(grid_module, "_run_chunk", lambda *a: chunks.append(0) or run_chunk(*a))
+  monkeypatch.undo()
+  chunks = _interrupt_chunk(monkeypatch, at=0)
   assert cli.main(argv + ["--out", str(out), "--resume"]) == 0
-  assert len(chunks) == 2  # the first of the three chunks was restored, not retrained
+  assert chunks == [10, 20]  # the first of the three chunks was restored, not retrained
   assert "trained 2 configurations" in capsys.readouterr().out
   for name in ("results.csv", "curves.jsonl"):
     assert (out / name).read_text() == (tmp_path / "full" / name).read_text()
@@ -220,7 +248,7 @@ def test_demo_interrupt_then_resume_matches_an_uninterrupted_run(demo_run, tmp_p
                                                                   monkeypatch):
   _, full = demo_run
   out = tmp_path / "demo"
-  monkeypatch.setattr(cli, "_progress", lambda *a, **k: _InterruptingBar(after=200))
+  monkeypatch.setattr(_common, "progress", lambda *a, **k: _InterruptingBar(after=200))
   assert cli.main(DEMO + ["--out", str(out)]) == 130
   assert "continue from step 100" in capsys.readouterr().err
   monkeypatch.undo()

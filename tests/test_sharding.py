@@ -256,7 +256,7 @@ def test_flax_nnx_fsdp_training_and_checkpoint_keep_the_state_sharded(tmp_path):
 
 def test_grid_search_puts_one_configuration_on_each_device(monkeypatch):
   """Rows equal to a 1-device run are checked in test_tuning; here: where the work runs."""
-  from adam_jax import tuning
+  from adam_jax import tasks, tuning
 
   fetched = []
   device_get = jax.device_get
@@ -266,7 +266,8 @@ def test_grid_search_puts_one_configuration_on_each_device(monkeypatch):
     return device_get(tree)
 
   monkeypatch.setattr(jax, "device_get", spy)
-  result = tuning.grid_search(lr=[1e-3, 3e-3, 1e-2, 3e-2], b1=[0.9, 0.5], hidden=[8], steps=3)
+  space = {"learning_rate": [1e-3, 3e-3, 1e-2, 3e-2], "b1": [0.9, 0.5]}
+  result = tuning.grid_search(tasks.digits_mlp(hidden=8), space, steps=3, progress=False)
   assert result.num_devices == 8 and len(result.rows) == 8
   per_config = [x for x in fetched if x.ndim >= 1 and x.shape[0] == 8]
   assert per_config

@@ -137,3 +137,44 @@ def test_bad_task_arguments():
     get_task("digits-mlp", data="/nonexistent/file.npz")
   with pytest.raises(ValueError, match="steps must be a positive integer"):
     train(get_task("digits-mlp", hidden=4), adam_jax.adam(1e-3), 0)
+
+
+def test_digits_problems_hold_the_same_split_model_and_batches_as_the_tasks(small_task):
+  from flax import nnx
+
+  from adam_jax import tasks
+
+  problem = tasks.digits_mlp(hidden=16, seed=0)
+  assert problem.kind == "nnx" and problem.shape_keys == ("batch_size", "layers", "hidden")
+  np.testing.assert_array_equal(problem.train_data[0], small_task.x_train)
+  np.testing.assert_array_equal(problem.val_data[1], small_task.y_val)
+  np.testing.assert_array_equal(problem.batch_indices(50, seed=3), small_task.batch_indices(50, 3))
+  model = problem.model(rngs=nnx.Rngs(0))
+  logits = model(small_task.x_val)
+  np.testing.assert_allclose(logits, small_task.apply(small_task.params, small_task.x_val),
+                             rtol=1e-6)
+  loss, aux = problem.loss_fn(model, problem.val_data)
+  want_loss, want_acc = small_task.evaluate(small_task.params, small_task.x_val,
+                                            small_task.y_val)
+  assert float(loss) == pytest.approx(float(want_loss), rel=1e-6)
+  assert float(aux["accuracy"]) == pytest.approx(float(want_acc))
+  wide = problem.model(rngs=nnx.Rngs(0), layers=2, hidden=8)
+  assert [layer.kernel.shape for layer in wide.layers] == [(64, 8), (8, 8), (8, 10)]
+
+
+def test_digits_autoencoder_problem_reconstructs():
+  from flax import nnx
+
+  from adam_jax import tasks, tuning
+
+  problem = tasks.digits_autoencoder(hidden=16, batch_size=64)
+  np.testing.assert_array_equal(problem.train_data[0], problem.train_data[1])
+  result = tuning.grid_search(problem, {"learning_rate": [3e-3]}, steps=100, progress=False)
+  metrics = result.best.metrics
+  assert set(metrics) == {"train_loss", "val_loss"}  # no accuracy for a reconstruction
+  first = float(problem.loss_fn(problem.model(rngs=nnx.Rngs(0)), problem.val_data))
+  assert metrics["val_loss"] < 0.7 * first
+  with pytest.raises(ValueError, match="hidden must be a positive integer"):
+    tasks.digits_autoencoder(hidden=0)
+  with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+    tasks.digits_mlp(seed=-1)

@@ -1,26 +1,26 @@
-"""Choosing Adam's hyperparameters: the LR range test and vectorized grid search."""
+"""Tuning one's own model: the LR range test and vectorized grid searches.
+
+A :class:`Problem` holds the user's model (Flax NNX or functional), loss and data;
+:func:`lr_find` and :func:`grid_search` train it, many configurations at once.
+"""
 
 from adam_jax.tuning.grid_search import (
-    AXES,
-    COLUMNS,
     SCHEDULES,
-    GridSearchResult,
-    SweepRow,
+    Row,
+    SearchResult,
     grid_search,
-    make_optimizer,
     schedule_fn,
 )
 from adam_jax.tuning.lr_find import LRFindResult, lr_find
+from adam_jax.tuning.problem import Problem
 
 __all__ = [
-    "AXES",
-    "COLUMNS",
     "SCHEDULES",
-    "GridSearchResult",
     "LRFindResult",
-    "SweepRow",
+    "Problem",
+    "Row",
+    "SearchResult",
     "grid_search",
     "lr_find",
-    "make_optimizer",
     "schedule_fn",
 ]

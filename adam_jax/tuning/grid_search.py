@@ -1,14 +1,16 @@
-"""Grid search over Adam's hyperparameters: one compiled, vmapped program per model shape."""
+"""Grid search over any optimizer's and model's hyperparameters, vectorized per model shape."""
 
 from __future__ import annotations
 
 import csv
+import functools
+import inspect
 import itertools
 import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -16,43 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adam_jax import _numerics as numerics
 from adam_jax import aliases, schedules
-from adam_jax._tree import path_name
+from adam_jax.tuning import _runner
+from adam_jax.tuning.problem import Problem
 
 SCHEDULES = ("constant", "cosine", "step", "exponential")
-# Hyperparameters that only change values: vmapped (traced) within one compiled program.
-VALUE_AXES = ("lr", "b1", "b2", "eps", "weight_decay", "schedule")
-# Hyperparameters that change shapes: looped over, one compilation each.
-SHAPE_AXES = ("layers", "hidden", "batch_size")
-AXES = VALUE_AXES + SHAPE_AXES
-COLUMNS = AXES + ("train_loss", "val_loss", "val_accuracy")
-OPTIMIZERS = ("adam", "adamw")
 
 _CSV = "results.csv"
 _CURVES = "curves.jsonl"
-_META = "sweep.json"
+_META = "search.json"
 _CHECKPOINTS = "checkpoints"
-
-
-class SweepRow(NamedTuple):
-  """One trained configuration."""
-
-  config: dict[str, Any]  # one value per name in AXES
-  train_loss: float  # loss on the whole training split after the last step
-  val_loss: float  # loss on the validation split after the last step
-  val_accuracy: float | None  # None for the autoencoder
-  curve: np.ndarray | None  # shape=(steps,), dtype=float32 mini-batch losses; None if not kept
-  # With diagnostics: columns for adam_jax.diagnostics.plot_history, each shape=(steps,).
-  diagnostics: dict[str, np.ndarray] | None = None
-
-
-class GridSearchResult(NamedTuple):
-  """What :func:`grid_search` returns."""
-
-  rows: list[SweepRow]  # every configuration of the grid, in grid order
-  best: SweepRow  # the row with the lowest validation loss
-  num_devices: int  # the most devices one compiled group was spread over
 
 
 def schedule_fn(kind: Any, lr: Any, steps: int) -> Callable[[jax.Array], jax.Array]:
@@ -69,7 +44,7 @@ def schedule_fn(kind: Any, lr: Any, steps: int) -> Callable[[jax.Array], jax.Arr
 
   * ``constant``: ``lr`` throughout.
   * ``cosine``: cosine decay from ``lr`` to 0 at the last step
-    (:func:`adam_jax.schedules.cosine_annealing`).
+    (:func:`adam_jax.schedules.cosine_annealing` with ``t_max=steps``).
   * ``step``: ``lr`` times 0.1 after each third of the run
     (:func:`adam_jax.schedules.step_decay`).
   * ``exponential``: ``lr * gamma**k`` with ``gamma`` reaching 0.01 at the last
@@ -106,106 +81,291 @@ def schedule_fn(kind: Any, lr: Any, steps: int) -> Callable[[jax.Array], jax.Arr
 
 
 def _schedule(kind: str, lr: Any, steps: int) -> Callable[[jax.Array], jax.Array]:
-  lr32 = jnp.asarray(lr, jnp.float32)
   if kind == "constant":
+    lr32 = jnp.asarray(lr, jnp.float32)
     return lambda count: lr32
   if kind == "cosine":
-    def cosine(count):
-      frac = jnp.minimum(count.astype(jnp.float32), float(steps)) / float(steps)
-      return lr32 * (0.5 * (1.0 + jnp.cos(math.pi * frac)))
-    return cosine
-  if kind == "step":
+    fn = schedules.cosine_annealing(lr, max(1, int(steps)))
+  elif kind == "step":
     fn = schedules.step_decay(lr, max(1, steps // 3), 0.1)
   else:
     fn = schedules.exponential_lr(lr, 0.01 ** (1.0 / max(1, steps - 1)))
   return lambda count: jnp.asarray(fn(count), jnp.float32)
 
 
-def make_optimizer(optimizer: str, hp: dict[str, Any], steps: int) -> optax.GradientTransformation:
-  r"""``adam`` (coupled L2 weight decay) or ``adamw`` (decoupled) from one configuration.
+class Row(NamedTuple):
+  """One configuration of a search."""
 
-  Values in ``hp`` may be Python numbers (compile-time constants) or traced arrays.
-  With :math:`\hat m_t, \hat v_t` Adam's bias-corrected moments of the gradient
-  :math:`g_t` (plus :math:`\lambda \theta_{t-1}` for ``adam``) and :math:`\eta_t` the
-  schedule of :func:`schedule_fn`:
-
-  .. math::
-
-    \theta_t = \theta_{t-1} - \eta_t \left(\hat m_t / (\sqrt{\hat v_t} + \epsilon)
-    + [\text{adamw}]\, \lambda \theta_{t-1}\right)
-
-  Args:
-    optimizer: ``"adam"`` or ``"adamw"``.
-    hp: the configuration: ``lr``, ``b1``, ``b2``, ``eps``, ``weight_decay`` and
-      ``schedule`` (a name or an index, see :func:`schedule_fn`).
-    steps: the length of the run (for the schedule).
-
-  Returns:
-    An ``optax.GradientTransformation``.
-
-  Raises:
-    ValueError: ``optimizer`` is neither ``"adam"`` nor ``"adamw"``.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> from adam_jax import tuning
-    >>> hp = dict(lr=0.1, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, schedule="constant")
-    >>> tx = tuning.make_optimizer("adamw", hp, steps=10)
-    >>> u, _ = tx.update(jnp.ones(2), tx.init(jnp.zeros(2)), jnp.zeros(2))
-    >>> [round(float(x), 4) for x in u]
-    [-0.1, -0.1]
-
-  References:
-    Kingma & Ba, `Adam: A Method for Stochastic Optimization
-    <https://arxiv.org/abs/1412.6980>`_, 2014; Loshchilov & Hutter, `Decoupled Weight
-    Decay Regularization <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
-  """
-  if optimizer not in ("adam", "adamw"):
-    raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
-  if hp["schedule"] == "constant":
-    lr = hp["lr"]
-  else:
-    lr = schedule_fn(hp["schedule"], hp["lr"], steps)
-  factory = aliases.adam if optimizer == "adam" else aliases.adamw
-  return factory(lr, b1=hp["b1"], b2=hp["b2"], eps=hp["eps"], weight_decay=hp["weight_decay"])
+  config: dict[str, Any]  # one value per key of the space
+  metrics: dict[str, float]  # mean over seeds; with several seeds also "<name>_std"
+  seed_metrics: list[dict[str, float]]  # the metrics of each seed's trained model
+  curve: np.ndarray | None  # shape=(steps,), float32: mini-batch losses, mean over seeds
+  model: Any = None  # .best only: the trained model (nnx.Module, eval mode) or params
+  models: list[Any] | None = None  # .best only: one trained model per seed
+  diagnostics: dict[str, np.ndarray] | None = None  # with diagnostics: monitor columns
 
 
-def _grid(values: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
-  return [dict(zip(AXES, combo)) for combo in itertools.product(*(values[a] for a in AXES))]
+class SearchResult(NamedTuple):
+  """What :func:`grid_search` returns."""
+
+  rows: list[Row]  # every configuration, in grid order
+  best: Row  # the best row by ``metric`` and ``mode``, with its trained model
+  metric: str  # the metric that chose ``best``
+  mode: str  # "min" or "max"
+  num_devices: int  # the most devices one group was spread over
+  loops: dict[str, str]  # the loop form ("scan" or "python") used for each shape group
+
+  def to_csv(self, path: str | os.PathLike[str]) -> str:
+    """Writes one line per row (config, then metrics) to ``path``; returns the path."""
+    path = os.fspath(path)
+    keys = list(self.rows[0].config)
+    names = list(self.rows[0].metrics)
+    with open(path, "w", newline="") as f:
+      writer = csv.writer(f)
+      writer.writerow(keys + names)
+      for row in self.rows:
+        writer.writerow([row.config[k] for k in keys] + [repr(row.metrics[m]) for m in names])
+    return path
+
+  def plot(self, path: str | os.PathLike[str] | None = None, *, x: str | None = None) -> Any:
+    """The metric against the swept key with most values (best over the others).
+
+    Returns the matplotlib ``Figure``; saves it to ``path`` when given.
+    """
+    from matplotlib.figure import Figure
+
+    swept = [k for k in self.rows[0].config
+             if len({str(r.config[k]) for r in self.rows}) > 1]
+    x = x or (max(swept, key=lambda k: len({str(r.config[k]) for r in self.rows})) if swept
+              else next(iter(self.rows[0].config)))
+    values = list(dict.fromkeys(r.config[x] for r in self.rows))
+    pick = min if self.mode == "min" else max
+    ys = [pick(_finite(r.metrics[self.metric], self.mode) for r in self.rows
+               if r.config[x] == v) for v in values]
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+      ax.plot(values, ys, "o-")
+      if min(values) > 0 and max(values) / min(values) > 20:
+        ax.set_xscale("log")
+    else:
+      ax.bar(range(len(values)), ys, tick_label=[str(v) for v in values])
+    ax.set_xlabel(x)
+    ax.set_ylabel(self.metric + ("" if len(swept) < 2 else f" ({self.mode} over the others)"))
+    if path is not None:
+      from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+      FigureCanvasAgg(fig)
+      fig.savefig(os.fspath(path), dpi=110)
+    return fig
 
 
-def _key(config: dict[str, Any]) -> tuple[Any, ...]:
-  return tuple(
-      config[a] if a == "schedule" else (int(config[a]) if a in SHAPE_AXES else float(config[a]))
-      for a in AXES
-  )
+def _finite(value: float, mode: str) -> float:
+  return value if math.isfinite(value) else (math.inf if mode == "min" else -math.inf)
 
 
-def _check_values(values: dict[str, Sequence[Any]]) -> dict[str, list[Any]]:
-  out: dict[str, list[Any]] = {}
-  for name in AXES:
-    seq = values[name]
-    seq = [seq] if isinstance(seq, (str, int, float)) else list(seq)
+def _factory(optimizer: Any) -> tuple[Callable[..., optax.GradientTransformation], str]:
+  if isinstance(optimizer, str):
+    return aliases.get_optimizer(optimizer), optimizer
+  if not callable(optimizer):
+    raise ValueError(f"optimizer must be a name in adam_jax.optimizers() or a function "
+                     f"(**hparams) -> GradientTransformation, got {optimizer!r}")
+  return optimizer, getattr(optimizer, "__qualname__", repr(optimizer))
+
+
+class _Space(NamedTuple):
+  values: dict[str, list[Any]]  # every key, in the user's order
+  traced: tuple[str, ...]  # numeric optimizer keys with several values (and schedule)
+  const: dict[str, Any]  # optimizer keys with one value
+  group: tuple[str, ...]  # shape keys and non-numeric optimizer keys with several values
+  shape: tuple[str, ...]  # batch_size and model factory keywords
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _parse_space(problem: Problem, space: Mapping[str, Any], factory: Callable[..., Any],
+                 opt_name: str) -> _Space:
+  if not isinstance(space, Mapping):
+    raise ValueError(f"space must map names to lists of values, got {type(space).__name__}")
+  sig = inspect.signature(factory)
+  opt_keys = [p.name for p in sig.parameters.values()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+  any_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+  shape_keys = problem.shape_keys
+  values: dict[str, list[Any]] = {}
+  for key, seq in space.items():
+    if key in shape_keys or key in opt_keys or key == "schedule" or any_kw:
+      pass
+    else:
+      accepted = ", ".join(list(opt_keys) + ["schedule"] + list(shape_keys))
+      raise ValueError(f"space key {key!r} is taken neither by the optimizer ({opt_name}) nor "
+                       f"by the model; accepted keys: {accepted}")
+    seq = [seq] if isinstance(seq, (str, int, float, bool)) or seq is None else list(seq)
     if not seq:
-      raise ValueError(f"{name} needs at least one value")
-    if len(set(seq)) != len(seq):
-      raise ValueError(f"{name} has repeated values: {seq}")
-    for v in seq:
-      if name == "schedule":
-        if v not in SCHEDULES:
-          raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {v!r}")
-      elif name in SHAPE_AXES:
+      raise ValueError(f"space key {key!r} needs at least one value")
+    if len({repr(v) for v in seq}) != len(seq):
+      raise ValueError(f"space key {key!r} has repeated values: {seq}")
+    values[key] = seq
+  if "schedule" in values:
+    if "learning_rate" not in opt_keys:
+      raise ValueError(f"schedule needs an optimizer with a learning_rate keyword ({opt_name})")
+    for v in values["schedule"]:
+      if v not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {v!r}")
+  for key in values:
+    if key == "batch_size":
+      for v in values[key]:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-          raise ValueError(f"{name} must be a positive integer, got {v!r}")
-      elif name == "lr":
-        numerics.check_range("lr", v, 0.0, None, low_inclusive=False)
-      elif name in ("b1", "b2"):
-        numerics.check_betas(**{name: v})
-      else:
-        numerics.check_nonnegative(**{name: v})
-    out[name] = [v if name == "schedule" else (int(v) if name in SHAPE_AXES else float(v))
-                 for v in seq]
+          raise ValueError(f"batch_size must be a positive integer, got {v!r}")
+        if problem.num_train is not None and v > problem.num_train:
+          raise ValueError(f"batch_size must be at most the number of training examples "
+                           f"({problem.num_train}), got {v}")
+  required = [p.name for p in sig.parameters.values()
+              if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+              and p.name not in values]
+  if required:
+    raise ValueError(f"space needs a value for {', '.join(required)} (the optimizer "
+                     f"{opt_name} has no default for it)")
+  opt = [k for k in values if k not in shape_keys]
+  traced = tuple(k for k in opt if len(values[k]) > 1 and (
+      k == "schedule" or all(_is_number(v) for v in values[k])))
+  const = {k: values[k][0] for k in opt if len(values[k]) == 1}
+  group = tuple(k for k in values if k in shape_keys or (k in opt and len(values[k]) > 1
+                                                         and k not in traced))
+  space_ = _Space(values, traced, const, group, tuple(k for k in values if k in shape_keys))
+  _check_optimizer_values(factory, space_, opt_name)
+  return space_
+
+
+def _check_optimizer_values(factory: Callable[..., Any], space: _Space, opt_name: str) -> None:
+  """Builds the optimizer with every value once: its own checks name bad values."""
+  opt = [k for k in space.values if k not in space.shape and k != "schedule"]
+  params = inspect.signature(factory).parameters
+  base = {k: space.values[k][0] for k in opt
+          if k in params and params[k].default is params[k].empty}
+  for key in opt:
+    for v in space.values[key]:
+      try:
+        factory(**{**base, key: v})
+      except (ValueError, TypeError) as err:
+        raise ValueError(f"{key}={v!r} for {opt_name}: {err}") from None
+
+
+def _make_tx(factory, space: _Space, steps: int):
+  def make_tx(hp: dict[str, Any]) -> optax.GradientTransformation:
+    kw = dict(space.const)
+    kw.update(hp)
+    kind = kw.pop("schedule", "constant")
+    if not (isinstance(kind, str) and kind == "constant"):
+      kw["learning_rate"] = schedule_fn(kind, kw["learning_rate"], steps)
+    return factory(**kw)
+
+  return make_tx
+
+
+def _traced_values(configs: list[dict[str, Any]], traced: tuple[str, ...]) -> dict[str, Any]:
+  out = {}
+  for name in traced:
+    if name == "schedule":
+      out[name] = np.array([SCHEDULES.index(c[name]) for c in configs], np.int32)
+    else:
+      out[name] = np.array([c[name] for c in configs], np.float32)
   return out
+
+
+def _key(config: dict[str, Any]) -> tuple[str, ...]:
+  return tuple(f"{k}={v!r}" for k, v in config.items())
+
+
+class _Store:
+  """results.csv (a row as each group finishes), curves.jsonl and search.json."""
+
+  def __init__(self, out_dir: str, meta: dict[str, Any], keys: list[str], resume: bool,
+               space: dict[str, list[Any]]):
+    os.makedirs(out_dir, exist_ok=True)
+    self.csv_path = os.path.join(out_dir, _CSV)
+    self.curves_path = os.path.join(out_dir, _CURVES)
+    meta_path = os.path.join(out_dir, _META)
+    self.keys = keys
+    self.names: list[str] | None = None
+    self.done: dict[tuple[str, ...], Row] = {}
+    self.resuming = resume and os.path.exists(meta_path)
+    if self.resuming:
+      with open(meta_path) as f:
+        old = json.load(f)
+      diff = [k for k in meta if old.get(k) != meta[k]]
+      if diff:
+        k = diff[0]
+        raise ValueError(f"cannot resume: {out_dir} holds a search with {k}={old.get(k)!r}, "
+                         f"this one has {k}={meta[k]!r}")
+      if os.path.exists(self.csv_path):
+        self._read(space)
+      rows = list(self.done.values())
+      self._clear()
+      for row in rows:
+        self.add(row)
+    else:
+      self._clear()
+    with open(meta_path, "w") as f:
+      json.dump(meta, f, indent=2)
+
+  def _clear(self) -> None:
+    for path in (self.csv_path, self.curves_path):
+      if os.path.exists(path):
+        os.remove(path)
+    self.names = None
+
+  def _read(self, space: dict[str, list[Any]]) -> None:
+    curves = {}
+    if os.path.exists(self.curves_path):
+      with open(self.curves_path) as f:
+        for line in f:
+          try:
+            item = json.loads(line)
+            curves[tuple(item["key"])] = np.asarray(item["curve"], np.float32)
+          except (ValueError, KeyError, TypeError):
+            continue
+    with open(self.csv_path, newline="") as f:
+      reader = csv.reader(f)
+      header = next(reader, None)
+      if header is None:
+        return
+      if header[:len(self.keys)] != self.keys:
+        raise ValueError(f"cannot resume: {self.csv_path} has columns {header}, this search "
+                         f"has keys {self.keys}")
+      names = header[len(self.keys):]
+      for fields in reader:
+        if len(fields) != len(header):
+          continue  # a line cut off by an interrupt
+        config = {}
+        for k, text in zip(self.keys, fields):
+          match = [v for v in space[k] if str(v) == text]
+          if not match:
+            break
+          config[k] = match[0]
+        if len(config) != len(self.keys):
+          continue  # a configuration this search does not have
+        try:
+          metrics = {m: float(v) for m, v in zip(names, fields[len(self.keys):])}
+        except ValueError:
+          continue
+        key = _key(config)
+        self.done[key] = Row(config, metrics, [], curves.get(key))
+
+  def add(self, row: Row) -> None:
+    if self.names is None:
+      self.names = list(row.metrics)
+      with open(self.csv_path, "w", newline="") as f:
+        csv.writer(f).writerow(self.keys + self.names)
+    with open(self.csv_path, "a", newline="") as f:
+      csv.writer(f).writerow([row.config[k] for k in self.keys]
+                             + [repr(row.metrics.get(m, math.nan)) for m in self.names])
+    if row.curve is not None:
+      with open(self.curves_path, "a") as f:
+        f.write(json.dumps({"key": list(_key(row.config)),
+                            "curve": [float(v) for v in row.curve]}) + "\n")
 
 
 def monitor_record(opt_state: Any) -> Any:
@@ -219,308 +379,119 @@ def monitor_columns(stats: Any, first_step: int = 1) -> dict[str, np.ndarray]:
   Columns: ``step``, ``update_to_param_ratio`` (over all leaves),
   ``eps_dominated_fraction`` and ``update_to_param_ratio/<leaf path>``.
   """
-  overall = getattr(stats, "global_update_to_param_ratio", None)
-  per_leaf = getattr(stats, "per_leaf", None)
-  if overall is None:
-    overall = stats.update_to_param_ratio
-  overall = np.asarray(overall, np.float64).reshape(-1)
+  overall = np.asarray(stats.update_to_param_ratio, np.float64).reshape(-1)
   cols = {"step": np.arange(first_step, first_step + len(overall), dtype=np.float64),
           "update_to_param_ratio": overall,
           "eps_dominated_fraction": np.asarray(stats.eps_dominated_fraction, np.float64)}
-  if per_leaf is not None:
-    leaves = {k: v for k, v in per_leaf.as_dict().items()
-              if k.startswith("update_to_param_ratio/")}
-  else:
-    leaves = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(stats.update_to_param_ratio)[0]:
-      leaves[f"update_to_param_ratio/{path_name(path)}"] = leaf
+  leaves = {k: v for k, v in stats.per_leaf.as_dict().items()
+            if k.startswith("update_to_param_ratio/")}
   cols.update({k: np.asarray(v, np.float64).reshape(-1) for k, v in leaves.items()})
   return cols
 
 
-def _value_program(task: Any, steps: int, optimizer: str, const: dict[str, Any],
-                   traced: tuple[str, ...], diagnostics: bool = False) -> Callable[..., Any]:
-  """The training run of one configuration; ``traced`` hyperparameters are arguments."""
-
-  def run(hp_traced, params, idx, x, y, x_val, y_val):
-    hp = dict(const)
-    for name in traced:
-      hp[name] = hp_traced[name]
-    tx = make_optimizer(optimizer, hp, steps)
-    record = None
-    if diagnostics:
-      from adam_jax.diagnostics import monitor
-
-      tx = monitor(tx, eps=hp["eps"], b2=hp["b2"])
-      record = monitor_record
-    params, _, out = _fit(task, tx, params, tx.init(params), idx, x, y, record=record)
-    curve, records = out if diagnostics else (out, None)
-    train_loss, _ = task.evaluate(params, x, y)
-    val_loss, val_acc = task.evaluate(params, x_val, y_val)
-    return curve, train_loss, val_loss, val_acc, records
-
-  return run
-
-
-def _chunk_programs(task: Any, steps: int, optimizer: str, const: dict[str, Any],
-                    traced: tuple[str, ...], diagnostics: bool, masked: bool
-                    ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
-  """``init``, ``train`` (one chunk of steps) and ``evaluate`` of one configuration.
-
-  With ``masked``, ``train`` takes a boolean per step and skips the steps marked
-  false (the padding of a last chunk), so every chunk has the same length.
-  """
-  record = monitor_record if diagnostics else None
-
-  def make_tx(hp_traced):
-    hp = dict(const)
-    for name in traced:
-      hp[name] = hp_traced[name]
-    tx = make_optimizer(optimizer, hp, steps)
-    if diagnostics:
-      from adam_jax.diagnostics import monitor
-
-      tx = monitor(tx, eps=hp["eps"], b2=hp["b2"])
-    return tx
-
-  def init(hp_traced, params):
-    return params, make_tx(hp_traced).init(params)
-
-  def train(hp_traced, params, opt_state, idx, valid, x, y):
-    tx = make_tx(hp_traced)
-    if not masked:
-      return _fit(task, tx, params, opt_state, idx, x, y, record=record)
-
-    def one(carry, batch):
-      params, opt_state, out = _fit(task, tx, *carry, batch[None], x, y, record=record)
-      return (params, opt_state), jax.tree.map(lambda o: o[0], out)
-
-    def step(carry, xs):
-      batch, ok = xs
-      shape = jax.eval_shape(one, carry, batch)[1]
-      skip = lambda c, b: (c, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape))
-      return jax.lax.cond(ok, one, skip, carry, batch)
-
-    (params, opt_state), out = jax.lax.scan(step, (params, opt_state), (idx, valid))
-    return params, opt_state, out
-
-  def evaluate(params, x, y, x_val, y_val):
-    train_loss, _ = task.evaluate(params, x, y)
-    val_loss, val_acc = task.evaluate(params, x_val, y_val)
-    return train_loss, val_loss, val_acc
-
-  return init, train, evaluate
-
-
-def _fit(task, tx, params, opt_state, idx, x, y, record=None):
-  from adam_jax.tasks import fit
-
-  return fit(task, tx, params, opt_state, idx, x, y, record=record)
-
-
-def _traced_values(configs: list[dict[str, Any]], traced: tuple[str, ...]) -> dict[str, np.ndarray]:
-  out = {}
-  for name in traced:
-    if name == "schedule":
-      out[name] = np.array([SCHEDULES.index(c[name]) for c in configs], np.int32)
-    else:
-      out[name] = np.array([c[name] for c in configs], np.float32)
-  return out
-
-
-class _Store:
-  """results.csv (one row per configuration, flushed as it finishes) and curves.jsonl."""
-
-  def __init__(self, out_dir: str, meta: dict[str, Any], resume: bool):
-    os.makedirs(out_dir, exist_ok=True)
-    self.csv_path = os.path.join(out_dir, _CSV)
-    self.curves_path = os.path.join(out_dir, _CURVES)
-    meta_path = os.path.join(out_dir, _META)
-    self.done: dict[tuple[Any, ...], SweepRow] = {}
-    self.resuming = resume and os.path.exists(self.csv_path)
-    if self.resuming:
-      if os.path.exists(meta_path):
-        with open(meta_path) as f:
-          old = json.load(f)
-        diff = [k for k in meta if old.get(k) != meta[k]]
-        if diff:
-          k = diff[0]
-          raise ValueError(f"cannot resume: {out_dir} holds a sweep with {k}={old.get(k)!r}, "
-                           f"this one has {k}={meta[k]!r}")
-      self.done = _read_rows(self.csv_path, self.curves_path)
-      self._rewrite()
-    else:
-      for path in (self.csv_path, self.curves_path):
-        if os.path.exists(path):
-          os.remove(path)
-      with open(self.csv_path, "w", newline="") as f:
-        csv.writer(f).writerow(COLUMNS)
-    with open(meta_path, "w") as f:
-      json.dump(meta, f, indent=2)
-
-  def _rewrite(self) -> None:
-    """Rewrites the files from the rows read back (drops a row cut off by an interrupt)."""
-    rows = list(self.done.values())
-    with open(self.csv_path, "w", newline="") as f:
-      csv.writer(f).writerow(COLUMNS)
-    open(self.curves_path, "w").close()
-    for row in rows:
-      self.add(row)
-
-  def add(self, row: SweepRow) -> None:
-    acc = "" if row.val_accuracy is None else repr(row.val_accuracy)
-    fields = [row.config[a] for a in AXES] + [repr(row.train_loss), repr(row.val_loss), acc]
-    with open(self.csv_path, "a", newline="") as f:
-      csv.writer(f).writerow(fields)
-    if row.curve is not None:
-      with open(self.curves_path, "a") as f:
-        f.write(json.dumps({"key": list(_key(row.config)),
-                            "curve": [float(v) for v in row.curve]}) + "\n")
-
-
-def _read_rows(csv_path: str, curves_path: str) -> dict[tuple[Any, ...], SweepRow]:
-  """Rows of a results.csv written earlier, keyed by configuration; broken lines are dropped."""
-  curves: dict[tuple[Any, ...], np.ndarray] = {}
-  if os.path.exists(curves_path):
-    with open(curves_path) as f:
-      for line in f:
-        try:
-          item = json.loads(line)
-          curves[tuple(item["key"])] = np.asarray(item["curve"], np.float32)
-        except (ValueError, KeyError, TypeError):
-          continue
-  rows: dict[tuple[Any, ...], SweepRow] = {}
-  with open(csv_path, newline="") as f:
-    reader = csv.reader(f)
-    header = next(reader, None)
-    if header is None:
-      return rows
-    if tuple(header) != COLUMNS:
-      raise ValueError(f"cannot resume: {csv_path} does not have the columns {','.join(COLUMNS)}")
-    for fields in reader:
-      if len(fields) != len(COLUMNS):
-        continue
-      try:
-        config = {a: (v if a == "schedule" else (int(v) if a in SHAPE_AXES else float(v)))
-                  for a, v in zip(AXES, fields)}
-        tr, va, acc = float(fields[-3]), float(fields[-2]), fields[-1]
-        row = SweepRow(config, tr, va, float(acc) if acc else None, None)
-      except ValueError:
-        continue
-      key = _key(config)
-      rows[key] = row._replace(curve=curves.get(key))
-  return rows
-
-
 def grid_search(
-    task: str = "digits-mlp",
+    problem: Problem,
+    space: Mapping[str, Sequence[Any]],
     *,
-    lr: Sequence[float] = (1e-3,),
-    b1: Sequence[float] = (0.9,),
-    b2: Sequence[float] = (0.999,),
-    eps: Sequence[float] = (1e-8,),
-    weight_decay: Sequence[float] = (0.0,),
-    schedule: Sequence[str] = ("constant",),
-    layers: Sequence[int] = (1,),
-    hidden: Sequence[int] = (128,),
-    batch_size: Sequence[int] = (32,),
-    steps: int = 1000,
-    optimizer: str = "adam",
-    seed: int = 0,
-    data: str | os.PathLike[str] | None = None,
+    optimizer: str | Callable[..., optax.GradientTransformation] = "adam",
+    steps: int,
+    seeds: int | Sequence[int] = 1,
+    metric: str = "val_loss",
+    mode: str = "min",
     out_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
-    sequential: bool = False,
     devices: Sequence[jax.Device] | None = None,
-    on_row: Callable[[SweepRow], None] | None = None,
-    on_group: Callable[[dict[str, int], int], None] | None = None,
+    loop: str = "auto",
+    checkpoint_every: int = 0,
+    progress: bool | None = None,
+    on_row: Callable[[Row], None] | None = None,
     diagnostics: bool = False,
-    checkpoint_every: int = 1000,
-) -> GridSearchResult:
-  r"""Trains every configuration of a hyperparameter grid on an embedded task.
+) -> SearchResult:
+  r"""Trains every configuration of a grid of hyperparameters on the user's problem.
 
-  For each model shape (``layers`` x ``hidden`` x ``batch_size``) one program is
-  compiled that trains all value configurations (``lr``, ``b1``, ``b2``, ``eps``,
-  ``weight_decay``, ``schedule``) at once: the optimizer is built inside a
-  ``jax.vmap``-ed function whose hyperparameters are traced values, and the
-  steps run in ``jax.lax.scan``. A hyperparameter with a single value is a
-  compile-time constant. When several devices are given (default: all of
-  ``jax.devices()``), the configuration axis is sharded over a 1-D mesh of them.
+  ``space`` maps names to lists of values:
 
-  Every configuration starts from the same initial params and sees the same
-  mini-batches (both from ``seed``), so rows differ only by their hyperparameters.
+  * keywords of the optimizer factory (``learning_rate``, ``b1``, ``b2``, ``eps``,
+    ``weight_decay``, ... of any alias in :func:`adam_jax.optimizers`, or of the
+    user's own ``(**hparams) -> GradientTransformation``, so clipping chains and
+    schedules of one's own work): numeric keys with several values are traced and
+    trained together, configurations x seeds, in one ``jax.vmap``-ed program; a key
+    with one value is a compile-time constant; other keys with several values
+    (booleans, strings) get a program each;
+  * ``schedule``: names in :data:`SCHEDULES` applied to ``learning_rate`` (traced too);
+  * ``batch_size`` and keywords of the model factory (``layers``, ``hidden``, ...):
+    they change shapes, so each combination is one compiled group.
+
+  Every configuration of a seed starts from the same initial model and sees the same
+  mini-batches (:meth:`Problem.batch_indices`), so rows differ only by their
+  hyperparameters; a configuration trained here equals the same configuration trained
+  alone, to float32 rounding.
 
   Args:
-    task: ``"digits-mlp"`` or ``"digits-autoencoder"`` (see :mod:`adam_jax.tasks`).
-    lr: peak learning rates (> 0).
-    b1: first-moment decay rates, in [0, 1).
-    b2: second-moment decay rates, in [0, 1).
-    eps: denominators' eps (>= 0).
-    weight_decay: weight decay (>= 0): coupled L2 for ``adam``, decoupled for ``adamw``.
-    schedule: names from :data:`SCHEDULES` (see :func:`schedule_fn`).
-    layers: hidden layers of the model.
-    hidden: units per hidden layer.
-    batch_size: mini-batch sizes.
+    problem: the :class:`Problem`.
+    space: the grid (see above).
+    optimizer: a name in :func:`adam_jax.optimizers` or a factory of transformations.
     steps: optimizer steps per configuration.
-    optimizer: ``"adam"`` or ``"adamw"``.
-    seed: seeds the split, the initial params and the batch order.
-    data: optional ``.npz`` with the user's arrays (see :func:`adam_jax.tasks.get_task`).
-    out_dir: if given, ``results.csv`` (columns :data:`COLUMNS`) and ``curves.jsonl``
-      are written there, a row as soon as its configuration finishes, so an
-      interrupted search keeps what it finished; the group in training is
-      checkpointed in ``checkpoints/`` (see ``checkpoint_every``).
-    resume: with ``out_dir``, skip configurations already in its ``results.csv`` and
-      continue an interrupted group from its checkpoint, with results bit for bit
-      those of an uninterrupted search. A checkpoint that does not match the group
-      (other values, devices or ``checkpoint_every``) is ignored: the group starts over.
-    sequential: train one configuration at a time (one compiled program per shape,
-      hyperparameters as arguments; for comparison and debugging).
-    devices: devices to spread configurations over (default ``jax.devices()``).
-    on_row: called with each new :class:`SweepRow` as it finishes.
-    on_group: called before each compiled group with its shape and number of configurations.
-    diagnostics: wrap each optimizer in :func:`adam_jax.diagnostics.monitor` and keep,
-      for every step, the update-to-param ratios and the eps-dominated fraction in
-      ``SweepRow.diagnostics`` (not written to ``out_dir``).
-    checkpoint_every: a vectorized group trains in equal chunks of at most this many
-      steps (one compiled program; a padded last chunk skips its extra steps), and with
-      ``out_dir`` its train state (params, optimizer states, steps done, losses so far)
-      is saved with :func:`adam_jax.checkpoint.save` after each chunk but the last.
-      ``0``: one chunk, no checkpoint. ``sequential`` runs are not checkpointed.
+    seeds: ``k`` (seeds ``0..k-1``) or the list of seeds; each configuration trains
+      from every seed (initial params of a factory, batch order, dropout streams)
+      and its metrics are the mean over seeds, with ``<name>_std`` (their standard
+      deviation) when there are several.
+    metric: the metric that picks ``best`` (a key of the rows' metrics).
+    mode: ``"min"`` or ``"max"``.
+    out_dir: if given, ``results.csv`` (a line per configuration, written as each
+      group finishes) and ``curves.jsonl`` are written there.
+    resume: with ``out_dir``, keep the rows of its ``results.csv`` and train the others.
+    devices: spread each group over these devices (default: ``jax.devices()``).
+    loop: ``"scan"`` (steps in ``jax.lax.scan`` chunks), ``"python"`` (a jitted,
+      vmapped step called from Python) or ``"auto"``: Python steps for a model with
+      convolutions on CPU (several times faster there), ``scan`` otherwise.
+    checkpoint_every: with ``out_dir``, save the group in training every this many
+      steps (``checkpoints/``) so that ``resume`` continues it; ``0``: no checkpoints.
+    progress: a progress bar per group (default: when the output is a terminal).
+    on_row: called with each :class:`Row` as it finishes.
+    diagnostics: wrap the optimizer in :func:`adam_jax.diagnostics.monitor` and keep
+      its statistics after every step in ``Row.diagnostics`` (not written to disk).
 
   Returns:
-    A :class:`GridSearchResult`; ``best`` has the lowest validation loss.
+    A :class:`SearchResult`; ``best.model`` is the trained model of the best
+    configuration (the seed with the best metric; ``best.models`` has every seed's).
 
   Raises:
-    ValueError: an out-of-range or repeated value, or a resume that does not match.
+    ValueError: an unknown space key (the accepted ones are listed), a bad value,
+      an unknown metric or a resume that does not match.
 
   Examples:
-    >>> from adam_jax.tuning import grid_search
-    >>> result = grid_search(lr=[1e-3, 1e-2], hidden=[16], steps=50)
-    >>> [row.config["lr"] for row in result.rows], result.best.config["lr"]
-    ([0.001, 0.01], 0.01)
+    >>> import jax.numpy as jnp, numpy as np
+    >>> from adam_jax import tuning
+    >>> x = np.linspace(-1, 1, 64, dtype=np.float32)[:, None]
+    >>> loss = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+    >>> problem = tuning.Problem({"w": jnp.zeros((1, 1))}, loss, (x, 3 * x), (x, 3 * x))
+    >>> result = tuning.grid_search(problem, {"learning_rate": [1e-3, 1e-1]}, steps=50)
+    >>> result.best.config, result.best.metrics["val_loss"] < result.rows[0].metrics["val_loss"]
+    ({'learning_rate': 0.1}, True)
   """
-  from adam_jax.tasks import get_task
-
+  if not isinstance(problem, Problem):
+    raise ValueError(f"problem must be an adam_jax.tuning.Problem, got {type(problem).__name__}")
   if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
     raise ValueError(f"steps must be a positive integer, got {steps!r}")
-  if optimizer not in OPTIMIZERS:
-    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+  seeds = _seeds(seeds)
+  if mode not in ("min", "max"):
+    raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+  if loop not in _runner.LOOPS:
+    raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
   if resume and out_dir is None:
     raise ValueError("resume needs out_dir, the folder of the search to resume")
   if (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer))
       or checkpoint_every < 0):
     raise ValueError(f"checkpoint_every must be a nonnegative integer, got {checkpoint_every!r}")
-  values = _check_values(dict(lr=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                              schedule=schedule, layers=layers, hidden=hidden,
-                              batch_size=batch_size))
+  factory, opt_name = _factory(optimizer)
+  sp = _parse_space(problem, space, factory, opt_name)
   devices = list(jax.devices() if devices is None else devices)
-  get_task(task, layers=values["layers"][0], hidden=values["hidden"][0],  # fail early
-           batch_size=max(values["batch_size"]), seed=seed, data=data)
+  keys = list(sp.values)
   store = None
   if out_dir is not None:
-    meta = {"task": task, "steps": int(steps), "optimizer": optimizer, "seed": int(seed),
-            "data": None if data is None else os.fspath(data)}
-    store = _Store(os.fspath(out_dir), meta, resume)
+    meta = {"optimizer": opt_name, "steps": int(steps), "seeds": seeds}
+    store = _Store(os.fspath(out_dir), meta, keys, resume, sp.values)
   done = {} if store is None else store.done
   ckpt_root = None
   if store is not None and checkpoint_every:
@@ -528,153 +499,172 @@ def grid_search(
     if not store.resuming and os.path.isdir(ckpt_root):
       shutil.rmtree(ckpt_root)
 
-  def ckpt_path(shape_cfg: dict[str, int]) -> str | None:
-    if ckpt_root is None:
-      return None
-    return os.path.join(ckpt_root, "layers{layers}-hidden{hidden}-batch{batch_size}".format(
-        **shape_cfg))
+  grid = [dict(zip(keys, combo)) for combo in itertools.product(*sp.values.values())]
+  make_tx = _make_tx(factory, sp, steps)
+  record = None
+  if diagnostics:
+    from adam_jax.diagnostics import monitor
 
-  grid = _grid(values)
-  traced = tuple(a for a in VALUE_AXES if len(values[a]) > 1)
-  const = {a: values[a][0] for a in VALUE_AXES if len(values[a]) == 1}
-  results: dict[tuple[Any, ...], SweepRow] = {}
-  spread = 1
-  for shape in itertools.product(*(values[a] for a in SHAPE_AXES)):
-    shape_cfg = dict(zip(SHAPE_AXES, shape))
-    configs = [c for c in grid if all(c[a] == shape_cfg[a] for a in SHAPE_AXES)]
+    inner = make_tx
+
+    def make_tx(hp):
+      kw = {**sp.const, **hp}
+      return monitor(inner(hp), eps=kw.get("eps", 1e-8), b2=kw.get("b2", 0.999))
+
+    record = monitor_record
+
+  results: dict[tuple[str, ...], Row] = {}
+  best: tuple[float, Row, Any, Any] | None = None  # (score, row, bound, per-seed models)
+  spread, loops = 1, {}
+  for combo in itertools.product(*(sp.values[k] for k in sp.group)):
+    group_cfg = dict(zip(sp.group, combo))
+    configs = [c for c in grid if all(c[k] == group_cfg[k] for k in sp.group)]
     todo = [c for c in configs if _key(c) not in done]
     results.update({_key(c): done[_key(c)] for c in configs if _key(c) in done})
+    label = ", ".join(f"{k}={v}" for k, v in group_cfg.items()) or "all"
+    ckpt = None if ckpt_root is None else os.path.join(ckpt_root, _slug(label))
     if not todo:
-      _remove_checkpoint(ckpt_path(shape_cfg))  # rows written before an interrupt
+      if ckpt is not None and os.path.isdir(ckpt):
+        shutil.rmtree(ckpt)
       continue
-    if on_group is not None:
-      on_group(shape_cfg, len(todo))
-    t = get_task(task, seed=seed, data=data, **shape_cfg)
-    if sequential:
-      program = _value_program(t, steps, optimizer, const, traced, diagnostics)
-      args = (t.params, t.batch_indices(steps, seed), t.x_train, t.y_train, t.x_val, t.y_val)
-      outs = _run_sequential(program, todo, traced, args)
-    else:
-      outs = _run_vectorized(t, steps, seed, optimizer, const, todo, traced, devices,
-                             diagnostics, checkpoint_every, ckpt_path(shape_cfg), resume)
-      spread = max(spread, len(devices) if len(todo) > 1 else 1)
-    new_rows = []
-    for config, (curve, tr, va, acc, records) in outs:
-      row = SweepRow(config, float(tr), float(va), float(acc) if t.classification else None,
-                     np.asarray(curve, np.float32),
-                     None if records is None else monitor_columns(records))
+    bound = problem.bind(**{k: group_cfg[k] for k in sp.shape if k in group_cfg})
+    _check_metric(bound, problem, metric)
+    group_const = {k: v for k, v in group_cfg.items() if k not in sp.shape}
+    hp = _traced_values(todo, sp.traced)
+    n = len(todo) * len(seeds)
+    member_hp = {k: np.repeat(v, len(seeds)) for k, v in hp.items()}
+    seed_pos = np.tile(np.arange(len(seeds), dtype=np.int32), len(todo))
+    idx = None
+    if problem.batch_fn is None:
+      idx = np.stack([problem.batch_indices(steps, s, bound.batch_size) for s in seeds])
+    tx_group = make_tx if not group_const else _with_const(make_tx, group_const)
+    bar = _bar(progress, len(todo), label)
+    try:
+      out = _runner.train_group(
+          bound.fns, tx_group, member_hp, seed_pos, seeds, steps,
+          train_data=problem.train_data, val_data=problem.val_data, batch_fn=problem.batch_fn,
+          idx=idx, loop=loop, chunk=checkpoint_every or None, record=record, devices=devices,
+          checkpoint_path=ckpt, resume=resume,
+          on_steps=None if bar is None else functools.partial(_advance, bar, len(todo), steps))
+    finally:
+      if bar is not None:
+        bar.close()
+    loops[label] = out.loop
+    spread = max(spread, min(len(devices), n) if n > 1 else 1)
+    if ckpt is not None and os.path.isdir(ckpt):
+      shutil.rmtree(ckpt)
+    losses, records = out.trace if diagnostics else (out.trace, None)
+    for i, config in enumerate(todo):
+      members = list(range(i * len(seeds), (i + 1) * len(seeds)))
+      per_seed = [{k: float(v[m]) for k, v in out.metrics.items()} for m in members]
+      metrics = _summarize(per_seed)
+      diag = None
+      if records is not None:
+        diag = monitor_columns(jax.tree.map(lambda r, m=members[0]: r[m], records))
+      row = Row(dict(config), metrics, per_seed,
+                np.asarray(losses[members], np.float32).mean(axis=0), diagnostics=diag)
+      if metric not in metrics:
+        raise ValueError(f"metric {metric!r} is not among the metrics "
+                         f"({', '.join(metrics)}); pass val_data or metric=...")
       results[_key(config)] = row
-      new_rows.append(row)
       if store is not None:
         store.add(row)
-    _remove_checkpoint(ckpt_path(shape_cfg))  # its rows are written
-    if on_row is not None:
-      for row in new_rows:
+      score = _finite(metrics[metric], mode)
+      if best is None or (score < best[0] if mode == "min" else score > best[0]):
+        best = (score, row, bound, _take(out, members))
+      if on_row is not None:
         on_row(row)
   if ckpt_root is not None and os.path.isdir(ckpt_root) and not os.listdir(ckpt_root):
     os.rmdir(ckpt_root)
   rows = [results[_key(c)] for c in grid]
-  best = min(rows, key=lambda r: r.val_loss if math.isfinite(r.val_loss) else math.inf)
-  return GridSearchResult(rows, best, spread)
+  if rows and metric not in rows[0].metrics:
+    raise ValueError(f"metric {metric!r} is not among the metrics "
+                     f"({', '.join(rows[0].metrics)}); pass val_data or metric=...")
+  pick = min if mode == "min" else max
+  top = pick(rows, key=lambda r: _finite(r.metrics[metric], mode))
+  if best is not None and best[1] is top:
+    _, row, bound, trained = best
+  else:  # the best row was read back from an earlier run: train it again
+    row = top
+    bound = problem.bind(**{k: top.config[k] for k in sp.shape})
+    cfg_const = {k: top.config[k] for k in sp.group if k not in sp.shape}
+    hp = {k: np.repeat(v, len(seeds)) for k, v in _traced_values([top.config], sp.traced).items()}
+    idx = None
+    if problem.batch_fn is None:
+      idx = np.stack([problem.batch_indices(steps, s, bound.batch_size) for s in seeds])
+    out = _runner.train_group(
+        bound.fns, make_tx if not cfg_const else _with_const(make_tx, cfg_const), hp,
+        np.arange(len(seeds), dtype=np.int32), seeds, steps, train_data=problem.train_data,
+        val_data=problem.val_data, batch_fn=problem.batch_fn, idx=idx, loop=loop,
+        devices=devices[:1])
+    trained = _take(out, list(range(len(seeds))))
+    row = row._replace(seed_metrics=[{k: float(v[m]) for k, v in out.metrics.items()}
+                                     for m in range(len(seeds))])
+  models = [bound.fns.to_user(p, s) for p, s in trained]
+  scores = [_finite(m[metric], mode) for m in row.seed_metrics]
+  chosen = int(np.argmin(scores) if mode == "min" else np.argmax(scores))
+  best_row = row._replace(model=models[chosen], models=models)
+  rows = [best_row if r is top else r for r in rows]
+  return SearchResult(rows, best_row, metric, mode, spread, loops)
 
 
-def _run_sequential(program, todo, traced, args):
-  step = jax.jit(program)
-  hp = _traced_values(todo, traced)
-  for i, config in enumerate(todo):
-    out = step({name: hp[name][i] for name in traced}, *args)
-    yield config, jax.device_get(out)
+def _check_metric(bound: Any, problem: Problem, metric: str) -> None:
+  """Fails before training when ``metric`` is not among the problem's metrics."""
+  params, state = jax.eval_shape(bound.fns.init, jnp.zeros((), jnp.int32))
+  names = list(jax.eval_shape(bound.fns.metrics, params, state, problem.train_data,
+                              problem.val_data))
+  if metric not in names:
+    first = [k for k in ("train_loss", "val_loss") if k in names]
+    names = first + [k for k in names if k not in first]
+    raise ValueError(f"metric {metric!r} is not among the metrics ({', '.join(names)}); "
+                     "pass val_data or metric=...")
 
 
-def _remove_checkpoint(path: str | None) -> None:
-  if path is not None and os.path.isdir(path):
-    shutil.rmtree(path)
+def _with_const(make_tx, const: dict[str, Any]):
+  return lambda hp: make_tx({**hp, **const})
 
 
-def _run_chunk(compiled: Callable[..., Any], *args: Any) -> Any:
-  """Runs one compiled chunk of steps for a whole group."""
-  return compiled(*args)
+def _take(out: Any, members: list[int]) -> list[tuple[Any, Any]]:
+  """The trained ``(params, state)`` of each member, as JAX arrays."""
+  return [jax.tree.map(lambda a, m=m: jnp.asarray(a[m]), (out.params, out.state))
+          for m in members]
 
 
-def _chunking(steps: int, checkpoint_every: int) -> tuple[int, int]:
-  """``(chunk, chunks)``: equal chunks of at most ``checkpoint_every`` steps covering ``steps``."""
-  if not checkpoint_every or checkpoint_every >= steps:
-    return steps, 1
-  chunks = -(-steps // checkpoint_every)
-  return -(-steps // chunks), chunks
+def _summarize(per_seed: list[dict[str, float]]) -> dict[str, float]:
+  names = list(per_seed[0])
+  out = {k: float(np.mean([m[k] for m in per_seed])) for k in names}
+  if len(per_seed) > 1:
+    out.update({f"{k}_std": float(np.std([m[k] for m in per_seed])) for k in names})
+  return out
 
 
-def _run_vectorized(t, steps, seed, optimizer, const, todo, traced, devices, diagnostics,
-                    checkpoint_every, ckpt_path, resume):
-  """Trains a group in chunks of steps, checkpointing the vmapped train state after each."""
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+def _seeds(seeds: Any) -> list[int]:
+  if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+    if seeds < 1:
+      raise ValueError(f"seeds must be a positive integer or a list of seeds, got {seeds!r}")
+    return list(range(int(seeds)))
+  try:
+    out = [int(s) for s in seeds]
+  except (TypeError, ValueError):
+    raise ValueError(f"seeds must be a positive integer or a list of seeds, got {seeds!r}"
+                     ) from None
+  if not out or len(set(out)) != len(out) or min(out) < 0:
+    raise ValueError(f"seeds must be distinct non-negative integers, got {seeds!r}")
+  return out
 
-  n = len(todo)
-  chunk, chunks = _chunking(steps, checkpoint_every)
-  total = chunk * chunks
-  masked = total > steps
-  init, train, evaluate = _chunk_programs(t, steps, optimizer, const, traced, diagnostics, masked)
-  # The index keeps a batch axis to vmap over when no hyperparameter is traced.
-  hp = {"index": np.arange(n, dtype=np.int32), **_traced_values(todo, traced)}
-  use = devices if len(devices) > 1 and n > 1 else devices[:1]
-  padded = -(-n // len(use)) * len(use)
-  hp = {k: np.concatenate([v, np.repeat(v[-1:], padded - n)]) for k, v in hp.items()}
-  mesh = Mesh(np.asarray(use), ("configs",))
-  spread = NamedSharding(mesh, PartitionSpec("configs"))
-  same = NamedSharding(mesh, PartitionSpec())
-  hp_dev = jax.device_put(hp, spread)
-  idx = t.batch_indices(steps, seed)
-  idx = np.concatenate([idx, np.repeat(idx[-1:], total - steps, axis=0)])
-  valid = np.arange(total) < steps if masked else None
-  data = jax.device_put((t.x_train, t.y_train), same)
-  val = jax.device_put((t.x_val, t.y_val), same)
 
-  params, opt_state = jax.jit(jax.vmap(init, in_axes=(0, None)), out_shardings=spread)(
-      hp_dev, jax.device_put(t.params, same))
+def _advance(bar: Any, configs: int, steps: int, done: int) -> None:
+  bar.update(configs * done / steps - bar.n)
 
-  def args(lo):
-    part = None if valid is None else jax.device_put(valid[lo:lo + chunk], same)
-    return jax.device_put(idx[lo:lo + chunk], same), part
 
-  v_train = jax.vmap(train, in_axes=(0, 0, 0, None, None, None, None))
-  lowered = jax.jit(v_train, out_shardings=spread).lower(
-      hp_dev, params, opt_state, *args(0), *data)
-  compiled = lowered.compile()  # once: every chunk has the same length
-  out_shape = lowered.out_info[2]
-  trace = jax.tree.map(lambda s: np.zeros((padded, total) + s.shape[2:], s.dtype), out_shape)
-  # Everything a resumed group needs: params and optimizer state of every configuration,
-  # the steps done (which fixes the position in the batch order, drawn from the seed),
-  # the chunk length, the hyperparameters trained and the losses (and records) so far.
-  state = {"params": params, "opt_state": opt_state, "step": np.zeros((), np.int32),
-           "chunk": np.asarray(chunk, np.int32), "hp": hp, "trace": trace}
-  if resume and ckpt_path is not None and os.path.isdir(ckpt_path):
-    from adam_jax import checkpoint
+def _slug(label: str) -> str:
+  return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in label)
 
-    try:
-      saved = checkpoint.restore(ckpt_path, like=state)
-    except ValueError:  # another grid or device count: the group starts over
-      saved = None
-    if (saved is not None and int(saved["chunk"]) == chunk
-        and all(np.array_equal(np.asarray(saved["hp"][k]), hp[k]) for k in hp)):
-      state = saved
-  first = int(state["step"])
-  params, opt_state = state["params"], state["opt_state"]
-  trace = jax.tree.map(np.array, state["trace"])
-  for lo in range(first, total, chunk):
-    params, opt_state, out = _run_chunk(compiled, hp_dev, params, opt_state, *args(lo), *data)
-    for dst, src in zip(jax.tree.leaves(trace), jax.tree.leaves(jax.device_get(out))):
-      dst[:, lo:lo + chunk] = src
-    if ckpt_path is not None and lo + chunk < total:
-      from adam_jax import checkpoint
 
-      checkpoint.save(ckpt_path, {"params": params, "opt_state": opt_state,
-                                  "step": np.asarray(lo + chunk, np.int32),
-                                  "chunk": np.asarray(chunk, np.int32), "hp": hp,
-                                  "trace": trace}, overwrite=True)
-  tr, va, acc = jax.device_get(jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None, None)))(
-      params, *data, *val))
-  trace = jax.tree.map(lambda a: a[:, :steps], trace)
-  curves, records = trace if diagnostics else (trace, None)
-  for i, config in enumerate(todo):
-    mine = None if records is None else jax.tree.map(lambda r, i=i: r[i], records)
-    yield config, (curves[i], tr[i], va[i], acc[i], mine)
+def _bar(progress: bool | None, total: int, label: str) -> Any:
+  if progress is False:
+    return None
+  from tqdm.auto import tqdm
+
+  return tqdm(total=total, desc=label, unit="config", dynamic_ncols=True,
+              disable=None if progress is None else False, leave=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -13,6 +15,7 @@ import optax
 
 from adam_jax import _numerics as numerics
 from adam_jax import aliases
+from adam_jax.tuning.problem import Problem
 
 
 class LRFindResult(NamedTuple):
@@ -21,17 +24,43 @@ class LRFindResult(NamedTuple):
   lrs: np.ndarray  # shape=(n,), float64: the learning rate of each step run
   losses: np.ndarray  # shape=(n,), float64: smoothed, bias-corrected mini-batch losses
   raw_losses: np.ndarray  # shape=(n,), float64: the mini-batch losses themselves
-  steepest: float  # the learning rate where the smoothed loss falls fastest in log(lr)
+  suggestion: float  # where the smoothed loss falls fastest in log(lr): the rate to use
   valley: float  # the learning rate half-way down the longest valley of the smoothed loss
-  suggestion: float  # the recommended learning rate (the steepest point's)
   diverged: bool  # whether the run stopped early because the loss blew up
+
+  def plot(self, path: str | os.PathLike[str] | None = None, *, title: str = "") -> Any:
+    """The loss against the learning rate, with both rules marked.
+
+    Returns the matplotlib ``Figure``; saves it to ``path`` when given.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(self.lrs, self.raw_losses, color="C0", alpha=0.3, lw=0.7, label="mini-batch loss")
+    ax.plot(self.lrs, self.losses, color="C0", lw=1.5, label="smoothed loss")
+    ax.axvline(self.suggestion, color="C1", ls="--", label=f"suggestion {self.suggestion:.2g}")
+    ax.axvline(self.valley, color="C2", ls=":", label=f"valley {self.valley:.2g}")
+    ax.set_xscale("log")
+    finite = self.losses[np.isfinite(self.losses)]
+    if len(finite):
+      ax.set_ylim(top=min(float(finite.max()), 3 * float(finite[0])) * 1.05)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    ax.set_title(title or "LR range test")
+    ax.legend()
+    if path is not None:
+      from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+      FigureCanvasAgg(fig)
+      fig.savefig(os.fspath(path), dpi=110)
+    return fig
 
 
 def lr_find(
-    task: Any,
+    problem: Problem,
     *,
-    optimizer: Callable[[Any], optax.GradientTransformation] = aliases.adam,
-    params: Any = None,
+    optimizer: str | Callable[..., optax.GradientTransformation] = "adam",
     start_lr: float = 1e-6,
     end_lr: float = 1.0,
     num_steps: int = 200,
@@ -39,11 +68,12 @@ def lr_find(
     diverge_factor: float = 4.0,
     seed: int = 0,
 ) -> LRFindResult:
-  r"""Runs the learning-rate range test on a task.
+  r"""Runs the learning-rate range test on the user's problem.
 
   The learning rate grows exponentially from ``start_lr`` to ``end_lr`` over
   ``num_steps`` steps, :math:`\eta_i = \eta_0 (\eta_1/\eta_0)^{i/(n-1)}`, while
-  the model trains. The mini-batch loss :math:`\ell_i` is smoothed with a
+  the model trains (in train mode, BatchNorm statistics and dropout streams carried
+  as in :func:`grid_search`). The mini-batch loss :math:`\ell_i` is smoothed with a
   bias-corrected moving average
 
   .. math::
@@ -51,40 +81,36 @@ def lr_find(
     a_i = \beta a_{i-1} + (1 - \beta)\,\ell_i, \qquad s_i = a_i / (1 - \beta^{i+1})
 
   and the run stops as soon as :math:`s_i > \text{diverge\_factor}\cdot\min_{j\le i} s_j`
-  (or the loss is not finite). The whole run is one compiled ``jax.lax.while_loop``.
+  (or the loss is not finite). The user's model or params are not modified: a copy
+  trains.
 
-  Two suggestions are read off the smoothed curve before divergence:
+  Two rules are read off the smoothed curve before divergence:
 
-  * *steepest*: where :math:`ds/d\log\eta` is most negative (skipping the first
-    tenth of the points, where the average is still settling). This is the
-    ``suggestion``.
-  * *valley*: the longest run of points over which the loss keeps falling (its
+  * ``suggestion``, the *steepest* point: where :math:`ds/d\log\eta` is most negative
+    (skipping the first tenth of the points, where the average is still settling).
+  * ``valley``: the longest run of points over which the loss keeps falling (its
     longest decreasing subsequence); the value lies half-way down it. It suits
     curves that fall from the start; when the loss stays flat for decades of small
     learning rates (the digits MLP), noise in the flat part lengthens the valley and
     the value comes out too small, so it is reported but not suggested.
 
   Args:
-    task: an :class:`adam_jax.tasks.Task`.
-    optimizer: a factory taking the learning rate (a schedule) and returning an
-      optax transformation, e.g. ``adam_jax.adam`` or
-      ``lambda lr: adam_jax.adamw(lr, weight_decay=1e-2)``.
-    params: params to start from (default: the task's initial params); they are
-      not modified (JAX arrays are immutable; a new tree is trained).
+    problem: the :class:`Problem` (a factory is built with its default keywords).
+    optimizer: a name in :func:`adam_jax.optimizers`, or a factory taking the learning
+      rate (a schedule) first, e.g. ``lambda lr: adam_jax.adamw(lr, weight_decay=1e-2)``.
     start_lr: the first learning rate (> 0).
     end_lr: the last learning rate (> start_lr).
     num_steps: the most steps to run (>= 10).
     beta: smoothing factor of the moving average, in [0, 1).
     diverge_factor: stop when the smoothed loss exceeds this multiple of its best (> 1).
-    seed: seeds the mini-batch order.
+    seed: seeds the mini-batch order (and a factory's initial params).
 
   Returns:
     An :class:`LRFindResult`.
 
   Examples:
-    >>> from adam_jax.tasks import get_task
-    >>> from adam_jax.tuning import lr_find
-    >>> result = lr_find(get_task(hidden=16), num_steps=60)
+    >>> from adam_jax import tasks, tuning
+    >>> result = tuning.lr_find(tasks.digits_mlp(hidden=16), num_steps=60)
     >>> bool(1e-6 < result.suggestion < 1)
     True
 
@@ -92,6 +118,8 @@ def lr_find(
     Smith, `Cyclical Learning Rates for Training Neural Networks
     <https://arxiv.org/abs/1506.01186>`_, WACV 2017.
   """
+  if not isinstance(problem, Problem):
+    raise ValueError(f"problem must be an adam_jax.tuning.Problem, got {type(problem).__name__}")
   numerics.check_range("start_lr", start_lr, 0.0, None, low_inclusive=False)
   if not end_lr > start_lr:
     raise ValueError(f"end_lr must be greater than start_lr ({start_lr}), got {end_lr!r}")
@@ -99,50 +127,58 @@ def lr_find(
     raise ValueError(f"num_steps must be an integer >= 10, got {num_steps!r}")
   numerics.check_betas(beta=beta)
   numerics.check_range("diverge_factor", diverge_factor, 1.0, None, low_inclusive=False)
-  params = task.params if params is None else params
+  factory = aliases.get_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
   log_ratio = math.log(end_lr / start_lr) / (num_steps - 1)
 
   def lr_at(count):
     return start_lr * jnp.exp(count.astype(jnp.float32) * log_ratio)
 
-  tx = optimizer(lr_at)
+  tx = factory(lr_at)
+  fns = problem.bind().fns
+  params, state = jax.jit(fns.init)(np.int32(seed))
+  idx = None if problem.batch_fn is not None else problem.batch_indices(num_steps, seed)
 
-  @jax.jit
-  def run(params, idx, x, y):
-    n = idx.shape[0]
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(carry, t, rows, data):
+    params, opt_state, state = carry
+    if problem.batch_fn is not None:
+      batch = problem.batch_fn(t, jax.random.fold_in(jax.random.key(seed), t))
+    else:
+      batch = jax.tree.map(lambda a: a[rows], data)
+    (loss, (_, state)), grads = jax.value_and_grad(fns.loss, has_aux=True)(params, state, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state, state), loss
 
-    def cond(carry):
-      i, stop = carry[0], carry[1]
-      return (i < n) & ~stop
-
-    def body(carry):
-      i, _, params, opt_state, avg, best, raw, smooth = carry
-      batch = idx[i]
-      loss, grads = jax.value_and_grad(task.loss)(params, x[batch], y[batch])
-      updates, opt_state = tx.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-      avg = beta * avg + (1 - beta) * loss
-      s = avg / (1 - beta ** (i + 1).astype(jnp.float32))
-      best = jnp.minimum(best, s)
-      stop = ~jnp.isfinite(s) | (s > diverge_factor * best)
-      return (i + 1, stop, params, opt_state, avg, best, raw.at[i].set(loss),
-              smooth.at[i].set(s))
-
-    nan = jnp.full((n,), jnp.nan, jnp.float32)
-    init = (jnp.zeros((), jnp.int32), jnp.zeros((), bool), params, tx.init(params),
-            jnp.zeros((), jnp.float32), jnp.full((), jnp.inf, jnp.float32), nan, nan)
-    i, stop, *_, raw, smooth = jax.lax.while_loop(cond, body, init)
-    return i, stop, raw, smooth
-
-  count, stop, raw, smooth = jax.device_get(
-      run(params, task.batch_indices(num_steps, seed), task.x_train, task.y_train))
-  count = int(count)
+  data = None if problem.train_data is None else jax.device_put(problem.train_data)
+  carry = jax.tree.map(jnp.array, (params, tx.init(params), state))  # copies: donated
+  raw: list[float] = []
+  smooth: list[float] = []
+  avg, best, stop = 0.0, math.inf, False
+  check = 10  # steps between looks at the losses (the steps run asynchronously)
+  for lo in range(0, num_steps, check):
+    losses = []
+    for t in range(lo, min(lo + check, num_steps)):
+      carry, loss = step(carry, np.int32(t), None if idx is None else idx[t], data)
+      losses.append(loss)
+    for loss in jax.device_get(losses):
+      i = len(raw)
+      raw.append(float(loss))
+      avg = beta * avg + (1 - beta) * float(np.float32(loss))
+      s = avg / (1 - beta ** (i + 1))
+      smooth.append(s)
+      best = min(best, s)
+      if not math.isfinite(s) or s > diverge_factor * best:
+        stop = True
+        break
+    if stop:
+      break
+  count = len(raw)
   lrs = start_lr * np.exp(np.arange(count) * log_ratio)
-  raw = np.asarray(raw[:count], np.float64)
-  smooth = np.asarray(smooth[:count], np.float64)
-  usable = count - 1 if bool(stop) else count  # the last point of a diverged run is not used
-  steep, valley = _suggest(lrs[:usable], smooth[:usable])
-  return LRFindResult(lrs, smooth, raw, steep, valley, steep, bool(stop))
+  raw_a = np.asarray(raw, np.float64)
+  smooth_a = np.asarray(smooth, np.float64)
+  usable = count - 1 if stop else count  # the last point of a diverged run is not used
+  steep, valley = _suggest(lrs[:usable], smooth_a[:usable])
+  return LRFindResult(lrs, smooth_a, raw_a, steep, valley, stop)
 
 
 def _suggest(lrs: np.ndarray, losses: np.ndarray) -> tuple[float, float]:

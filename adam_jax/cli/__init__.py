@@ -1,0 +1,61 @@
+"""The ``adam-jax`` command line: demo, lr-find, sweep, bench (a module per command).
+
+Heavy modules (jax, flax, scikit-learn, matplotlib) are imported inside the
+commands, so ``adam-jax --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from adam_jax.cli import _common as common
+from adam_jax.cli import bench, demo, lr_find, sweep
+
+
+def _build_parser() -> argparse.ArgumentParser:
+  parser = common.Parser(
+      prog="adam-jax",
+      description="The Adam family for JAX: a demo, a learning-rate finder, vectorized "
+                  "hyperparameter sweeps and a step-time benchmark.",
+      epilog="examples:\n"
+             "  adam-jax demo\n"
+             "  adam-jax lr-find\n"
+             "  adam-jax sweep --lr 1e-4,3e-4,1e-3,3e-3 --b1 0.9,0.95 --steps 500\n"
+             "  adam-jax sweep --help\n"
+             "  adam-jax bench --rounds 10",
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=common.Parser)
+  sub.required = True
+  demo.add_parser(sub)
+  lr_find.add_parser(sub)
+  sweep.add_parser(sub)
+  bench.add_parser(sub)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs ``adam-jax``; returns the exit code (2 for bad input, 130 when interrupted)."""
+  parser = _build_parser()
+  as_program = argv is None  # the console script: this process is ours to configure
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    if argv[:1] == ["bench"]:  # its own flags: see adam-jax bench --help
+      return bench.run(argv[1:])
+    args = parser.parse_args(argv)
+    if as_program:
+      common.prefer_fast_compilation()
+      common.import_flax_outside_ipython()
+    common.preload("matplotlib.figure", "matplotlib.backends.backend_agg")
+    return args.run(args)
+  except common.UsageError as err:
+    print(f"{err.prog}: error: {err}", file=sys.stderr)
+    return 2
+  except SystemExit as err:  # --help
+    return err.code if isinstance(err.code, int) else 0
+  except KeyboardInterrupt:
+    print("adam-jax: interrupted; files written so far are kept", file=sys.stderr)
+    return 130
+

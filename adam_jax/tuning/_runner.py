@@ -1,0 +1,251 @@
+"""The one training loop of the tuning tools: many configurations of a problem at once.
+
+Members (configurations x seeds) are ``jax.vmap``-ed; their hyperparameters are traced
+values. Steps run in chunks, either as one ``jax.lax.scan`` per chunk or as a jitted
+step called from Python: on XLA:CPU a convolution inside ``scan`` runs many times
+slower than the same step called from Python, while an MLP's scan saves the per-step
+dispatch. Between chunks the group's train state can be checkpointed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+LOOPS = ("auto", "scan", "python")
+
+
+class GroupOutput(NamedTuple):
+  """What :func:`train_group` returns, one entry per member."""
+
+  params: Any  # leading axis: members
+  state: Any  # non-optimized state (NNX: RNG keys, other variables), leading axis: members
+  metrics: dict[str, np.ndarray]  # each shape=(members,)
+  trace: Any  # per-step outputs, leaves shape=(members, steps, ...): losses (and records)
+  loop: str  # the loop form used
+  train_s: float  # wall time of the training loop (after compilation)
+
+
+def train_group(
+    fns: Any,
+    make_tx: Callable[[dict[str, Any]], optax.GradientTransformation],
+    hp: dict[str, np.ndarray],
+    seed_pos: np.ndarray,
+    seeds: Sequence[int],
+    steps: int,
+    *,
+    train_data: Any,
+    val_data: Any,
+    batch_fn: Callable[..., Any] | None,
+    idx: np.ndarray | None,
+    loop: str = "auto",
+    chunk: int | None = None,
+    record: Callable[[Any], Any] | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    checkpoint_path: str | None = None,
+    resume: bool = False,
+    on_steps: Callable[[int], None] | None = None,
+) -> GroupOutput:
+  """Trains every member of a group for ``steps`` steps and evaluates it.
+
+  Args:
+    fns: the bound problem's functions (``init``, ``loss``, ``metrics``).
+    make_tx: the optimizer of one member from its hyperparameters (traced scalars).
+    hp: traced hyperparameters, each shape ``(members,)``.
+    seed_pos: shape ``(members,)``: each member's index into ``seeds``.
+    seeds: the seeds (initial params, batch order, dropout streams).
+    steps: steps per member.
+    train_data: the training arrays (None with ``batch_fn``).
+    val_data: the evaluation arrays (or None).
+    batch_fn: ``batch_fn(step, key)``, or None.
+    idx: shape ``(len(seeds), steps, batch_size)`` batch indices, or None.
+    loop: ``"scan"``, ``"python"`` or ``"auto"`` (see :func:`choose_loop`).
+    chunk: steps per chunk (default: all of them); checkpoints go between chunks.
+    record: a function of the optimizer state kept after every step.
+    devices: spread the members over these devices (default: the first device).
+    checkpoint_path: save the group's train state there after each chunk but the last.
+    resume: start from the checkpoint at ``checkpoint_path`` when it matches.
+    on_steps: called with the number of steps done after each chunk.
+
+  Returns:
+    A :class:`GroupOutput`.
+  """
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+  n = len(seed_pos)
+  devices = list(devices or jax.devices()[:1])
+  use = devices if len(devices) > 1 and n > 1 else devices[:1]
+  padded = -(-n // len(use)) * len(use)
+  pad = lambda a: np.concatenate([a, np.repeat(a[-1:], padded - n, axis=0)])
+  hp = {k: pad(np.asarray(v)) for k, v in hp.items()}
+  seed_pos = pad(np.asarray(seed_pos, np.int32))
+  mesh = Mesh(np.asarray(use), ("members",))
+  spread = NamedSharding(mesh, PartitionSpec("members"))
+  same = NamedSharding(mesh, PartitionSpec())
+
+  seeds_arr = np.asarray(seeds, np.int32)
+  hp_dev = jax.device_put(hp, spread)
+  pos_dev = jax.device_put(seed_pos, spread)
+  seeds_dev = jax.device_put(seeds_arr, same)
+  data_dev = jax.device_put(train_data, same) if train_data is not None else None
+  val_dev = jax.device_put(val_data, same) if val_data is not None else None
+  idx_dev = None if idx is None else jax.device_put(np.swapaxes(idx, 0, 1), same)
+
+  def one_step(carry, hp1, pos, t, idx_all, seeds_all, data):
+    params, opt_state, state = carry
+    tx = make_tx(hp1)
+    if batch_fn is not None:
+      key = jax.random.fold_in(jax.random.key(seeds_all[pos]), t)
+      batch = batch_fn(t, key)
+    else:
+      rows = idx_all[t, pos]
+      batch = jax.tree.map(lambda a: a[rows], data)
+    (loss, (_, state)), grads = jax.value_and_grad(fns.loss, has_aux=True)(params, state, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    out = loss if record is None else (loss, record(opt_state))
+    return (params, opt_state, state), out
+
+  v_step = jax.vmap(one_step, in_axes=(0, 0, 0, None, None, None, None))
+
+  def init(hp, pos, seeds_all):
+    params, state = jax.tree.map(lambda a: a[pos], jax.vmap(fns.init)(seeds_all))
+    opt_state = jax.vmap(lambda hp1, p: make_tx(hp1).init(p))(hp, params)
+    return params, opt_state, state
+
+  chunk = steps if not chunk else min(int(chunk), steps)
+  as_spread = lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=spread)
+  carry_shape = jax.tree.map(as_spread, jax.eval_shape(init, hp_dev, pos_dev, seeds_dev))
+  t_shape = jax.ShapeDtypeStruct((), jnp.int32)
+  step_args = (hp_dev, pos_dev, t_shape, idx_dev, seeds_dev, data_dev)
+  if loop == "auto":
+    conv = _lowers_to_convolution(v_step, carry_shape, *step_args)
+    loop = "python" if conv and jax.default_backend() == "cpu" else "scan"
+  if loop not in ("scan", "python"):
+    raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+  out_shape = jax.eval_shape(v_step, carry_shape, *step_args)[1]
+  trace = jax.tree.map(lambda s: np.zeros((padded, steps) + s.shape[1:], s.dtype), out_shape)
+
+  # Every program of the group is lowered first and compiled in parallel threads:
+  # on a CPU with a few cores, compilation is most of a short search's time.
+  lowered = {"init": jax.jit(init, out_shardings=spread).lower(hp_dev, pos_dev, seeds_dev)}
+  if loop == "scan":
+    def scan_chunk(carry, hp1, pos, lo, idx_all, seeds_all, data, length):
+      def body(c, t):
+        return v_step(c, hp1, pos, t, idx_all, seeds_all, data)
+      return jax.lax.scan(body, carry, lo + jnp.arange(length, dtype=jnp.int32))
+
+    for length in {chunk, steps % chunk or chunk}:
+      lowered[length] = jax.jit(functools.partial(scan_chunk, length=length),
+                                donate_argnums=0).lower(carry_shape, *step_args)
+  else:
+    lowered["step"] = jax.jit(v_step, donate_argnums=0).lower(carry_shape, *step_args)
+  params_shape, _, state_shape = carry_shape
+  lowered["metrics"] = jax.jit(jax.vmap(fns.metrics, in_axes=(0, 0, None, None))).lower(
+      params_shape, state_shape, data_dev, val_dev)
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(len(lowered), os.cpu_count() or 1))
+                                             ) as pool:
+    compiled = dict(zip(lowered, pool.map(lambda low: low.compile(), lowered.values())))
+
+  first = 0
+  carry = None
+  if resume and checkpoint_path is not None and os.path.isdir(checkpoint_path):
+    from adam_jax import checkpoint
+
+    like = {"carry": carry_shape, "step": np.zeros((), np.int32), "chunk": np.int32(chunk),
+            "hp": hp, "seed_pos": seed_pos, "trace": trace}
+    try:
+      saved = checkpoint.restore(checkpoint_path, like=like)
+    except ValueError:  # another grid, devices or chunk: the group starts over
+      saved = None
+    if (saved is not None and int(saved["chunk"]) == chunk
+        and np.array_equal(np.asarray(saved["seed_pos"]), seed_pos)
+        and all(np.array_equal(np.asarray(saved["hp"][k]), hp[k]) for k in hp)):
+      carry = jax.device_put(saved["carry"], spread)
+      first = int(saved["step"])
+      trace = jax.tree.map(np.array, saved["trace"])
+  if carry is None:
+    carry = compiled["init"](hp_dev, pos_dev, seeds_dev)
+
+  if loop == "scan":
+    def run_chunk(carry, lo, hi):
+      carry, out = compiled[hi - lo](carry, hp_dev, pos_dev, np.int32(lo), idx_dev, seeds_dev,
+                                     data_dev)
+      return carry, jax.tree.map(lambda o: np.swapaxes(o, 0, 1), jax.device_get(out))
+  else:
+    def run_chunk(carry, lo, hi):
+      outs = []
+      for t in range(lo, hi):
+        carry, out = compiled["step"](carry, hp_dev, pos_dev, np.int32(t), idx_dev, seeds_dev,
+                                      data_dev)
+        outs.append(out)
+      return carry, jax.tree.map(lambda *o: np.stack(o, axis=1), *jax.device_get(outs))
+
+  start = time.perf_counter()
+  for lo in range(first, steps, chunk):
+    hi = min(lo + chunk, steps)
+    carry, out = run_chunk_hook(run_chunk, carry, lo, hi)
+    for dst, src in zip(jax.tree.leaves(trace), jax.tree.leaves(out)):
+      dst[:, lo:hi] = src
+    if checkpoint_path is not None and hi < steps:
+      from adam_jax import checkpoint
+
+      checkpoint.save(checkpoint_path, {"carry": carry, "step": np.int32(hi),
+                                        "chunk": np.int32(chunk), "hp": hp,
+                                        "seed_pos": seed_pos, "trace": trace}, overwrite=True)
+    if on_steps is not None:
+      on_steps(hi)
+  params, _, state = carry
+  metrics = compiled["metrics"](params, state, data_dev, val_dev)
+  metrics = jax.device_get(metrics)
+  first_names = [k for k in ("train_loss", "val_loss") if k in metrics]
+  metrics = {k: np.asarray(metrics[k])[:n] for k in first_names + [
+      k for k in metrics if k not in first_names]}
+  train_s = time.perf_counter() - start
+  cut = lambda a: a[:n]
+  return GroupOutput(jax.tree.map(cut, jax.device_get(params)),
+                     jax.tree.map(cut, jax.device_get(state)), metrics,
+                     jax.tree.map(cut, trace), loop, train_s)
+
+
+def run_chunk_hook(run_chunk: Callable[..., Any], carry: Any, lo: int, hi: int) -> Any:
+  """Runs one chunk of steps (a seam for tests that interrupt a search)."""
+  return run_chunk(carry, lo, hi)
+
+
+def _lowers_to_convolution(fn: Callable[..., Any], *args: Any) -> bool:
+  """Whether ``fn``'s program (a training step) contains a convolution."""
+  jaxpr = jax.make_jaxpr(fn)(*args)
+  return _find_primitive(jaxpr.jaxpr, "conv_general_dilated")
+
+
+def _find_primitive(jaxpr: Any, name: str) -> bool:
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == name:
+      return True
+    for sub in _sub_jaxprs(eqn.params):
+      if _find_primitive(sub, name):
+        return True
+  return False
+
+
+def _sub_jaxprs(params: dict[str, Any]) -> list[Any]:
+  out = []
+  for value in params.values():
+    values = value if isinstance(value, (list, tuple)) else (value,)
+    for v in values:
+      inner = getattr(v, "jaxpr", None)
+      if inner is not None:
+        out.append(inner if hasattr(inner, "eqns") else getattr(inner, "jaxpr", inner))
+      elif hasattr(v, "eqns"):
+        out.append(v)
+  return out

@@ -1,0 +1,336 @@
+"""The user's training problem, in the two forms JAX users write: Flax NNX or functional."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_NO_STATE = ()  # the non-optimized state of a functional problem
+
+
+class Problem:
+  r"""A model, its loss and its data: what :func:`grid_search` and :func:`lr_find` train.
+
+  Two forms:
+
+  * **Flax NNX**: ``model`` is an ``nnx.Module``, or a factory
+    ``model(rngs, **shape_hparams) -> nnx.Module`` (a parameter named ``rngs``,
+    which is passed by keyword; an ``nnx.Module`` class is such a factory);
+    ``loss_fn(model, batch) -> loss`` or ``(loss, aux_dict)``. Only ``nnx.Param``
+    variables are optimized; every other variable (BatchNorm statistics, the RNG
+    streams of Dropout, counters) is carried from step to step exactly as an
+    ``nnx.jit`` training loop carries it. The model is in train mode
+    (``model.train()``) while it trains and in eval mode (``model.eval()``) when it is
+    evaluated and when it is returned.
+  * **Functional**: ``model`` is a pytree of params, or ``init(key, **shape_hparams)
+    -> params``; ``loss_fn(params, batch) -> loss`` or ``(loss, aux_dict)``.
+
+  Data: ``train_data`` is a pytree of arrays sharing their leading axis (``(x, y)``,
+  a dict, ...), from which mini-batches of ``batch_size`` examples are drawn, each
+  epoch a fresh permutation seeded by the run's seed (the last incomplete batch of an
+  epoch is dropped; see :meth:`batch_indices`); or a callable ``batch_fn(step, key)
+  -> batch``, traced with ``step`` an int32 scalar and ``key`` =
+  ``jax.random.fold_in(jax.random.key(seed), step)``, for data that is generated.
+
+  Metrics of a trained model, always in eval mode:
+
+  * ``train_loss``: ``loss_fn`` on the whole ``train_data`` (when it holds arrays);
+  * ``val_loss``: ``loss_fn`` on the whole ``val_data``, and ``val_<name>`` for every
+    scalar entry of the aux dict (``val_accuracy`` when the loss returns
+    ``{"accuracy": ...}``);
+  * whatever ``metrics_fn(model_or_params, val_data) -> dict`` returns (it is traced;
+    its values must be scalars; a name it returns replaces a default one).
+
+  Args:
+    model: an ``nnx.Module``, a factory of one, a param pytree or an ``init`` function.
+    loss_fn: the training loss of a batch (a scalar), optionally with an aux dict.
+    train_data: a pytree of arrays with a shared leading axis, or ``batch_fn``.
+    val_data: a pytree of arrays for evaluation (or None).
+    batch_size: examples per mini-batch (array data); a search may vary it.
+    metrics_fn: more metrics of a trained model on ``val_data``.
+
+  Raises:
+    ValueError: the data's leading axes differ, a batch is larger than the data, or
+      a value has the wrong type.
+
+  Examples:
+    >>> import jax.numpy as jnp, numpy as np
+    >>> from adam_jax import tuning
+    >>> x = np.linspace(-1, 1, 64, dtype=np.float32)[:, None]
+    >>> loss = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+    >>> problem = tuning.Problem({"w": jnp.zeros((1, 1))}, loss, (x, 3 * x), (x, 3 * x),
+    ...                          batch_size=16)
+    >>> problem.kind, problem.shape_keys
+    ('functional', ('batch_size',))
+  """
+
+  def __init__(self, model: Any, loss_fn: Callable[..., Any], train_data: Any,
+               val_data: Any = None, *, batch_size: int = 32,
+               metrics_fn: Callable[[Any, Any], dict[str, Any]] | None = None):
+    from flax import nnx
+
+    if not callable(loss_fn):
+      raise ValueError(f"loss_fn must be a function (model, batch) -> loss, got {loss_fn!r}")
+    if metrics_fn is not None and not callable(metrics_fn):
+      raise ValueError(f"metrics_fn must be a function (model, data) -> dict, got {metrics_fn!r}")
+    _check_positive_int("batch_size", batch_size)
+    self.model = model
+    self.loss_fn = loss_fn
+    self.metrics_fn = metrics_fn
+    self.batch_size = int(batch_size)
+    if isinstance(model, nnx.Module):
+      self.kind, self.factory = "nnx", None
+    elif callable(model) and not _is_pytree_of_arrays(model):
+      params = list(_signature(model).parameters)
+      is_module = inspect.isclass(model) and issubclass(model, nnx.Module)
+      self.kind = "nnx" if is_module or "rngs" in params else "functional"
+      self.factory = model
+    else:
+      self.kind, self.factory = "functional", None
+    self.model_keys = _keywords(self.factory) if self.factory is not None else ()
+    if callable(train_data) and not _is_pytree_of_arrays(train_data):
+      self.batch_fn, self.train_data, self.num_train = train_data, None, None
+    else:
+      self.batch_fn = None
+      self.train_data, self.num_train = _arrays("train_data", train_data)
+      if self.batch_size > self.num_train:
+        raise ValueError(f"batch_size must be at most the number of training examples "
+                         f"({self.num_train}), got {self.batch_size}")
+    self.val_data = None if val_data is None else _arrays("val_data", val_data)[0]
+
+  @property
+  def shape_keys(self) -> tuple[str, ...]:
+    """Names a search may vary that change shapes: ``batch_size`` and the factory's keywords."""
+    return ("batch_size",) + tuple(k for k in self.model_keys if k != "batch_size")
+
+  def batch_indices(self, steps: int, seed: int = 0, batch_size: int | None = None
+                    ) -> np.ndarray:
+    """The mini-batch indices into ``train_data`` of a run: shape ``(steps, batch_size)``.
+
+    Each epoch is a permutation drawn with ``numpy.random.default_rng(seed)``; the last
+    incomplete batch of an epoch is dropped. A run with this seed trains on
+    ``jax.tree.map(lambda a: a[idx[t]], train_data)`` at step ``t``.
+
+    Examples:
+      >>> import numpy as np
+      >>> from adam_jax import tuning
+      >>> problem = tuning.Problem({"w": np.zeros(1)}, lambda p, b: 0.0, np.zeros((10, 1)),
+      ...                          batch_size=4)
+      >>> problem.batch_indices(3, seed=0).shape
+      (3, 4)
+    """
+    if self.train_data is None:
+      raise ValueError("this problem draws its batches from batch_fn, not from arrays")
+    bs = self.batch_size if batch_size is None else int(batch_size)
+    per_epoch = self.num_train // bs
+    epochs = -(-steps // per_epoch)
+    rng = np.random.default_rng(seed)
+    idx = [rng.permutation(self.num_train)[: per_epoch * bs] for _ in range(epochs)]
+    return np.concatenate(idx).reshape(-1, bs)[:steps].astype(np.int32)
+
+  def bind(self, **shape: Any) -> _Bound:
+    """The problem at one point of the shape hyperparameters (private to the tuning tools)."""
+    return _Bound(self, shape)
+
+
+class _Functions(NamedTuple):
+  """The problem as pure functions of ``(params, state)`` pytrees."""
+
+  init: Callable[[Any], tuple[Any, Any]]  # seed (int32, may be traced) -> (params, state)
+  loss: Callable[..., Any]  # (params, state, batch) -> (loss, (aux, state)), train mode
+  metrics: Callable[..., dict[str, Any]]  # (params, state, train_data, val_data) -> metrics
+  to_user: Callable[[Any, Any], Any]  # (params, state) -> nnx.Module (eval mode) or params
+
+
+class _Bound:
+  """A :class:`Problem` with its shape hyperparameters fixed."""
+
+  def __init__(self, problem: Problem, shape: dict[str, Any]):
+    self.problem = problem
+    shape = dict(shape)
+    self.batch_size = int(shape.pop("batch_size", problem.batch_size))
+    _check_positive_int("batch_size", self.batch_size)
+    if problem.num_train is not None and self.batch_size > problem.num_train:
+      raise ValueError(f"batch_size must be at most the number of training examples "
+                       f"({problem.num_train}), got {self.batch_size}")
+    self.model_shape = shape
+    self.fns = _nnx_functions(problem, shape) if problem.kind == "nnx" else _functional(
+        problem, shape)
+    self._check_loss()
+
+  def batch(self, data: Any, idx: jax.Array) -> Any:
+    return jax.tree.map(lambda a: a[idx], data)
+
+  def _check_loss(self) -> None:
+    p = self.problem
+    params, state = jax.eval_shape(self.fns.init, jnp.zeros((), jnp.int32))
+    if p.batch_fn is not None:
+      batch = jax.eval_shape(p.batch_fn, jnp.zeros((), jnp.int32), jax.random.key(0))
+    else:
+      batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((self.batch_size,) + a.shape[1:],
+                                                          a.dtype), p.train_data)
+    loss, _ = jax.eval_shape(self.fns.loss, params, state, batch)
+    if loss.shape != () or not jnp.issubdtype(loss.dtype, jnp.floating):
+      raise ValueError(f"loss_fn must return a scalar floating-point loss (or (loss, aux)), "
+                       f"got shape {loss.shape} and dtype {loss.dtype}")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _is_pytree_of_arrays(x: Any) -> bool:
+  leaves = jax.tree.leaves(x)
+  return bool(leaves) and all(isinstance(v, (jax.Array, np.ndarray, np.generic, float, int))
+                              for v in leaves)
+
+
+def _signature(factory: Callable[..., Any]) -> inspect.Signature:
+  """The factory's signature; a class's is its ``__init__``'s without ``self``."""
+  if inspect.isclass(factory):
+    sig = inspect.signature(factory.__init__)
+    return sig.replace(parameters=list(sig.parameters.values())[1:])
+  return inspect.signature(factory)
+
+
+def _keywords(factory: Callable[..., Any]) -> tuple[str, ...]:
+  """The factory's keywords other than its ``rngs`` (or its first, the key)."""
+  params = list(_signature(factory).parameters.values())
+  params = [p for p in params if p.name != "rngs"] if any(
+      p.name == "rngs" for p in params) else params[1:]
+  return tuple(p.name for p in params
+               if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def _arrays(name: str, data: Any) -> tuple[Any, int]:
+  """The data as NumPy arrays (kept on the host) and its number of examples."""
+  leaves, treedef = jax.tree.flatten(data)
+  if not leaves:
+    raise ValueError(f"{name} must be a pytree of arrays (or a function), got {data!r}")
+  arrays = [np.asarray(v) for v in leaves]
+  if any(a.ndim == 0 for a in arrays):
+    raise ValueError(f"{name}: every array needs a leading axis of examples, got a scalar")
+  sizes = {a.shape[0] for a in arrays}
+  if len(sizes) > 1:
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(data)[0]]
+    shown = ", ".join(f"{p or 'data'}: {a.shape[0]}" for p, a in zip(paths, arrays))
+    raise ValueError(f"{name}: the arrays' leading axes differ ({shown})")
+  return jax.tree.unflatten(treedef, arrays), sizes.pop()
+
+
+def _split_loss(out: Any) -> tuple[Any, Any]:
+  if isinstance(out, tuple) and len(out) == 2:
+    return out[0], out[1]
+  return out, None
+
+
+def _default_metrics(loss_fn: Callable[..., Any], model: Any, train_data: Any,
+                     val_data: Any) -> dict[str, Any]:
+  out = {}
+  if train_data is not None:
+    out["train_loss"] = _split_loss(loss_fn(model, train_data))[0]
+  if val_data is not None:
+    loss, aux = _split_loss(loss_fn(model, val_data))
+    out["val_loss"] = loss
+    if isinstance(aux, dict):
+      for key, value in aux.items():
+        if jnp.shape(value) == ():
+          out[f"val_{key}"] = value
+  return out
+
+
+def _check_metrics(metrics: Any) -> dict[str, Any]:
+  if not isinstance(metrics, dict):
+    raise ValueError(f"metrics_fn must return a dict of scalars, got {type(metrics).__name__}")
+  for key, value in metrics.items():
+    if jnp.shape(value) != ():
+      raise ValueError(f"metrics_fn's {key!r} must be a scalar, got shape {jnp.shape(value)}")
+  return {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+def _functional(problem: Problem, shape: dict[str, Any]) -> _Functions:
+  if problem.factory is None:
+    if shape:
+      raise ValueError(f"{', '.join(shape)}: a param pytree has no shape hyperparameters; "
+                       "pass init(key, **hparams) instead")
+    params = jax.tree.map(jnp.asarray, problem.model)
+    init = lambda seed: (params, _NO_STATE)
+  else:
+    def init(seed):
+      params = problem.factory(jax.random.key(seed), **shape)
+      if type(params).__module__.startswith("flax"):
+        raise ValueError("init returned a Flax module: name the factory's parameter 'rngs' "
+                         "for the NNX form")
+      return params, _NO_STATE
+
+  def loss(params, state, batch):
+    value, aux = _split_loss(problem.loss_fn(params, batch))
+    return value, (aux, state)
+
+  def metrics(params, state, train_data, val_data):
+    del state
+    out = _default_metrics(problem.loss_fn, params, train_data, val_data)
+    if problem.metrics_fn is not None:
+      out.update(problem.metrics_fn(params, val_data))
+    return _check_metrics(out)
+
+  return _Functions(init, loss, metrics, lambda params, state: params)
+
+
+def _nnx_functions(problem: Problem, shape: dict[str, Any]) -> _Functions:
+  from flax import nnx
+
+  filters = (nnx.Param, nnx.RngKey, ...)
+
+  def graphdefs(module):
+    module = nnx.clone(module)
+    module.train()
+    train_def = nnx.split(module, *filters)[0]
+    module.eval()
+    return train_def, nnx.split(module, *filters)[0]
+
+  if problem.factory is None:
+    if shape:
+      raise ValueError(f"{', '.join(shape)}: a module has no shape hyperparameters; "
+                       "pass a factory model(rngs, **hparams) instead")
+    train_def, eval_def = graphdefs(problem.model)
+    _, params0, keys0, rest0 = nnx.split(problem.model, *filters)
+
+    def init(seed):  # seed 0: the module's own RNG streams; others: folded with the seed
+      keys = jax.tree.map(lambda k: jax.lax.cond(seed == 0, lambda: k,
+                                                 lambda: jax.random.fold_in(k, seed)), keys0)
+      return params0, (keys, rest0)
+  else:
+    build = lambda seed: problem.factory(rngs=nnx.Rngs(jax.random.key(seed)), **shape)
+    module = nnx.eval_shape(lambda: build(np.int32(0)))
+    if not isinstance(module, nnx.Module):
+      raise ValueError(f"the model factory must return an nnx.Module, got "
+                       f"{type(module).__name__}")
+    train_def, eval_def = graphdefs(module)
+    def init(seed):
+      params, keys, rest = nnx.split(build(seed), *filters)[1:]
+      return params, (keys, rest)
+
+  def loss(params, state, batch):
+    module = nnx.merge(train_def, params, *state, copy=True)
+    value, aux = _split_loss(problem.loss_fn(module, batch))
+    _, _, keys, rest = nnx.split(module, *filters)
+    return value, (aux, (keys, rest))
+
+  def metrics(params, state, train_data, val_data):
+    module = nnx.merge(eval_def, params, *state, copy=True)
+    out = _default_metrics(problem.loss_fn, module, train_data, val_data)
+    if problem.metrics_fn is not None:
+      out.update(problem.metrics_fn(module, val_data))
+    return _check_metrics(out)
+
+  def to_user(params, state):
+    return nnx.merge(eval_def, params, *state, copy=True)
+
+  return _Functions(init, loss, metrics, to_user)
