@@ -13,6 +13,7 @@ import concurrent.futures
 import functools
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -163,9 +164,13 @@ def train_group(
 
     like = {"carry": carry_shape, "step": np.zeros((), np.int32), "chunk": np.int32(chunk),
             "hp": hp, "seed_pos": seed_pos, "trace": trace}
-    try:
-      saved = checkpoint.restore(checkpoint_path, like=like)
-    except ValueError:  # another grid, devices or chunk: the group starts over
+    try:  # the newest intact save (an older one, with a one-line warning, if it is damaged)
+      saved = checkpoint.restore_latest(checkpoint_path, like=like)
+    except checkpoint.CheckpointCorruptError as err:  # every save damaged: start over, say so
+      warnings.warn(f"the group starts over: {err}", checkpoint.CheckpointFallbackWarning,
+                    stacklevel=2)
+      saved = None
+    except checkpoint.CheckpointError:  # another grid, devices or chunk: the group starts over
       saved = None
     if (saved is not None and int(saved["chunk"]) == chunk
         and np.array_equal(np.asarray(saved["seed_pos"]), seed_pos)
@@ -199,9 +204,9 @@ def train_group(
     if checkpoint_path is not None and hi < steps:
       from adam_jax import checkpoint
 
-      checkpoint.save(checkpoint_path, {"carry": carry, "step": np.int32(hi),
-                                        "chunk": np.int32(chunk), "hp": hp,
-                                        "seed_pos": seed_pos, "trace": trace}, overwrite=True)
+      checkpoint.save_rotating(checkpoint_path, {"carry": carry, "step": np.int32(hi),
+                                                 "chunk": np.int32(chunk), "hp": hp,
+                                                 "seed_pos": seed_pos, "trace": trace})
     if on_steps is not None:
       on_steps(hi)
   params, _, state = carry
