@@ -177,3 +177,20 @@ def moment_transform(
     return u, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scalar_dtype(params: Any) -> jnp.dtype:
+  """The widest real compute dtype of the params' leaves (float32 without leaves)."""
+  leaves = jax.tree.leaves(params)
+  if not leaves:
+    return jnp.dtype(jnp.float32)
+  return numerics.real_dtype(numerics.compute_dtype(*[jnp.asarray(p).dtype for p in leaves]))
+
+
+def real_dot(a: Array, b: Array, dtype: Any) -> Array:
+  """``Re <a, b>`` summed over every element, in ``dtype``."""
+  if jnp.iscomplexobj(a) or jnp.iscomplexobj(b):
+    prod = jnp.real(jnp.conj(a) * b)
+  else:
+    prod = a * b
+  return jnp.sum(prod.astype(dtype), dtype=dtype)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import _numerics as numerics
-from adam_jax.transforms._common import abs_sq, map_leaves, zeros_like
+from adam_jax.transforms._common import abs_sq, map_leaves, real_dot, scalar_dtype, zeros_like
 
 Array = jax.Array
 
@@ -46,23 +46,6 @@ class ScaleByProdigyState(NamedTuple):
   x0: optax.Params  # like params, dtype=param dtype; the initial params x_0
   d: Array  # shape=(), dtype=widest real param dtype (>= float32); distance estimate d_k
   r: Array  # shape=(), dtype as d; weighted numerator r_k of the estimate
-
-
-def _scalar_dtype(params: Any) -> jnp.dtype:
-  """The widest real compute dtype of the params' leaves (float32 without leaves)."""
-  leaves = jax.tree.leaves(params)
-  if not leaves:
-    return jnp.dtype(jnp.float32)
-  return numerics.real_dtype(numerics.compute_dtype(*[jnp.asarray(p).dtype for p in leaves]))
-
-
-def _real_dot(a: Array, b: Array, dtype: Any) -> Array:
-  """``Re <a, b>`` summed over every element, in ``dtype``."""
-  if jnp.iscomplexobj(a) or jnp.iscomplexobj(b):
-    prod = jnp.real(jnp.conj(a) * b)
-  else:
-    prod = a * b
-  return jnp.sum(prod.astype(dtype), dtype=dtype)
 
 
 def _l1(a: Array, dtype: Any) -> Array:
@@ -190,7 +173,7 @@ def scale_by_dadapt_adam(
 
   def init_fn(params):
     mu, nu, s = _moments_init(params)
-    sd = _scalar_dtype(params)
+    sd = scalar_dtype(params)
     return ScaleByDAdaptAdamState(
         count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, s=s,
         d=jnp.asarray(d0).astype(sd), r=jnp.zeros([], sd))
@@ -218,7 +201,7 @@ def scale_by_dadapt_adam(
       sb2_r = sb2.astype(rd)
       eps_r = numerics.hyper(eps, rd)
       # <g_k, s_k> weighted by 1 / (sqrt(v_k) + eps)
-      dot = _real_dot(g_c, s / (jnp.sqrt(v) + eps_r).astype(cd), sd)
+      dot = real_dot(g_c, s / (jnp.sqrt(v) + eps_r).astype(cd), sd)
       m_new = b1_c * m + (1 - b1_c) * lam_c * g_c
       v_new = b2_r * v + (1 - b2_r) * abs_sq(g_c)
       s_new = sb2_r.astype(cd) * s + ((1 - sb2_r) * lam.astype(rd)).astype(cd) * g_c
@@ -333,7 +316,7 @@ def scale_by_prodigy(
 
   def init_fn(params):
     mu, nu, s = _moments_init(params)
-    sd = _scalar_dtype(params)
+    sd = scalar_dtype(params)
     return ScaleByProdigyState(
         count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, s=s,
         x0=jax.tree.map(lambda p: jnp.array(p, copy=True), params),
@@ -361,7 +344,7 @@ def scale_by_prodigy(
       g_c = g.astype(cd)
       d_r = d.astype(rd)
       b1_c, b2_r = numerics.hyper(b1, cd), numerics.hyper(b2, rd)
-      dot = _real_dot(g_c, x0.astype(cd) - x.astype(cd), sd)  # <g_k, x_0 - x_k>
+      dot = real_dot(g_c, x0.astype(cd) - x.astype(cd), sd)  # <g_k, x_0 - x_k>
       m_new = b1_c * m + (1 - b1_c) * d_r.astype(cd) * g_c
       v_new = b2_r * v + (1 - b2_r) * (d_r * d_r) * abs_sq(g_c)
       s_new = beta3.astype(rd).astype(cd) * s + s_scale.astype(rd).astype(cd) * g_c

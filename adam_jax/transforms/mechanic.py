@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import _numerics as numerics
-from adam_jax.transforms._common import map_leaves, zeros_like
+from adam_jax.transforms._common import map_leaves, real_dot, scalar_dtype, zeros_like
 
 Array = jax.Array
 
@@ -27,18 +27,6 @@ class MechanicState(NamedTuple):
   m: Array  # shape=(n,), dtype as s; running maximum m_t of |h|
   v: Array  # shape=(n,), dtype as s; second moment v_t of h
   r: Array  # shape=(n,), dtype as s; reward r_t
-
-
-def _scalar_dtype(params: Any) -> jnp.dtype:
-  leaves = jax.tree.leaves(params)
-  if not leaves:
-    return jnp.dtype(jnp.float32)
-  return numerics.real_dtype(numerics.compute_dtype(*[jnp.asarray(p).dtype for p in leaves]))
-
-
-def _real_dot(a: Array, b: Array, dtype: Any) -> Array:
-  prod = jnp.real(jnp.conj(a) * b) if jnp.iscomplexobj(a) or jnp.iscomplexobj(b) else a * b
-  return jnp.sum(prod.astype(dtype), dtype=dtype)
 
 
 def mechanize(
@@ -130,7 +118,7 @@ def mechanize(
   n = len(betas) if isinstance(betas, (tuple, list)) else int(jnp.shape(betas)[0])
 
   def init_fn(params):
-    sd = _scalar_dtype(params)
+    sd = scalar_dtype(params)
     zeros = jnp.zeros([n], sd)
     return MechanicState(
         count=jnp.zeros([], jnp.int32),
@@ -152,8 +140,8 @@ def mechanize(
     def sums(g, delta, x):
       cd = delta.dtype
       g_c, x_c = g.astype(cd), x.astype(cd)
-      return (_real_dot(delta, g_c, sd), _real_dot(delta, x_c, sd),
-              _real_dot(g_c, g_c, sd), _real_dot(x_c, x_c, sd))
+      return (real_dot(delta, g_c, sd), real_dot(delta, x_c, sd),
+              real_dot(g_c, g_c, sd), real_dot(x_c, x_c, sd))
 
     parts = map_leaves(sums, updates, state.delta, params, num_outputs=4)
     zero = jnp.zeros([], sd)
