@@ -53,6 +53,8 @@ def _jax_impls(names: list[str]) -> dict[str, Callable[[], Any]]:
 
   makers = {
       "adam_jax": lambda: adam_jax.adam(1e-3),
+      # The XLA program, where the default is the CPU kernel (adam_jax.native).
+      "adam_jax native=False": lambda: adam_jax.adam(1e-3, native=False),
       "adam_jax.adamw": lambda: adam_jax.adamw(1e-3, weight_decay=1e-2),
       "optax.adam": lambda: optax.adam(1e-3),
       "optax.adamw": lambda: optax.adamw(1e-3, weight_decay=1e-2),
@@ -186,7 +188,7 @@ def run(size: str = "cpu", impls: list[str] | None = None, rounds: int = 20, war
   """
   import jax
 
-  impls = impls or ["adam_jax", "optax.adam", "optax.adamw",
+  impls = impls or ["adam_jax", "adam_jax native=False", "optax.adam", "optax.adamw",
                     "torch foreach", "torch fused"]
   device = jax.devices()[0]
   torch_device = "cuda" if device.platform == "gpu" else "cpu"

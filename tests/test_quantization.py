@@ -15,8 +15,8 @@ import adam_jax
 from adam_jax import quantization
 from tests import helpers
 
-needs_native = pytest.mark.skipif(not adam_jax.native.available(),
-                                  reason=f"CPU kernel: {adam_jax.native.status()}")
+needs_native = pytest.mark.skipif(not adam_jax.native.available("adam8bit"),
+                                  reason=f"CPU kernel: {adam_jax.native.status('adam8bit')}")
 NATIVE = [False, pytest.param(True, marks=needs_native)]  # both paths of the 8-bit step
 
 _quantize = jax.jit(quantization.quantize, static_argnames=("signed", "block_size", "nonzero"))
@@ -582,7 +582,7 @@ def test_kernel_is_one_custom_call_per_quantized_leaf():
 
 
 def test_native_true_without_a_kernel_raises(monkeypatch):
-  monkeypatch.setattr(adam_jax.native, "available", lambda: False)
+  monkeypatch.setattr(adam_jax.native, "available", lambda kernel=None: False)
   tx = adam_jax.scale_by_adam8bit(native=True)
   params = {"w": jnp.zeros(8192)}
   with pytest.raises(RuntimeError, match="unavailable"):
@@ -602,7 +602,7 @@ def test_kernel_can_be_turned_off_from_the_environment(tmp_path):
 
 @needs_native
 def test_kernel_builds_into_an_empty_cache_and_is_reused(tmp_path):
-  code = ("import adam_jax.native as n; print(n.available(), n.status())")
+  code = ("import adam_jax.native as n; print(n.available('adam8bit'), n.status('adam8bit'))")
   env = {**os.environ, "ADAM_JAX_CACHE": str(tmp_path)}
   run = lambda: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                                text=True, timeout=300, check=True).stdout.strip()

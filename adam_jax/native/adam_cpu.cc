@@ -1,0 +1,227 @@
+// One float32 Adam step over every leaf of a parameter tree, in one call.
+//
+// The XLA program of adam_jax.transforms.adam.scale_by_adam is three loops per
+// leaf on CPU (new m; new v; the update, fused by XLA with the rest of the chain
+// and optax.apply_updates), each a separate piece of work for the runtime, and a
+// leaf of a few thousand elements is too small for XLA to split across threads.
+// This kernel takes all leaves at once: the parameter set, read as one sequence
+// of elements, is cut into chunks of about 32K elements (a chunk may span many
+// small leaves or a slice of a large one) that the calling thread and XLA's
+// intra-op threads take from a shared counter. Per element it reads g, m, v
+// (and AMSGrad's maximum), writes m, v (in place when XLA aliases them) and the
+// update: one pass instead of three.
+//
+// The arithmetic is adam_jax.transforms._common.adam_leaf's as XLA:CPU compiles
+// it, rounding for rounding: XLA turns each division by a bias correction into a
+// multiplication by its reciprocal, and LLVM contracts `a * b + c * d` into
+// fma(a, b, c * d). Written here with the same reciprocals and explicit fma (and
+// no other contraction: built with -ffp-contract=off), so that on this path the
+// kernel and the XLA program agree bit for bit (tested):
+//   m' = fma(b1, m, (1 - b1) g)        v' = fma(b2, v, (1 - b2) (g g))
+//   w  = max(w, v') (AMSGrad; NaN wins), else w = v'
+//   mh = m' a_m, or with Nesterov fma(m', a_m, g a_g)
+//   u  = mh / (sqrt(fma(w, 1 / bc2, eps_root)) + eps)
+// with a_m = 1 / bc1 (Nesterov: b1 / bc1_next, a_g = (1 - b1) / bc1). Plain loops
+// for the compiler to vectorise (AVX2 or AVX-512 from -march=native; no
+// intrinsics).
+//
+// Operands: coef f32[9] = b1, 1 - b1, b2, 1 - b2, a_m, a_g, 1 / bc2, eps, eps_root;
+//           then g_0..g_{n-1}, m_0.., v_0.. (and w_0.. with AMSGrad), float32.
+// Results : u_0..u_{n-1}, m_0.., v_0.. (and w_0..), shaped like the operands; m, v
+//           and w may be the operands' buffers (input-output aliasing): each
+//           element is read before it is written, by the same thread.
+// Attributes: nesterov, amsgrad (bool).
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+struct Coef {
+  float b1, one_minus_b1, b2, one_minus_b2, a_m, a_g, inv_bc2, eps, eps_root;
+};
+
+struct Leaf {
+  const float* g;
+  const float* m;
+  const float* v;
+  const float* w;  // AMSGrad's maximum, or null
+  float* u;
+  float* m_out;
+  float* v_out;
+  float* w_out;
+};
+
+// Elements [lo, hi) of one leaf. m_out may be m (and so on): every iteration
+// reads its element before writing it and no iteration touches another's, which
+// is what `ivdep` promises the compiler.
+template <bool kNesterov, bool kAmsgrad>
+void StepRange(const Coef& c, const Leaf& leaf, int64_t lo, int64_t hi) {
+  const float b1 = c.b1, one_minus_b1 = c.one_minus_b1, b2 = c.b2;
+  const float one_minus_b2 = c.one_minus_b2, a_m = c.a_m, a_g = c.a_g;
+  const float inv_bc2 = c.inv_bc2, eps = c.eps, eps_root = c.eps_root;
+  const float* g = leaf.g;
+  const float* m = leaf.m;
+  const float* v = leaf.v;
+  const float* w = leaf.w;
+  float* u = leaf.u;
+  float* m_out = leaf.m_out;
+  float* v_out = leaf.v_out;
+  float* w_out = leaf.w_out;
+#if defined(__clang__)
+#pragma clang loop vectorize(assume_safety)
+#elif defined(__GNUC__)
+#pragma GCC ivdep
+#endif
+  for (int64_t i = lo; i < hi; ++i) {
+    const float gi = g[i];
+    const float mi = std::fma(b1, m[i], one_minus_b1 * gi);
+    const float vi = std::fma(b2, v[i], one_minus_b2 * (gi * gi));
+    float wi = vi;
+    if constexpr (kAmsgrad) {
+      // jnp.maximum: NaN if either is NaN.
+      const float old = w[i];
+      wi = (old > vi || std::isnan(old)) ? old : vi;
+      w_out[i] = wi;
+    }
+    const float mh = kNesterov ? std::fma(mi, a_m, gi * a_g) : mi * a_m;
+    m_out[i] = mi;
+    v_out[i] = vi;
+    u[i] = mh / (std::sqrt(std::fma(wi, inv_bc2, eps_root)) + eps);
+  }
+}
+
+using RangeFn = void (*)(const Coef&, const Leaf&, int64_t, int64_t);
+
+// Chunks of the parameter set, read as one sequence of elements, are handed out
+// from a shared counter to the calling thread and to tasks on XLA's intra-op
+// thread pool. The caller waits only for chunks a task has already claimed
+// (never for a task still queued), so the step cannot deadlock when every pool
+// thread is itself busy; a task that starts after the last chunk was claimed
+// finds nothing to do and only touches the shared state, which it keeps alive.
+struct Work {
+  Coef coef;
+  RangeFn fn = nullptr;
+  std::vector<Leaf> leaves;
+  std::vector<int64_t> starts;  // starts[i]: first element of leaf i; back(): total
+  int64_t chunk = 0;
+  int64_t chunks = 0;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+
+  void RunChunk(int64_t c) const {
+    const int64_t begin = c * chunk;
+    const int64_t end = std::min(starts.back(), begin + chunk);
+    // The leaf holding `begin`: the last start <= begin (empty leaves are skipped).
+    size_t i = std::upper_bound(starts.begin(), starts.end(), begin) - starts.begin() - 1;
+    for (int64_t pos = begin; pos < end; ++i) {
+      const int64_t leaf_end = std::min(end, starts[i + 1]);
+      if (leaf_end > pos) fn(coef, leaves[i], pos - starts[i], leaf_end - starts[i]);
+      pos = std::max(pos, leaf_end);
+    }
+  }
+
+  void Drain() {
+    for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) {
+      RunChunk(c);
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+RangeFn Select(bool nesterov, bool amsgrad) {
+  if (nesterov) return amsgrad ? StepRange<true, true> : StepRange<true, false>;
+  return amsgrad ? StepRange<false, true> : StepRange<false, false>;
+}
+
+// Chunks of 32K elements (128 KB per stream): small enough to share a few
+// million parameters among threads evenly, large enough that handing them out
+// costs nothing measurable.
+constexpr int64_t kChunk = int64_t{1} << 15;
+
+ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coef,
+                        ffi::RemainingArgs args, ffi::RemainingRets rets, bool nesterov,
+                        bool amsgrad) {
+  const size_t streams = amsgrad ? 4 : 3;
+  if (coef.element_count() != 9 || args.size() % streams != 0 || rets.size() != args.size()) {
+    return ffi::Error::InvalidArgument("adam step: unexpected number of operands");
+  }
+  const size_t n = args.size() / streams;
+  auto work = std::make_shared<Work>();
+  const float* k = coef.typed_data();
+  work->coef = Coef{k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], k[8]};
+  work->fn = Select(nesterov, amsgrad);
+  work->leaves.resize(n);
+  work->starts.resize(n + 1);
+  int64_t total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    float* in[4] = {nullptr, nullptr, nullptr, nullptr};
+    float* out[4] = {nullptr, nullptr, nullptr, nullptr};
+    size_t size = 0;
+    for (size_t s = 0; s < streams; ++s) {
+      auto a = args.get<ffi::Buffer<ffi::F32>>(s * n + i);
+      auto r = rets.get<ffi::Buffer<ffi::F32>>(s * n + i);
+      if (!a.has_value() || !r.has_value()) {
+        return ffi::Error::InvalidArgument("adam step: every buffer must be float32");
+      }
+      if (s == 0) size = a->element_count();
+      if (a->element_count() != size || (*r)->element_count() != size) {
+        return ffi::Error::InvalidArgument("adam step: a leaf's buffers differ in size");
+      }
+      in[s] = a->typed_data();
+      out[s] = (*r)->typed_data();
+    }
+    // Results are ordered u, m, v, w; operands g, m, v, w.
+    work->leaves[i] = Leaf{in[0], in[1], in[2], in[3], out[0], out[1], out[2], out[3]};
+    work->starts[i] = total;
+    total += static_cast<int64_t>(size);
+  }
+  work->starts[n] = total;
+  if (total == 0) return ffi::Error::Success();
+  work->chunk = kChunk;
+  work->chunks = (total + kChunk - 1) / kChunk;
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), work->chunks - 1);
+  for (int64_t i = 0; i < helpers; ++i) {
+    pool.Schedule([work] { work->Drain(); });
+  }
+  work->Drain();
+  while (work->done.load(std::memory_order_acquire) < work->chunks) {
+    std::this_thread::yield();
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+// The width in float32 lanes of the widest vectors this build may use: 16 with
+// AVX-512, 8 with AVX2 (the kernel is used from 8 up), 4 otherwise (and 1 without
+// hardware fma, which would be a library call per element).
+extern "C" int AdamJaxAdamLanes() {
+#if !defined(__FMA__) && !defined(__aarch64__)
+  return 1;
+#elif defined(__AVX512F__)
+  return 16;
+#elif defined(__AVX2__)
+  return 8;
+#else
+  return 4;
+#endif
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamJaxAdamStep, AdamStepImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // coef
+                                  .RemainingArgs()               // g.., m.., v.. (w..)
+                                  .RemainingRets()               // u.., m.., v.. (w..)
+                                  .Attr<bool>("nesterov")
+                                  .Attr<bool>("amsgrad"));
