@@ -109,6 +109,22 @@ def test_one_step_equals_the_xla_program_from_any_state(kernel, nesterov, amsgra
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=3e-7, atol=0)
 
 
+def test_large_trees_stream_the_update_and_agree(kernel):
+  # From 2**22 parameters the kernel writes the update with non-temporal stores,
+  # from an aligned vector on: leaves of odd sizes put the start anywhere.
+  rng = np.random.default_rng(7)
+  sizes = [(2**21 + 3,), (5,), (1000, 1001), (2**20 + 70017,)]
+  params = [jnp.asarray(rng.standard_normal(s), jnp.float32) for s in sizes]
+  assert sum(p.size for p in params) >= 2**22
+  txs = [adam_jax.scale_by_adam(nesterov=True, native=nat) for nat in (False, True)]
+  state = txs[0].init(params)
+  _, state = jax.jit(txs[0].update)(params, state)
+  g = [jnp.asarray(rng.standard_normal(p.shape), jnp.float32) for p in params]
+  (u0, s0), (u1, s1) = (jax.jit(tx.update)(g, state) for tx in txs)
+  for a, b in zip(jax.tree.leaves((u1, s1)), jax.tree.leaves((u0, s0))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=3e-7, atol=0)
+
+
 def test_non_finite_gradients_give_the_same_nan_and_inf(kernel):
   g = jnp.asarray([1.0, np.nan, np.inf, -np.inf, 0.0, -2.0] * 3, jnp.float32)
   params = jnp.zeros_like(g)

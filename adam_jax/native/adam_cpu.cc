@@ -40,6 +40,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__AVX__) || defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -61,42 +65,77 @@ struct Leaf {
   float* w_out;
 };
 
-// Elements [lo, hi) of one leaf. m_out may be m (and so on): every iteration
-// reads its element before writing it and no iteration touches another's, which
-// is what `ivdep` promises the compiler.
-template <bool kNesterov, bool kAmsgrad>
+// u[0, n) = tile[0, n) with non-temporal stores where the vectors are aligned: the
+// update is read once, by the next loop of the step (apply_updates), long after
+// this chunk; written through the cache, each of its lines would first be read
+// from memory (4 bytes per parameter more traffic).
+inline void StreamStore(float* u, const float* tile, int64_t n) {
+#if defined(__AVX512F__)
+  constexpr int64_t kVec = 16;
+#elif defined(__AVX__)
+  constexpr int64_t kVec = 8;
+#else
+  constexpr int64_t kVec = 1;
+#endif
+  int64_t i = 0;
+  if constexpr (kVec > 1) {
+    const int64_t misaligned = (reinterpret_cast<uintptr_t>(u) / sizeof(float)) % kVec;
+    const int64_t head = std::min(n, misaligned == 0 ? 0 : kVec - misaligned);
+    for (; i < head; ++i) u[i] = tile[i];
+    for (; i + kVec <= n; i += kVec) {
+#if defined(__AVX512F__)
+      _mm512_stream_ps(u + i, _mm512_loadu_ps(tile + i));
+#elif defined(__AVX__)
+      _mm256_stream_ps(u + i, _mm256_loadu_ps(tile + i));
+#endif
+    }
+  }
+  for (; i < n; ++i) u[i] = tile[i];
+}
+
+// Elements [lo, hi) of one leaf, in tiles that stay in L1. m_out may be m (and so
+// on): every iteration reads its element before writing it and no iteration
+// touches another's, which is what `ivdep` promises the compiler. kStream: the
+// update goes through a tile and non-temporal stores (StreamStore).
+template <bool kNesterov, bool kAmsgrad, bool kStream>
 void StepRange(const Coef& c, const Leaf& leaf, int64_t lo, int64_t hi) {
   const float b1 = c.b1, one_minus_b1 = c.one_minus_b1, b2 = c.b2;
   const float one_minus_b2 = c.one_minus_b2, a_m = c.a_m, a_g = c.a_g;
   const float inv_bc2 = c.inv_bc2, eps = c.eps, eps_root = c.eps_root;
-  const float* g = leaf.g;
-  const float* m = leaf.m;
-  const float* v = leaf.v;
-  const float* w = leaf.w;
-  float* u = leaf.u;
-  float* m_out = leaf.m_out;
-  float* v_out = leaf.v_out;
-  float* w_out = leaf.w_out;
+  constexpr int64_t kTile = 1024;
+  alignas(64) float tile[kStream ? kTile : 1];
+  for (int64_t t0 = lo; t0 < hi; t0 += kTile) {
+    const int64_t n = std::min(kTile, hi - t0);
+    const float* g = leaf.g + t0;
+    const float* m = leaf.m + t0;
+    const float* v = leaf.v + t0;
+    const float* w = leaf.w + (kAmsgrad ? t0 : 0);
+    float* u = kStream ? tile : leaf.u + t0;
+    float* m_out = leaf.m_out + t0;
+    float* v_out = leaf.v_out + t0;
+    float* w_out = leaf.w_out + (kAmsgrad ? t0 : 0);
 #if defined(__clang__)
 #pragma clang loop vectorize(assume_safety)
 #elif defined(__GNUC__)
 #pragma GCC ivdep
 #endif
-  for (int64_t i = lo; i < hi; ++i) {
-    const float gi = g[i];
-    const float mi = std::fma(b1, m[i], one_minus_b1 * gi);
-    const float vi = std::fma(b2, v[i], one_minus_b2 * (gi * gi));
-    float wi = vi;
-    if constexpr (kAmsgrad) {
-      // jnp.maximum: NaN if either is NaN.
-      const float old = w[i];
-      wi = (old > vi || std::isnan(old)) ? old : vi;
-      w_out[i] = wi;
+    for (int64_t i = 0; i < n; ++i) {
+      const float gi = g[i];
+      const float mi = std::fma(b1, m[i], one_minus_b1 * gi);
+      const float vi = std::fma(b2, v[i], one_minus_b2 * (gi * gi));
+      float wi = vi;
+      if constexpr (kAmsgrad) {
+        // jnp.maximum: NaN if either is NaN.
+        const float old = w[i];
+        wi = (old > vi || std::isnan(old)) ? old : vi;
+        w_out[i] = wi;
+      }
+      const float mh = kNesterov ? std::fma(mi, a_m, gi * a_g) : mi * a_m;
+      m_out[i] = mi;
+      v_out[i] = vi;
+      u[i] = mh / (std::sqrt(std::fma(wi, inv_bc2, eps_root)) + eps);
     }
-    const float mh = kNesterov ? std::fma(mi, a_m, gi * a_g) : mi * a_m;
-    m_out[i] = mi;
-    v_out[i] = vi;
-    u[i] = mh / (std::sqrt(std::fma(wi, inv_bc2, eps_root)) + eps);
+    if constexpr (kStream) StreamStore(leaf.u + t0, tile, n);
   }
 }
 
@@ -133,20 +172,34 @@ struct Work {
   void Drain() {
     for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) {
       RunChunk(c);
+#if defined(__SSE2__)
+      _mm_sfence();  // the chunk's non-temporal stores, before it is counted done
+#endif
       done.fetch_add(1, std::memory_order_release);
     }
   }
 };
 
-RangeFn Select(bool nesterov, bool amsgrad) {
-  if (nesterov) return amsgrad ? StepRange<true, true> : StepRange<true, false>;
-  return amsgrad ? StepRange<false, true> : StepRange<false, false>;
+template <bool kStream>
+RangeFn SelectStream(bool nesterov, bool amsgrad) {
+  if (nesterov) return amsgrad ? StepRange<true, true, kStream> : StepRange<true, false, kStream>;
+  return amsgrad ? StepRange<false, true, kStream> : StepRange<false, false, kStream>;
+}
+
+RangeFn Select(bool nesterov, bool amsgrad, bool stream) {
+  return stream ? SelectStream<true>(nesterov, amsgrad) : SelectStream<false>(nesterov, amsgrad);
 }
 
 // Chunks of 32K elements (128 KB per stream): small enough to share a few
 // million parameters among threads evenly, large enough that handing them out
 // costs nothing measurable.
 constexpr int64_t kChunk = int64_t{1} << 15;
+
+// From this many parameters (16 MB of updates) the update bypasses the caches.
+#ifndef ADAM_JAX_STREAM_FROM
+#define ADAM_JAX_STREAM_FROM (int64_t{1} << 22)
+#endif
+constexpr int64_t kStreamFrom = ADAM_JAX_STREAM_FROM;
 
 ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coef,
                         ffi::RemainingArgs args, ffi::RemainingRets rets, bool nesterov,
@@ -159,7 +212,7 @@ ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coef,
   auto work = std::make_shared<Work>();
   const float* k = coef.typed_data();
   work->coef = Coef{k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], k[8]};
-  work->fn = Select(nesterov, amsgrad);
+  work->fn = nullptr;
   work->leaves.resize(n);
   work->starts.resize(n + 1);
   int64_t total = 0;
@@ -187,6 +240,7 @@ ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coef,
   }
   work->starts[n] = total;
   if (total == 0) return ffi::Error::Success();
+  work->fn = Select(nesterov, amsgrad, total >= kStreamFrom);
   work->chunk = kChunk;
   work->chunks = (total + kChunk - 1) / kChunk;
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), work->chunks - 1);
