@@ -296,6 +296,22 @@ def test_environment_turns_the_kernel_off_and_builds_nothing(tmp_path):
   assert not list(tmp_path.iterdir())  # nothing built
 
 
+def test_meta_gradients_need_the_xla_program(kernel):
+  p0 = jnp.linspace(-1.0, 1.0, 5)
+
+  def trained_loss(lr, nat):
+    tx = adam_jax.adam(lr, eps_root=1e-8, native=nat)  # eps_root: sqrt is smooth at 0
+    p, state = p0, tx.init(p0)
+    for _ in range(3):  # the gradients depend on lr from the second step on
+      u, state = tx.update(2 * p, state, p)
+      p = optax.apply_updates(p, u)
+    return jnp.sum(p**2)
+
+  assert np.isfinite(float(jax.grad(trained_loss)(0.1, False)))
+  with pytest.raises(ValueError, match="cannot be differentiated"):
+    jax.grad(trained_loss)(0.1, True)
+
+
 def test_flax_nnx_optimizer_trains_with_the_kernel(kernel):
   from flax import nnx
 
