@@ -35,9 +35,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <thread>
+#include <mutex>
 #include <vector>
 
 #if defined(__AVX__) || defined(__SSE2__)
@@ -156,6 +157,8 @@ struct Work {
   int64_t chunks = 0;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
+  std::mutex mutex;
+  std::condition_variable finished;
 
   void RunChunk(int64_t c) const {
     const int64_t begin = c * chunk;
@@ -175,7 +178,10 @@ struct Work {
 #if defined(__SSE2__)
       _mm_sfence();  // the chunk's non-temporal stores, before it is counted done
 #endif
-      done.fetch_add(1, std::memory_order_release);
+      if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == chunks) {
+        std::lock_guard<std::mutex> lock(mutex);
+        finished.notify_all();
+      }
     }
   }
 };
@@ -196,10 +202,7 @@ RangeFn Select(bool nesterov, bool amsgrad, bool stream) {
 constexpr int64_t kChunk = int64_t{1} << 15;
 
 // From this many parameters (16 MB of updates) the update bypasses the caches.
-#ifndef ADAM_JAX_STREAM_FROM
-#define ADAM_JAX_STREAM_FROM (int64_t{1} << 22)
-#endif
-constexpr int64_t kStreamFrom = ADAM_JAX_STREAM_FROM;
+constexpr int64_t kStreamFrom = int64_t{1} << 22;
 
 ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coef,
                         ffi::RemainingArgs args, ffi::RemainingRets rets, bool nesterov,
@@ -248,9 +251,11 @@ ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coef,
     pool.Schedule([work] { work->Drain(); });
   }
   work->Drain();
-  while (work->done.load(std::memory_order_acquire) < work->chunks) {
-    std::this_thread::yield();
-  }
+  // The chunks still running on other threads: blocking, not spinning, which on a
+  // loaded machine would take the core from the very thread being waited for.
+  std::unique_lock<std::mutex> lock(work->mutex);
+  work->finished.wait(
+      lock, [&] { return work->done.load(std::memory_order_acquire) == work->chunks; });
   return ffi::Error::Success();
 }
 
