@@ -26,8 +26,8 @@ def _skip_without_kernel(request):
   Decided when the test runs, not at import: building the kernel takes seconds and
   must not slow the collection of every other test.
   """
-  if request.node.get_closest_marker("needs_native") and not adam_jax.native.available():
-    pytest.skip(f"CPU kernel: {adam_jax.native.status()}")
+  if request.node.get_closest_marker("needs_native") and not adam_jax.native.available("adam8bit"):
+    pytest.skip(f"CPU kernel: {adam_jax.native.status('adam8bit')}")
 
 _quantize = jax.jit(quantization.quantize, static_argnames=("signed", "block_size", "nonzero"))
 _dequantize = jax.jit(quantization.dequantize, static_argnames=("signed", "shape", "dtype"))
@@ -592,7 +592,7 @@ def test_kernel_is_one_custom_call_per_quantized_leaf():
 
 
 def test_native_true_without_a_kernel_raises(monkeypatch):
-  monkeypatch.setattr(adam_jax.native, "available", lambda: False)
+  monkeypatch.setattr(adam_jax.native, "available", lambda kernel=None: False)
   tx = adam_jax.scale_by_adam8bit(native=True)
   params = {"w": jnp.zeros(8192)}
   with pytest.raises(RuntimeError, match="unavailable"):
@@ -613,7 +613,7 @@ def test_kernel_can_be_turned_off_from_the_environment(tmp_path):
 @pytest.mark.slow
 @needs_native
 def test_kernel_builds_into_an_empty_cache_and_is_reused(tmp_path):
-  code = ("import adam_jax.native as n; print(n.available(), n.status())")
+  code = ("import adam_jax.native as n; print(n.available('adam8bit'), n.status('adam8bit'))")
   env = {**os.environ, "ADAM_JAX_CACHE": str(tmp_path)}
   run = lambda: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                                text=True, timeout=300, check=True).stdout.strip()

@@ -145,17 +145,6 @@ def _adam8bit_native(g_blocks, mu: QuantizedArray, nu: QuantizedArray, count, hy
   return u, QuantizedArray(codes_m, scale_m), QuantizedArray(codes_v, scale_v)
 
 
-def _use_native(native: bool | None) -> bool:
-  """Whether the 8-bit step calls the CPU kernel (on CPU; see ``native`` below)."""
-  if native is None:
-    # One device: the kernel has no sharding rule, so on several devices the
-    # XLA program (which shards like the params) is used.
-    return jax.device_count() == 1 and _native.available()
-  if native and not _native.available():
-    raise RuntimeError(f"native=True but the CPU kernel is unavailable: {_native.status()}")
-  return native
-
-
 def _check_sizes(block_size: Any, min_quantized_size: Any) -> None:
   if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
       or block_size < 1:
@@ -250,8 +239,7 @@ def scale_by_adam8bit(
   numerics.check_betas(b1=b1, b2=b2)
   numerics.check_nonnegative(eps=eps, eps_root=eps_root)
   _check_sizes(block_size, min_quantized_size)
-  if native is not None and not isinstance(native, bool):
-    raise TypeError(f"native must be True, False or None, got {native!r}")
+  _native.check_native(native)
 
   def quantized(p) -> bool:
     p = jnp.asarray(p) if not hasattr(p, "dtype") else p
@@ -304,7 +292,8 @@ def scale_by_adam8bit(
     del params
     numerics.tree_check_same_structure(updates, state.mu)
     count = numerics.safe_increment(state.count)
-    use_native = _use_native(native)  # the first call builds the kernel (seconds), once
+    # The first call builds the kernel (seconds), once.
+    use_native = _native.use_kernel("adam8bit", native)
     u, mu, nu, mu_scale, nu_scale = map_leaves(
         lambda *args: leaf(*args, count, use_native), updates, state.mu, state.nu,
         state.mu_scale, state.nu_scale, num_outputs=5)
