@@ -13,7 +13,13 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # Whole files of long tests; single long tests carry @pytest.mark.slow themselves.
 _SLOW_FILES = ("test_properties.py", "test_sharding.py", "test_cli.py", "test_tuning.py",
                "test_tasks.py", "test_every_alias.py", "test_benchmarking.py",
-               "test_quantization.py", "test_checkpoint.py", "test_diagnostics.py")
+               "test_quantization.py", "test_checkpoint.py", "test_diagnostics.py",
+               "test_meta.py", "test_native_adam.py", "test_inject_hyperparams.py")
+# Long tests of files whose other tests belong to the quick loop.
+_SLOW_TESTS = ("test_vmap_over_a_traced_hyperparameter", "test_state_is_sharded_like_the_params",
+               "test_low_precision_params_keep", "test_dadapt_with_bias_correction",
+               "test_prodigy_with_bias_correction", "test_plateau_rule_counts",
+               "test_jit_equals_eager", "test_chain_with_clipping_equals_manual_clipping")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -21,5 +27,6 @@ def pytest_collection_modifyitems(config, items):
   del config
   for item in items:
     path = str(item.path)
-    if path.endswith(".ipynb") or path.endswith(_SLOW_FILES):
+    name = getattr(item, "originalname", item.name)
+    if path.endswith(".ipynb") or path.endswith(_SLOW_FILES) or name.startswith(_SLOW_TESTS):
       item.add_marker("slow")
