@@ -48,6 +48,19 @@ def int_at_least(low: int, what: str) -> Callable[[str], int]:
 positive_int = int_at_least(1, "a positive integer")
 nonnegative_int = int_at_least(0, "a non-negative integer")
 
+SEED_LIMIT = 2**63  # jax.random.key takes an int64
+
+
+def seed_int(text: str) -> int:
+  """An argparse type: a seed, an integer in [0, 2**63) (what ``jax.random.key`` takes)."""
+  value = nonnegative_int(text)
+  if value >= SEED_LIMIT:
+    raise argparse.ArgumentTypeError(f"expected a seed below 2**63, got {text!r}")
+  return value
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
+
 
 def float_in(low: float, high: float | None, *, low_open: bool = False,
               high_open: bool = True) -> Callable[[str], float]:
@@ -66,6 +79,8 @@ def float_in(low: float, high: float | None, *, low_open: bool = False,
       ok = ok and (value < high if high_open else value <= high)
     if not ok or value != value:
       raise argparse.ArgumentTypeError(f"{text!r} is outside {interval}")
+    if not abs(value) <= _FLOAT32_MAX:  # inf, or too large for the float32 it trains in
+      raise argparse.ArgumentTypeError(f"{text!r} is not a finite float32 number")
     return value
 
   return parse
@@ -116,7 +131,7 @@ def add_common(p: argparse.ArgumentParser, out_default: str) -> None:
   p.add_argument("--data", default=None, metavar="FILE.npz",
                  help="your own data: an .npz with array x (and integer labels y for the "
                       "classifier) instead of scikit-learn's digits")
-  p.add_argument("--seed", default=0, type=nonnegative_int,
+  p.add_argument("--seed", default=0, type=seed_int,
                  help="seeds the split, the initial params and the batch order (default: 0)")
   p.add_argument("--out", default=out_default, metavar="DIR",
                  help="output folder (default: %(default)s)")

@@ -95,6 +95,9 @@ def _space(args: argparse.Namespace) -> dict[str, list[Any]]:
 
 def run(args: argparse.Namespace) -> int:
   space = _space(args)
+  if args.seed + args.seeds > common.SEED_LIMIT:
+    raise common.UsageError(f"--seed {args.seed} with --seeds {args.seeds} goes beyond the "
+                            "largest seed, 2**63 - 1", PROG)
   out = common.make_out(args.out)
   problem = common.build_problem(args, PROG, batch_size=min(space["batch_size"]))
 
