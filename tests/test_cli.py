@@ -3,6 +3,7 @@
 import csv
 import importlib
 import json
+import math
 import subprocess
 import sys
 
@@ -281,3 +282,24 @@ def test_bench_forwards_its_arguments(capsys):
   assert cli.main(["bench", "--rounds", "0"]) == 2
   err = capsys.readouterr().err
   assert err == "adam-jax bench: error: --rounds and --loop must be >= 1\n"
+
+
+def test_sweep_where_every_configuration_diverges_names_no_best(tmp_path, capsys):
+  out = tmp_path / "nan"
+  argv = ["sweep", "--lr", "1e30", "--hidden", "8", "--steps", "5", "--checkpoint-every", "0",
+          "--out", str(out)]
+  assert cli.main(argv) == 1
+  assert "no configuration reached a finite validation loss" in capsys.readouterr().err
+  best = json.loads((out / "best.json").read_text(), parse_constant=pytest.fail)
+  assert best["best"] is None and best["configurations"] == 1
+  with open(out / "results.csv") as f:
+    assert len(list(csv.DictReader(f))) == 1  # the diverged row is kept
+
+
+def test_json_files_never_hold_a_bare_nan(tmp_path):
+  path = str(tmp_path / "x.json")
+  _common.write_json(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -math.inf}})
+  with open(path) as f:
+    got = json.load(f, parse_constant=pytest.fail)
+  assert got == {
+      "a": None, "b": [1.0, None], "c": {"d": None}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -229,10 +230,22 @@ def smooth(values: Any, beta: float = 0.9) -> Any:
   return out
 
 
+def json_safe(value: Any) -> Any:
+  """``value`` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+  if isinstance(value, dict):
+    return {k: json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(v) for v in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
 def write_json(path: str, payload: dict[str, Any]) -> None:
+  """Writes valid JSON (a NaN or infinite number becomes null) atomically."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2)
+    json.dump(json_safe(payload), f, indent=2, allow_nan=False)
     f.write("\n")
   os.replace(tmp, path)
 

@@ -125,6 +125,15 @@ def run(args: argparse.Namespace) -> int:
     return 130
   elapsed = time.perf_counter() - start
   best = result.best
+  if best is None:  # every configuration diverged: nothing is "best"
+    common.write_json(os.path.join(out, "best.json"), {
+        "best": None, "task": args.task, "optimizer": args.optimizer, "steps": args.steps,
+        "seeds": list(range(args.seed, args.seed + args.seeds)), "data": args.data,
+        "configurations": total, "trained_now": len(rows), "wall_s": elapsed})
+    print(f"trained {len(rows)} configurations in {elapsed:.1f} s ({total - len(rows)} resumed)")
+    print(f"{PROG}: no configuration reached a finite validation loss (every one diverged); "
+          f"see {csv_path}; try smaller learning rates", file=sys.stderr)
+    return 1
   payload = {**best.config, **best.metrics, "task": args.task, "optimizer": args.optimizer,
              "steps": args.steps, "seeds": list(range(args.seed, args.seed + args.seeds)),
              "data": args.data, "configurations": total, "trained_now": len(rows),
