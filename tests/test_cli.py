@@ -303,3 +303,26 @@ def test_json_files_never_hold_a_bare_nan(tmp_path):
     got = json.load(f, parse_constant=pytest.fail)
   assert got == {
       "a": None, "b": [1.0, None], "c": {"d": None}}
+
+
+@pytest.mark.parametrize("command", [["lr-find", "--num-steps", "10"], ["demo", "--steps", "5"],
+                                     ["sweep", "--steps", "5"]])
+def test_an_unwritable_out_is_refused_before_training(command, capsys, monkeypatch):
+  monkeypatch.setattr(_runner, "run_chunk_hook", pytest.fail)  # no sweep training starts
+  code = cli.main(command + ["--hidden", "8", "--out", "/proc/self"])  # a folder nobody writes
+  err = capsys.readouterr().err
+  assert code == 2 and "cannot write to output folder /proc/self" in err
+  assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_sweep_into_an_earlier_sweep_needs_resume(tmp_path, capsys):
+  out = tmp_path / "s"
+  argv = ["sweep", "--lr", "1e-2", "--hidden", "8", "--steps", "5", "--out", str(out)]
+  assert cli.main(argv) == 0
+  before = (out / "results.csv").read_text()
+  capsys.readouterr()
+  assert cli.main(argv[:-3] + ["6", "--out", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert "already holds an earlier sweep (results.csv)" in err and "--resume" in err
+  assert err.count("\n") == 1
+  assert (out / "results.csv").read_text() == before

@@ -250,11 +250,20 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
   os.replace(tmp, path)
 
 
-def make_out(path: str) -> str:
+def make_out(path: str, prog: str = "adam-jax") -> str:
+  """Creates the output folder and checks that files can be written there (before training)."""
+  import tempfile
+
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as err:
-    raise UsageError(f"cannot create output folder {path}: {err.strerror}") from None
+    raise UsageError(f"cannot create output folder {path}: {err.strerror}", prog) from None
+  try:
+    with tempfile.NamedTemporaryFile(dir=path, prefix=".adam-jax-write-test-"):
+      pass
+  except OSError as err:
+    raise UsageError(f"cannot write to output folder {path}: {err.strerror or err}",
+                     prog) from None
   return path
 
 

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
   if warmup >= args.steps:
     raise common.UsageError(
         f"--warmup ({warmup}) must be smaller than --steps ({args.steps})", prog)
-  out = common.make_out(args.out)
+  out = common.make_out(args.out, prog)
   config = {"task": args.task, "data": args.data, "seed": args.seed, "steps": args.steps,
             "lr": args.lr, "warmup": warmup, "layers": args.layers, "hidden": args.hidden,
             "batch_size": args.batch_size, "eval_every": args.eval_every,

@@ -98,7 +98,13 @@ def run(args: argparse.Namespace) -> int:
   if args.seed + args.seeds > common.SEED_LIMIT:
     raise common.UsageError(f"--seed {args.seed} with --seeds {args.seeds} goes beyond the "
                             "largest seed, 2**63 - 1", PROG)
-  out = common.make_out(args.out)
+  out = common.make_out(args.out, PROG)
+  if not args.resume:
+    earlier = [name for name in ("results.csv", "checkpoints")
+               if os.path.exists(os.path.join(out, name))]
+    if earlier:
+      raise common.UsageError(f"{out} already holds an earlier sweep ({earlier[0]}); pass "
+                              "--resume to continue it or a new --out", PROG)
   problem = common.build_problem(args, PROG, batch_size=min(space["batch_size"]))
 
   from adam_jax.tuning import grid_search
