@@ -326,3 +326,62 @@ def test_sweep_into_an_earlier_sweep_needs_resume(tmp_path, capsys):
   assert "already holds an earlier sweep (results.csv)" in err and "--resume" in err
   assert err.count("\n") == 1
   assert (out / "results.csv").read_text() == before
+
+
+def _write_data(path, n=60, label_offset=0):
+  rng = np.random.default_rng(0)
+  np.savez(path, x=rng.standard_normal((n, 5)).astype(np.float32),
+           y=(rng.integers(0, 3, n) + label_offset) % 3)
+
+
+def test_sweep_resume_refuses_changed_data_or_flags_and_names_a_damaged_record(tmp_path, capsys):
+  data, out = tmp_path / "d.npz", tmp_path / "s"
+  _write_data(data)
+  argv = ["sweep", "--data", str(data), "--lr", "1e-2,1e-1", "--hidden", "4", "--steps", "4",
+          "--batch-size", "8", "--checkpoint-every", "0", "--out", str(out)]
+  assert cli.main(argv) == 0
+  before = (out / "results.csv").read_text()
+  capsys.readouterr()
+  _write_data(data, label_offset=1)  # same shapes, other labels
+  assert cli.main(argv + ["--resume"]) == 2
+  err = capsys.readouterr().err
+  assert "cannot resume: the data differs" in err and err.count("\n") == 1
+  _write_data(data)
+  assert cli.main(argv + ["--resume", "--seed", "1"]) == 2
+  assert "records a run with seed=0, this one has seed=1" in capsys.readouterr().err
+  assert cli.main(argv + ["--resume", "--b1", "0.5"]) == 2
+  assert "records a run with b1=[0.9], this one has b1=[0.5]" in capsys.readouterr().err
+  assert (out / "results.csv").read_text() == before
+  assert cli.main(argv + ["--resume", "--diagnostics"]) == 0  # the same run: nothing to train
+  assert "trained 0 configurations" in capsys.readouterr().out
+  for name in ("sweep.json", "search.json"):
+    saved = (out / name).read_text()
+    (out / name).write_text("{not json")
+    assert cli.main(argv + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot resume: {out / name} is damaged" in err and err.count("\n") == 1
+    assert "Traceback" not in err
+    (out / name).write_text(saved)
+  assert (out / "results.csv").read_text() == before
+
+
+def test_demo_resume_refuses_changed_data_and_names_a_damaged_record(tmp_path, capsys,
+                                                                      monkeypatch):
+  data, out = tmp_path / "d.npz", tmp_path / "demo"
+  _write_data(data)
+  argv = ["demo", "--data", str(data), "--steps", "20", "--eval-every", "10",
+          "--checkpoint-every", "10", "--hidden", "4", "--batch-size", "8", "--out", str(out)]
+  monkeypatch.setattr(_common, "progress", lambda *a, **k: _InterruptingBar(after=20))
+  assert cli.main(argv) == 130
+  monkeypatch.undo()
+  assert (out / "checkpoint").exists()
+  capsys.readouterr()
+  _write_data(data, label_offset=1)
+  assert cli.main(argv + ["--resume"]) == 2
+  err = capsys.readouterr().err
+  assert "cannot resume: the data differs" in err and err.count("\n") == 1
+  _write_data(data)
+  (out / "demo_config.json").write_text("[1, 2")
+  assert cli.main(argv + ["--resume"]) == 2
+  err = capsys.readouterr().err
+  assert f"cannot resume: {out / 'demo_config.json'} is damaged" in err and err.count("\n") == 1

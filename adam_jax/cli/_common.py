@@ -267,6 +267,46 @@ def make_out(path: str, prog: str = "adam-jax") -> str:
   return path
 
 
+def file_digest(path: str | None) -> str | None:
+  """The SHA-256 of a file's bytes (None for no file): tells a resumed run its data changed."""
+  import hashlib
+
+  if path is None:
+    return None
+  digest = hashlib.sha256()
+  try:
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+  except OSError:  # reported when the data is loaded
+    return None
+  return digest.hexdigest()
+
+
+def check_resume(path: str, record: dict[str, Any], prog: str) -> None:
+  """Refuses to resume when ``record`` differs from the one saved at ``path`` by the first run."""
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except FileNotFoundError:
+    raise UsageError(f"cannot resume: {path} is missing, so the earlier run's flags and data "
+                     "are unknown; start afresh with a new --out", prog) from None
+  except (OSError, ValueError) as err:
+    raise UsageError(f"cannot resume: {path} is damaged ({err}); start afresh with a new --out",
+                     prog) from None
+  if not isinstance(old, dict):
+    raise UsageError(f"cannot resume: {path} is damaged (not a JSON object); start afresh with "
+                     "a new --out", prog)
+  for key, value in record.items():
+    if old.get(key) == json_safe(value):
+      continue
+    if key == "data_sha256":
+      raise UsageError(f"cannot resume: the data differs from the run recorded in {path} (its "
+                       "SHA-256 changed); start afresh with a new --out", prog)
+    raise UsageError(f"cannot resume: {path} records a run with {key}={old.get(key)!r}, this "
+                     f"one has {key}={value!r}", prog)
+
+
 def build_task(args: argparse.Namespace, **sizes: Any) -> Any:
   from adam_jax.tasks import get_task
 

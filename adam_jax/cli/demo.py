@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -60,21 +59,12 @@ def run(args: argparse.Namespace) -> int:
   config = {"task": args.task, "data": args.data, "seed": args.seed, "steps": args.steps,
             "lr": args.lr, "warmup": warmup, "layers": args.layers, "hidden": args.hidden,
             "batch_size": args.batch_size, "eval_every": args.eval_every,
-            "diagnostics": args.diagnostics}
+            "diagnostics": args.diagnostics, "data_sha256": common.file_digest(args.data)}
   config_path = os.path.join(out, "demo_config.json")
   ckpt_path = os.path.join(out, "checkpoint")
   resuming = args.resume and os.path.isdir(ckpt_path)
   if resuming:
-    try:
-      with open(config_path) as f:
-        old = json.load(f)
-    except (OSError, ValueError):
-      old = {}
-    diff = [k for k in config if old.get(k) != config[k]]
-    if diff:
-      raise common.UsageError(
-          f"cannot resume: {out} holds a run with {diff[0]}={old.get(diff[0])!r}, "
-          f"this one has {diff[0]}={config[diff[0]]!r}", prog)
+    common.check_resume(config_path, config, prog)
   task = common.build_task(args, layers=args.layers, hidden=args.hidden,
                            batch_size=args.batch_size)
   common.write_json(config_path, config)

@@ -30,6 +30,8 @@ FLAGS = (
     ("batch_size", "--batch-size", common.list_of(common.positive_int), "32", "mini-batch sizes"),
 )
 SHAPE_KEYS = ("layers", "hidden", "batch_size")
+RECORD = "sweep.json"  # the flags and the data digest of the run in --out
+_NOT_RECORDED = ("run", "command", "out", "resume", "diagnostics")  # these change no result
 
 
 def add_parser(sub: Any) -> None:
@@ -105,7 +107,16 @@ def run(args: argparse.Namespace) -> int:
     if earlier:
       raise common.UsageError(f"{out} already holds an earlier sweep ({earlier[0]}); pass "
                               "--resume to continue it or a new --out", PROG)
+  # Every flag that changes the results, and the data's digest: a resume must match them.
+  record = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_RECORDED}
+  record.update(space)  # the grid as trained, defaults filled in
+  record["data_sha256"] = common.file_digest(args.data)
+  record_path = os.path.join(out, RECORD)
+  if args.resume and any(os.path.exists(os.path.join(out, name))
+                         for name in ("results.csv", "checkpoints", RECORD)):
+    common.check_resume(record_path, record, PROG)
   problem = common.build_problem(args, PROG, batch_size=min(space["batch_size"]))
+  common.write_json(record_path, record)
 
   from adam_jax.tuning import grid_search
 

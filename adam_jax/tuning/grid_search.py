@@ -294,8 +294,13 @@ class _Store:
     self.done: dict[tuple[str, ...], Row] = {}
     self.resuming = resume and os.path.exists(meta_path)
     if self.resuming:
-      with open(meta_path) as f:
-        old = json.load(f)
+      try:
+        with open(meta_path) as f:
+          old = json.load(f)
+      except (OSError, ValueError) as err:
+        raise ValueError(f"cannot resume: {meta_path} is damaged ({err})") from None
+      if not isinstance(old, dict):
+        raise ValueError(f"cannot resume: {meta_path} is damaged (not a JSON object)")
       diff = [k for k in meta if old.get(k) != meta[k]]
       if diff:
         k = diff[0]
