@@ -385,3 +385,28 @@ def test_demo_resume_refuses_changed_data_and_names_a_damaged_record(tmp_path, c
   assert cli.main(argv + ["--resume"]) == 2
   err = capsys.readouterr().err
   assert f"cannot resume: {out / 'demo_config.json'} is damaged" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [["demo", "--hidden", "3000000", "--layers", "3"],
+                                     ["lr-find", "--hidden", "3000000", "--layers", "3"],
+                                     ["sweep", "--hidden", "8,3000000", "--layers", "3"]])
+def test_a_model_too_large_for_memory_is_refused_before_training(command, tmp_path, capsys):
+  code = cli.main(command + ["--out", str(tmp_path / "big")])
+  err = capsys.readouterr().err
+  assert code == 2 and "GiB available" in err and "parameters" in err, err
+  assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_an_allocation_failure_is_one_line(tmp_path, capsys, monkeypatch):
+  import jax
+
+  def exhausted(*args):
+    raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to "
+                                     "allocate 1234 bytes.\nmore detail")
+
+  monkeypatch.setattr(_runner, "run_chunk_hook", exhausted)
+  code = cli.main(["sweep", "--lr", "1e-2", "--hidden", "8", "--steps", "5",
+                   "--out", str(tmp_path / "oom")])
+  err = capsys.readouterr().err
+  assert code == 2 and "out of device memory (RESOURCE_EXHAUSTED: Out of memory" in err
+  assert err.count("\n") == 1 and "Traceback" not in err

@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
   resuming = args.resume and os.path.isdir(ckpt_path)
   if resuming:
     common.check_resume(config_path, config, prog)
+  common.check_task_memory(args.task, common.load_data(args, prog), layers=args.layers,
+                           hidden=args.hidden, runs=1, batch=args.batch_size, prog=prog)
   task = common.build_task(args, layers=args.layers, hidden=args.hidden,
                            batch_size=args.batch_size)
   common.write_json(config_path, config)

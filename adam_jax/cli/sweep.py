@@ -116,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
                          for name in ("results.csv", "checkpoints", RECORD)):
     common.check_resume(record_path, record, PROG)
   problem = common.build_problem(args, PROG, batch_size=min(space["batch_size"]))
+  runs = args.seeds * math.prod(len(v) for k, v in space.items() if k not in SHAPE_KEYS)
+  common.check_task_memory(args.task, (problem.train_data, problem.val_data),
+                           layers=max(space["layers"]), hidden=max(space["hidden"]), runs=runs,
+                           batch=max(space["batch_size"]), prog=PROG)
   common.write_json(record_path, record)
 
   from adam_jax.tuning import grid_search
