@@ -410,3 +410,26 @@ def test_an_allocation_failure_is_one_line(tmp_path, capsys, monkeypatch):
   err = capsys.readouterr().err
   assert code == 2 and "out of device memory (RESOURCE_EXHAUSTED: Out of memory" in err
   assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_demo_resume_falls_back_from_a_damaged_checkpoint(tmp_path, capsys, monkeypatch):
+  out = tmp_path / "demo"
+  argv = ["demo", "--steps", "40", "--eval-every", "10", "--checkpoint-every", "10",
+          "--hidden", "4", "--out", str(out)]
+  monkeypatch.setattr(_common, "progress", lambda *a, **k: _InterruptingBar(after=30))
+  assert cli.main(argv) == 130
+  monkeypatch.undo()
+  saves = sorted((out / "checkpoint").glob("save_*"))
+  assert len(saves) == 2  # steps 10 and 20: the previous save is kept
+  (saves[-1] / "adam_jax_manifest.json").write_text("")
+  capsys.readouterr()
+  assert cli.main(argv + ["--resume"]) == 0
+  captured = capsys.readouterr()
+  assert "resuming from step 10" in captured.out
+  warned = [line for line in captured.err.splitlines() if "warning" in line]
+  assert len(warned) == 1 and saves[-1].name in warned[0] and "Traceback" not in captured.err
+  for save in (out / "checkpoint").glob("save_*"):  # every save damaged: an error, no restart
+    (save / "adam_jax_manifest.json").write_text("")
+  assert cli.main(argv + ["--resume"]) == 2
+  err = capsys.readouterr().err
+  assert "cannot resume from" in err and err.count("\n") == 1 and "Traceback" not in err

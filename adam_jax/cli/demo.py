@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 from adam_jax.cli import _common as common
@@ -102,9 +103,13 @@ def run(args: argparse.Namespace) -> int:
     from adam_jax import checkpoint
 
     try:
-      state = checkpoint.restore(ckpt_path, like=state)
+      with warnings.catch_warnings(record=True) as fallback:
+        warnings.simplefilter("always", checkpoint.CheckpointFallbackWarning)
+        state = checkpoint.restore_latest(ckpt_path, like=state)
     except ValueError as err:
       raise common.UsageError(f"cannot resume from {ckpt_path}: {err}", prog) from None
+    for w in fallback:  # the newest save is damaged: the previous one was restored
+      print(f"{prog}: warning: {w.message}", file=sys.stderr)
   first = int(state["step"])
   data = (task.x_train, task.y_train, task.x_val, task.y_val)
   compile_start = time.perf_counter()
@@ -150,9 +155,9 @@ def run(args: argparse.Namespace) -> int:
                                       or hi == args.steps):
           from adam_jax import checkpoint
 
-          checkpoint.save(ckpt_path, {"params": params, "opt_state": opt_state,
-                                      "step": np.asarray(hi, np.int32), "curve": curve,
-                                      "evals": evals}, overwrite=True)
+          checkpoint.save_rotating(ckpt_path, {
+              "params": params, "opt_state": opt_state, "step": np.asarray(hi, np.int32),
+              "curve": curve, "evals": evals}, keep=2)
           last_saved = hi
   except KeyboardInterrupt:
     where = (f"rerun with --resume to continue from step {last_saved}" if last_saved
