@@ -433,3 +433,26 @@ def test_demo_resume_falls_back_from_a_damaged_checkpoint(tmp_path, capsys, monk
   assert cli.main(argv + ["--resume"]) == 2
   err = capsys.readouterr().err
   assert "cannot resume from" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_sweep_resume_falls_back_from_a_damaged_checkpoint(tmp_path, capsys, monkeypatch):
+  argv = ["sweep", "--lr", "1e-2", "--hidden", "8", "--steps", "40", "--checkpoint-every", "10"]
+  for name in ("newest", "every"):
+    _interrupt_chunk(monkeypatch, at=4)  # saves after steps 10, 20 and 30; the last two kept
+    assert cli.main(argv + ["--out", str(tmp_path / name)]) == 130
+    monkeypatch.undo()
+  capsys.readouterr()
+  group = tmp_path / "newest" / "checkpoints"
+  saves = sorted(group.glob("*/save_*"))
+  assert len(saves) == 2
+  (saves[-1] / "adam_jax_manifest.json").write_text("")
+  chunks = _interrupt_chunk(monkeypatch, at=0)
+  assert cli.main(argv + ["--out", str(tmp_path / "newest"), "--resume"]) == 0
+  assert chunks == [20, 30]  # from the previous save, not from step 0
+  err = capsys.readouterr().err
+  assert err.count("warning") == 1 and saves[-1].name in err and "Traceback" not in err
+  for save in (tmp_path / "every" / "checkpoints").glob("*/save_*"):
+    (save / "adam_jax_manifest.json").write_text("")
+  assert cli.main(argv + ["--out", str(tmp_path / "every"), "--resume"]) == 2
+  err = capsys.readouterr().err
+  assert "cannot resume" in err and err.count("\n") == 1 and "Traceback" not in err

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 from adam_jax.cli import _common as common
@@ -130,12 +131,23 @@ def run(args: argparse.Namespace) -> int:
   rows: list[Any] = []
   csv_path = os.path.join(out, "results.csv")
   start = time.perf_counter()
+  from adam_jax.checkpoint import CheckpointFallbackWarning
+
   try:
-    result = grid_search(problem, space, optimizer=args.optimizer, steps=args.steps,
-                         seeds=list(range(args.seed, args.seed + args.seeds)), out_dir=out,
-                         resume=args.resume, loop=args.loop,
-                         checkpoint_every=args.checkpoint_every, diagnostics=args.diagnostics,
-                         on_row=rows.append)
+    with warnings.catch_warnings():
+      # A damaged newest checkpoint: one line, and the previous save is used. Every save of a
+      # group damaged: an error, never a silent restart of the group.
+      warnings.showwarning = _one_line_warning
+      warnings.simplefilter("always", CheckpointFallbackWarning)
+      warnings.filterwarnings("error", "the group starts over", CheckpointFallbackWarning)
+      result = grid_search(problem, space, optimizer=args.optimizer, steps=args.steps,
+                           seeds=list(range(args.seed, args.seed + args.seeds)), out_dir=out,
+                           resume=args.resume, loop=args.loop,
+                           checkpoint_every=args.checkpoint_every,
+                           diagnostics=args.diagnostics, on_row=rows.append)
+  except CheckpointFallbackWarning as err:
+    raise common.UsageError(f"cannot resume: {err}; remove {os.path.join(out, 'checkpoints')} "
+                            "to train that group afresh", PROG) from None
   except ValueError as err:
     raise common.UsageError(str(err), PROG) from None
   except KeyboardInterrupt:
@@ -185,6 +197,11 @@ def run(args: argparse.Namespace) -> int:
   print(f"best: {shown}: val loss {best.metrics['val_loss']:.4f}{acc}")
   print(f"wrote {csv_path}, {written} in {out}")
   return 0
+
+
+def _one_line_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+  del category, args, kwargs
+  print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
 def _loss(row: Any) -> float:
