@@ -354,6 +354,11 @@ def test_sweep_resume_refuses_changed_data_or_flags_and_names_a_damaged_record(t
   assert (out / "results.csv").read_text() == before
   assert cli.main(argv + ["--resume", "--diagnostics"]) == 0  # the same run: nothing to train
   assert "trained 0 configurations" in capsys.readouterr().out
+  moved = tmp_path / "moved.npz"
+  data.rename(moved)  # the same contents elsewhere: the same run
+  assert cli.main(argv[:2] + [str(moved)] + argv[3:] + ["--resume"]) == 0
+  capsys.readouterr()
+  moved.rename(data)
   for name in ("sweep.json", "search.json"):
     saved = (out / name).read_text()
     (out / name).write_text("{not json")

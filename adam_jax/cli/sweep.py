@@ -32,7 +32,8 @@ FLAGS = (
 )
 SHAPE_KEYS = ("layers", "hidden", "batch_size")
 RECORD = "sweep.json"  # the flags and the data digest of the run in --out
-_NOT_RECORDED = ("run", "command", "out", "resume", "diagnostics")  # these change no result
+_NOT_RECORDED = ("run", "command", "out", "resume", "diagnostics",  # these change no result
+                 "data")  # its contents are: data_sha256
 
 
 def add_parser(sub: Any) -> None:
