@@ -3,6 +3,7 @@
 import csv
 import importlib
 import json
+import math
 import subprocess
 import sys
 
@@ -71,6 +72,17 @@ def test_demo_prints_progress(tmp_path, capsys):
          "--weight-decay: lazy_adam has no weight_decay hyperparameter"),
         (["sweep", "--seeds", "0"], "argument --seeds: expected a positive integer"),
         (["sweep", "--data", "/nonexistent.npz"], "data file not found"),
+        (["demo", "--lr", "inf"], "argument --lr: 'inf' is not a finite float32 number"),
+        (["demo", "--lr", "1e39"], "argument --lr: '1e39' is not a finite float32 number"),
+        (["demo", "--lr", "nan"], "argument --lr: 'nan' is outside"),
+        (["sweep", "--lr", "1e-3,inf"], "argument --lr: 'inf' is not a finite float32"),
+        (["sweep", "--eps", "inf"], "argument --eps: 'inf' is not a finite float32 number"),
+        (["sweep", "--weight-decay", "inf"], "argument --weight-decay: 'inf' is not a finite"),
+        (["sweep", "--weight-decay", "1e300"], "argument --weight-decay: '1e300' is not a"),
+        (["lr-find", "--end-lr", "inf"], "argument --end-lr: 'inf' is not a finite float32"),
+        (["demo", "--seed", str(2**64)], "argument --seed: expected a seed below 2**63"),
+        (["sweep", "--seed", str(2**63)], "argument --seed: expected a seed below 2**63"),
+        (["sweep", "--seed", str(2**63 - 1), "--seeds", "2"], "goes beyond the largest seed"),
         (["lr-find", "--start-lr", "1", "--end-lr", "0.1"], "--end-lr (0.1) must be greater"),
         (["lr-find", "--num-steps", "5"], "--num-steps must be at least 10"),
         ([], "required: COMMAND"),
@@ -270,3 +282,182 @@ def test_bench_forwards_its_arguments(capsys):
   assert cli.main(["bench", "--rounds", "0"]) == 2
   err = capsys.readouterr().err
   assert err == "adam-jax bench: error: --rounds and --loop must be >= 1\n"
+
+
+def test_sweep_where_every_configuration_diverges_names_no_best(tmp_path, capsys):
+  out = tmp_path / "nan"
+  argv = ["sweep", "--lr", "1e30", "--hidden", "8", "--steps", "5", "--checkpoint-every", "0",
+          "--out", str(out)]
+  assert cli.main(argv) == 1
+  assert "no configuration reached a finite validation loss" in capsys.readouterr().err
+  best = json.loads((out / "best.json").read_text(), parse_constant=pytest.fail)
+  assert best["best"] is None and best["configurations"] == 1
+  with open(out / "results.csv") as f:
+    assert len(list(csv.DictReader(f))) == 1  # the diverged row is kept
+
+
+def test_json_files_never_hold_a_bare_nan(tmp_path):
+  path = str(tmp_path / "x.json")
+  _common.write_json(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -math.inf}})
+  with open(path) as f:
+    got = json.load(f, parse_constant=pytest.fail)
+  assert got == {
+      "a": None, "b": [1.0, None], "c": {"d": None}}
+
+
+@pytest.mark.parametrize("command", [["lr-find", "--num-steps", "10"], ["demo", "--steps", "5"],
+                                     ["sweep", "--steps", "5"]])
+def test_an_unwritable_out_is_refused_before_training(command, capsys, monkeypatch):
+  monkeypatch.setattr(_runner, "run_chunk_hook", pytest.fail)  # no sweep training starts
+  code = cli.main(command + ["--hidden", "8", "--out", "/proc/self"])  # a folder nobody writes
+  err = capsys.readouterr().err
+  assert code == 2 and "cannot write to output folder /proc/self" in err
+  assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_sweep_into_an_earlier_sweep_needs_resume(tmp_path, capsys):
+  out = tmp_path / "s"
+  argv = ["sweep", "--lr", "1e-2", "--hidden", "8", "--steps", "5", "--out", str(out)]
+  assert cli.main(argv) == 0
+  before = (out / "results.csv").read_text()
+  capsys.readouterr()
+  assert cli.main(argv[:-3] + ["6", "--out", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert "already holds an earlier sweep (results.csv)" in err and "--resume" in err
+  assert err.count("\n") == 1
+  assert (out / "results.csv").read_text() == before
+
+
+def _write_data(path, n=60, label_offset=0):
+  rng = np.random.default_rng(0)
+  np.savez(path, x=rng.standard_normal((n, 5)).astype(np.float32),
+           y=(rng.integers(0, 3, n) + label_offset) % 3)
+
+
+def test_sweep_resume_refuses_changed_data_or_flags_and_names_a_damaged_record(tmp_path, capsys):
+  data, out = tmp_path / "d.npz", tmp_path / "s"
+  _write_data(data)
+  argv = ["sweep", "--data", str(data), "--lr", "1e-2,1e-1", "--hidden", "4", "--steps", "4",
+          "--batch-size", "8", "--checkpoint-every", "0", "--out", str(out)]
+  assert cli.main(argv) == 0
+  before = (out / "results.csv").read_text()
+  capsys.readouterr()
+  _write_data(data, label_offset=1)  # same shapes, other labels
+  assert cli.main(argv + ["--resume"]) == 2
+  err = capsys.readouterr().err
+  assert "cannot resume: the data differs" in err and err.count("\n") == 1
+  _write_data(data)
+  assert cli.main(argv + ["--resume", "--seed", "1"]) == 2
+  assert "records a run with seed=0, this one has seed=1" in capsys.readouterr().err
+  assert cli.main(argv + ["--resume", "--b1", "0.5"]) == 2
+  assert "records a run with b1=[0.9], this one has b1=[0.5]" in capsys.readouterr().err
+  assert (out / "results.csv").read_text() == before
+  assert cli.main(argv + ["--resume", "--diagnostics"]) == 0  # the same run: nothing to train
+  assert "trained 0 configurations" in capsys.readouterr().out
+  moved = tmp_path / "moved.npz"
+  data.rename(moved)  # the same contents elsewhere: the same run
+  assert cli.main(argv[:2] + [str(moved)] + argv[3:] + ["--resume"]) == 0
+  capsys.readouterr()
+  moved.rename(data)
+  for name in ("sweep.json", "search.json"):
+    saved = (out / name).read_text()
+    (out / name).write_text("{not json")
+    assert cli.main(argv + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot resume: {out / name} is damaged" in err and err.count("\n") == 1
+    assert "Traceback" not in err
+    (out / name).write_text(saved)
+  assert (out / "results.csv").read_text() == before
+
+
+def test_demo_resume_refuses_changed_data_and_names_a_damaged_record(tmp_path, capsys,
+                                                                      monkeypatch):
+  data, out = tmp_path / "d.npz", tmp_path / "demo"
+  _write_data(data)
+  argv = ["demo", "--data", str(data), "--steps", "20", "--eval-every", "10",
+          "--checkpoint-every", "10", "--hidden", "4", "--batch-size", "8", "--out", str(out)]
+  monkeypatch.setattr(_common, "progress", lambda *a, **k: _InterruptingBar(after=20))
+  assert cli.main(argv) == 130
+  monkeypatch.undo()
+  assert (out / "checkpoint").exists()
+  capsys.readouterr()
+  _write_data(data, label_offset=1)
+  assert cli.main(argv + ["--resume"]) == 2
+  err = capsys.readouterr().err
+  assert "cannot resume: the data differs" in err and err.count("\n") == 1
+  _write_data(data)
+  (out / "demo_config.json").write_text("[1, 2")
+  assert cli.main(argv + ["--resume"]) == 2
+  err = capsys.readouterr().err
+  assert f"cannot resume: {out / 'demo_config.json'} is damaged" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [["demo", "--hidden", "3000000", "--layers", "3"],
+                                     ["lr-find", "--hidden", "3000000", "--layers", "3"],
+                                     ["sweep", "--hidden", "8,3000000", "--layers", "3"]])
+def test_a_model_too_large_for_memory_is_refused_before_training(command, tmp_path, capsys):
+  code = cli.main(command + ["--out", str(tmp_path / "big")])
+  err = capsys.readouterr().err
+  assert code == 2 and "GiB available" in err and "parameters" in err, err
+  assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_an_allocation_failure_is_one_line(tmp_path, capsys, monkeypatch):
+  import jax
+
+  def exhausted(*args):
+    raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to "
+                                     "allocate 1234 bytes.\nmore detail")
+
+  monkeypatch.setattr(_runner, "run_chunk_hook", exhausted)
+  code = cli.main(["sweep", "--lr", "1e-2", "--hidden", "8", "--steps", "5",
+                   "--out", str(tmp_path / "oom")])
+  err = capsys.readouterr().err
+  assert code == 2 and "out of device memory (RESOURCE_EXHAUSTED: Out of memory" in err
+  assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_demo_resume_falls_back_from_a_damaged_checkpoint(tmp_path, capsys, monkeypatch):
+  out = tmp_path / "demo"
+  argv = ["demo", "--steps", "40", "--eval-every", "10", "--checkpoint-every", "10",
+          "--hidden", "4", "--out", str(out)]
+  monkeypatch.setattr(_common, "progress", lambda *a, **k: _InterruptingBar(after=30))
+  assert cli.main(argv) == 130
+  monkeypatch.undo()
+  saves = sorted((out / "checkpoint").glob("save_*"))
+  assert len(saves) == 2  # steps 10 and 20: the previous save is kept
+  (saves[-1] / "adam_jax_manifest.json").write_text("")
+  capsys.readouterr()
+  assert cli.main(argv + ["--resume"]) == 0
+  captured = capsys.readouterr()
+  assert "resuming from step 10" in captured.out
+  warned = [line for line in captured.err.splitlines() if "warning" in line]
+  assert len(warned) == 1 and saves[-1].name in warned[0] and "Traceback" not in captured.err
+  for save in (out / "checkpoint").glob("save_*"):  # every save damaged: an error, no restart
+    (save / "adam_jax_manifest.json").write_text("")
+  assert cli.main(argv + ["--resume"]) == 2
+  err = capsys.readouterr().err
+  assert "cannot resume from" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_sweep_resume_falls_back_from_a_damaged_checkpoint(tmp_path, capsys, monkeypatch):
+  argv = ["sweep", "--lr", "1e-2", "--hidden", "8", "--steps", "40", "--checkpoint-every", "10"]
+  for name in ("newest", "every"):
+    _interrupt_chunk(monkeypatch, at=4)  # saves after steps 10, 20 and 30; the last two kept
+    assert cli.main(argv + ["--out", str(tmp_path / name)]) == 130
+    monkeypatch.undo()
+  capsys.readouterr()
+  group = tmp_path / "newest" / "checkpoints"
+  saves = sorted(group.glob("*/save_*"))
+  assert len(saves) == 2
+  (saves[-1] / "adam_jax_manifest.json").write_text("")
+  chunks = _interrupt_chunk(monkeypatch, at=0)
+  assert cli.main(argv + ["--out", str(tmp_path / "newest"), "--resume"]) == 0
+  assert chunks == [20, 30]  # from the previous save, not from step 0
+  err = capsys.readouterr().err
+  assert err.count("warning") == 1 and saves[-1].name in err and "Traceback" not in err
+  for save in (tmp_path / "every" / "checkpoints").glob("*/save_*"):
+    (save / "adam_jax_manifest.json").write_text("")
+  assert cli.main(argv + ["--out", str(tmp_path / "every"), "--resume"]) == 2
+  err = capsys.readouterr().err
+  assert "cannot resume" in err and err.count("\n") == 1 and "Traceback" not in err

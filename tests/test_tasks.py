@@ -115,6 +115,14 @@ def test_own_data_from_npz(tmp_path):
         (lambda p: p.write_text("not an archive"), "not a valid .npz"),
         (lambda p: np.save(p, np.zeros((10, 2))), "not an .npz archive"),
         (lambda p: np.savez(p, x=np.full((10, 2), np.nan), y=np.zeros(10, int)), "NaN"),
+        (lambda p: np.savez(p, x=np.zeros((10, 0)), y=np.zeros(10, int)), "no features"),
+        (lambda p: np.savez(p, x=np.zeros((10, 3, 0)), y=np.zeros(10, int)), "no features"),
+        (lambda p: np.savez(p, x=np.zeros((10, 2)), y=np.full(10, 2**31, np.int64)),
+         "class label 2147483648"),
+        (lambda p: np.savez(p, x=np.zeros((10, 2)), y=np.full(10, 2**32 + 1, np.int64)),
+         "class label 4294967297"),
+        (lambda p: np.savez(p, x=np.zeros((10, 2)), y=np.full(10, 2**64 - 1, np.uint64)),
+         "class label 18446744073709551615"),
     ],
 )
 def test_wrong_npz_files_get_a_clear_error(tmp_path, content, message):

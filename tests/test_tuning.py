@@ -447,3 +447,14 @@ def test_lr_find_rejects_bad_arguments():
     lr_find(problem, beta=1.0)
   with pytest.raises(ValueError, match="problem must be an adam_jax.tuning.Problem"):
     lr_find("digits-mlp")
+
+
+def test_a_diverged_metric_is_never_the_best():
+  problem, _, _ = _functional_problem()
+  mixed = grid_search(problem, {"hidden": [4], "learning_rate": [1e30, 1e-2]}, steps=4,
+                      progress=False)
+  assert not np.isfinite(mixed.rows[0].metrics["val_loss"])
+  assert mixed.best.config["learning_rate"] == 1e-2
+  every = grid_search(problem, {"hidden": [4], "learning_rate": [1e30]}, steps=4,
+                      progress=False)
+  assert not np.isfinite(every.rows[0].metrics["val_loss"]) and every.best is None

@@ -37,7 +37,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs ``adam-jax``; returns the exit code (2 for bad input, 130 when interrupted)."""
+  """Runs ``adam-jax``; returns the exit code (2 for bad input or a model that does not fit
+  in memory, 130 when interrupted)."""
   parser = _build_parser()
   as_program = argv is None  # the console script: this process is ours to configure
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -58,4 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   except KeyboardInterrupt:
     print("adam-jax: interrupted; files written so far are kept", file=sys.stderr)
     return 130
+  except Exception as err:  # noqa: BLE001 - only XLA's allocation failure is handled
+    if not common.is_out_of_memory(err):
+      raise
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    print(f"adam-jax: error: out of device memory ({first}); files written so far are kept; "
+          "use fewer or smaller models, or smaller batches", file=sys.stderr)
+    return 2
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -48,6 +49,19 @@ def int_at_least(low: int, what: str) -> Callable[[str], int]:
 positive_int = int_at_least(1, "a positive integer")
 nonnegative_int = int_at_least(0, "a non-negative integer")
 
+SEED_LIMIT = 2**63  # jax.random.key takes an int64
+
+
+def seed_int(text: str) -> int:
+  """An argparse type: a seed, an integer in [0, 2**63) (what ``jax.random.key`` takes)."""
+  value = nonnegative_int(text)
+  if value >= SEED_LIMIT:
+    raise argparse.ArgumentTypeError(f"expected a seed below 2**63, got {text!r}")
+  return value
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
+
 
 def float_in(low: float, high: float | None, *, low_open: bool = False,
               high_open: bool = True) -> Callable[[str], float]:
@@ -66,6 +80,8 @@ def float_in(low: float, high: float | None, *, low_open: bool = False,
       ok = ok and (value < high if high_open else value <= high)
     if not ok or value != value:
       raise argparse.ArgumentTypeError(f"{text!r} is outside {interval}")
+    if not abs(value) <= _FLOAT32_MAX:  # inf, or too large for the float32 it trains in
+      raise argparse.ArgumentTypeError(f"{text!r} is not a finite float32 number")
     return value
 
   return parse
@@ -116,7 +132,7 @@ def add_common(p: argparse.ArgumentParser, out_default: str) -> None:
   p.add_argument("--data", default=None, metavar="FILE.npz",
                  help="your own data: an .npz with array x (and integer labels y for the "
                       "classifier) instead of scikit-learn's digits")
-  p.add_argument("--seed", default=0, type=nonnegative_int,
+  p.add_argument("--seed", default=0, type=seed_int,
                  help="seeds the split, the initial params and the batch order (default: 0)")
   p.add_argument("--out", default=out_default, metavar="DIR",
                  help="output folder (default: %(default)s)")
@@ -214,20 +230,175 @@ def smooth(values: Any, beta: float = 0.9) -> Any:
   return out
 
 
+def json_safe(value: Any) -> Any:
+  """``value`` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+  if isinstance(value, dict):
+    return {k: json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(v) for v in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
 def write_json(path: str, payload: dict[str, Any]) -> None:
+  """Writes valid JSON (a NaN or infinite number becomes null) atomically."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2)
+    json.dump(json_safe(payload), f, indent=2, allow_nan=False)
     f.write("\n")
   os.replace(tmp, path)
 
 
-def make_out(path: str) -> str:
+def make_out(path: str, prog: str = "adam-jax") -> str:
+  """Creates the output folder and checks that files can be written there (before training)."""
+  import tempfile
+
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as err:
-    raise UsageError(f"cannot create output folder {path}: {err.strerror}") from None
+    raise UsageError(f"cannot create output folder {path}: {err.strerror}", prog) from None
+  try:
+    with tempfile.NamedTemporaryFile(dir=path, prefix=".adam-jax-write-test-"):
+      pass
+  except OSError as err:
+    raise UsageError(f"cannot write to output folder {path}: {err.strerror or err}",
+                     prog) from None
   return path
+
+
+def file_digest(path: str | None) -> str | None:
+  """The SHA-256 of a file's bytes (None for no file): tells a resumed run its data changed."""
+  import hashlib
+
+  if path is None:
+    return None
+  digest = hashlib.sha256()
+  try:
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+  except OSError:  # reported when the data is loaded
+    return None
+  return digest.hexdigest()
+
+
+def check_resume(path: str, record: dict[str, Any], prog: str) -> None:
+  """Refuses to resume when ``record`` differs from the one saved at ``path`` by the first run."""
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except FileNotFoundError:
+    raise UsageError(f"cannot resume: {path} is missing, so the earlier run's flags and data "
+                     "are unknown; start afresh with a new --out", prog) from None
+  except (OSError, ValueError) as err:
+    raise UsageError(f"cannot resume: {path} is damaged ({err}); start afresh with a new --out",
+                     prog) from None
+  if not isinstance(old, dict):
+    raise UsageError(f"cannot resume: {path} is damaged (not a JSON object); start afresh with "
+                     "a new --out", prog)
+  for key, value in record.items():
+    if old.get(key) == json_safe(value):
+      continue
+    if key == "data_sha256":
+      raise UsageError(f"cannot resume: the data differs from the run recorded in {path} (its "
+                       "SHA-256 changed); start afresh with a new --out", prog)
+    raise UsageError(f"cannot resume: {path} records a run with {key}={old.get(key)!r}, this "
+                     f"one has {key}={value!r}", prog)
+
+
+def model_widths(task: str, features: int, classes: int, layers: int,
+                 hidden: int) -> list[int]:
+  """The layer widths of a ``--task``'s model (as built in :mod:`adam_jax.tasks`)."""
+  if task == "digits-mlp":
+    return [features] + [hidden] * layers + [classes]
+  return [features] + [hidden] * layers + [max(2, hidden // 4)] + [hidden] * layers + [features]
+
+
+def available_memory() -> int | None:
+  """Bytes the devices can still allocate (GPU/TPU: their limit; CPU: MemAvailable)."""
+  import jax
+
+  devices = jax.local_devices()
+  if devices[0].platform != "cpu":
+    total = 0
+    for device in devices:
+      stats = device.memory_stats() or {}
+      if "bytes_limit" not in stats:
+        return None
+      total += stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    return total
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
+def check_memory(widths: list[int], *, runs: int, batch: int, data: Any, prog: str) -> None:
+  """Refuses a run whose estimated memory exceeds what is available, before training.
+
+  The estimate, in float32: params, gradients, Adam's two moments and an update (5 copies
+  of the params) and a batch's activations, for each of ``runs`` models trained together,
+  plus the data. It is a lower bound: XLA needs some more.
+  """
+  import numpy as np
+
+  params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+  activations = 3 * batch * sum(widths)
+  need = 4 * runs * (5 * params + activations)
+  need += sum(np.asarray(leaf).nbytes for leaf in _leaves(data))
+  have = available_memory()
+  if have is not None and need > have:
+    raise UsageError(f"this run needs at least {need / 2**30:.3g} GiB ({params:,} parameters "
+                     f"x {runs} model{'s' if runs > 1 else ''} trained together, with Adam's "
+                     f"state and the data), more than the {have / 2**30:.3g} GiB available; "
+                     "use fewer or smaller models", prog)
+
+
+def check_task_memory(task: str, data: Any, *, layers: int, hidden: int, runs: int, batch: int,
+                      prog: str) -> None:
+  """:func:`check_memory` for a ``--task`` model on ``data`` (its arrays, labels included)."""
+  import numpy as np
+
+  leaves = [np.asarray(leaf) for leaf in _leaves(data)]
+  features = leaves[0].reshape(len(leaves[0]), -1).shape[1]
+  labels = [leaf for leaf in leaves if np.issubdtype(leaf.dtype, np.integer) and leaf.size]
+  classes = max((int(leaf.max()) + 1 for leaf in labels), default=features)
+  check_memory(model_widths(task, features, classes, layers, hidden), runs=runs, batch=batch,
+               data=leaves, prog=prog)
+
+
+def _leaves(tree: Any) -> list[Any]:
+  if isinstance(tree, (list, tuple)):
+    return [leaf for item in tree for leaf in _leaves(item)]
+  if isinstance(tree, dict):
+    return [leaf for item in tree.values() for leaf in _leaves(item)]
+  return [] if tree is None else [tree]
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+  """Whether ``err`` is XLA's allocation failure (``RESOURCE_EXHAUSTED``)."""
+  return type(err).__name__ in ("XlaRuntimeError", "JaxRuntimeError") and (
+      "RESOURCE_EXHAUSTED" in str(err) or "Out of memory" in str(err))
+
+
+def load_data(args: argparse.Namespace, prog: str) -> Any:
+  """The ``--data`` file's arrays (or the digits), as the task will load them."""
+  from adam_jax.tasks import load_digits, load_npz
+
+  try:
+    if args.data is None:
+      return tuple(load_digits())
+    return tuple(load_npz(args.data, need_labels=args.task == "digits-mlp"))
+  except ValueError as err:
+    raise UsageError(str(err), prog) from None
 
 
 def build_task(args: argparse.Namespace, **sizes: Any) -> Any:

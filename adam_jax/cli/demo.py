@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 from adam_jax.cli import _common as common
@@ -56,25 +56,18 @@ def run(args: argparse.Namespace) -> int:
   if warmup >= args.steps:
     raise common.UsageError(
         f"--warmup ({warmup}) must be smaller than --steps ({args.steps})", prog)
-  out = common.make_out(args.out)
+  out = common.make_out(args.out, prog)
   config = {"task": args.task, "data": args.data, "seed": args.seed, "steps": args.steps,
             "lr": args.lr, "warmup": warmup, "layers": args.layers, "hidden": args.hidden,
             "batch_size": args.batch_size, "eval_every": args.eval_every,
-            "diagnostics": args.diagnostics}
+            "diagnostics": args.diagnostics, "data_sha256": common.file_digest(args.data)}
   config_path = os.path.join(out, "demo_config.json")
   ckpt_path = os.path.join(out, "checkpoint")
   resuming = args.resume and os.path.isdir(ckpt_path)
   if resuming:
-    try:
-      with open(config_path) as f:
-        old = json.load(f)
-    except (OSError, ValueError):
-      old = {}
-    diff = [k for k in config if old.get(k) != config[k]]
-    if diff:
-      raise common.UsageError(
-          f"cannot resume: {out} holds a run with {diff[0]}={old.get(diff[0])!r}, "
-          f"this one has {diff[0]}={config[diff[0]]!r}", prog)
+    common.check_resume(config_path, config, prog)
+  common.check_task_memory(args.task, common.load_data(args, prog), layers=args.layers,
+                           hidden=args.hidden, runs=1, batch=args.batch_size, prog=prog)
   task = common.build_task(args, layers=args.layers, hidden=args.hidden,
                            batch_size=args.batch_size)
   common.write_json(config_path, config)
@@ -110,9 +103,13 @@ def run(args: argparse.Namespace) -> int:
     from adam_jax import checkpoint
 
     try:
-      state = checkpoint.restore(ckpt_path, like=state)
+      with warnings.catch_warnings(record=True) as fallback:
+        warnings.simplefilter("always", checkpoint.CheckpointFallbackWarning)
+        state = checkpoint.restore_latest(ckpt_path, like=state)
     except ValueError as err:
       raise common.UsageError(f"cannot resume from {ckpt_path}: {err}", prog) from None
+    for w in fallback:  # the newest save is damaged: the previous one was restored
+      print(f"{prog}: warning: {w.message}", file=sys.stderr)
   first = int(state["step"])
   data = (task.x_train, task.y_train, task.x_val, task.y_val)
   compile_start = time.perf_counter()
@@ -158,9 +155,9 @@ def run(args: argparse.Namespace) -> int:
                                       or hi == args.steps):
           from adam_jax import checkpoint
 
-          checkpoint.save(ckpt_path, {"params": params, "opt_state": opt_state,
-                                      "step": np.asarray(hi, np.int32), "curve": curve,
-                                      "evals": evals}, overwrite=True)
+          checkpoint.save_rotating(ckpt_path, {
+              "params": params, "opt_state": opt_state, "step": np.asarray(hi, np.int32),
+              "curve": curve, "evals": evals}, keep=2)
           last_saved = hi
   except KeyboardInterrupt:
     where = (f"rerun with --resume to continue from step {last_saved}" if last_saved

@@ -47,9 +47,12 @@ def run(args: argparse.Namespace) -> int:
                             f"({args.start_lr:g})", PROG)
   if args.num_steps < 10:
     raise common.UsageError(f"--num-steps must be at least 10, got {args.num_steps}", PROG)
-  out = common.make_out(args.out)
+  out = common.make_out(args.out, PROG)
   problem = common.build_problem(args, PROG, layers=args.layers, hidden=args.hidden,
                                  batch_size=args.batch_size)
+  common.check_task_memory(args.task, (problem.train_data, problem.val_data),
+                           layers=args.layers, hidden=args.hidden, runs=1,
+                           batch=args.batch_size, prog=PROG)
 
   from adam_jax.tuning import lr_find
 

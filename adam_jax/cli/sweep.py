@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 from adam_jax.cli import _common as common
@@ -30,6 +31,9 @@ FLAGS = (
     ("batch_size", "--batch-size", common.list_of(common.positive_int), "32", "mini-batch sizes"),
 )
 SHAPE_KEYS = ("layers", "hidden", "batch_size")
+RECORD = "sweep.json"  # the flags and the data digest of the run in --out
+_NOT_RECORDED = ("run", "command", "out", "resume", "diagnostics",  # these change no result
+                 "data")  # its contents are: data_sha256
 
 
 def add_parser(sub: Any) -> None:
@@ -95,8 +99,30 @@ def _space(args: argparse.Namespace) -> dict[str, list[Any]]:
 
 def run(args: argparse.Namespace) -> int:
   space = _space(args)
-  out = common.make_out(args.out)
+  if args.seed + args.seeds > common.SEED_LIMIT:
+    raise common.UsageError(f"--seed {args.seed} with --seeds {args.seeds} goes beyond the "
+                            "largest seed, 2**63 - 1", PROG)
+  out = common.make_out(args.out, PROG)
+  if not args.resume:
+    earlier = [name for name in ("results.csv", "checkpoints")
+               if os.path.exists(os.path.join(out, name))]
+    if earlier:
+      raise common.UsageError(f"{out} already holds an earlier sweep ({earlier[0]}); pass "
+                              "--resume to continue it or a new --out", PROG)
+  # Every flag that changes the results, and the data's digest: a resume must match them.
+  record = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_RECORDED}
+  record.update(space)  # the grid as trained, defaults filled in
+  record["data_sha256"] = common.file_digest(args.data)
+  record_path = os.path.join(out, RECORD)
+  if args.resume and any(os.path.exists(os.path.join(out, name))
+                         for name in ("results.csv", "checkpoints", RECORD)):
+    common.check_resume(record_path, record, PROG)
   problem = common.build_problem(args, PROG, batch_size=min(space["batch_size"]))
+  runs = args.seeds * math.prod(len(v) for k, v in space.items() if k not in SHAPE_KEYS)
+  common.check_task_memory(args.task, (problem.train_data, problem.val_data),
+                           layers=max(space["layers"]), hidden=max(space["hidden"]), runs=runs,
+                           batch=max(space["batch_size"]), prog=PROG)
+  common.write_json(record_path, record)
 
   from adam_jax.tuning import grid_search
 
@@ -106,12 +132,23 @@ def run(args: argparse.Namespace) -> int:
   rows: list[Any] = []
   csv_path = os.path.join(out, "results.csv")
   start = time.perf_counter()
+  from adam_jax.checkpoint import CheckpointFallbackWarning
+
   try:
-    result = grid_search(problem, space, optimizer=args.optimizer, steps=args.steps,
-                         seeds=list(range(args.seed, args.seed + args.seeds)), out_dir=out,
-                         resume=args.resume, loop=args.loop,
-                         checkpoint_every=args.checkpoint_every, diagnostics=args.diagnostics,
-                         on_row=rows.append)
+    with warnings.catch_warnings():
+      # A damaged newest checkpoint: one line, and the previous save is used. Every save of a
+      # group damaged: an error, never a silent restart of the group.
+      warnings.showwarning = _one_line_warning
+      warnings.simplefilter("always", CheckpointFallbackWarning)
+      warnings.filterwarnings("error", "the group starts over", CheckpointFallbackWarning)
+      result = grid_search(problem, space, optimizer=args.optimizer, steps=args.steps,
+                           seeds=list(range(args.seed, args.seed + args.seeds)), out_dir=out,
+                           resume=args.resume, loop=args.loop,
+                           checkpoint_every=args.checkpoint_every,
+                           diagnostics=args.diagnostics, on_row=rows.append)
+  except CheckpointFallbackWarning as err:
+    raise common.UsageError(f"cannot resume: {err}; remove {os.path.join(out, 'checkpoints')} "
+                            "to train that group afresh", PROG) from None
   except ValueError as err:
     raise common.UsageError(str(err), PROG) from None
   except KeyboardInterrupt:
@@ -122,6 +159,15 @@ def run(args: argparse.Namespace) -> int:
     return 130
   elapsed = time.perf_counter() - start
   best = result.best
+  if best is None:  # every configuration diverged: nothing is "best"
+    common.write_json(os.path.join(out, "best.json"), {
+        "best": None, "task": args.task, "optimizer": args.optimizer, "steps": args.steps,
+        "seeds": list(range(args.seed, args.seed + args.seeds)), "data": args.data,
+        "configurations": total, "trained_now": len(rows), "wall_s": elapsed})
+    print(f"trained {len(rows)} configurations in {elapsed:.1f} s ({total - len(rows)} resumed)")
+    print(f"{PROG}: no configuration reached a finite validation loss (every one diverged); "
+          f"see {csv_path}; try smaller learning rates", file=sys.stderr)
+    return 1
   payload = {**best.config, **best.metrics, "task": args.task, "optimizer": args.optimizer,
              "steps": args.steps, "seeds": list(range(args.seed, args.seed + args.seeds)),
              "data": args.data, "configurations": total, "trained_now": len(rows),
@@ -152,6 +198,11 @@ def run(args: argparse.Namespace) -> int:
   print(f"best: {shown}: val loss {best.metrics['val_loss']:.4f}{acc}")
   print(f"wrote {csv_path}, {written} in {out}")
   return 0
+
+
+def _one_line_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+  del category, args, kwargs
+  print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
 def _loss(row: Any) -> float:

@@ -123,6 +123,8 @@ def _features(path: str, x: Any) -> np.ndarray:
     raise ValueError(f"{path}: 'x' must be real, got dtype {x.dtype}")
   if len(x) < 4:
     raise ValueError(f"{path}: 'x' needs at least 4 examples, got {len(x)}")
+  if x[0].size == 0:
+    raise ValueError(f"{path}: 'x' has no features (shape {x.shape})")
   x = x.reshape(len(x), -1).astype(np.float32)
   if not np.all(np.isfinite(x)):
     raise ValueError(f"{path}: 'x' contains NaN or infinite values")
@@ -137,4 +139,8 @@ def _labels(path: str, y: Any, n: int) -> np.ndarray:
     raise ValueError(f"{path}: 'y' must hold integer class labels, got dtype {y.dtype}")
   if y.min() < 0:
     raise ValueError(f"{path}: 'y' must hold non-negative class labels, got {y.min()}")
+  top = np.iinfo(np.int32).max
+  if int(y.max()) > top:  # int(): a uint64 label is compared exactly, without wrapping
+    raise ValueError(f"{path}: 'y' holds the class label {int(y.max())}, more than the "
+                     f"largest supported ({top})")
   return y.astype(np.int32)

@@ -109,7 +109,8 @@ class SearchResult(NamedTuple):
   """What :func:`grid_search` returns."""
 
   rows: list[Row]  # every configuration, in grid order
-  best: Row  # the best row by ``metric`` and ``mode``, with its trained model
+  best: Row | None  # the best row by ``metric`` and ``mode``, with its trained model;
+  #   None when no row's metric is finite (a NaN or infinite metric is never the best)
   metric: str  # the metric that chose ``best``
   mode: str  # "min" or "max"
   num_devices: int  # the most devices one group was spread over
@@ -293,8 +294,13 @@ class _Store:
     self.done: dict[tuple[str, ...], Row] = {}
     self.resuming = resume and os.path.exists(meta_path)
     if self.resuming:
-      with open(meta_path) as f:
-        old = json.load(f)
+      try:
+        with open(meta_path) as f:
+          old = json.load(f)
+      except (OSError, ValueError) as err:
+        raise ValueError(f"cannot resume: {meta_path} is damaged ({err})") from None
+      if not isinstance(old, dict):
+        raise ValueError(f"cannot resume: {meta_path} is damaged (not a JSON object)")
       diff = [k for k in meta if old.get(k) != meta[k]]
       if diff:
         k = diff[0]
@@ -455,6 +461,8 @@ def grid_search(
   Returns:
     A :class:`SearchResult`; ``best.model`` is the trained model of the best
     configuration (the seed with the best metric; ``best.models`` has every seed's).
+    A NaN or infinite metric is never the best: ``best`` is None when every
+    configuration diverged.
 
   Raises:
     ValueError: an unknown space key (the accepted ones are listed), a bad value,
@@ -582,6 +590,8 @@ def grid_search(
                      f"({', '.join(rows[0].metrics)}); pass val_data or metric=...")
   pick = min if mode == "min" else max
   top = pick(rows, key=lambda r: _finite(r.metrics[metric], mode))
+  if not math.isfinite(top.metrics[metric]):
+    return SearchResult(rows, None, metric, mode, spread, loops)
   if best is not None and best[1] is top:
     _, row, bound, trained = best
   else:  # the best row was read back from an earlier run: train it again
