@@ -221,7 +221,7 @@ def train_group(
   cut = lambda a: a[:n]
   return GroupOutput(jax.tree.map(cut, jax.device_get(params)),
                      jax.tree.map(cut, jax.device_get(state)), metrics,
-                     jax.tree.map(cut, trace), loop, train_s, len(use))
+                     jax.tree.map(cut, trace), loop, train_s, min(len(use), n))
 
 
 def run_chunk_hook(run_chunk: Callable[..., Any], carry: Any, lo: int, hi: int) -> Any:
