@@ -183,13 +183,17 @@ def main() -> None:
           save()
           print(f"{name} x{n} round {r + 1}: {impl}: {times[impl][-1]:.1f} s", flush=True)
       med = {k: statistics.median(v) for k, v in times.items()}
-      summary = {"problem": name, "configs": n, "median_s": med}
+      summary = {"problem": name, "configs": n, "median_s": med, "lrs": lrs,
+                 "val_loss": losses}
       ref = "nnx.jit loop" if "nnx.jit loop" in med else None
       if ref:
         summary["speedup_vs_nnx_jit_loop"] = {k: med[ref] / v for k, v in med.items()}
-        summary["val_loss_rel_diff_vs_nnx_jit_loop"] = {
-            k: float(np.max(np.abs(np.array(v) - losses[ref]) / np.array(losses[ref])))
-            for k, v in losses.items()}
+        rel = {k: np.abs(np.array(v) - losses[ref]) / np.array(losses[ref])
+               for k, v in losses.items()}
+        summary["val_loss_rel_diff_vs_nnx_jit_loop_median"] = {
+            k: float(np.median(v)) for k, v in rel.items()}
+        summary["val_loss_rel_diff_vs_nnx_jit_loop_lr_le_3e-3_max"] = {
+            k: float(np.max(v[np.array(lrs) <= 3e-3])) for k, v in rel.items()}
       if "jax.jit loop" in med:
         summary["speedup_vs_jax_jit_loop"] = {k: med["jax.jit loop"] / v for k, v in med.items()}
       report.setdefault("summary", []).append(summary)

@@ -34,6 +34,7 @@ class GroupOutput(NamedTuple):
   trace: Any  # per-step outputs, leaves shape=(members, steps, ...): losses (and records)
   loop: str  # the loop form used
   train_s: float  # wall time of the training loop (after compilation)
+  num_devices: int  # the devices the members were spread over
 
 
 def train_group(
@@ -82,25 +83,6 @@ def train_group(
   """
   from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-  n = len(seed_pos)
-  devices = list(devices or jax.devices()[:1])
-  use = devices if len(devices) > 1 and n > 1 else devices[:1]
-  padded = -(-n // len(use)) * len(use)
-  pad = lambda a: np.concatenate([a, np.repeat(a[-1:], padded - n, axis=0)])
-  hp = {k: pad(np.asarray(v)) for k, v in hp.items()}
-  seed_pos = pad(np.asarray(seed_pos, np.int32))
-  mesh = Mesh(np.asarray(use), ("members",))
-  spread = NamedSharding(mesh, PartitionSpec("members"))
-  same = NamedSharding(mesh, PartitionSpec())
-
-  seeds_arr = np.asarray(seeds, np.int32)
-  hp_dev = jax.device_put(hp, spread)
-  pos_dev = jax.device_put(seed_pos, spread)
-  seeds_dev = jax.device_put(seeds_arr, same)
-  data_dev = jax.device_put(train_data, same) if train_data is not None else None
-  val_dev = jax.device_put(val_data, same) if val_data is not None else None
-  idx_dev = None if idx is None else jax.device_put(np.swapaxes(idx, 0, 1), same)
-
   def one_step(carry, hp1, pos, t, idx_all, seeds_all, data):
     params, opt_state, state = carry
     tx = make_tx(hp1)
@@ -124,15 +106,40 @@ def train_group(
     return params, opt_state, state
 
   chunk = steps if not chunk else min(int(chunk), steps)
-  as_spread = lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=spread)
-  carry_shape = jax.tree.map(as_spread, jax.eval_shape(init, hp_dev, pos_dev, seeds_dev))
   t_shape = jax.ShapeDtypeStruct((), jnp.int32)
-  step_args = (hp_dev, pos_dev, t_shape, idx_dev, seeds_dev, data_dev)
   if loop == "auto":
-    conv = _lowers_to_convolution(v_step, carry_shape, *step_args)
+    plain = (hp, np.asarray(seed_pos, np.int32), np.asarray(seeds, np.int32))
+    step_plain = (hp, plain[1], t_shape, None if idx is None else np.swapaxes(idx, 0, 1),
+                  plain[2], train_data)
+    conv = _lowers_to_convolution(v_step, jax.eval_shape(init, *plain), *step_plain)
     loop = "python" if conv and jax.default_backend() == "cpu" else "scan"
   if loop not in ("scan", "python"):
     raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+
+  n = len(seed_pos)
+  devices = list(devices or jax.devices()[:1])
+  # Python-driven steps run on one device: dispatched one after another, the
+  # collectives of steps spread over several CPU devices can wait on each other forever.
+  use = devices if len(devices) > 1 and n > 1 and loop == "scan" else devices[:1]
+  padded = -(-n // len(use)) * len(use)
+  pad = lambda a: np.concatenate([a, np.repeat(a[-1:], padded - n, axis=0)])
+  hp = {k: pad(np.asarray(v)) for k, v in hp.items()}
+  seed_pos = pad(np.asarray(seed_pos, np.int32))
+  mesh = Mesh(np.asarray(use), ("members",))
+  spread = NamedSharding(mesh, PartitionSpec("members"))
+  same = NamedSharding(mesh, PartitionSpec())
+
+  seeds_arr = np.asarray(seeds, np.int32)
+  hp_dev = jax.device_put(hp, spread)
+  pos_dev = jax.device_put(seed_pos, spread)
+  seeds_dev = jax.device_put(seeds_arr, same)
+  data_dev = jax.device_put(train_data, same) if train_data is not None else None
+  val_dev = jax.device_put(val_data, same) if val_data is not None else None
+  idx_dev = None if idx is None else jax.device_put(np.swapaxes(idx, 0, 1), same)
+
+  as_spread = lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=spread)
+  carry_shape = jax.tree.map(as_spread, jax.eval_shape(init, hp_dev, pos_dev, seeds_dev))
+  step_args = (hp_dev, pos_dev, t_shape, idx_dev, seeds_dev, data_dev)
   out_shape = jax.eval_shape(v_step, carry_shape, *step_args)[1]
   trace = jax.tree.map(lambda s: np.zeros((padded, steps) + s.shape[1:], s.dtype), out_shape)
 
@@ -219,7 +226,7 @@ def train_group(
   cut = lambda a: a[:n]
   return GroupOutput(jax.tree.map(cut, jax.device_get(params)),
                      jax.tree.map(cut, jax.device_get(state)), metrics,
-                     jax.tree.map(cut, trace), loop, train_s)
+                     jax.tree.map(cut, trace), loop, train_s, min(len(use), n))
 
 
 def run_chunk_hook(run_chunk: Callable[..., Any], carry: Any, lo: int, hi: int) -> Any:

@@ -113,7 +113,7 @@ class SearchResult(NamedTuple):
   #   None when no row's metric is finite (a NaN or infinite metric is never the best)
   metric: str  # the metric that chose ``best``
   mode: str  # "min" or "max"
-  num_devices: int  # the most devices one group was spread over
+  num_devices: int  # the most devices one group was spread over (Python-driven loops: 1)
   loops: dict[str, str]  # the loop form ("scan" or "python") used for each shape group
 
   def to_csv(self, path: str | os.PathLike[str]) -> str:
@@ -447,7 +447,8 @@ def grid_search(
     out_dir: if given, ``results.csv`` (a line per configuration, written as each
       group finishes) and ``curves.jsonl`` are written there.
     resume: with ``out_dir``, keep the rows of its ``results.csv`` and train the others.
-    devices: spread each group over these devices (default: ``jax.devices()``).
+    devices: spread each group over these devices (default: ``jax.devices()``; a group
+      whose steps are driven from Python runs on the first one).
     loop: ``"scan"`` (steps in ``jax.lax.scan`` chunks), ``"python"`` (a jitted,
       vmapped step called from Python) or ``"auto"``: Python steps for a model with
       convolutions on CPU (several times faster there), ``scan`` otherwise.
@@ -539,7 +540,6 @@ def grid_search(
     _check_metric(bound, problem, metric)
     group_const = {k: v for k, v in group_cfg.items() if k not in sp.shape}
     hp = _traced_values(todo, sp.traced)
-    n = len(todo) * len(seeds)
     member_hp = {k: np.repeat(v, len(seeds)) for k, v in hp.items()}
     seed_pos = np.tile(np.arange(len(seeds), dtype=np.int32), len(todo))
     idx = None
@@ -558,7 +558,7 @@ def grid_search(
       if bar is not None:
         bar.close()
     loops[label] = out.loop
-    spread = max(spread, min(len(devices), n) if n > 1 else 1)
+    spread = max(spread, out.num_devices)
     if ckpt is not None and os.path.isdir(ckpt):
       shutil.rmtree(ckpt)
     losses, records = out.trace if diagnostics else (out.trace, None)
