@@ -13,14 +13,32 @@ from adam_jax.tuning.grid_search import (
 )
 from adam_jax.tuning.lr_find import LRFindResult, lr_find
 from adam_jax.tuning.problem import Problem
+from adam_jax.tuning.random_search import (
+    Choice,
+    LogUniform,
+    Uniform,
+    choice,
+    log_uniform,
+    random_search,
+    sample_configs,
+    uniform,
+)
 
 __all__ = [
     "SCHEDULES",
+    "Choice",
     "LRFindResult",
+    "LogUniform",
     "Problem",
     "Row",
     "SearchResult",
+    "Uniform",
+    "choice",
     "grid_search",
+    "log_uniform",
     "lr_find",
+    "random_search",
+    "sample_configs",
     "schedule_fn",
+    "uniform",
 ]
