@@ -23,6 +23,7 @@ from adam_jax.tuning.random_search import (
     sample_configs,
     uniform,
 )
+from adam_jax.tuning.successive_halving import rungs, successive_halving
 
 __all__ = [
     "SCHEDULES",
@@ -38,7 +39,9 @@ __all__ = [
     "log_uniform",
     "lr_find",
     "random_search",
+    "rungs",
     "sample_configs",
     "schedule_fn",
+    "successive_halving",
     "uniform",
 ]

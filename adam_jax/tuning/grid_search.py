@@ -103,6 +103,8 @@ class Row(NamedTuple):
   model: Any = None  # .best only: the trained model (nnx.Module, eval mode) or params
   models: list[Any] | None = None  # .best only: one trained model per seed
   diagnostics: dict[str, np.ndarray] | None = None  # with diagnostics: monitor columns
+  rung: int | None = None  # successive halving: the last rung the configuration trained in
+  steps: int | None = None  # successive halving: the steps it trained
 
 
 class SearchResult(NamedTuple):
