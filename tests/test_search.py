@@ -16,7 +16,7 @@ _runner = importlib.import_module("adam_jax.tuning._runner")
 STEPS = 10
 
 
-def _problem():
+def small_problem():
   rng = np.random.default_rng(0)
   x = rng.standard_normal((96, 3)).astype(np.float32)
   y = (x @ np.array([[1.0], [-2.0], [0.5]], np.float32) + 0.1).astype(np.float32)
@@ -38,15 +38,15 @@ def _problem():
 _ALONE = {}
 
 
-def _alone(problem, init, loss_fn, config, steps, seed=0):
+def train_alone(problem, init, loss_fn, config, steps, seed=0):
   """One configuration trained by a plain optax loop: its params and validation loss."""
   key = (id(problem), tuple(config.items()), steps, seed)
   if key not in _ALONE:
-    _ALONE[key] = _train_alone(problem, init, loss_fn, config, steps, seed)
+    _ALONE[key] = _fit_alone(problem, init, loss_fn, config, steps, seed)
   return _ALONE[key]
 
 
-def _train_alone(problem, init, loss_fn, config, steps, seed):
+def _fit_alone(problem, init, loss_fn, config, steps, seed):
   hp = {k: v for k, v in config.items() if k != "batch_size"}
   tx = adam_jax.adam(**hp)
   params = init(jax.random.key(seed))
@@ -67,7 +67,7 @@ def _train_alone(problem, init, loss_fn, config, steps, seed):
 
 @pytest.mark.slow
 def test_random_search_rows_equal_each_sampled_config_trained_alone():
-  problem, init, loss_fn = _problem()
+  problem, init, loss_fn = small_problem()
   space = {"learning_rate": tuning.log_uniform(1e-3, 1e-1), "b1": tuning.uniform(0.5, 0.95),
            "batch_size": tuning.choice([8, 16]), "b2": 0.99}
   result = tuning.random_search(problem, space, num_configs=5, seed=3, steps=STEPS,
@@ -78,7 +78,7 @@ def test_random_search_rows_equal_each_sampled_config_trained_alone():
   assert all(1e-3 <= c["learning_rate"] <= 1e-1 and 0.5 <= c["b1"] <= 0.95
              and c["batch_size"] in (8, 16) and c["b2"] == 0.99 for c in configs)
   for row in result.rows:
-    _, want = _alone(problem, init, loss_fn, row.config, STEPS)
+    _, want = train_alone(problem, init, loss_fn, row.config, STEPS)
     assert row.metrics["val_loss"] == pytest.approx(want, rel=2e-5)
   best = result.best
   assert best.metrics["val_loss"] == min(r.metrics["val_loss"] for r in result.rows)
@@ -88,7 +88,7 @@ def test_random_search_rows_equal_each_sampled_config_trained_alone():
 
 @pytest.mark.slow
 def test_random_search_writes_rows_and_resumes(tmp_path):
-  problem, _, _ = _problem()
+  problem, _, _ = small_problem()
   space = {"learning_rate": tuning.log_uniform(1e-3, 1e-1)}
   first = tuning.random_search(problem, space, num_configs=3, steps=STEPS, out_dir=tmp_path,
                                progress=False)
@@ -127,7 +127,7 @@ def test_distributions_reject_bad_input(make, message):
 
 @pytest.mark.slow
 def test_successive_halving_keeps_trajectories_and_the_best(monkeypatch):
-  problem, init, loss_fn = _problem()
+  problem, init, loss_fn = small_problem()
   calls = []
   train_group = _runner.train_group
   monkeypatch.setattr(_runner, "train_group",
@@ -146,17 +146,18 @@ def test_successive_halving_keeps_trajectories_and_the_best(monkeypatch):
   assert all(r.steps == [3, 6, 12][r.rung] and len(r.curve) == r.steps for r in result.rows)
   for rung, steps in enumerate([3, 6]):  # the best half of each rung went on
     reached = [r for r in result.rows if r.rung >= rung]
-    ranked = sorted(reached, key=lambda r: _alone(problem, init, loss_fn, r.config, steps)[1])
+    ranked = sorted(reached, key=lambda r, s=steps: train_alone(
+        problem, init, loss_fn, r.config, s)[1])
     assert {_k(r) for r in ranked[:len(reached) // 2]} == {
         _k(r) for r in result.rows if r.rung > rung}
   for row in result.rows:  # every configuration, survivor or not, equals its own run
-    _, want = _alone(problem, init, loss_fn, row.config, row.steps)
+    _, want = train_alone(problem, init, loss_fn, row.config, row.steps)
     assert row.metrics["val_loss"] == pytest.approx(want, rel=2e-5)
   best = result.best
   assert best.steps == 12
   assert best.metrics["val_loss"] == min(r.metrics["val_loss"] for r in result.rows
                                          if r.steps == 12)
-  params, want = _alone(problem, init, loss_fn, best.config, 12)
+  params, want = train_alone(problem, init, loss_fn, best.config, 12)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
                best.model, params)
   assert best.metrics["val_loss"] == pytest.approx(
@@ -169,7 +170,7 @@ def _k(row):
 
 @pytest.mark.slow
 def test_successive_halving_samples_distributions():
-  problem, _, _ = _problem()
+  problem, _, _ = small_problem()
   space = {"learning_rate": tuning.log_uniform(1e-3, 1e-1)}
   result = tuning.successive_halving(problem, space, num_configs=4, min_steps=2, max_steps=4,
                                      eta=2, seed=1, progress=False)
@@ -189,7 +190,7 @@ def test_successive_halving_samples_distributions():
     ],
 )
 def test_successive_halving_rejects_bad_input(kwargs, message):
-  problem, _, _ = _problem()
+  problem, _, _ = small_problem()
   kwargs = {"space": {"learning_rate": [1e-3, 1e-2]}, "min_steps": 2, "max_steps": 4, **kwargs}
   with pytest.raises(ValueError, match=message):
     tuning.successive_halving(problem, kwargs.pop("space"), progress=False, **kwargs)

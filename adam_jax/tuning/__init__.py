@@ -12,6 +12,7 @@ from adam_jax.tuning.grid_search import (
     schedule_fn,
 )
 from adam_jax.tuning.lr_find import LRFindResult, lr_find
+from adam_jax.tuning.optuna_search import optuna_search
 from adam_jax.tuning.problem import Problem
 from adam_jax.tuning.random_search import (
     Choice,
@@ -38,6 +39,7 @@ __all__ = [
     "grid_search",
     "log_uniform",
     "lr_find",
+    "optuna_search",
     "random_search",
     "rungs",
     "sample_configs",
