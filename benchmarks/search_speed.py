@@ -11,9 +11,15 @@ log-uniform 1e-6..1e-2), steps, batch order and initial params; no pruner on eit
 side. Reports wall time (compilation included) and the best validation loss, per
 study seed, and their means.
 
+With ``--halving``: a grid of 27 configurations (9 learning rates x 3 b1) trained
+``--steps`` steps by ``grid_search`` against ``successive_halving`` on the same grid
+(``eta=3``, ``min_steps = steps // 9``): best validation loss, configuration-steps
+trained and wall time of each.
+
 Usage::
 
   python benchmarks/search_speed.py [--trials 32] [--steps 300] [--study-seeds 3]
+  python benchmarks/search_speed.py --halving [--steps 300]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import statistics
 import time
 
 import jax
+import numpy as np
 import optax
 import optuna
 from flax import nnx
@@ -84,6 +91,26 @@ def batched(problem, trials, steps, seed, batch):
   return time.perf_counter() - start, study.best_value
 
 
+def halving(problem, steps):
+  grid = {"learning_rate": [float(v) for v in np.geomspace(1e-4, 1e-1, 9)], "b1": [0.8, 0.9, 0.95]}
+  n = 27
+  start = time.perf_counter()
+  full = tuning.grid_search(problem, grid, steps=steps, progress=False, devices=jax.devices()[:1])
+  grid_wall = time.perf_counter() - start
+  start = time.perf_counter()
+  sh = tuning.successive_halving(problem, grid, min_steps=steps // 9, max_steps=steps, eta=3,
+                                 progress=False, devices=jax.devices()[:1])
+  sh_wall = time.perf_counter() - start
+  sh_steps = sum(r.steps for r in sh.rows)
+  print(f"grid               best val loss {full.best.metrics['val_loss']:.4f}  "
+        f"config-steps {n * steps}  wall {grid_wall:.2f} s")
+  print(f"successive halving best val loss {sh.best.metrics['val_loss']:.4f}  "
+        f"config-steps {sh_steps} ({sh_steps / (n * steps):.0%} of the grid)  "
+        f"wall {sh_wall:.2f} s  rungs {tuning.rungs(steps // 9, steps, 3)}  "
+        f"load {os.getloadavg()[0]:.1f}")
+  print(f"grid best {full.best.config}, halving best {sh.best.config}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--trials", type=int, default=32)
@@ -91,9 +118,13 @@ def main():
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--study-seeds", type=int, default=3)
   parser.add_argument("--json", default=None, help="write the raw numbers there")
+  parser.add_argument("--halving", action="store_true",
+                      help="grid search against successive halving instead")
   args = parser.parse_args()
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   problem = tasks.digits_mlp(hidden=128, batch_size=32)
+  if args.halving:
+    return halving(problem, args.steps)
   print(f"backend={jax.default_backend()} device={jax.devices()[0].device_kind} "
         f"load={os.getloadavg()[0]:.1f} trials={args.trials} steps={args.steps} "
         f"batch={args.batch}", flush=True)

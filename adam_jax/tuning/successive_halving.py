@@ -31,6 +31,9 @@ from adam_jax.tuning.random_search import Choice, LogUniform, Uniform, sample_co
 def rungs(min_steps: int, max_steps: int, eta: int) -> list[int]:
   """The steps at which configurations are compared: ``min_steps * eta**k``, then ``max_steps``.
 
+  The rung before the last has at most ``max_steps / eta`` steps, so that no rung is
+  a short stretch just before ``max_steps``.
+
   Args:
     min_steps: the steps of the first rung.
     max_steps: the steps of the last rung.
@@ -41,11 +44,13 @@ def rungs(min_steps: int, max_steps: int, eta: int) -> list[int]:
 
   Examples:
     >>> from adam_jax import tuning
-    >>> tuning.rungs(10, 100, 3)
-    [10, 30, 90, 100]
+    >>> tuning.rungs(10, 100, 3), tuning.rungs(10, 300, 3)
+    ([10, 30, 100], [10, 30, 90, 300])
   """
-  out, steps = [], min_steps
-  while steps < max_steps:
+  if min_steps >= max_steps:
+    return [max_steps]
+  out, steps = [min_steps], min_steps * eta
+  while steps < max_steps and steps * eta <= max_steps:
     out.append(steps)
     steps *= eta
   return out + [max_steps]
@@ -126,9 +131,9 @@ def successive_halving(
     ...     problem, {"learning_rate": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]},
     ...     min_steps=10, max_steps=40, eta=3, progress=False)
     >>> sorted(row.steps for row in result.rows)
-    [10, 10, 10, 10, 30, 40]
+    [10, 10, 10, 10, 40, 40]
     >>> result.best.config, result.best.steps
-    ({'learning_rate': 0.3}, 40)
+    ({'learning_rate': 0.1}, 40)
   """
   if not isinstance(problem, Problem):
     raise ValueError(f"problem must be an adam_jax.tuning.Problem, got {type(problem).__name__}")
