@@ -35,6 +35,7 @@ class GroupOutput(NamedTuple):
   loop: str  # the loop form used
   train_s: float  # wall time of the training loop (after compilation)
   num_devices: int  # the devices the members were spread over
+  opt_state: Any = None  # the optimizer states, leading axis: members
 
 
 def train_group(
@@ -56,6 +57,8 @@ def train_group(
     checkpoint_path: str | None = None,
     resume: bool = False,
     on_steps: Callable[[int], None] | None = None,
+    start: Any = None,
+    first_step: int = 0,
 ) -> GroupOutput:
   """Trains every member of a group for ``steps`` steps and evaluates it.
 
@@ -77,6 +80,9 @@ def train_group(
     checkpoint_path: save the group's train state there after each chunk but the last.
     resume: start from the checkpoint at ``checkpoint_path`` when it matches.
     on_steps: called with the number of steps done after each chunk.
+    start: continue from this ``(params, opt_state, state)`` (leading axis: members)
+      instead of initializing; with ``first_step``, the step it was taken at.
+    first_step: the first step to train (``steps`` is the step to stop at).
 
   Returns:
     A :class:`GroupOutput`.
@@ -105,7 +111,7 @@ def train_group(
     opt_state = jax.vmap(lambda hp1, p: make_tx(hp1).init(p))(hp, params)
     return params, opt_state, state
 
-  chunk = steps if not chunk else min(int(chunk), steps)
+  chunk = steps - first_step if not chunk else min(int(chunk), steps)
   t_shape = jax.ShapeDtypeStruct((), jnp.int32)
   if loop == "auto":
     plain = (hp, np.asarray(seed_pos, np.int32), np.asarray(seeds, np.int32))
@@ -145,14 +151,16 @@ def train_group(
 
   # Every program of the group is lowered first and compiled in parallel threads:
   # on a CPU with a few cores, compilation is most of a short search's time.
-  lowered = {"init": jax.jit(init, out_shardings=spread).lower(hp_dev, pos_dev, seeds_dev)}
+  lowered = {}
+  if start is None:
+    lowered["init"] = jax.jit(init, out_shardings=spread).lower(hp_dev, pos_dev, seeds_dev)
   if loop == "scan":
     def scan_chunk(carry, hp1, pos, lo, idx_all, seeds_all, data, length):
       def body(c, t):
         return v_step(c, hp1, pos, t, idx_all, seeds_all, data)
       return jax.lax.scan(body, carry, lo + jnp.arange(length, dtype=jnp.int32))
 
-    for length in {chunk, steps % chunk or chunk}:
+    for length in {min(lo + chunk, steps) - lo for lo in range(first_step, steps, chunk)}:
       lowered[length] = jax.jit(functools.partial(scan_chunk, length=length),
                                 donate_argnums=0).lower(carry_shape, *step_args)
   else:
@@ -164,8 +172,11 @@ def train_group(
                                              ) as pool:
     compiled = dict(zip(lowered, pool.map(lambda low: low.compile(), lowered.values())))
 
-  first = 0
+  first = first_step
   carry = None
+  if start is not None:
+    pad_all = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], padded - n, axis=0)])
+    carry = jax.device_put(jax.tree.map(pad_all, start), spread)
   if resume and checkpoint_path is not None and os.path.isdir(checkpoint_path):
     from adam_jax import checkpoint
 
@@ -216,7 +227,7 @@ def train_group(
                                                  "seed_pos": seed_pos, "trace": trace})
     if on_steps is not None:
       on_steps(hi)
-  params, _, state = carry
+  params, opt_state, state = carry
   metrics = compiled["metrics"](params, state, data_dev, val_dev)
   metrics = jax.device_get(metrics)
   first_names = [k for k in ("train_loss", "val_loss") if k in metrics]
@@ -226,7 +237,8 @@ def train_group(
   cut = lambda a: a[:n]
   return GroupOutput(jax.tree.map(cut, jax.device_get(params)),
                      jax.tree.map(cut, jax.device_get(state)), metrics,
-                     jax.tree.map(cut, trace), loop, train_s, min(len(use), n))
+                     jax.tree.map(cut, trace), loop, train_s, min(len(use), n),
+                     jax.tree.map(cut, jax.device_get(opt_state)))
 
 
 def run_chunk_hook(run_chunk: Callable[..., Any], carry: Any, lo: int, hi: int) -> Any:

@@ -103,6 +103,8 @@ class Row(NamedTuple):
   model: Any = None  # .best only: the trained model (nnx.Module, eval mode) or params
   models: list[Any] | None = None  # .best only: one trained model per seed
   diagnostics: dict[str, np.ndarray] | None = None  # with diagnostics: monitor columns
+  rung: int | None = None  # successive halving: the last rung the configuration trained in
+  steps: int | None = None  # successive halving: the steps it trained
 
 
 class SearchResult(NamedTuple):
@@ -479,6 +481,37 @@ def grid_search(
     >>> result.best.config, result.best.metrics["val_loss"] < result.rows[0].metrics["val_loss"]
     ({'learning_rate': 0.1}, True)
   """
+  return search(problem, space, None, optimizer=optimizer, steps=steps, seeds=seeds,
+                metric=metric, mode=mode, out_dir=out_dir, resume=resume, devices=devices,
+                loop=loop, checkpoint_every=checkpoint_every, progress=progress, on_row=on_row,
+                diagnostics=diagnostics)
+
+
+def search(
+    problem: Problem,
+    space: Mapping[str, Sequence[Any]],
+    configs: Sequence[Mapping[str, Any]] | None,
+    *,
+    optimizer: str | Callable[..., optax.GradientTransformation] = "adam",
+    steps: int,
+    seeds: int | Sequence[int] = 1,
+    metric: str = "val_loss",
+    mode: str = "min",
+    out_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    devices: Sequence[jax.Device] | None = None,
+    loop: str = "auto",
+    checkpoint_every: int = 0,
+    progress: bool | None = None,
+    on_row: Callable[[Row], None] | None = None,
+    diagnostics: bool = False,
+    meta: Mapping[str, Any] | None = None,
+) -> SearchResult:
+  """:func:`grid_search` over ``configs`` (default: every combination of ``space``'s values).
+
+  Each config takes one of ``space``'s values for every key; ``meta`` is kept in
+  ``search.json`` next to the rows (a resume must match it).
+  """
   if not isinstance(problem, Problem):
     raise ValueError(f"problem must be an adam_jax.tuning.Problem, got {type(problem).__name__}")
   if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
@@ -499,7 +532,7 @@ def grid_search(
   keys = list(sp.values)
   store = None
   if out_dir is not None:
-    meta = {"optimizer": opt_name, "steps": int(steps), "seeds": seeds}
+    meta = {"optimizer": opt_name, "steps": int(steps), "seeds": seeds, **(meta or {})}
     store = _Store(os.fspath(out_dir), meta, keys, resume, sp.values)
   done = {} if store is None else store.done
   ckpt_root = None
@@ -508,7 +541,10 @@ def grid_search(
     if not store.resuming and os.path.isdir(ckpt_root):
       shutil.rmtree(ckpt_root)
 
-  grid = [dict(zip(keys, combo)) for combo in itertools.product(*sp.values.values())]
+  if configs is None:
+    grid = [dict(zip(keys, combo)) for combo in itertools.product(*sp.values.values())]
+  else:
+    grid = [{k: c[k] for k in keys} for c in configs]
   make_tx = _make_tx(factory, sp, steps)
   record = None
   if diagnostics:

@@ -1,0 +1,250 @@
+"""Synchronous successive halving: many configurations trained briefly, the best continued."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from adam_jax.tuning import _runner
+from adam_jax.tuning.grid_search import (
+    Row,
+    SearchResult,
+    _check_metric,
+    _factory,
+    _finite,
+    _make_tx,
+    _parse_space,
+    _seeds,
+    _summarize,
+    _traced_values,
+    _with_const,
+)
+from adam_jax.tuning.problem import Problem
+from adam_jax.tuning.random_search import Choice, LogUniform, Uniform, sample_configs, space_of
+
+
+def rungs(min_steps: int, max_steps: int, eta: int) -> list[int]:
+  """The steps at which configurations are compared: ``min_steps * eta**k``, then ``max_steps``.
+
+  The rung before the last has at most ``max_steps / eta`` steps, so that no rung is
+  a short stretch just before ``max_steps``.
+
+  Args:
+    min_steps: the steps of the first rung.
+    max_steps: the steps of the last rung.
+    eta: the growth of the budget from one rung to the next.
+
+  Returns:
+    The increasing step counts, ending with ``max_steps``.
+
+  Examples:
+    >>> from adam_jax import tuning
+    >>> tuning.rungs(10, 100, 3), tuning.rungs(10, 300, 3)
+    ([10, 30, 100], [10, 30, 90, 300])
+  """
+  if min_steps >= max_steps:
+    return [max_steps]
+  out, steps = [min_steps], min_steps * eta
+  while steps < max_steps and steps * eta <= max_steps:
+    out.append(steps)
+    steps *= eta
+  return out + [max_steps]
+
+
+def _positive_int(name: str, value: Any) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  return int(value)
+
+
+def successive_halving(
+    problem: Problem,
+    space: Mapping[str, Any],
+    *,
+    num_configs: int | None = None,
+    min_steps: int,
+    max_steps: int,
+    eta: int = 3,
+    seed: int = 0,
+    optimizer: str | Callable[..., optax.GradientTransformation] = "adam",
+    seeds: int | Sequence[int] = 1,
+    metric: str = "val_loss",
+    mode: str = "min",
+    devices: Sequence[jax.Device] | None = None,
+    loop: str = "auto",
+    progress: bool | None = None,
+    on_row: Callable[[Row], None] | None = None,
+) -> SearchResult:
+  """Synchronous successive halving over a grid or sampled configurations.
+
+  Every configuration trains ``min_steps`` steps in one vectorized program (as in
+  :func:`grid_search`); the best ``1/eta`` of them by ``metric`` (computed on the
+  validation data) continue from their current params and optimizer state to
+  ``eta`` times as many steps, and so on (:func:`rungs`) up to ``max_steps``. A
+  continued configuration keeps its trajectory: one that survives every rung has
+  the params it would have trained alone for ``max_steps``, and schedules span
+  ``max_steps``. Each rung compiles once per shape group.
+
+  ``space`` is a grid (lists of values, every combination) or, when a value is a
+  distribution (:func:`log_uniform`, :func:`uniform`, :func:`choice`), or
+  ``num_configs`` is given, ``num_configs`` configurations drawn with ``seed``
+  (:func:`sample_configs`).
+
+  Args:
+    problem: the :class:`Problem`.
+    space: a grid or distributions (see above).
+    num_configs: how many configurations to draw (default: the whole grid).
+    min_steps: the steps of the first rung.
+    max_steps: the steps of the last rung.
+    eta: keep the best ``1/eta`` at each rung (an integer, at least 2).
+    seed: the seed of the draw.
+    optimizer: as in :func:`grid_search`.
+    seeds: as in :func:`grid_search`; a configuration's metric is its mean over seeds.
+    metric: the metric that ranks configurations at each rung and picks ``best``.
+    mode: ``"min"`` or ``"max"``.
+    devices: as in :func:`grid_search`.
+    loop: as in :func:`grid_search`.
+    progress: a progress bar per rung (default: when the output is a terminal).
+    on_row: called with each :class:`Row` as its configuration stops.
+
+  Returns:
+    A :class:`SearchResult`, one row per configuration in draw (grid) order with the
+    metrics of the rung it reached (``Row.rung``, ``Row.steps``); ``best`` is the
+    best of the last rung, with its trained model.
+
+  Raises:
+    ValueError: bad steps, ``eta``, distributions, or anything :func:`grid_search`
+      rejects.
+
+  Examples:
+    >>> import jax.numpy as jnp, numpy as np
+    >>> from adam_jax import tuning
+    >>> x = np.linspace(-1, 1, 64, dtype=np.float32)[:, None]
+    >>> loss = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+    >>> problem = tuning.Problem({"w": jnp.zeros((1, 1))}, loss, (x, 3 * x), (x, 3 * x))
+    >>> result = tuning.successive_halving(
+    ...     problem, {"learning_rate": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]},
+    ...     min_steps=10, max_steps=40, eta=3, progress=False)
+    >>> sorted(row.steps for row in result.rows)
+    [10, 10, 10, 10, 40, 40]
+    >>> result.best.config, result.best.steps
+    ({'learning_rate': 0.1}, 40)
+  """
+  if not isinstance(problem, Problem):
+    raise ValueError(f"problem must be an adam_jax.tuning.Problem, got {type(problem).__name__}")
+  min_steps = _positive_int("min_steps", min_steps)
+  max_steps = _positive_int("max_steps", max_steps)
+  if min_steps > max_steps:
+    raise ValueError(f"min_steps ({min_steps}) must be at most max_steps ({max_steps})")
+  if isinstance(eta, bool) or not isinstance(eta, (int, np.integer)) or eta < 2:
+    raise ValueError(f"eta must be an integer of at least 2, got {eta!r}")
+  if mode not in ("min", "max"):
+    raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+  if loop not in _runner.LOOPS:
+    raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
+  seeds = _seeds(seeds)
+  if not isinstance(space, Mapping):
+    raise ValueError(f"space must map names to values or distributions, got "
+                     f"{type(space).__name__}")
+  factory, opt_name = _factory(optimizer)
+  sampled = num_configs is not None or any(
+      isinstance(v, (LogUniform, Uniform, Choice)) for v in space.values())
+  if sampled:
+    if num_configs is None:
+      raise ValueError("num_configs is needed when space holds distributions")
+    configs = sample_configs(space, num_configs, seed)
+    sp = _parse_space(problem, space_of(configs), factory, opt_name)
+  else:
+    sp = _parse_space(problem, space, factory, opt_name)
+    configs = [dict(zip(sp.values, c)) for c in itertools.product(*sp.values.values())]
+  devices = list(jax.devices() if devices is None else devices)
+  make_tx = _make_tx(factory, sp, max_steps)
+
+  n_seeds = len(seeds)
+  carries: dict[int, Any] = {}  # config index -> its members' (params, opt_state, state)
+  curves: dict[int, list[np.ndarray]] = {i: [] for i in range(len(configs))}
+  reached: dict[int, tuple[int, int, list[dict[str, float]]]] = {}  # rung, steps, per seed
+  bounds: dict[tuple[Any, ...], Any] = {}
+  idxs: dict[tuple[Any, ...], Any] = {}
+  loops: dict[str, str] = {}
+  spread = 1
+  alive = list(range(len(configs)))
+  start = 0
+  plan = rungs(min_steps, max_steps, eta)
+  for rung, stop in enumerate(plan):
+    for group_key in dict.fromkeys(tuple(configs[i][k] for k in sp.group) for i in alive):
+      group_cfg = dict(zip(sp.group, group_key))
+      todo = [i for i in alive if tuple(configs[i][k] for k in sp.group) == group_key]
+      if group_key not in bounds:
+        bounds[group_key] = problem.bind(**{k: group_cfg[k] for k in sp.shape})
+        _check_metric(bounds[group_key], problem, metric)
+        if problem.batch_fn is None:
+          idxs[group_key] = np.stack([problem.batch_indices(
+              max_steps, s, bounds[group_key].batch_size) for s in seeds])
+      bound = bounds[group_key]
+      hp = _traced_values([configs[i] for i in todo], sp.traced)
+      member_hp = {k: np.repeat(v, n_seeds) for k, v in hp.items()}
+      seed_pos = np.tile(np.arange(n_seeds, dtype=np.int32), len(todo))
+      group_const = {k: v for k, v in group_cfg.items() if k not in sp.shape}
+      carry = None
+      if rung:
+        carry = jax.tree.map(lambda *a: np.concatenate(a), *[carries[i] for i in todo])
+      label = ", ".join([f"rung {rung} (steps {start}..{stop})"]
+                        + [f"{k}={v}" for k, v in group_cfg.items()])
+      out = _runner.train_group(
+          bound.fns, make_tx if not group_const else _with_const(make_tx, group_const),
+          member_hp, seed_pos, seeds, stop, train_data=problem.train_data,
+          val_data=problem.val_data, batch_fn=problem.batch_fn, idx=idxs.get(group_key),
+          loop=loop, devices=devices, start=carry, first_step=start)
+      loops[label] = out.loop
+      spread = max(spread, min(len(devices), len(seed_pos)) if len(seed_pos) > 1 else 1)
+      for j, i in enumerate(todo):
+        members = slice(j * n_seeds, (j + 1) * n_seeds)
+        carries[i] = jax.tree.map(lambda a, m=members: a[m],
+                                  (out.params, out.opt_state, out.state))
+        curves[i].append(np.asarray(out.trace[members, start:stop], np.float32).mean(axis=0))
+        per_seed = [{k: float(v[m]) for k, v in out.metrics.items()}
+                    for m in range(j * n_seeds, (j + 1) * n_seeds)]
+        if metric not in per_seed[0]:
+          raise ValueError(f"metric {metric!r} is not among the metrics "
+                           f"({', '.join(per_seed[0])}); pass val_data or metric=...")
+        reached[i] = (rung, stop, per_seed)
+    if rung + 1 < len(plan):
+      keep = max(1, len(alive) // eta)
+      score = lambda i: _finite(_summarize(reached[i][2])[metric], mode)
+      ranked = sorted(alive, key=score, reverse=(mode == "max"))
+      stopped = set(ranked[keep:])
+      for i in [i for i in alive if i in stopped]:
+        carries.pop(i)
+        if on_row is not None:
+          on_row(_row(configs[i], reached[i], curves[i]))
+      alive = [i for i in alive if i not in stopped]
+    start = stop
+
+  rows = [_row(configs[i], reached[i], curves[i]) for i in range(len(configs))]
+  pick = min if mode == "min" else max
+  top = pick(alive, key=lambda i: _finite(rows[i].metrics[metric], mode))
+  bound = bounds[tuple(configs[top][k] for k in sp.group)]
+  params, _, state = carries[top]
+  models = [bound.fns.to_user(*jax.tree.map(lambda a, m=m: jax.numpy.asarray(a[m]),
+                                              (params, state))) for m in range(n_seeds)]
+  scores = [_finite(m[metric], mode) for m in reached[top][2]]
+  chosen = int(np.argmin(scores) if mode == "min" else np.argmax(scores))
+  rows[top] = rows[top]._replace(model=models[chosen], models=models)
+  if on_row is not None:
+    for i in alive:
+      on_row(rows[i])
+  return SearchResult(rows, rows[top], metric, mode, spread, loops)
+
+
+def _row(config: dict[str, Any], reached: tuple[int, int, list[dict[str, float]]],
+         curve: list[np.ndarray]) -> Row:
+  rung, steps, per_seed = reached
+  return Row(dict(config), _summarize(per_seed), per_seed, np.concatenate(curve),
+             rung=rung, steps=steps)
+
