@@ -14,7 +14,7 @@ import adam_jax
 from adam_jax import tasks
 from adam_jax.tuning import SCHEDULES, Problem, grid_search, lr_find, schedule_fn
 
-_lr_find_module = importlib.import_module("adam_jax.tuning.lr_find")
+_lr_find_module = importlib.import_module("adam_jax.tuning._lr_find")
 _runner = importlib.import_module("adam_jax.tuning._runner")
 
 STEPS = 12

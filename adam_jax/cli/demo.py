@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
   record = None
   if args.diagnostics:
     from adam_jax.diagnostics import monitor
-    from adam_jax.tuning.grid_search import monitor_record
+    from adam_jax.tuning._grid import monitor_record
 
     tx, record = monitor(tx, eps=1e-8, b2=0.999), monitor_record
 
@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
   written = ["results.json", "loss_curve.png"]
   if records:
     from adam_jax.diagnostics import plot_history
-    from adam_jax.tuning.grid_search import monitor_columns
+    from adam_jax.tuning._grid import monitor_columns
 
     stacked = jax.tree.map(lambda *xs: np.concatenate(xs), *records)
     cols = monitor_columns(stacked, first_step=first + 1)

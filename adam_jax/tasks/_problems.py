@@ -11,7 +11,7 @@ import optax
 from flax import nnx
 
 from adam_jax.tasks import _data
-from adam_jax.tuning.problem import Problem
+from adam_jax.tuning._problem import Problem
 
 _VAL_FRACTION = 0.2
 

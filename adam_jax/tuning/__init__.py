@@ -4,17 +4,18 @@ A :class:`Problem` holds the user's model (Flax NNX or functional), loss and dat
 :func:`lr_find` and :func:`grid_search` train it, many configurations at once.
 """
 
-from adam_jax.tuning.grid_search import (
+from adam_jax.tuning._grid import (
     SCHEDULES,
     Row,
     SearchResult,
     grid_search,
     schedule_fn,
 )
-from adam_jax.tuning.lr_find import LRFindResult, lr_find
-from adam_jax.tuning.optuna_search import optuna_search
-from adam_jax.tuning.problem import Problem
-from adam_jax.tuning.random_search import (
+from adam_jax.tuning._halving import rungs, successive_halving
+from adam_jax.tuning._lr_find import LRFindResult, lr_find
+from adam_jax.tuning._optuna import optuna_search
+from adam_jax.tuning._problem import Problem
+from adam_jax.tuning._random import (
     Choice,
     LogUniform,
     Uniform,
@@ -24,7 +25,6 @@ from adam_jax.tuning.random_search import (
     sample_configs,
     uniform,
 )
-from adam_jax.tuning.successive_halving import rungs, successive_halving
 
 __all__ = [
     "SCHEDULES",

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import optax
 
-from adam_jax.tuning.grid_search import Row, SearchResult, search
-from adam_jax.tuning.problem import Problem
+from adam_jax.tuning._grid import Row, SearchResult, search
+from adam_jax.tuning._problem import Problem
 
 
 def _is_number(v: Any) -> bool:

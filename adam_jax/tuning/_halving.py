@@ -11,21 +11,21 @@ import numpy as np
 import optax
 
 from adam_jax.tuning import _runner
-from adam_jax.tuning.grid_search import (
-    Row,
-    SearchResult,
-    _check_metric,
-    _factory,
-    _finite,
-    _make_tx,
-    _parse_space,
-    _seeds,
-    _summarize,
-    _traced_values,
-    _with_const,
+from adam_jax.tuning._grid import (
+  Row,
+  SearchResult,
+  check_metric,
+  finite_or_nan,
+  parse_space,
+  resolve_optimizer,
+  seed_list,
+  summarize_members,
+  traced_values,
+  tx_builder,
+  with_constants,
 )
-from adam_jax.tuning.problem import Problem
-from adam_jax.tuning.random_search import Choice, LogUniform, Uniform, sample_configs, space_of
+from adam_jax.tuning._problem import Problem
+from adam_jax.tuning._random import Choice, LogUniform, Uniform, sample_configs, space_of
 
 
 def rungs(min_steps: int, max_steps: int, eta: int) -> list[int]:
@@ -147,23 +147,23 @@ def successive_halving(
     raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
   if loop not in _runner.LOOPS:
     raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
-  seeds = _seeds(seeds)
+  seeds = seed_list(seeds)
   if not isinstance(space, Mapping):
     raise ValueError(f"space must map names to values or distributions, got "
                      f"{type(space).__name__}")
-  factory, opt_name = _factory(optimizer)
+  factory, opt_name = resolve_optimizer(optimizer)
   sampled = num_configs is not None or any(
       isinstance(v, (LogUniform, Uniform, Choice)) for v in space.values())
   if sampled:
     if num_configs is None:
       raise ValueError("num_configs is needed when space holds distributions")
     configs = sample_configs(space, num_configs, seed)
-    sp = _parse_space(problem, space_of(configs), factory, opt_name)
+    sp = parse_space(problem, space_of(configs), factory, opt_name)
   else:
-    sp = _parse_space(problem, space, factory, opt_name)
+    sp = parse_space(problem, space, factory, opt_name)
     configs = [dict(zip(sp.values, c)) for c in itertools.product(*sp.values.values())]
   devices = list(jax.devices() if devices is None else devices)
-  make_tx = _make_tx(factory, sp, max_steps)
+  make_tx = tx_builder(factory, sp, max_steps)
 
   n_seeds = len(seeds)
   carries: dict[int, Any] = {}  # config index -> its members' (params, opt_state, state)
@@ -182,12 +182,12 @@ def successive_halving(
       todo = [i for i in alive if tuple(configs[i][k] for k in sp.group) == group_key]
       if group_key not in bounds:
         bounds[group_key] = problem.bind(**{k: group_cfg[k] for k in sp.shape})
-        _check_metric(bounds[group_key], problem, metric)
+        check_metric(bounds[group_key], problem, metric)
         if problem.batch_fn is None:
           idxs[group_key] = np.stack([problem.batch_indices(
               max_steps, s, bounds[group_key].batch_size) for s in seeds])
       bound = bounds[group_key]
-      hp = _traced_values([configs[i] for i in todo], sp.traced)
+      hp = traced_values([configs[i] for i in todo], sp.traced)
       member_hp = {k: np.repeat(v, n_seeds) for k, v in hp.items()}
       seed_pos = np.tile(np.arange(n_seeds, dtype=np.int32), len(todo))
       group_const = {k: v for k, v in group_cfg.items() if k not in sp.shape}
@@ -197,7 +197,7 @@ def successive_halving(
       label = ", ".join([f"rung {rung} (steps {start}..{stop})"]
                         + [f"{k}={v}" for k, v in group_cfg.items()])
       out = _runner.train_group(
-          bound.fns, make_tx if not group_const else _with_const(make_tx, group_const),
+          bound.fns, make_tx if not group_const else with_constants(make_tx, group_const),
           member_hp, seed_pos, seeds, stop, train_data=problem.train_data,
           val_data=problem.val_data, batch_fn=problem.batch_fn, idx=idxs.get(group_key),
           loop=loop, devices=devices, start=carry, first_step=start)
@@ -216,7 +216,7 @@ def successive_halving(
         reached[i] = (rung, stop, per_seed)
     if rung + 1 < len(plan):
       keep = max(1, len(alive) // eta)
-      score = lambda i: _finite(_summarize(reached[i][2])[metric], mode)
+      score = lambda i: finite_or_nan(summarize_members(reached[i][2])[metric], mode)
       ranked = sorted(alive, key=score, reverse=(mode == "max"))
       stopped = set(ranked[keep:])
       for i in [i for i in alive if i in stopped]:
@@ -228,12 +228,12 @@ def successive_halving(
 
   rows = [_row(configs[i], reached[i], curves[i]) for i in range(len(configs))]
   pick = min if mode == "min" else max
-  top = pick(alive, key=lambda i: _finite(rows[i].metrics[metric], mode))
+  top = pick(alive, key=lambda i: finite_or_nan(rows[i].metrics[metric], mode))
   bound = bounds[tuple(configs[top][k] for k in sp.group)]
   params, _, state = carries[top]
   models = [bound.fns.to_user(*jax.tree.map(lambda a, m=m: jax.numpy.asarray(a[m]),
                                               (params, state))) for m in range(n_seeds)]
-  scores = [_finite(m[metric], mode) for m in reached[top][2]]
+  scores = [finite_or_nan(m[metric], mode) for m in reached[top][2]]
   chosen = int(np.argmin(scores) if mode == "min" else np.argmax(scores))
   rows[top] = rows[top]._replace(model=models[chosen], models=models)
   if on_row is not None:
@@ -245,6 +245,6 @@ def successive_halving(
 def _row(config: dict[str, Any], reached: tuple[int, int, list[dict[str, float]]],
          curve: list[np.ndarray]) -> Row:
   rung, steps, per_seed = reached
-  return Row(dict(config), _summarize(per_seed), per_seed, np.concatenate(curve),
+  return Row(dict(config), summarize_members(per_seed), per_seed, np.concatenate(curve),
              rung=rung, steps=steps)
 

@@ -11,20 +11,20 @@ import numpy as np
 import optax
 
 from adam_jax.tuning import _runner
-from adam_jax.tuning.grid_search import (
-    Row,
-    SearchResult,
-    _check_metric,
-    _factory,
-    _make_tx,
-    _parse_space,
-    _seeds,
-    _summarize,
-    _traced_values,
-    _with_const,
+from adam_jax.tuning._grid import (
+  Row,
+  SearchResult,
+  check_metric,
+  parse_space,
+  resolve_optimizer,
+  seed_list,
+  summarize_members,
+  traced_values,
+  tx_builder,
+  with_constants,
 )
-from adam_jax.tuning.problem import Problem
-from adam_jax.tuning.random_search import space_of
+from adam_jax.tuning._problem import Problem
+from adam_jax.tuning._random import space_of
 
 
 def optuna_search(
@@ -110,8 +110,8 @@ def optuna_search(
     raise ValueError(f"report_every must be a positive integer, got {report_every!r}")
   if loop not in _runner.LOOPS:
     raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
-  seeds = _seeds(seeds)
-  factory, opt_name = _factory(optimizer)
+  seeds = seed_list(seeds)
+  factory, opt_name = resolve_optimizer(optimizer)
   devices = list(jax.devices() if devices is None else devices)
 
   rows: list[Row] = []
@@ -130,8 +130,8 @@ def optuna_search(
         if list(c) != keys:
           raise ValueError(f"space_fn must return the same keys for every trial: {keys} "
                            f"and {list(c)}")
-      sp = _parse_space(problem, space_of(configs), factory, opt_name)
-      out = _train_batch(problem, sp, configs, make_tx=_make_tx(factory, sp, steps),
+      sp = parse_space(problem, space_of(configs), factory, opt_name)
+      out = _train_batch(problem, sp, configs, make_tx=tx_builder(factory, sp, steps),
                          steps=steps, every=every, seeds=seeds, metric=metric, mode=mode,
                          trials=trials, tell=_teller(study, told), devices=devices,
                          loop=loop)
@@ -183,18 +183,18 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
     group_cfg = dict(zip(sp.group, group_key))
     alive = [i for i, c in enumerate(configs) if tuple(c[k] for k in sp.group) == group_key]
     bound = problem.bind(**{k: group_cfg[k] for k in sp.shape})
-    _check_metric(bound, problem, metric)
+    check_metric(bound, problem, metric)
     idx = None
     if problem.batch_fn is None:
       idx = np.stack([problem.batch_indices(steps, s, bound.batch_size) for s in seeds])
     const = {k: v for k, v in group_cfg.items() if k not in sp.shape}
-    tx = make_tx if not const else _with_const(make_tx, const)
+    tx = make_tx if not const else with_constants(make_tx, const)
     carries: dict[int, Any] = {}
     curves: dict[int, list[np.ndarray]] = {i: [] for i in alive}
     label = ", ".join(f"{k}={v}" for k, v in group_cfg.items()) or "all"
     for start in range(0, steps, every):
       stop = min(start + every, steps)
-      hp = _traced_values([configs[i] for i in alive], sp.traced)
+      hp = traced_values([configs[i] for i in alive], sp.traced)
       carry = None
       if start:
         carry = jax.tree.map(lambda *a: np.concatenate(a), *[carries[i] for i in alive])
@@ -214,7 +214,7 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
         curves[i].append(np.asarray(out.trace[members, start:stop], np.float32).mean(axis=0))
         per_seed = [{k: float(v[m]) for k, v in out.metrics.items()}
                     for m in range(j * n_seeds, (j + 1) * n_seeds)]
-        metrics = _summarize(per_seed)
+        metrics = summarize_members(per_seed)
         if metric not in metrics:
           raise ValueError(f"metric {metric!r} is not among the metrics "
                            f"({', '.join(metrics)}); pass val_data or metric=...")

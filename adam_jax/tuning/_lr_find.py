@@ -15,7 +15,7 @@ import optax
 
 from adam_jax import _numerics as numerics
 from adam_jax import aliases
-from adam_jax.tuning.problem import Problem
+from adam_jax.tuning._problem import Problem
 
 
 class LRFindResult(NamedTuple):

@@ -20,7 +20,7 @@ import optax
 
 from adam_jax import aliases, schedules
 from adam_jax.tuning import _runner
-from adam_jax.tuning.problem import Problem
+from adam_jax.tuning._problem import Problem
 
 SCHEDULES = ("constant", "cosine", "step", "exponential")
 
@@ -143,7 +143,7 @@ class SearchResult(NamedTuple):
               else next(iter(self.rows[0].config)))
     values = list(dict.fromkeys(r.config[x] for r in self.rows))
     pick = min if self.mode == "min" else max
-    ys = [pick(_finite(r.metrics[self.metric], self.mode) for r in self.rows
+    ys = [pick(finite_or_nan(r.metrics[self.metric], self.mode) for r in self.rows
                if r.config[x] == v) for v in values]
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
@@ -163,11 +163,11 @@ class SearchResult(NamedTuple):
     return fig
 
 
-def _finite(value: float, mode: str) -> float:
+def finite_or_nan(value: float, mode: str) -> float:
   return value if math.isfinite(value) else (math.inf if mode == "min" else -math.inf)
 
 
-def _factory(optimizer: Any) -> tuple[Callable[..., optax.GradientTransformation], str]:
+def resolve_optimizer(optimizer: Any) -> tuple[Callable[..., optax.GradientTransformation], str]:
   if isinstance(optimizer, str):
     return aliases.get_optimizer(optimizer), optimizer
   if not callable(optimizer):
@@ -188,7 +188,7 @@ def _is_number(v: Any) -> bool:
   return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
-def _parse_space(problem: Problem, space: Mapping[str, Any], factory: Callable[..., Any],
+def parse_space(problem: Problem, space: Mapping[str, Any], factory: Callable[..., Any],
                  opt_name: str) -> _Space:
   if not isinstance(space, Mapping):
     raise ValueError(f"space must map names to lists of values, got {type(space).__name__}")
@@ -256,7 +256,7 @@ def _check_optimizer_values(factory: Callable[..., Any], space: _Space, opt_name
         raise ValueError(f"{key}={v!r} for {opt_name}: {err}") from None
 
 
-def _make_tx(factory, space: _Space, steps: int):
+def tx_builder(factory, space: _Space, steps: int):
   def make_tx(hp: dict[str, Any]) -> optax.GradientTransformation:
     kw = dict(space.const)
     kw.update(hp)
@@ -268,7 +268,7 @@ def _make_tx(factory, space: _Space, steps: int):
   return make_tx
 
 
-def _traced_values(configs: list[dict[str, Any]], traced: tuple[str, ...]) -> dict[str, Any]:
+def traced_values(configs: list[dict[str, Any]], traced: tuple[str, ...]) -> dict[str, Any]:
   out = {}
   for name in traced:
     if name == "schedule":
@@ -516,7 +516,7 @@ def search(
     raise ValueError(f"problem must be an adam_jax.tuning.Problem, got {type(problem).__name__}")
   if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
     raise ValueError(f"steps must be a positive integer, got {steps!r}")
-  seeds = _seeds(seeds)
+  seeds = seed_list(seeds)
   if mode not in ("min", "max"):
     raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
   if loop not in _runner.LOOPS:
@@ -526,8 +526,8 @@ def search(
   if (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer))
       or checkpoint_every < 0):
     raise ValueError(f"checkpoint_every must be a nonnegative integer, got {checkpoint_every!r}")
-  factory, opt_name = _factory(optimizer)
-  sp = _parse_space(problem, space, factory, opt_name)
+  factory, opt_name = resolve_optimizer(optimizer)
+  sp = parse_space(problem, space, factory, opt_name)
   devices = list(jax.devices() if devices is None else devices)
   keys = list(sp.values)
   store = None
@@ -545,7 +545,7 @@ def search(
     grid = [dict(zip(keys, combo)) for combo in itertools.product(*sp.values.values())]
   else:
     grid = [{k: c[k] for k in keys} for c in configs]
-  make_tx = _make_tx(factory, sp, steps)
+  make_tx = tx_builder(factory, sp, steps)
   record = None
   if diagnostics:
     from adam_jax.diagnostics import monitor
@@ -573,15 +573,15 @@ def search(
         shutil.rmtree(ckpt)
       continue
     bound = problem.bind(**{k: group_cfg[k] for k in sp.shape if k in group_cfg})
-    _check_metric(bound, problem, metric)
+    check_metric(bound, problem, metric)
     group_const = {k: v for k, v in group_cfg.items() if k not in sp.shape}
-    hp = _traced_values(todo, sp.traced)
+    hp = traced_values(todo, sp.traced)
     member_hp = {k: np.repeat(v, len(seeds)) for k, v in hp.items()}
     seed_pos = np.tile(np.arange(len(seeds), dtype=np.int32), len(todo))
     idx = None
     if problem.batch_fn is None:
       idx = np.stack([problem.batch_indices(steps, s, bound.batch_size) for s in seeds])
-    tx_group = make_tx if not group_const else _with_const(make_tx, group_const)
+    tx_group = make_tx if not group_const else with_constants(make_tx, group_const)
     bar = _bar(progress, len(todo), label)
     try:
       out = _runner.train_group(
@@ -601,7 +601,7 @@ def search(
     for i, config in enumerate(todo):
       members = list(range(i * len(seeds), (i + 1) * len(seeds)))
       per_seed = [{k: float(v[m]) for k, v in out.metrics.items()} for m in members]
-      metrics = _summarize(per_seed)
+      metrics = summarize_members(per_seed)
       diag = None
       if records is not None:
         diag = monitor_columns(jax.tree.map(lambda r, m=members[0]: r[m], records))
@@ -613,7 +613,7 @@ def search(
       results[_key(config)] = row
       if store is not None:
         store.add(row)
-      score = _finite(metrics[metric], mode)
+      score = finite_or_nan(metrics[metric], mode)
       if best is None or (score < best[0] if mode == "min" else score > best[0]):
         best = (score, row, bound, _take(out, members))
       if on_row is not None:
@@ -625,7 +625,7 @@ def search(
     raise ValueError(f"metric {metric!r} is not among the metrics "
                      f"({', '.join(rows[0].metrics)}); pass val_data or metric=...")
   pick = min if mode == "min" else max
-  top = pick(rows, key=lambda r: _finite(r.metrics[metric], mode))
+  top = pick(rows, key=lambda r: finite_or_nan(r.metrics[metric], mode))
   if not math.isfinite(top.metrics[metric]):
     return SearchResult(rows, None, metric, mode, spread, loops)
   if best is not None and best[1] is top:
@@ -634,12 +634,12 @@ def search(
     row = top
     bound = problem.bind(**{k: top.config[k] for k in sp.shape})
     cfg_const = {k: top.config[k] for k in sp.group if k not in sp.shape}
-    hp = {k: np.repeat(v, len(seeds)) for k, v in _traced_values([top.config], sp.traced).items()}
+    hp = {k: np.repeat(v, len(seeds)) for k, v in traced_values([top.config], sp.traced).items()}
     idx = None
     if problem.batch_fn is None:
       idx = np.stack([problem.batch_indices(steps, s, bound.batch_size) for s in seeds])
     out = _runner.train_group(
-        bound.fns, make_tx if not cfg_const else _with_const(make_tx, cfg_const), hp,
+        bound.fns, make_tx if not cfg_const else with_constants(make_tx, cfg_const), hp,
         np.arange(len(seeds), dtype=np.int32), seeds, steps, train_data=problem.train_data,
         val_data=problem.val_data, batch_fn=problem.batch_fn, idx=idx, loop=loop,
         devices=devices[:1])
@@ -647,14 +647,14 @@ def search(
     row = row._replace(seed_metrics=[{k: float(v[m]) for k, v in out.metrics.items()}
                                      for m in range(len(seeds))])
   models = [bound.fns.to_user(p, s) for p, s in trained]
-  scores = [_finite(m[metric], mode) for m in row.seed_metrics]
+  scores = [finite_or_nan(m[metric], mode) for m in row.seed_metrics]
   chosen = int(np.argmin(scores) if mode == "min" else np.argmax(scores))
   best_row = row._replace(model=models[chosen], models=models)
   rows = [best_row if r is top else r for r in rows]
   return SearchResult(rows, best_row, metric, mode, spread, loops)
 
 
-def _check_metric(bound: Any, problem: Problem, metric: str) -> None:
+def check_metric(bound: Any, problem: Problem, metric: str) -> None:
   """Fails before training when ``metric`` is not among the problem's metrics."""
   params, state = jax.eval_shape(bound.fns.init, jnp.zeros((), jnp.int32))
   names = list(jax.eval_shape(bound.fns.metrics, params, state, problem.train_data,
@@ -666,7 +666,7 @@ def _check_metric(bound: Any, problem: Problem, metric: str) -> None:
                      "pass val_data or metric=...")
 
 
-def _with_const(make_tx, const: dict[str, Any]):
+def with_constants(make_tx, const: dict[str, Any]):
   return lambda hp: make_tx({**hp, **const})
 
 
@@ -676,7 +676,7 @@ def _take(out: Any, members: list[int]) -> list[tuple[Any, Any]]:
           for m in members]
 
 
-def _summarize(per_seed: list[dict[str, float]]) -> dict[str, float]:
+def summarize_members(per_seed: list[dict[str, float]]) -> dict[str, float]:
   names = list(per_seed[0])
   out = {k: float(np.mean([m[k] for m in per_seed])) for k in names}
   if len(per_seed) > 1:
@@ -684,7 +684,7 @@ def _summarize(per_seed: list[dict[str, float]]) -> dict[str, float]:
   return out
 
 
-def _seeds(seeds: Any) -> list[int]:
+def seed_list(seeds: Any) -> list[int]:
   if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
     if seeds < 1:
       raise ValueError(f"seeds must be a positive integer or a list of seeds, got {seeds!r}")
