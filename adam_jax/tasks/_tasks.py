@@ -14,23 +14,10 @@ import optax
 from flax import nnx
 
 from adam_jax.tasks import _data
+from adam_jax.tasks._problems import MLP
 
 TASKS = ("digits-mlp", "digits-autoencoder")
 _VAL_FRACTION = 0.2
-
-
-class _MLP(nnx.Module):
-  """Dense layers with ReLU between them; ``sizes`` lists every layer's width."""
-
-  def __init__(self, sizes: list[int], *, rngs: nnx.Rngs):
-    self.layers = nnx.List(
-        [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])]
-    )
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for layer in self.layers[:-1]:
-      x = jax.nn.relu(layer(x))
-    return self.layers[-1](x)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -96,7 +83,7 @@ class Task:
 @functools.lru_cache(maxsize=32)
 def _init(sizes: tuple[int, ...], seed: int) -> tuple[Any, Any]:
   """The model's graphdef and initial params, initialised in one compiled program."""
-  build = lambda: _MLP(list(sizes), rngs=nnx.Rngs(seed))
+  build = lambda: MLP(list(sizes), rngs=nnx.Rngs(seed))
   graphdef, _ = nnx.split(nnx.eval_shape(build))
   return graphdef, jax.jit(lambda: nnx.split(build())[1])()
 
