@@ -180,7 +180,7 @@ def test_jit_init_outside_set_mesh_and_under_vmap(axis_type):
 
 
 def test_checkpoint_restores_into_an_abstract_sharded_target(tmp_path):
-  """The README's recipe: ``like`` from ``eval_shape`` and the compiled init's shardings."""
+  """docs/devices.md's recipe: ``like`` from ``eval_shape`` and the compiled init's shardings."""
   mesh, specs = _mesh(FSDP, AxisType.Auto)
   params = _place(_values(0), mesh, specs)
   tx = adam_jax.adamw(1e-2)
@@ -197,7 +197,7 @@ def test_checkpoint_restores_into_an_abstract_sharded_target(tmp_path):
 
 
 def test_flax_nnx_fsdp_training_and_checkpoint_keep_the_state_sharded(tmp_path):
-  """The README's FSDP example: kernels split by rows over "data", biases replicated."""
+  """The FSDP example of docs/devices.md: kernels split by rows over "data", biases replicated."""
   from flax import nnx
 
   mesh = jax.make_mesh((8,), ("data",))
