@@ -96,9 +96,12 @@ def _api_page(module_name: str) -> str:
   if first:
     lines += [first, ""]
   for name in public_names(module_name):
-    directive = _directive(getattr(module, name))
+    obj = getattr(module, name)
+    directive = _directive(obj)
     lines.append(f".. {directive}:: {module_name}.{name}")
-    if directive == "autoclass":
+    # NamedTuple states: their docstring says what they hold; the fields' own
+    # docstrings would only say "Alias for field number 0".
+    if directive == "autoclass" and not issubclass(obj, tuple):
       lines.append("   :members:")
     lines.append("")
   return "\n".join(lines)
