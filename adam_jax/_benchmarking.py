@@ -55,12 +55,14 @@ def _jax_impls(names: list[str]) -> dict[str, Callable[[], Any]]:
 
   makers = {
       "adam_jax": lambda: adam_jax.adam(1e-3),
-      # The XLA program, where the default is the CPU kernel (adam_jax.native).
-      "adam_jax native=False": lambda: adam_jax.adam(1e-3, native=False),
-      "adam_jax.adamw": lambda: adam_jax.adamw(1e-3, weight_decay=1e-2),
+      # The CPU kernel (adam_jax.native), opt-in; the default is the XLA program.
+      "adam_jax native=True": lambda: adam_jax.adam(1e-3, native=True),
       "optax.adam": lambda: optax.adam(1e-3),
       "optax.adamw": lambda: optax.adamw(1e-3, weight_decay=1e-2),
   }
+  # Any registered alias, by name: "adam_jax.adamw", "adam_jax.nadam", ...
+  makers.update({f"adam_jax.{name}": (lambda name=name: adam_jax.get_optimizer(name)(1e-3))
+                 for name in adam_jax.optimizers()})
   return {n: makers[n] for n in names if n in makers}
 
 
@@ -190,8 +192,11 @@ def run(size: str = "cpu", impls: list[str] | None = None, rounds: int = 20, war
   """
   import jax
 
-  impls = impls or ["adam_jax", "adam_jax native=False", "optax.adam", "optax.adamw",
-                    "torch foreach", "torch fused"]
+  if impls is None:
+    from adam_jax import native
+
+    impls = (["adam_jax"] + (["adam_jax native=True"] if native.available("adam") else [])
+             + ["optax.adam", "optax.adamw", "torch foreach", "torch fused"])
   device = jax.devices()[0]
   torch_device = "cuda" if device.platform == "gpu" else "cpu"
   have_torch = False

@@ -124,7 +124,7 @@ def run(rounds: int = 30, batch: int = 2, seq: int = 64) -> dict:
   for name, (params, loss, data) in problems.items():
     runners = {
         "forward+backward": _Runner(params, loss, data),
-        "adam_jax native=False": _Runner(params, loss, data, adam_jax.adam(1e-3, native=False)),
+        "adam_jax native=True": _Runner(params, loss, data, adam_jax.adam(1e-3, native=True)),
         "adam_jax": _Runner(params, loss, data, adam_jax.adam(1e-3)),
         "optax.adam": _Runner(params, loss, data, optax.adam(1e-3)),
     }
