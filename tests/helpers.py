@@ -63,6 +63,30 @@ def run_jax(tx, params, steps, dtype=jnp.float32, jit=True):
   return traj
 
 
+def run_host_gradients(tx, params, steps, dtype=jnp.float32, grads_fn=grad_leaves):
+  """Runs ``tx`` in a jitted step on gradients computed on the host by ``grads_fn``.
+
+  Returns ``(trajectory, state, params, step)``: the param leaves after each step, the
+  final state and params, and the jitted step (to count its compilations).
+  """
+  p = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+  treedef = jax.tree.structure(p)
+  state = tx.init(p)
+
+  @jax.jit
+  def step(g, state, p):
+    u, state = tx.update(g, state, p)
+    return optax.apply_updates(p, u), state
+
+  traj = []
+  for t in range(1, steps + 1):
+    leaves = [np.asarray(a, np.float64) for a in jax.tree.leaves(p)]
+    g = treedef.unflatten([jnp.asarray(a, dtype) for a in grads_fn(leaves, t)])
+    p, state = step(g, state, p)
+    traj.append([np.asarray(a) for a in jax.tree.leaves(p)])
+  return traj, state, p, step
+
+
 def leaves64(params):
   return [np.asarray(p, np.float64) for p in jax.tree.leaves(params)]
 

@@ -28,21 +28,7 @@ STEPS = 60
 
 def _run(tx, params, steps, dtype=jnp.float32, grads_fn=helpers.grad_leaves):
   """A jitted step on host-computed gradients; returns (trajectory, state, compiled step)."""
-  p = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
-  treedef = jax.tree.structure(p)
-  state = tx.init(p)
-
-  @jax.jit
-  def step(g, state, p):
-    u, state = tx.update(g, state, p)
-    return optax.apply_updates(p, u), state
-
-  traj = []
-  for t in range(1, steps + 1):
-    leaves = [np.asarray(a, np.float64) for a in jax.tree.leaves(p)]
-    g = treedef.unflatten([jnp.asarray(a, dtype) for a in grads_fn(leaves, t)])
-    p, state = step(g, state, p)
-    traj.append([np.asarray(a) for a in jax.tree.leaves(p)])
+  traj, state, _, step = helpers.run_host_gradients(tx, params, steps, dtype, grads_fn)
   return traj, state, step
 
 

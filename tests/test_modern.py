@@ -24,21 +24,7 @@ STEPS = 60
 
 def _run(tx, params, steps, grads_fn=helpers.grad_leaves):
   """Runs ``tx`` (jitted step) on host-computed gradients; returns (trajectory, state, params)."""
-  p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
-  treedef = jax.tree.structure(p)
-  state = tx.init(p)
-
-  @jax.jit
-  def step(g, state, p):
-    u, state = tx.update(g, state, p)
-    return optax.apply_updates(p, u), state
-
-  traj = []
-  for t in range(1, steps + 1):
-    leaves = [np.asarray(a, np.float64) for a in jax.tree.leaves(p)]
-    g = treedef.unflatten([jnp.asarray(a, jnp.float32) for a in grads_fn(leaves, t)])
-    p, state = step(g, state, p)
-    traj.append([np.asarray(a) for a in jax.tree.leaves(p)])
+  traj, state, p, _ = helpers.run_host_gradients(tx, params, steps, grads_fn=grads_fn)
   return traj, state, p
 
 
