@@ -5,12 +5,12 @@ Two kernels, each one C++ source file called through the XLA FFI
 
 * ``"adam"`` (``adam_cpu.cc``): the float32 step of :func:`adam_jax.scale_by_adam`
   for every leaf of a tree in one call (moments updated in place, the work split
-  across XLA's intra-op threads by chunks of the whole parameter set). Used where
-  the compiler vectorises its loops with AVX2 or AVX-512.
+  across XLA's intra-op threads by chunks of the whole parameter set). Opt-in
+  (``native=True``): see :data:`DEFAULT_ON`.
 * ``"adam8bit"`` (``adam8bit_cpu.cc``): the whole 8-bit Adam step of
   :func:`adam_jax.scale_by_adam8bit` in one pass over each block. Used only on x86
   CPUs with AVX-512, where it was measured faster than the XLA program (with AVX2
-  alone its loops were slower).
+  alone its loops were slower); used by default on one CPU device.
 
 Each is built for this machine (``-O3 -march=native``) the first time it is needed
 and cached under ``$ADAM_JAX_CACHE`` (default ``~/.cache/adam_jax``), keyed by the
