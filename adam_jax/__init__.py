@@ -1,124 +1,70 @@
 """adam_jax: the Adam family as composable optax transformations.
 
-The public surface: every name below, and the submodules ``schedules``,
+The public surface: every name in ``__all__``, and the submodules ``schedules``,
 ``diagnostics``, ``checkpoint``, ``quantization``, ``tuning`` and ``tasks``.
+
+Importing the package imports nothing heavy: each name's module (and with it
+JAX) is imported on first access (:pep:`562`). ``import adam_jax`` is instant,
+and a program that catches ``KeyboardInterrupt`` around its first use of the
+library (the ``adam-jax`` command does) can be interrupted cleanly while JAX
+loads.
 """
 
-from adam_jax import checkpoint, diagnostics, quantization, schedules
-from adam_jax.aliases import (
-    adabelief,
-    adam,
-    adam8bit,
-    adam_mini,
-    adamax,
-    adamaxw,
-    adamw,
-    adamw8bit,
-    adopt,
-    amsgrad,
-    cautious_adamw,
-    dadapt_adamw,
-    get_optimizer,
-    lazy_adam,
-    mechanic_adamw,
-    nadam,
-    nadamw,
-    optimizers,
-    prodigy,
-    radam,
-    schedule_free_adamw,
-)
-from adam_jax.quantization import QuantizedArray
-from adam_jax.transforms._common import ScaleByAdamState
-from adam_jax.transforms.adam import ScaleByAmsgradState, scale_by_adam
-from adam_jax.transforms.adam8bit import ScaleByAdam8bitState, scale_by_adam8bit
-from adam_jax.transforms.adam_mini import (
-    adam_mini_block_shapes,
-    adam_mini_partition,
-    scale_by_adam_mini,
-)
-from adam_jax.transforms.adam_stochastic import (
-    ScaleByAdamStochasticState,
-    scale_by_adam_stochastic,
-)
-from adam_jax.transforms.adopt import scale_by_adopt
-from adam_jax.transforms.cautious import cautious
-from adam_jax.transforms.dadapt import (
-    ScaleByDAdaptAdamState,
-    ScaleByProdigyState,
-    scale_by_dadapt_adam,
-    scale_by_prodigy,
-)
-from adam_jax.transforms.lazy import embedding_mask, scale_by_lazy_adam
-from adam_jax.transforms.learning_rate import scale_by_learning_rate
-from adam_jax.transforms.mechanic import MechanicState, mechanize
-from adam_jax.transforms.plateau import ReduceOnPlateauState, reduce_on_plateau
-from adam_jax.transforms.schedule_free import (
-    ScheduleFreeAdamWState,
-    scale_by_schedule_free_adam,
-    schedule_free_eval_params,
-)
-from adam_jax.transforms.variants import scale_by_adamax, scale_by_belief, scale_by_radam
-from adam_jax.transforms.weight_decay import AddWeightDecayState, add_weight_decay
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AddWeightDecayState",
-    "QuantizedArray",
-    "ScaleByAdam8bitState",
-    "ScaleByAdamStochasticState",
-    "ScaleByAdamState",
-    "ScaleByAmsgradState",
-    "ScheduleFreeAdamWState",
-    "adabelief",
-    "adam",
-    "adam8bit",
-    "adam_mini",
-    "adam_mini_block_shapes",
-    "adam_mini_partition",
-    "adamax",
-    "adamaxw",
-    "adamw",
-    "adamw8bit",
-    "add_weight_decay",
-    "adopt",
-    "amsgrad",
-    "cautious",
-    "cautious_adamw",
-    "checkpoint",
-    "diagnostics",
-    "embedding_mask",
-    "get_optimizer",
-    "lazy_adam",
-    "nadam",
-    "nadamw",
-    "optimizers",
-    "quantization",
-    "radam",
-    "scale_by_adam",
-    "scale_by_adam8bit",
-    "scale_by_adam_stochastic",
-    "scale_by_adam_mini",
-    "scale_by_adamax",
-    "scale_by_adopt",
-    "scale_by_belief",
-    "scale_by_lazy_adam",
-    "scale_by_learning_rate",
-    "scale_by_radam",
-    "scale_by_schedule_free_adam",
-    "schedule_free_adamw",
-    "schedule_free_eval_params",
-    "schedules",
-    "MechanicState",
-    "ReduceOnPlateauState",
-    "ScaleByDAdaptAdamState",
-    "ScaleByProdigyState",
-    "dadapt_adamw",
-    "mechanic_adamw",
-    "mechanize",
-    "prodigy",
-    "reduce_on_plateau",
-    "scale_by_dadapt_adam",
-    "scale_by_prodigy",
-]
+# The module that defines each public name.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "adam_jax.aliases": (
+        "adabelief", "adam", "adam8bit", "adam_mini", "adamax", "adamaxw", "adamw",
+        "adamw8bit", "adopt", "amsgrad", "cautious_adamw", "dadapt_adamw",
+        "get_optimizer", "lazy_adam", "mechanic_adamw", "nadam", "nadamw", "optimizers",
+        "prodigy", "radam", "schedule_free_adamw"),
+    "adam_jax.quantization": ("QuantizedArray",),
+    "adam_jax.transforms._common": ("ScaleByAdamState",),
+    "adam_jax.transforms.adam": ("ScaleByAmsgradState", "scale_by_adam"),
+    "adam_jax.transforms.adam8bit": ("ScaleByAdam8bitState", "scale_by_adam8bit"),
+    "adam_jax.transforms.adam_mini": (
+        "adam_mini_block_shapes", "adam_mini_partition", "scale_by_adam_mini"),
+    "adam_jax.transforms.adam_stochastic": (
+        "ScaleByAdamStochasticState", "scale_by_adam_stochastic"),
+    "adam_jax.transforms.adopt": ("scale_by_adopt",),
+    "adam_jax.transforms.cautious": ("cautious",),
+    "adam_jax.transforms.dadapt": (
+        "ScaleByDAdaptAdamState", "ScaleByProdigyState", "scale_by_dadapt_adam",
+        "scale_by_prodigy"),
+    "adam_jax.transforms.lazy": ("embedding_mask", "scale_by_lazy_adam"),
+    "adam_jax.transforms.learning_rate": ("scale_by_learning_rate",),
+    "adam_jax.transforms.mechanic": ("MechanicState", "mechanize"),
+    "adam_jax.transforms.plateau": ("ReduceOnPlateauState", "reduce_on_plateau"),
+    "adam_jax.transforms.schedule_free": (
+        "ScheduleFreeAdamWState", "scale_by_schedule_free_adam", "schedule_free_eval_params"),
+    "adam_jax.transforms.variants": ("scale_by_adamax", "scale_by_belief", "scale_by_radam"),
+    "adam_jax.transforms.weight_decay": ("AddWeightDecayState", "add_weight_decay"),
+}
+_PUBLIC_SUBMODULES = ("checkpoint", "diagnostics", "quantization", "schedules")
+# Reachable as attributes too, but documented on their own pages.
+_OTHER_SUBMODULES = ("aliases", "cli", "native", "tasks", "transforms", "tuning")
+
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted([*_WHERE, *_PUBLIC_SUBMODULES])
+
+
+def __getattr__(name: str) -> Any:
+  if name in _WHERE:
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+  elif name in _PUBLIC_SUBMODULES or name in _OTHER_SUBMODULES:
+    value = importlib.import_module(f"{__name__}.{name}")
+  else:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  globals()[name] = value  # later lookups skip this function
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted({*globals(), *__all__, *_OTHER_SUBMODULES})

@@ -4,8 +4,10 @@ import csv
 import importlib
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -107,6 +109,49 @@ def test_console_entry_point_bad_input(tmp_path):
   assert proc.stderr == (
       "adam-jax demo: error: argument --batch-size: expected a positive integer, got '0'\n")
   assert not (tmp_path / "x").exists()
+
+
+def test_console_entry_point_interrupted_while_jax_loads(tmp_path):
+  """Ctrl-C while the first command imports JAX: exit 130 and one line, no traceback.
+
+  The package imports nothing heavy (``import adam_jax`` stays cheap), so the console
+  script's own imports finish at once and JAX loads inside the command, where the
+  interrupt is handled. The signal is sent once jaxlib's shared library is mapped,
+  that is, while ``import jax`` runs."""
+  code = "import sys; from adam_jax.cli import main; sys.exit(main())"
+  proc = subprocess.Popen([sys.executable, "-c", code, "demo", "--out", str(tmp_path / "x")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  maps = f"/proc/{proc.pid}/maps"
+  try:
+    deadline = time.monotonic() + 60
+    while True:
+      try:
+        with open(maps) as f:
+          if "jaxlib" in f.read():
+            break
+      except OSError:
+        pytest.skip("needs /proc")
+      assert proc.poll() is None and time.monotonic() < deadline
+      time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+  assert proc.returncode == 130, err
+  assert err.count("\n") == 1 and "Traceback" not in err, err
+  assert "interrupted" in err
+
+
+def test_importing_the_package_imports_no_jax():
+  code = ("import sys, adam_jax, adam_jax.cli\n"
+          "print('jax' in sys.modules)\n"
+          "adam_jax.adam\n"
+          "print('jax' in sys.modules, 'adam' in dir(adam_jax), callable(adam_jax.tuning.grid_search))")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.split() == ["False", "True", "True", "True"]
 
 
 def test_console_script_imports_flax_without_ipython():

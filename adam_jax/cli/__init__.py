@@ -43,12 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   as_program = argv is None  # the console script: this process is ours to configure
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
-    if argv[:1] == ["bench"]:  # its own flags: see adam-jax bench --help
+    # Ctrl-C is held while JAX and Flax load (see common.interrupts_held), then honoured.
+    with common.interrupts_held(as_program):
+      args = None if argv[:1] == ["bench"] else parser.parse_args(argv)
+      if as_program:
+        common.prefer_fast_compilation()
+        common.import_flax_outside_ipython()
+        common.import_jax()
+    if args is None:  # its own flags: see adam-jax bench --help
       return bench.run(argv[1:])
-    args = parser.parse_args(argv)
-    if as_program:
-      common.prefer_fast_compilation()
-      common.import_flax_outside_ipython()
     common.preload("matplotlib.figure", "matplotlib.backends.backend_agg")
     return args.run(args)
   except common.UsageError as err:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 TASKS = ("digits-mlp", "digits-autoencoder")
@@ -187,6 +190,37 @@ def import_flax_outside_ipython() -> None:
     pass
   finally:
     del sys.modules["IPython"]
+
+
+@contextlib.contextmanager
+def interrupts_held(hold: bool = True) -> Iterator[None]:
+  """Holds Ctrl-C (SIGINT) until the block ends, then raises ``KeyboardInterrupt``.
+
+  For the imports of compiled extensions: an interrupt raised half-way through
+  ``import jax`` leaves the module half-initialized (later imports fail with an
+  ``AttributeError`` traceback), and one raised inside JAX's garbage-collector
+  callback is printed and lost, so the command would run on. Only in the main
+  thread and when ``hold`` (the console script), where the signal handler is ours.
+  """
+  if not hold or threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  caught: list[int] = []
+  previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+  if caught:
+    raise KeyboardInterrupt
+
+
+def import_jax() -> None:
+  """Imports JAX, optax and the library (the commands' common heavy imports)."""
+  import jax  # noqa: F401
+  import optax  # noqa: F401
+
+  import adam_jax.aliases  # noqa: F401
 
 
 def preload(*modules: str) -> None:
