@@ -24,7 +24,7 @@ class LRFindResult(NamedTuple):
   lrs: np.ndarray  # shape=(n,), float64: the learning rate of each step run
   losses: np.ndarray  # shape=(n,), float64: smoothed, bias-corrected mini-batch losses
   raw_losses: np.ndarray  # shape=(n,), float64: the mini-batch losses themselves
-  suggestion: float  # where the smoothed loss falls fastest in log(lr): the rate to use
+  suggestion: float  # where the smoothed loss falls fastest and deepest in log(lr): use it
   valley: float  # the learning rate half-way down the longest valley of the smoothed loss
   diverged: bool  # whether the run stopped early because the loss blew up
 
@@ -86,8 +86,15 @@ def lr_find(
 
   Two rules are read off the smoothed curve before divergence:
 
-  * ``suggestion``, the *steepest* point: where :math:`ds/d\log\eta` is most negative
-    (skipping the first tenth of the points, where the average is still settling).
+  * ``suggestion``, the *steepest* point: where the slope of the smoothed loss in
+    :math:`\log\eta`, taken over a window of :math:`\pm w` points
+    (:math:`w = \max(2, \lfloor n/20 \rfloor)`, about a third of a decade at the
+    defaults), :math:`(s_{i+w} - s_{i-w}) / \log(\eta_{i+w}/\eta_{i-w})`, is most
+    negative, among the points past the first tenth (where the average is still
+    settling) whose loss has already fallen a fifth of the way from the start
+    (the median of the first tenth) to the minimum. A point-to-point slope is
+    fooled by mini-batch noise where the loss is still flat (BatchNorm and dropout
+    make it large there); a real descent is both sustained and deep.
   * ``valley``: the longest run of points over which the loss keeps falling (its
     longest decreasing subsequence); the value lies half-way down it. It suits
     curves that fall from the start; when the loss stays flat for decades of small
@@ -189,9 +196,17 @@ def _suggest(lrs: np.ndarray, losses: np.ndarray) -> tuple[float, float]:
         f"the loss diverged after {n} steps of the range test; lower start_lr"
     )
   skip = max(1, n // 10)
-  slope = np.gradient(losses, np.log(lrs))
-  steepest = float(lrs[skip + int(np.argmin(slope[skip:-1]))]) if n - 1 > skip else float(
-      lrs[int(np.argmin(slope))])
+  w = max(2, n // 20)
+  idx = np.arange(n)
+  lo, hi = np.maximum(idx - w, 0), np.minimum(idx + w, n - 1)
+  log_lr = np.log(lrs)
+  slope = (losses[hi] - losses[lo]) / (log_lr[hi] - log_lr[lo])
+  start, lowest = float(np.median(losses[:skip])), float(np.min(losses))
+  deep = losses <= start - 0.2 * (start - lowest)
+  for candidates in (idx[skip:-1][deep[skip:-1]], idx[skip:-1], idx):
+    if len(candidates):
+      break
+  steepest = float(lrs[candidates[int(np.argmin(slope[candidates]))]])
   # Longest strictly decreasing subsequence: length[i] of the best one ending at i,
   # first[i] where that one starts.
   length = np.ones(n, np.int64)
