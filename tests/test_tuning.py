@@ -498,3 +498,19 @@ def test_a_diverged_metric_is_never_the_best():
   every = grid_search(problem, {"hidden": [4], "learning_rate": [1e30]}, steps=4,
                       progress=False)
   assert not np.isfinite(every.rows[0].metrics["val_loss"]) and every.best is None
+
+
+def test_search_programs_compile_at_level_one_on_cpu_with_the_same_numbers(monkeypatch):
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  assert _runner.compiler_options() == {"xla_backend_optimization_level": 1}
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
+  assert _runner.compiler_options() is None
+  monkeypatch.delenv("XLA_FLAGS")
+  # The initial params (a truncated normal, the slowest program to compile) bit for bit.
+  fns = tasks.digits_mlp(hidden=8).bind().fns
+  seeds = np.arange(2, dtype=np.int32)
+  init = jax.jit(jax.vmap(fns.init)).lower(seeds)
+  fast = init.compile(_runner.compiler_options())(seeds)
+  default = init.compile()(seeds)
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(default)):
+    np.testing.assert_array_equal(a, b)
