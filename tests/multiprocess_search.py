@@ -1,0 +1,90 @@
+"""A small grid search and random search of a linear regression, on every device.
+
+Shared by ``tests/test_multiprocess.py``: the test runs :func:`search` in its own
+process (8 CPU devices) and, through ``python -m tests.multiprocess_search``, in two
+processes of 4 CPU devices each joined by ``jax.distributed`` on 127.0.0.1, each with
+its own ``out_dir`` (as on hosts that share no disk).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adam_jax import tuning
+
+STEPS = 12
+GRID = {"learning_rate": [1e-3, 1e-2, 3e-2, 1e-1, 3e-1], "b1": [0.8, 0.9]}  # 10 x 2 seeds
+
+
+def _problem() -> tuning.Problem:
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((64, 4)).astype(np.float32)
+  y = x @ np.array([[1.0], [-2.0], [0.5], [3.0]], np.float32) + np.float32(0.1)
+
+  def init(key):
+    return {"w": 0.1 * jax.random.normal(key, (4, 1)), "b": jnp.zeros((1, 1))}
+
+  def loss(params, batch):
+    xb, yb = batch
+    return jnp.mean((xb @ params["w"] + params["b"] - yb) ** 2)
+
+  return tuning.Problem(init, loss, (x, y), (x[:32], y[:32]), batch_size=16)
+
+
+def _rows(result: tuning.SearchResult) -> dict:
+  return {"rows": [{"config": r.config, "metrics": r.metrics,
+                    "curve": [float(v) for v in r.curve]} for r in result.rows],
+          "best": result.best.config,
+          "best_model": {k: np.asarray(v).tolist() for k, v in result.best.model.items()}}
+
+
+def search(out_dir: str) -> dict:
+  """The grid (a scan over members spread on every device) and a random search (Python steps)."""
+  problem = _problem()
+  grid = tuning.grid_search(problem, GRID, steps=STEPS, seeds=2, out_dir=out_dir,
+                            progress=False)
+  rand = tuning.random_search(problem, {"learning_rate": tuning.log_uniform(1e-3, 1e-1),
+                                        "b2": tuning.uniform(0.9, 0.999)},
+                              num_configs=3, steps=STEPS, loop="python", progress=False)
+  return {"grid": _rows(grid), "random": _rows(rand)}
+
+
+def main() -> None:
+  coordinator, process_id, out_dir, out = sys.argv[1:5]
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.config.update("jax_numpy_dtype_promotion", "strict")
+  jax.config.update("jax_numpy_rank_promotion", "raise")
+  jax.distributed.initialize(coordinator_address=coordinator, num_processes=2,
+                             process_id=int(process_id))
+  assert jax.process_count() == 2 and jax.device_count() == 8, jax.devices()
+  result = search(out_dir)
+  problem = _problem()
+  # Process 0's out_dir holds the search: both processes refuse to start over there.
+  try:
+    tuning.grid_search(problem, GRID, steps=STEPS, seeds=2, out_dir=out_dir, progress=False)
+    result["refused"] = None
+  except ValueError as err:
+    result["refused"] = str(err)
+  # Resumed: every row is read back by process 0, the best configuration trained again.
+  trained = []
+  resumed = tuning.grid_search(problem, GRID, steps=STEPS, seeds=2, out_dir=out_dir,
+                               resume=True, progress=False, on_row=trained.append)
+  result["resumed"] = _rows(resumed)
+  result["resumed_trained"] = len(trained)
+  try:
+    tuning.grid_search(problem, GRID, steps=STEPS, devices=jax.local_devices(), progress=False)
+    result["local_devices"] = None
+  except ValueError as err:
+    result["local_devices"] = str(err)
+  with open(out, "w") as f:
+    json.dump(result, f)
+  jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+  main()
