@@ -110,6 +110,8 @@ def test_two_processes_search_like_one(tmp_path):
   with open(tmp_path / "one" / "results.csv") as f:
     assert len(written) == 1 + len(one_rows) and written[0] == f.readline().strip()
   for out in two:
+    # Another search into process 0's out_dir is refused by both processes.
+    assert "results.csv); pass resume=True" in out["refused"]
     # Resumed, every row is read back (none trained) and the best is trained again.
     assert out["resumed_trained"] == 0
     assert out["resumed"]["rows"] == two[0]["grid"]["rows"]

@@ -287,7 +287,8 @@ class _Store:
   """results.csv (a row as each group finishes), curves.jsonl and search.json.
 
   Process 0 alone reads and writes them; the other processes of a ``jax.distributed`` run
-  get the rows read back (or the error) from it.
+  get the rows read back (or the error) from it. An earlier search's results.csv or
+  checkpoints are never deleted, only resumed.
   """
 
   def __init__(self, out_dir: str, meta: dict[str, Any], keys: list[str], resume: bool,
@@ -305,10 +306,14 @@ class _Store:
             space: dict[str, list[Any]]) -> tuple[dict[tuple[str, ...], Row], bool]:
     meta_path = os.path.join(out_dir, _META)
     self.resuming = resume and os.path.exists(meta_path)
+    earlier = [p for p in (self.csv_path, os.path.join(out_dir, _CHECKPOINTS))
+               if os.path.exists(p)]
+    if earlier and not self.resuming:
+      why = (f"it has no {_META} to resume from" if resume
+             else "pass resume=True to continue that search")
+      raise ValueError(f"{out_dir} already holds an earlier search ({earlier[0]}); {why}, "
+                       "or pass another out_dir")
     os.makedirs(out_dir, exist_ok=True)
-    checkpoints = os.path.join(out_dir, _CHECKPOINTS)
-    if not self.resuming and os.path.isdir(checkpoints):
-      shutil.rmtree(checkpoints)
     if self.resuming:
       try:
         with open(meta_path) as f:
@@ -501,7 +506,8 @@ def grid_search(
     metric: the metric that picks ``best`` (a key of the rows' metrics).
     mode: ``"min"`` or ``"max"``.
     out_dir: if given, ``results.csv`` (a line per configuration, written as each
-      group finishes) and ``curves.jsonl`` are written there.
+      group finishes) and ``curves.jsonl`` are written there. A folder that holds an
+      earlier search (its ``results.csv`` or ``checkpoints``) is refused without ``resume``.
     resume: with ``out_dir``, keep the rows of its ``results.csv`` and train the others.
     devices: spread each group over these devices (default: ``jax.devices()``, every
       process's; a group whose steps are driven from Python runs on the first one of
@@ -524,8 +530,8 @@ def grid_search(
 
   Raises:
     ValueError: an unknown space key (the accepted ones are listed), a bad value,
-      an unknown metric, a resume that does not match, or ``devices`` that leave out
-      a process.
+      an unknown metric, a resume that does not match, an ``out_dir`` that holds an
+      earlier search without ``resume``, or ``devices`` that leave out a process.
 
   Examples:
     >>> import jax.numpy as jnp, numpy as np
