@@ -36,22 +36,47 @@ def _problem() -> tuning.Problem:
   return tuning.Problem(init, loss, (x, y), (x[:32], y[:32]), batch_size=16)
 
 
+def _dropout_problem() -> tuning.Problem:
+  """A Flax NNX model with Dropout: its state holds typed PRNG keys."""
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+      self.fc = nnx.Linear(4, 1, rngs=rngs)
+      self.drop = nnx.Dropout(0.2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.fc(self.drop(x))
+
+  x, y = _problem().train_data
+  loss = lambda model, batch: jnp.mean((model(batch[0]) - batch[1]) ** 2)
+  return tuning.Problem(Net, loss, (x, y), (x[:32], y[:32]), batch_size=16)
+
+
 def _rows(result: tuning.SearchResult) -> dict:
+  model = result.best.model
+  if not isinstance(model, dict):  # an NNX module: its params
+    from flax import nnx
+
+    model = {"/".join(map(str, k)): v for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
   return {"rows": [{"config": r.config, "metrics": r.metrics,
                     "curve": [float(v) for v in r.curve]} for r in result.rows],
           "best": result.best.config,
-          "best_model": {k: np.asarray(v).tolist() for k, v in result.best.model.items()}}
+          "best_model": {k: np.asarray(v).tolist() for k, v in model.items()}}
 
 
 def search(out_dir: str) -> dict:
-  """The grid (a scan over members spread on every device) and a random search (Python steps)."""
+  """The grid (a scan over members spread on every device), a random search (Python steps)
+  and a grid of a model whose state holds PRNG keys (NNX Dropout)."""
   problem = _problem()
   grid = tuning.grid_search(problem, GRID, steps=STEPS, seeds=2, out_dir=out_dir,
                             progress=False)
   rand = tuning.random_search(problem, {"learning_rate": tuning.log_uniform(1e-3, 1e-1),
                                         "b2": tuning.uniform(0.9, 0.999)},
                               num_configs=3, steps=STEPS, loop="python", progress=False)
-  return {"grid": _rows(grid), "random": _rows(rand)}
+  dropout = tuning.grid_search(_dropout_problem(), {"learning_rate": [1e-2, 1e-1]}, steps=4,
+                               progress=False)
+  return {"grid": _rows(grid), "random": _rows(rand), "dropout": _rows(dropout)}
 
 
 def main() -> None:

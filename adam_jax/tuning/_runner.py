@@ -257,6 +257,9 @@ def fetch(tree: Any) -> Any:
 
   def get(a):
     if isinstance(a, jax.Array) and not a.is_fully_addressable:
+      if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):  # gathered as their raw bits
+        return jax.random.wrap_key_data(get(jax.random.key_data(a)),
+                                        impl=jax.random.key_impl(a))
       return np.asarray(multihost_utils.process_allgather(a, tiled=True))
     return jax.device_get(a)
 
