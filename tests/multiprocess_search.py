@@ -3,11 +3,13 @@
 Shared by ``tests/test_multiprocess.py``: the test runs :func:`search` in its own
 process (8 CPU devices) and, through ``python -m tests.multiprocess_search``, in two
 processes of 4 CPU devices each joined by ``jax.distributed`` on 127.0.0.1, each with
-its own ``out_dir`` (as on hosts that share no disk).
+its own ``out_dir`` (as on hosts that share no disk) and one folder both see for a search
+with group checkpoints.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -16,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from adam_jax import tuning
+
+_runner = importlib.import_module("adam_jax.tuning._runner")
 
 STEPS = 12
 GRID = {"learning_rate": [1e-3, 1e-2, 3e-2, 1e-1, 3e-1], "b1": [0.8, 0.9]}  # 10 x 2 seeds
@@ -79,8 +83,34 @@ def search(out_dir: str) -> dict:
   return {"grid": _rows(grid), "random": _rows(rand), "dropout": _rows(dropout)}
 
 
+def _interrupted_and_resumed(problem: tuning.Problem, shared_dir: str) -> dict:
+  """The grid cut in its third chunk, then resumed from the checkpoint both processes wrote."""
+  kwargs = dict(steps=STEPS, seeds=2, checkpoint_every=4, out_dir=shared_dir, progress=False)
+  run, chunks = _runner.run_chunk_hook, []
+
+  def cut_third(*args):
+    chunks.append(args[2])
+    if len(chunks) == 3:
+      raise KeyboardInterrupt
+    return run(*args)
+
+  _runner.run_chunk_hook = cut_third
+  try:
+    tuning.grid_search(problem, GRID, **kwargs)
+    raise AssertionError("the search was not interrupted")
+  except KeyboardInterrupt:
+    pass
+  chunks.clear()
+  _runner.run_chunk_hook = lambda *args: chunks.append(args[2]) or run(*args)
+  try:
+    resumed = tuning.grid_search(problem, GRID, resume=True, **kwargs)
+  finally:
+    _runner.run_chunk_hook = run
+  return {"chunks": chunks, **_rows(resumed)}
+
+
 def main() -> None:
-  coordinator, process_id, out_dir, out = sys.argv[1:5]
+  coordinator, process_id, out_dir, shared_dir, out = sys.argv[1:6]
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.config.update("jax_numpy_dtype_promotion", "strict")
   jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -101,6 +131,7 @@ def main() -> None:
                                resume=True, progress=False, on_row=trained.append)
   result["resumed"] = _rows(resumed)
   result["resumed_trained"] = len(trained)
+  result["checkpointed"] = _interrupted_and_resumed(problem, shared_dir)
   try:
     tuning.grid_search(problem, GRID, steps=STEPS, devices=jax.local_devices(), progress=False)
     result["local_devices"] = None

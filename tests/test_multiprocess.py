@@ -89,9 +89,10 @@ def _assert_close(two, one):
 @pytest.mark.slow
 def test_two_processes_search_like_one(tmp_path):
   assert jax.device_count() == 8 and jax.process_count() == 1
-  # Each process has its own out_dir, as hosts that share no disk.
+  # Each process has its own out_dir, as hosts that share no disk; group checkpoints go to
+  # a folder both see.
   _run_two("tests.multiprocess_search",
-           lambda i: (tmp_path / f"out{i}", tmp_path / f"result{i}.json"))
+           lambda i: (tmp_path / f"out{i}", tmp_path / "shared", tmp_path / f"result{i}.json"))
   two = []
   for i in range(2):
     with open(tmp_path / f"result{i}.json") as f:
@@ -117,3 +118,12 @@ def test_two_processes_search_like_one(tmp_path):
     assert out["resumed"]["rows"] == two[0]["grid"]["rows"]
     _assert_close(out["resumed"], two[0]["grid"])
     assert "devices must include devices of every process" in out["local_devices"]
+    # Cut in its third chunk, the search resumed from the group checkpoint that both
+    # processes wrote (the first two chunks were not trained again).
+    assert out["checkpointed"]["chunks"] == [8]
+    assert out["checkpointed"]["rows"] == two[0]["checkpointed"]["rows"]
+    _assert_close(out["checkpointed"], one["grid"])
+  assert not (tmp_path / "shared" / "checkpoints").exists()
+  with open(tmp_path / "shared" / "results.csv") as f:
+    shared = f.read().splitlines()
+  assert len(shared) == len(written) and shared[0] == written[0]  # once, by process 0
