@@ -1,4 +1,4 @@
-"""A small grid search and random search of a linear regression, on every device.
+"""Small searches (a linear regression, an NNX model with Dropout) on every device.
 
 Shared by ``tests/test_multiprocess.py``: the test runs :func:`search` in its own
 process (8 CPU devices) and, through ``python -m tests.multiprocess_search``, in two
@@ -70,8 +70,11 @@ def _rows(result: tuning.SearchResult) -> dict:
 
 
 def search(out_dir: str) -> dict:
-  """The grid (a scan over members spread on every device), a random search (Python steps)
-  and a grid of a model whose state holds PRNG keys (NNX Dropout)."""
+  """A grid, a random search and a grid of a model whose state holds PRNG keys.
+
+  The grid's steps run in a scan over members spread on every device, the random
+  search's are called from Python (one device of each process).
+  """
   problem = _problem()
   grid = tuning.grid_search(problem, GRID, steps=STEPS, seeds=2, out_dir=out_dir,
                             progress=False)
