@@ -1,5 +1,6 @@
-"""Two processes joined by jax.distributed train FSDP, checkpoint and resume like one."""
+"""Two processes joined by jax.distributed train FSDP, checkpoint, resume and search like one."""
 
+import json
 import os
 import socket
 import subprocess
@@ -9,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests import fsdp_training
+from tests import fsdp_training, multiprocess_search
 
 TIMEOUT_S = 240
 
@@ -20,16 +21,15 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _two_processes(tmp_path) -> dict[str, np.ndarray]:
+def _run_two(module: str, args) -> None:
+  """``python -m module coordinator process_id *args(process_id)`` in two processes."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
          "JAX_PLATFORMS": "cpu",
          "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
   coordinator = f"127.0.0.1:{_free_port()}"
-  out = tmp_path / "two_processes.npz"
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "tests.fsdp_training", coordinator, str(i),
-       str(tmp_path / "ckpt_two"), str(out)],
+      [sys.executable, "-m", module, coordinator, str(i), *map(str, args(i))],
       cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
   logs = [""] * 2
@@ -45,6 +45,11 @@ def _two_processes(tmp_path) -> dict[str, np.ndarray]:
         proc.communicate()
   for i, proc in enumerate(procs):
     assert proc.returncode == 0, f"process {i} failed:\n{logs[i][-3000:]}"
+
+
+def _two_processes(tmp_path) -> dict[str, np.ndarray]:
+  out = tmp_path / "two_processes.npz"
+  _run_two("tests.fsdp_training", lambda i: (tmp_path / "ckpt_two", out))
   with np.load(out) as f:
     return dict(f)
 
@@ -66,3 +71,59 @@ def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
   # Both processes wrote one checkpoint together.
   assert sorted(p.name for p in (tmp_path / "ckpt_two").iterdir()) == [
       "adam_jax_checkpoint.json", "save_00000001"]
+
+
+def _assert_close(two, one):
+  """Two processes' search results equal one process's to float32 rounding."""
+  assert two["best"] == one["best"]
+  assert [r["config"] for r in two["rows"]] == [r["config"] for r in one["rows"]]
+  for a, b in zip(two["rows"], one["rows"]):
+    assert list(a["metrics"]) == list(b["metrics"])
+    np.testing.assert_allclose(list(a["metrics"].values()), list(b["metrics"].values()),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a["curve"], b["curve"], rtol=1e-5)
+  for k in one["best_model"]:
+    np.testing.assert_allclose(two["best_model"][k], one["best_model"][k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_search_like_one(tmp_path):
+  assert jax.device_count() == 8 and jax.process_count() == 1
+  # Each process has its own out_dir, as hosts that share no disk; group checkpoints go to
+  # a folder both see.
+  _run_two("tests.multiprocess_search",
+           lambda i: (tmp_path / f"out{i}", tmp_path / "shared", tmp_path / f"result{i}.json"))
+  two = []
+  for i in range(2):
+    with open(tmp_path / f"result{i}.json") as f:
+      two.append(json.load(f))
+  one = multiprocess_search.search(str(tmp_path / "one"))
+  for name in ("grid", "random", "dropout"):
+    assert two[0][name] == two[1][name]  # both processes return the same complete result
+    _assert_close(two[0][name], one[name])
+  one_rows = one["grid"]["rows"]
+  assert len(one_rows) == 10 and one_rows[0]["metrics"]["val_loss"] > 2 * min(
+      r["metrics"]["val_loss"] for r in one_rows)  # the learning rate mattered: it trained
+  # Process 0 alone wrote the rows, all of them, once.
+  assert not (tmp_path / "out1").exists()
+  with open(tmp_path / "out0" / "results.csv") as f:
+    written = f.read().splitlines()
+  with open(tmp_path / "one" / "results.csv") as f:
+    assert len(written) == 1 + len(one_rows) and written[0] == f.readline().strip()
+  for out in two:
+    # Another search into process 0's out_dir is refused by both processes.
+    assert "results.csv); pass resume=True" in out["refused"]
+    # Resumed, every row is read back (none trained) and the best is trained again.
+    assert out["resumed_trained"] == 0
+    assert out["resumed"]["rows"] == two[0]["grid"]["rows"]
+    _assert_close(out["resumed"], two[0]["grid"])
+    assert "devices must include devices of every process" in out["local_devices"]
+    # Cut in its third chunk, the search resumed from the group checkpoint that both
+    # processes wrote (the first two chunks were not trained again).
+    assert out["checkpointed"]["chunks"] == [8]
+    assert out["checkpointed"]["rows"] == two[0]["checkpointed"]["rows"]
+    _assert_close(out["checkpointed"], one["grid"])
+  assert not (tmp_path / "shared" / "checkpoints").exists()
+  with open(tmp_path / "shared" / "results.csv") as f:
+    shared = f.read().splitlines()
+  assert len(shared) == len(written) and shared[0] == written[0]  # once, by process 0

@@ -104,6 +104,37 @@ def test_random_search_writes_rows_and_resumes(tmp_path):
                          resume=True, progress=False)
 
 
+@pytest.mark.parametrize("kind", ["grid", "random"])
+def test_an_earlier_search_in_out_dir_is_refused_not_deleted(tmp_path, kind):
+  problem, _, _ = small_problem()
+
+  def run(**kwargs):
+    if kind == "grid":
+      return tuning.grid_search(problem, {"learning_rate": [1e-2, 1e-1]}, steps=3,
+                                out_dir=tmp_path, progress=False, **kwargs)
+    return tuning.random_search(problem, {"learning_rate": tuning.log_uniform(1e-3, 1e-1)},
+                                num_configs=2, steps=3, out_dir=tmp_path, progress=False,
+                                **kwargs)
+
+  run()
+  csv_path = tmp_path / "results.csv"
+  written = csv_path.read_text()
+  assert len(written.splitlines()) == 3
+  with pytest.raises(ValueError, match=r"already holds an earlier search \(.*results\.csv\); "
+                     r"pass resume=True to continue that search, or pass another out_dir"):
+    run()
+  assert csv_path.read_text() == written
+  (tmp_path / "search.json").unlink()  # nothing to resume from: still kept
+  with pytest.raises(ValueError, match=r"results\.csv\); it has no search\.json"):
+    run(resume=True)
+  assert csv_path.read_text() == written
+  csv_path.unlink()  # an interrupted first group: its checkpoints are kept too
+  (tmp_path / "checkpoints" / "group").mkdir(parents=True)
+  with pytest.raises(ValueError, match=r"earlier search \(.*checkpoints\)"):
+    run(checkpoint_every=1)
+  assert (tmp_path / "checkpoints" / "group").is_dir()
+
+
 @pytest.mark.parametrize(
     "make, message",
     [

@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import os
+import pickle
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -283,18 +284,36 @@ def _key(config: dict[str, Any]) -> tuple[str, ...]:
 
 
 class _Store:
-  """results.csv (a row as each group finishes), curves.jsonl and search.json."""
+  """results.csv (a row as each group finishes), curves.jsonl and search.json.
+
+  Process 0 alone reads and writes them; the other processes of a ``jax.distributed`` run
+  get the rows read back (or the error) from it. An earlier search's results.csv or
+  checkpoints are never deleted, only resumed.
+  """
 
   def __init__(self, out_dir: str, meta: dict[str, Any], keys: list[str], resume: bool,
                space: dict[str, list[Any]]):
-    os.makedirs(out_dir, exist_ok=True)
     self.csv_path = os.path.join(out_dir, _CSV)
     self.curves_path = os.path.join(out_dir, _CURVES)
-    meta_path = os.path.join(out_dir, _META)
     self.keys = keys
     self.names: list[str] | None = None
     self.done: dict[tuple[str, ...], Row] = {}
+    self.writes = jax.process_index() == 0
+    self.done, self.resuming = _from_process_0(
+        lambda: self._open(out_dir, meta, resume, space))
+
+  def _open(self, out_dir: str, meta: dict[str, Any], resume: bool,
+            space: dict[str, list[Any]]) -> tuple[dict[tuple[str, ...], Row], bool]:
+    meta_path = os.path.join(out_dir, _META)
     self.resuming = resume and os.path.exists(meta_path)
+    earlier = [p for p in (self.csv_path, os.path.join(out_dir, _CHECKPOINTS))
+               if os.path.exists(p)]
+    if earlier and not self.resuming:
+      why = (f"it has no {_META} to resume from" if resume
+             else "pass resume=True to continue that search")
+      raise ValueError(f"{out_dir} already holds an earlier search ({earlier[0]}); {why}, "
+                       "or pass another out_dir")
+    os.makedirs(out_dir, exist_ok=True)
     if self.resuming:
       try:
         with open(meta_path) as f:
@@ -318,6 +337,7 @@ class _Store:
       self._clear()
     with open(meta_path, "w") as f:
       json.dump(meta, f, indent=2)
+    return self.done, self.resuming
 
   def _clear(self) -> None:
     for path in (self.csv_path, self.curves_path):
@@ -363,6 +383,8 @@ class _Store:
         self.done[key] = Row(config, metrics, [], curves.get(key))
 
   def add(self, row: Row) -> None:
+    if not self.writes:
+      return
     if self.names is None:
       self.names = list(row.metrics)
       with open(self.csv_path, "w", newline="") as f:
@@ -374,6 +396,32 @@ class _Store:
       with open(self.curves_path, "a") as f:
         f.write(json.dumps({"key": list(_key(row.config)),
                             "curve": [float(v) for v in row.curve]}) + "\n")
+
+
+def _from_process_0(fn: Callable[[], Any]) -> Any:
+  """``fn()``, run by process 0 alone; its value (or its error) reaches every process."""
+  if jax.process_count() == 1:
+    return fn()
+  from jax.experimental import multihost_utils
+
+  error, payload = None, b""
+  if jax.process_index() == 0:
+    try:
+      payload = pickle.dumps((None, fn()))
+    except Exception as err:  # every process raises, none waits for a value
+      error, payload = err, pickle.dumps((type(err).__name__, str(err)))
+  size = int(multihost_utils.broadcast_one_to_all(np.int32(len(payload))))
+  data = np.zeros(size, np.uint8)
+  data[:len(payload)] = np.frombuffer(payload, np.uint8)
+  data = np.asarray(multihost_utils.broadcast_one_to_all(data))
+  if error is not None:
+    raise error
+  kind, value = pickle.loads(data.tobytes())
+  if kind == "ValueError":
+    raise ValueError(value)
+  if kind is not None:
+    raise RuntimeError(f"process 0 failed with {kind}: {value}")
+  return value
 
 
 def monitor_record(opt_state: Any) -> Any:
@@ -435,6 +483,17 @@ def grid_search(
   hyperparameters; a configuration trained here equals the same configuration trained
   alone, to float32 rounding.
 
+  Across processes (``jax.distributed``), every process calls ``grid_search`` with the
+  same arguments. Each group's members are spread over one mesh of every process's
+  devices, every process trains the members on its own devices, and the results are
+  gathered (``multihost_utils.process_allgather``), so every process returns the same
+  complete :class:`SearchResult`. No computation mixes members, so the rows agree with
+  one process of the same device count to float32 rounding (bit-identical results
+  across process counts are not promised). Process 0 alone reads and writes ``out_dir``
+  (the other processes get the rows read back from it); group checkpoints are written
+  together, each process its own shards, so ``checkpoint_every`` needs an ``out_dir``
+  that every process sees.
+
   Args:
     problem: the :class:`Problem`.
     space: the grid (see above).
@@ -447,10 +506,12 @@ def grid_search(
     metric: the metric that picks ``best`` (a key of the rows' metrics).
     mode: ``"min"`` or ``"max"``.
     out_dir: if given, ``results.csv`` (a line per configuration, written as each
-      group finishes) and ``curves.jsonl`` are written there.
+      group finishes) and ``curves.jsonl`` are written there. A folder that holds an
+      earlier search (its ``results.csv`` or ``checkpoints``) is refused without ``resume``.
     resume: with ``out_dir``, keep the rows of its ``results.csv`` and train the others.
-    devices: spread each group over these devices (default: ``jax.devices()``; a group
-      whose steps are driven from Python runs on the first one).
+    devices: spread each group over these devices (default: ``jax.devices()``, every
+      process's; a group whose steps are driven from Python runs on the first one of
+      each process).
     loop: ``"scan"`` (steps in ``jax.lax.scan`` chunks), ``"python"`` (a jitted,
       vmapped step called from Python) or ``"auto"``: Python steps for a model with
       convolutions on CPU (several times faster there), ``scan`` otherwise.
@@ -469,7 +530,8 @@ def grid_search(
 
   Raises:
     ValueError: an unknown space key (the accepted ones are listed), a bad value,
-      an unknown metric or a resume that does not match.
+      an unknown metric, a resume that does not match, an ``out_dir`` that holds an
+      earlier search without ``resume``, or ``devices`` that leave out a process.
 
   Examples:
     >>> import jax.numpy as jnp, numpy as np
@@ -529,6 +591,7 @@ def search(
   factory, opt_name = resolve_optimizer(optimizer)
   sp = parse_space(problem, space, factory, opt_name)
   devices = list(jax.devices() if devices is None else devices)
+  _runner.check_devices(devices)
   keys = list(sp.values)
   store = None
   if out_dir is not None:
@@ -538,8 +601,6 @@ def search(
   ckpt_root = None
   if store is not None and checkpoint_every:
     ckpt_root = os.path.join(os.fspath(out_dir), _CHECKPOINTS)
-    if not store.resuming and os.path.isdir(ckpt_root):
-      shutil.rmtree(ckpt_root)
 
   if configs is None:
     grid = [dict(zip(keys, combo)) for combo in itertools.product(*sp.values.values())]
@@ -569,7 +630,7 @@ def search(
     label = ", ".join(f"{k}={v}" for k, v in group_cfg.items()) or "all"
     ckpt = None if ckpt_root is None else os.path.join(ckpt_root, _slug(label))
     if not todo:
-      if ckpt is not None and os.path.isdir(ckpt):
+      if ckpt is not None and store.writes and os.path.isdir(ckpt):
         shutil.rmtree(ckpt)
       continue
     bound = problem.bind(**{k: group_cfg[k] for k in sp.shape if k in group_cfg})
@@ -595,7 +656,7 @@ def search(
         bar.close()
     loops[label] = out.loop
     spread = max(spread, out.num_devices)
-    if ckpt is not None and os.path.isdir(ckpt):
+    if ckpt is not None and store.writes and os.path.isdir(ckpt):
       shutil.rmtree(ckpt)
     losses, records = out.trace if diagnostics else (out.trace, None)
     for i, config in enumerate(todo):
@@ -618,7 +679,8 @@ def search(
         best = (score, row, bound, _take(out, members))
       if on_row is not None:
         on_row(row)
-  if ckpt_root is not None and os.path.isdir(ckpt_root) and not os.listdir(ckpt_root):
+  if (ckpt_root is not None and store.writes and os.path.isdir(ckpt_root)
+      and not os.listdir(ckpt_root)):
     os.rmdir(ckpt_root)
   rows = [results[_key(c)] for c in grid]
   if rows and metric not in rows[0].metrics:
@@ -642,7 +704,7 @@ def search(
         bound.fns, make_tx if not cfg_const else with_constants(make_tx, cfg_const), hp,
         np.arange(len(seeds), dtype=np.int32), seeds, steps, train_data=problem.train_data,
         val_data=problem.val_data, batch_fn=problem.batch_fn, idx=idx, loop=loop,
-        devices=devices[:1])
+        devices=_runner.one_per_process(devices))
     trained = _take(out, list(range(len(seeds))))
     row = row._replace(seed_metrics=[{k: float(v[m]) for k, v in out.metrics.items()}
                                      for m in range(len(seeds))])
@@ -708,7 +770,7 @@ def _slug(label: str) -> str:
 
 
 def _bar(progress: bool | None, total: int, label: str) -> Any:
-  if progress is False:
+  if progress is False or jax.process_index() != 0:
     return None
   from tqdm.auto import tqdm
 

@@ -225,8 +225,8 @@ def random_search(
   (:func:`sample_configs`) and trained by :func:`grid_search`'s runner: numeric
   optimizer values are traced and trained in one ``jax.vmap``-ed program, shape
   keys (``batch_size``, model keywords) give a program per sampled combination.
-  Rows, seeds, metrics, ``best.model``, ``out_dir`` and ``resume`` work as there
-  (a resume must use the same ``seed`` and ``num_configs``).
+  Rows, seeds, metrics, ``best.model``, ``out_dir``, ``resume`` and several processes
+  work as there (a resume must use the same ``seed`` and ``num_configs``).
 
   Args:
     problem: the :class:`Problem`.

@@ -5,6 +5,12 @@ values. Steps run in chunks, either as one ``jax.lax.scan`` per chunk or as a ji
 step called from Python: on XLA:CPU a convolution inside ``scan`` runs many times
 slower than the same step called from Python, while an MLP's scan saves the per-step
 dispatch. Between chunks the group's train state can be checkpointed.
+
+Across processes (``jax.distributed``) the members are spread over one global mesh of
+every process's devices: every process runs the same program on its own devices' members,
+and the results are gathered with ``multihost_utils.process_allgather``, so every process
+returns the whole group. Each member is computed as with one process of the same device
+count (no collective mixes members), so the results agree with it to float32 rounding.
 """
 
 from __future__ import annotations
@@ -124,9 +130,10 @@ def train_group(
 
   n = len(seed_pos)
   devices = list(devices or jax.devices()[:1])
-  # Python-driven steps run on one device: dispatched one after another, the
-  # collectives of steps spread over several CPU devices can wait on each other forever.
-  use = devices if len(devices) > 1 and n > 1 and loop == "scan" else devices[:1]
+  check_devices(devices)
+  # Python-driven steps run on one device (of each process): dispatched one after another,
+  # the collectives of steps spread over several CPU devices can wait on each other forever.
+  use = devices if len(devices) > 1 and n > 1 and loop == "scan" else one_per_process(devices)
   padded = -(-n // len(use)) * len(use)
   pad = lambda a: np.concatenate([a, np.repeat(a[-1:], padded - n, axis=0)])
   hp = {k: pad(np.asarray(v)) for k, v in hp.items()}
@@ -204,7 +211,7 @@ def train_group(
     def run_chunk(carry, lo, hi):
       carry, out = compiled[hi - lo](carry, hp_dev, pos_dev, np.int32(lo), idx_dev, seeds_dev,
                                      data_dev)
-      return carry, jax.tree.map(lambda o: np.swapaxes(o, 0, 1), jax.device_get(out))
+      return carry, jax.tree.map(lambda o: np.swapaxes(o, 0, 1), fetch(out))
   else:
     def run_chunk(carry, lo, hi):
       outs = []
@@ -212,7 +219,7 @@ def train_group(
         carry, out = compiled["step"](carry, hp_dev, pos_dev, np.int32(t), idx_dev, seeds_dev,
                                       data_dev)
         outs.append(out)
-      return carry, jax.tree.map(lambda *o: np.stack(o, axis=1), *jax.device_get(outs))
+      return carry, jax.tree.map(lambda *o: np.stack(o, axis=1), *fetch(outs))
 
   start = time.perf_counter()
   for lo in range(first, steps, chunk):
@@ -230,16 +237,53 @@ def train_group(
       on_steps(hi)
   params, opt_state, state = carry
   metrics = compiled["metrics"](params, state, data_dev, val_dev)
-  metrics = jax.device_get(metrics)
+  metrics = fetch(metrics)
   first_names = [k for k in ("train_loss", "val_loss") if k in metrics]
   metrics = {k: np.asarray(metrics[k])[:n] for k in first_names + [
       k for k in metrics if k not in first_names]}
   train_s = time.perf_counter() - start
   cut = lambda a: a[:n]
-  return GroupOutput(jax.tree.map(cut, jax.device_get(params)),
-                     jax.tree.map(cut, jax.device_get(state)), metrics,
+  return GroupOutput(jax.tree.map(cut, fetch(params)),
+                     jax.tree.map(cut, fetch(state)), metrics,
                      jax.tree.map(cut, trace), loop, train_s, min(len(use), n),
-                     jax.tree.map(cut, jax.device_get(opt_state)))
+                     jax.tree.map(cut, fetch(opt_state)))
+
+
+def fetch(tree: Any) -> Any:
+  """``tree``'s arrays on the host, whole: gathered from every process where they span several.
+
+  Every process must call it with the same tree (a gather is a collective).
+  """
+  from jax.experimental import multihost_utils
+
+  def get(a):
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+      if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):  # gathered as their raw bits
+        return jax.random.wrap_key_data(get(jax.random.key_data(a)),
+                                        impl=jax.random.key_impl(a))
+      return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return jax.device_get(a)
+
+  return jax.tree.map(get, tree)
+
+
+def one_per_process(devices: Sequence[jax.Device]) -> list[jax.Device]:
+  """The first of ``devices`` of each process (``devices[:1]`` in a single process)."""
+  first: dict[int, jax.Device] = {}
+  for d in devices:
+    first.setdefault(d.process_index, d)
+  return list(first.values())
+
+
+def check_devices(devices: Sequence[jax.Device]) -> None:
+  """Refuses devices that leave out a process: every process runs each group's program."""
+  if jax.process_count() == 1:
+    return
+  missing = sorted(set(range(jax.process_count())) - {d.process_index for d in devices})
+  if missing:
+    raise ValueError(f"devices must include devices of every process of this run "
+                     f"({jax.process_count()} processes), got none of process "
+                     f"{', '.join(map(str, missing))}; pass jax.devices() (the default)")
 
 
 def compiler_options() -> dict[str, Any] | None:
