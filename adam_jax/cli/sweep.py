@@ -172,8 +172,10 @@ def _check_search_flags(args: argparse.Namespace) -> None:
           "storage": ("--storage", ("optuna",)), "study_name": ("--study-name", ("optuna",))}
   for dest, (flag, searches) in only.items():
     if getattr(args, dest) is not None and args.search not in searches:
-      raise common.UsageError(f"{flag} needs --search {' or '.join(searches)} (this is "
-                              f"--search {args.search})", PROG)
+      named = " or ".join([", ".join(searches[:-1]), searches[-1]] if len(searches) > 1
+                          else searches)
+      raise common.UsageError(f"{flag} needs --search {named} (this is --search "
+                              f"{args.search})", PROG)
   if args.diagnostics and args.search in ("halving", "optuna"):
     raise common.UsageError(f"--diagnostics: only grid and random searches record them, not "
                             f"--search {args.search}", PROG)
