@@ -70,6 +70,15 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, message, capsys, tmp_path):
   assert "secret" not in err
 
 
+def test_help_documents_the_searches_and_ranges(capsys):
+  assert cli.main(["sweep", "--help"]) == 0
+  out = capsys.readouterr().out
+  for text in ("--search", "--trials", "--min-steps", "--eta", "--storage", "--study-name",
+               "LO:HI", "log-uniform", "halving cannot resume", "--search optuna --trials",
+               "--search random --trials 64 --lr 1e-5:1e-1 --b1 0.8:0.99"):
+    assert text in out, text
+
+
 def test_optuna_not_installed_is_one_line(capsys, tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
   assert cli.main(["sweep", "--search", "optuna", "--out", str(tmp_path)]) == 2

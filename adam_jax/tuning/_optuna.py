@@ -80,8 +80,9 @@ def optuna_search(
   when the last worker returns the study holds exactly ``n_trials`` counted trials,
   none running: ``COMPLETE``, ``PRUNED`` and ``FAIL`` trials (diverged, or stale
   without a retry), plus the ``FAIL`` trials that were redone and any given back.
-  Without heartbeats a dead worker's trials stay ``RUNNING`` and count; a worker
-  returns as soon as ``n_trials`` trials are counted.
+  (A running trial that never had a heartbeat, asked by a client without them, never
+  goes stale: a worker waits for it.) Without heartbeats a dead worker's trials stay
+  ``RUNNING`` and count; a worker returns as soon as ``n_trials`` trials are counted.
 
   Args:
     study: an ``optuna.Study`` with one objective; its direction gives the mode.
