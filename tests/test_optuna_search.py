@@ -62,6 +62,24 @@ def test_a_pruned_trial_keeps_its_last_value_and_the_others_continue():
   assert result.best.config == fast
 
 
+def test_a_heartbeat_that_cannot_be_recorded_leaves_its_trial_failed(monkeypatch):
+  import warnings
+
+  problem, _, _ = small_problem()
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    storage = optuna.storages.RDBStorage("sqlite:///:memory:", heartbeat_interval=1)
+  study = optuna.create_study(storage=storage)
+
+  def unreachable(trial_id):
+    raise RuntimeError("the database is gone")
+
+  monkeypatch.setattr(study._storage, "record_heartbeat", unreachable)
+  with pytest.raises(RuntimeError, match="the database is gone"):
+    tuning.optuna_search(study, problem, _lr, n_trials=2, steps=2)
+  assert [t.state for t in study.trials] == [TrialState.FAIL]  # not running without a heartbeat
+
+
 def test_bad_studies_and_spaces_are_named():
   problem, _, _ = small_problem()
   with pytest.raises(ValueError, match="one objective"):
@@ -84,6 +102,7 @@ def test_two_workers_share_a_study_and_redo_the_trials_of_one_killed_mid_batch(t
   import subprocess
   import sys
   import time
+  import warnings
 
   from tests import optuna_worker as worker
 
@@ -102,6 +121,14 @@ def test_two_workers_share_a_study_and_redo_the_trials_of_one_killed_mid_batch(t
       assert procs["victim"].poll() is None, procs["victim"].communicate()[0][-3000:]
       assert time.monotonic() < deadline, "the victim never started its second batch"
       time.sleep(0.05)
+    # Alive, the victim beats for its hung batch: past the grace period nothing is stale.
+    time.sleep(3.5)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+      watcher = optuna.load_study(study_name=worker.STUDY, storage=optuna.storages.RDBStorage(
+          url, heartbeat_interval=1, grace_period=2))
+      optuna.storages.fail_stale_trials(watcher)
+    assert TrialState.FAIL not in [t.state for t in watcher.get_trials()]
     procs["victim"].send_signal(signal.SIGKILL)
     log = procs["survivor"].communicate(timeout=90)[0]
     assert procs["survivor"].returncode == 0, log[-3000:]

@@ -161,18 +161,19 @@ def optuna_search(
         time.sleep(min(1.0, heartbeat))  # a peer's trials may yet go stale and need redoing
         continue
       break
-    trials = []
-    for _ in range(min(batch_size_trials, room)):
-      trial = _ask(study, heartbeat)
-      if _count(study)[0] > n_trials:  # a peer asked at the same time: give this one back
-        _give_back(study, trial)
-        break
-      trials.append(trial)
-    if not trials:
-      time.sleep(random.uniform(0.05, 0.25))  # apart from the peer that asked with us
-      continue
+    asked: list[Any] = []
+    trials: list[Any] = []
     told: set[int] = set()
     try:
+      for _ in range(min(batch_size_trials, room)):
+        asked.append(_ask(study, heartbeat))
+        if _count(study)[0] > n_trials:  # a peer asked at the same time: give this one back
+          _give_back(study, asked[-1], told)
+          break
+        trials.append(asked[-1])
+      if not trials:
+        time.sleep(random.uniform(0.05, 0.25))  # apart from the peer that asked with us
+        continue
       with _heartbeats(study, trials, told, heartbeat):
         configs = [dict(space_fn(t)) for t in trials]
         keys = list(configs[0])
@@ -186,9 +187,10 @@ def optuna_search(
                            trials=trials, tell=_teller(study, told), devices=devices,
                            loop=loop)
     except BaseException:
-      for t in trials:
+      for t in asked:  # none left running
         if t.number not in told:
-          study.tell(t, state=TrialState.FAIL)
+          with contextlib.suppress(Exception):  # e.g. failed already, as stale, by a peer
+            study.tell(t, state=TrialState.FAIL)
       raise
     batch_rows, models, batch_loops, batch_spread = out
     loops.update({f"trials {trials[0].number}-{trials[-1].number}, {k}": v
@@ -259,18 +261,25 @@ def _ask(study: Any, heartbeat: float | None) -> Any:
   """``study.ask()``; with heartbeats, the trial's first one is recorded at once."""
   if heartbeat is None:
     return study.ask()
+  from optuna.trial import TrialState
+
   with warnings.catch_warnings():
     # Optuna warns that heartbeats are meant for Study.optimize: here they are ours to beat.
     warnings.filterwarnings("ignore", "Heartbeat of storage is supposed")
     trial = study.ask()
-  _storage(study).record_heartbeat(trial._trial_id)
+  try:  # a running trial without a heartbeat would never go stale
+    _storage(study).record_heartbeat(trial._trial_id)
+  except BaseException:
+    study.tell(trial, state=TrialState.FAIL)
+    raise
   return trial
 
 
-def _give_back(study: Any, trial: Any) -> None:
+def _give_back(study: Any, trial: Any, told: set[int]) -> None:
   from optuna.trial import TrialState
 
   trial.set_user_attr(SURPLUS, True)
+  told.add(trial.number)
   study.tell(trial, state=TrialState.FAIL)
 
 
@@ -288,7 +297,10 @@ def _heartbeats(study: Any, trials: list[Any], told: set[int],
     while not stop.wait(interval):
       for t in trials:
         if t.number not in told:
-          storage.record_heartbeat(t._trial_id)
+          try:
+            storage.record_heartbeat(t._trial_id)
+          except Exception:  # noqa: BLE001 - a busy database: the next beat is in time
+            pass
 
   thread = threading.Thread(target=beat, daemon=True)
   thread.start()
