@@ -77,8 +77,8 @@ def optuna_search(
   each failed one is queued again with its parameters and redone by whichever worker
   asks next. With heartbeats a worker returns only once no counted trial is running
   (a peer's running trial either finishes or goes stale within the grace period), so
-  when the last worker returns the study holds exactly ``n_trials`` counted trials,
-  none running: ``COMPLETE``, ``PRUNED`` and ``FAIL`` trials (diverged, or stale
+  when the last worker returns the study holds exactly ``n_trials`` counted trials
+  (unless it held more to begin with), none running: ``COMPLETE``, ``PRUNED`` and ``FAIL`` trials (diverged, or stale
   without a retry), plus the ``FAIL`` trials that were redone and any given back.
   (A running trial that never had a heartbeat, asked by a client without them, never
   goes stale: a worker waits for it.) Without heartbeats a dead worker's trials stay
