@@ -23,6 +23,7 @@ def _build_parser() -> argparse.ArgumentParser:
              "  adam-jax demo\n"
              "  adam-jax lr-find\n"
              "  adam-jax sweep --lr 1e-4,3e-4,1e-3,3e-3 --b1 0.9,0.95 --steps 500\n"
+             "  adam-jax sweep --search optuna --trials 64 --lr 1e-5:1e-1 --b1 0.8:0.99\n"
              "  adam-jax sweep --help\n"
              "  adam-jax bench --rounds 10",
       formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 TASKS = ("digits-mlp", "digits-autoencoder")
 
@@ -103,6 +103,38 @@ def list_of(parse: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     return values
 
   return parse_list
+
+
+class Range(NamedTuple):
+  """``LO:HI`` on the command line: the range a sampled search draws a value from."""
+
+  lo: float
+  hi: float
+  log: bool  # log-uniform (scales: learning rate, eps, weight decay) or uniform
+
+
+def list_or_range(parse: Callable[[str], float], *, log: bool
+                  ) -> Callable[[str], list[Any] | Range]:
+  """An argparse type: comma-separated values (:func:`list_of`) or a range ``LO:HI``.
+
+  Both bounds are parsed by ``parse``; ``LO < HI``, and ``LO > 0`` for a log-uniform one.
+  """
+  parse_list = list_of(parse)
+
+  def parse_range(text: str) -> list[Any] | Range:
+    if ":" not in text:
+      return parse_list(text)
+    parts = [part.strip() for part in text.split(":")]
+    if len(parts) != 2 or not all(parts):
+      raise argparse.ArgumentTypeError(f"expected a range LO:HI, got {text!r}")
+    lo, hi = parse(parts[0]), parse(parts[1])
+    if not lo < hi:
+      raise argparse.ArgumentTypeError(f"range {text!r} needs LO < HI")
+    if log and lo <= 0:
+      raise argparse.ArgumentTypeError(f"range {text!r} is log-uniform and needs LO > 0")
+    return Range(lo, hi, log)
+
+  return parse_range
 
 
 def choice_of(choices: Sequence[str]) -> Callable[[str], str]:

@@ -1,4 +1,4 @@
-"""``adam-jax sweep``: a vectorized grid search on a digits problem."""
+"""``adam-jax sweep``: vectorized grid, random, successive-halving and Optuna searches."""
 
 from __future__ import annotations
 
@@ -14,15 +14,19 @@ from adam_jax.cli import _common as common
 
 PROG = "adam-jax sweep"
 
-# (space key, flag, parse, default, help): every flag takes comma-separated values.
+# (space key, flag, parse, default, help): every flag takes comma-separated values; the
+# numeric optimizer flags also take a range LO:HI for the sampled searches.
 FLAGS = (
-    ("learning_rate", "--lr", common.list_of(common.POS_FLOAT), "1e-4,3e-4,1e-3,3e-3,1e-2",
-     "peak learning rates"),
-    ("b1", "--b1", common.list_of(common.BETA), "0.9", "first-moment decay rates, in [0, 1)"),
-    ("b2", "--b2", common.list_of(common.BETA), "0.999", "second-moment decay rates, in [0, 1)"),
-    ("eps", "--eps", common.list_of(common.NONNEG_FLOAT), "1e-8", "eps values (>= 0)"),
-    ("weight_decay", "--weight-decay", common.list_of(common.NONNEG_FLOAT), "0",
-     "weight decay (>= 0): coupled L2 for adam, decoupled for adamw"),
+    ("learning_rate", "--lr", common.list_or_range(common.POS_FLOAT, log=True),
+     "1e-4,3e-4,1e-3,3e-3,1e-2", "peak learning rates (a range: log-uniform)"),
+    ("b1", "--b1", common.list_or_range(common.BETA, log=False), "0.9",
+     "first-moment decay rates, in [0, 1) (a range: uniform)"),
+    ("b2", "--b2", common.list_or_range(common.BETA, log=False), "0.999",
+     "second-moment decay rates, in [0, 1) (a range: uniform)"),
+    ("eps", "--eps", common.list_or_range(common.NONNEG_FLOAT, log=True), "1e-8",
+     "eps values (>= 0; a range: log-uniform)"),
+    ("weight_decay", "--weight-decay", common.list_or_range(common.NONNEG_FLOAT, log=True), "0",
+     "weight decay (>= 0; a range: log-uniform): coupled L2 for adam, decoupled for adamw"),
     ("schedule", "--schedule",
      common.list_of(common.choice_of(("constant", "cosine", "step", "exponential"))), "constant",
      "constant, cosine (to 0), step (x0.1 each third), exponential (to 1%%)"),
@@ -30,35 +34,84 @@ FLAGS = (
     ("hidden", "--hidden", common.list_of(common.positive_int), "128", "units per hidden layer"),
     ("batch_size", "--batch-size", common.list_of(common.positive_int), "32", "mini-batch sizes"),
 )
+SAMPLED_LR = common.Range(1e-4, 1e-2, log=True)  # --lr of a sampled search, by default
+SEARCHES = ("grid", "random", "halving", "optuna")
+BATCH_TRIALS = 16  # optuna: trials trained together
 SHAPE_KEYS = ("layers", "hidden", "batch_size")
 RECORD = "sweep.json"  # the flags and the data digest of the run in --out
 _NOT_RECORDED = ("run", "command", "out", "resume", "diagnostics",  # these change no result
-                 "data")  # its contents are: data_sha256
+                 "data",  # its contents are: data_sha256
+                 "storage")  # recorded without its password: storage_url
+_SEARCH_FLAGS = ("search", "trials", "min_steps", "eta", "study_name")  # not in a grid's record
 
 
 def add_parser(sub: Any) -> None:
   p = sub.add_parser(
       "sweep",
-      help="grid search over Adam's hyperparameters, vectorized with jax.vmap",
-      description="Trains every combination of the given values with adam_jax.tuning."
-                  "grid_search. Values of lr, b1, b2, eps, weight decay and schedule, and the "
-                  "seeds, are trained together in one compiled, vmapped program (spread over "
-                  "the devices present); layers, hidden units and batch sizes each need their "
-                  "own program. Each flag takes comma-separated values. Writes results.csv (a "
-                  "row as each group finishes), best.json, heatmap.png and curves.png.",
+      help="grid, random, successive-halving or Optuna search over Adam's hyperparameters, "
+           "vectorized with jax.vmap",
+      description=_wrap("Searches the hyperparameters of --optimizer on the task with "
+                  "adam_jax.tuning: --search grid (grid_search, the default) trains every "
+                  "combination of the given values; random (random_search) and halving "
+                  "(successive_halving) train --trials configurations drawn from the "
+                  "flags; optuna (optuna_search) lets an Optuna study (TPE) pick --trials "
+                  "trials, trained in batches of up to 16, its pruner stopping bad ones. "
+                  "Values of lr, b1, b2, eps, weight decay and schedule, and the seeds, train "
+                  "together in one compiled, vmapped program (spread over the devices "
+                  "present); layers, hidden units and batch sizes each need their own "
+                  "program.\n\n"
+                  "Values: a flag takes comma-separated values (grid: each one; sampled "
+                  "searches: a choice, one value: a constant). For random, halving and "
+                  "optuna, --lr, --b1, --b2, --eps and --weight-decay also take a range "
+                  "LO:HI: log-uniform for --lr, --eps and --weight-decay (LO > 0), uniform "
+                  "for --b1 and --b2. Unless given, --lr is 1e-4:1e-2 for them.\n\n"
+                  "Resume: grid and random continue an interrupted search with --resume "
+                  "(same flags); halving cannot resume (it keeps no checkpoints) and refuses "
+                  "--resume; for optuna the study is the record: with --storage and "
+                  "--study-name a run loads the study if it exists and runs it up to --trials "
+                  "trials, so several processes or machines given the same --storage and "
+                  "--study-name (each its own --out) share one study, and a rerun finishes "
+                  "it (trials of a worker that died are redone after about a minute).\n\n"
+                  "Writes results.csv, best.json, heatmap.png (grid: validation loss over "
+                  "two axes; sampled: over the two most varied sampled values) and "
+                  "curves.png; optuna also writes optuna_history.png and "
+                  "optuna_importances.png (Optuna's plots of the whole study)."),
       epilog="examples:\n"
              "  adam-jax sweep --lr 1e-4,3e-4,1e-3,3e-3 --b1 0.9,0.95 --steps 500\n"
              "  adam-jax sweep --lr 1e-3,1e-2 --schedule constant,cosine --hidden 64,128\n"
              "  adam-jax sweep --lr 1e-3,3e-3 --weight-decay 0,1e-2 --optimizer adamw --seeds 3\n"
-             "  adam-jax sweep --lr 1e-3,1e-2 --out runs/s1 --resume   # after an interrupt",
+             "  adam-jax sweep --lr 1e-3,1e-2 --out runs/s1 --resume   # after an interrupt\n"
+             "  adam-jax sweep --search random --trials 64 --lr 1e-5:1e-1 --b1 0.8:0.99\n"
+             "  adam-jax sweep --search halving --trials 81 --min-steps 100 --steps 2700 "
+             "--batch-size 32,64\n"
+             "  adam-jax sweep --search optuna --trials 128 --lr 1e-5:1e-1 "
+             "--weight-decay 1e-6:1e-2 --optimizer adamw\n"
+             "  adam-jax sweep --search optuna --trials 256 --storage sqlite:///study.db "
+             "--study-name digits --out runs/w1   # run again on other machines, own --out",
       formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   common.add_common(p, "runs/sweep")
   for dest, flag, parse, default, text in FLAGS:
     p.add_argument(flag, dest=dest, default=None, type=parse,
                    help=f"{text} (default: {default.replace('%', '%%')})")
+  p.add_argument("--search", default="grid", type=common.choice_of(SEARCHES),
+                 help="grid, random, halving (successive halving) or optuna (default: grid)")
+  p.add_argument("--trials", default=None, type=common.positive_int,
+                 help="configurations to train: random, halving, optuna (default: 16); with "
+                      "optuna the study's total, shared by every process on the study")
   p.add_argument("--steps", default=1000, type=common.positive_int,
-                 help="optimizer steps per configuration (1000)")
+                 help="optimizer steps per configuration (1000; halving: of the last rung)")
+  p.add_argument("--min-steps", default=None, type=common.positive_int,
+                 help="halving: steps of the first rung (default: --steps / 27, at least 1)")
+  p.add_argument("--eta", default=None, type=common.int_at_least(2, "an integer >= 2"),
+                 help="halving: keep the best 1/eta at each rung, which trains eta times as "
+                      "long (default: 3)")
+  p.add_argument("--storage", default=None, metavar="URL",
+                 help="optuna: the study's database, e.g. sqlite:///study.db or "
+                      "postgresql://user@host/db (default: in memory); with it the sampler is "
+                      "unseeded, so that workers draw apart")
+  p.add_argument("--study-name", default=None, metavar="NAME",
+                 help="optuna: the study's name in --storage (default: adam-jax-sweep)")
   p.add_argument("--optimizer", default="adam", type=common.optimizer_name,
                  help="any optimizer of adam_jax.optimizers(), e.g. adam (coupled L2 weight "
                       "decay), adamw (decoupled), nadamw, adopt (default: adam)")
@@ -69,19 +122,28 @@ def add_parser(sub: Any) -> None:
                  help="steps in lax.scan chunks or a jitted step called from Python "
                       "(default: auto, Python steps for convolutions on CPU)")
   p.add_argument("--checkpoint-every", default=1000, type=common.nonnegative_int,
-                 help="steps between checkpoints of the group in training in DIR/checkpoints "
-                      "(1000; 0: none)")
+                 help="grid and random: steps between checkpoints of the group in training "
+                      "in DIR/checkpoints (1000; 0: none)")
   p.add_argument("--resume", action="store_true",
-                 help="keep the rows of results.csv in --out, continue an interrupted group "
-                      "from its checkpoint and train the others (same flags as the first run)")
+                 help="grid and random: keep the rows of results.csv in --out, continue an "
+                      "interrupted group from its checkpoint and train the others (same flags "
+                      "as the first run); optuna: go on into the same --out (the study in "
+                      "--storage is the record); halving: refused")
   p.add_argument("--diagnostics", action="store_true",
-                 help="record update/param ratios and eps dominance every step of every "
-                      "configuration; writes diagnostics.png for the best one")
+                 help="grid and random: record update/param ratios and eps dominance every "
+                      "step of every configuration; writes diagnostics.png for the best one")
   p.set_defaults(run=run)
 
 
-def _space(args: argparse.Namespace) -> dict[str, list[Any]]:
-  """The grid: the flags the optimizer takes, and the model's shape keys."""
+def _wrap(text: str) -> str:
+  """Paragraphs (split at blank lines) filled to 88 columns: the description keeps its breaks."""
+  import textwrap
+
+  return "\n\n".join(textwrap.fill(p, 88) for p in text.split("\n\n"))
+
+
+def _space(args: argparse.Namespace) -> dict[str, Any]:
+  """The flags the optimizer takes, and the model's shape keys: lists (and ranges)."""
   import inspect
 
   import adam_jax
@@ -90,18 +152,62 @@ def _space(args: argparse.Namespace) -> dict[str, list[Any]]:
   space = {}
   for dest, flag, parse, default, _ in FLAGS:
     given = getattr(args, dest)
+    if args.search == "grid" and isinstance(given, common.Range):
+      raise common.UsageError(f"{flag}: a range ({given.lo:g}:{given.hi:g}) needs --search "
+                              "random, halving or optuna; a grid takes comma-separated values",
+                              PROG)
+    if given is None:
+      given = SAMPLED_LR if dest == "learning_rate" and args.search != "grid" else parse(default)
     if dest in SHAPE_KEYS or dest == "schedule" or dest in accepted:
-      space[dest] = given if given is not None else parse(default)
-    elif given is not None and given != parse(default):
+      space[dest] = given
+    elif given != parse(default):
       raise common.UsageError(f"{flag}: {args.optimizer} has no {dest} hyperparameter", PROG)
   return space
 
 
+def _check_search_flags(args: argparse.Namespace) -> None:
+  """Flags that belong to another search, and a --resume that cannot be honoured."""
+  only = {"trials": ("--trials", ("random", "halving", "optuna")),
+          "min_steps": ("--min-steps", ("halving",)), "eta": ("--eta", ("halving",)),
+          "storage": ("--storage", ("optuna",)), "study_name": ("--study-name", ("optuna",))}
+  for dest, (flag, searches) in only.items():
+    if getattr(args, dest) is not None and args.search not in searches:
+      named = " or ".join([", ".join(searches[:-1]), searches[-1]] if len(searches) > 1
+                          else searches)
+      raise common.UsageError(f"{flag} needs --search {named} (this is --search "
+                              f"{args.search})", PROG)
+  if args.diagnostics and args.search in ("halving", "optuna"):
+    raise common.UsageError(f"--diagnostics: only grid and random searches record them, not "
+                            f"--search {args.search}", PROG)
+  if args.resume and args.search == "halving":
+    raise common.UsageError("--resume: successive halving keeps no checkpoints and cannot "
+                            "resume; run it afresh with a new --out", PROG)
+  if args.resume and args.search == "optuna" and args.storage is None:
+    raise common.UsageError("--resume with --search optuna needs --storage and --study-name: "
+                            "the study is the record, and one in memory is gone", PROG)
+  if args.search != "grid" and args.trials is None:
+    args.trials = 16
+  if args.search == "halving":
+    args.eta = 3 if args.eta is None else args.eta
+    args.min_steps = max(1, args.steps // 27) if args.min_steps is None else args.min_steps
+    if args.min_steps > args.steps:
+      raise common.UsageError(f"--min-steps ({args.min_steps}) must be at most --steps "
+                              f"({args.steps})", PROG)
+  if args.search == "optuna" and args.study_name is None:
+    args.study_name = "adam-jax-sweep"
+
+
 def run(args: argparse.Namespace) -> int:
+  _check_search_flags(args)
   space = _space(args)
   if args.seed + args.seeds > common.SEED_LIMIT:
     raise common.UsageError(f"--seed {args.seed} with --seeds {args.seeds} goes beyond the "
                             "largest seed, 2**63 - 1", PROG)
+  study = None
+  if args.search == "optuna":  # before anything is written: a bad URL is one line
+    from adam_jax.cli import _searches
+
+    study = _searches.open_study(args, PROG)
   out = common.make_out(args.out, PROG)
   if not args.resume:
     earlier = [name for name in ("results.csv", "checkpoints")
@@ -110,25 +216,41 @@ def run(args: argparse.Namespace) -> int:
       raise common.UsageError(f"{out} already holds an earlier sweep ({earlier[0]}); pass "
                               "--resume to continue it or a new --out", PROG)
   # Every flag that changes the results, and the data's digest: a resume must match them.
-  record = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_RECORDED}
-  record.update(space)  # the grid as trained, defaults filled in
+  # (optuna: the study in --storage is the record of its trials, and --trials may grow)
+  record = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_RECORDED
+            and not (args.search == "grid" and k in _SEARCH_FLAGS)
+            and not (args.search == "optuna" and k == "trials")}
+  record.update(space)  # the space as searched, defaults filled in
   record["data_sha256"] = common.file_digest(args.data)
+  if args.storage is not None:
+    from adam_jax.cli import _searches
+
+    record["storage_url"] = _searches.shown_url(args.storage)
   record_path = os.path.join(out, RECORD)
   if args.resume and any(os.path.exists(os.path.join(out, name))
                          for name in ("results.csv", "checkpoints", RECORD)):
     common.check_resume(record_path, record, PROG)
   problem = common.build_problem(args, PROG, batch_size=min(space["batch_size"]))
-  runs = args.seeds * math.prod(len(v) for k, v in space.items() if k not in SHAPE_KEYS)
+  if args.search == "grid":  # trained together: the configurations of a shape group
+    configs = math.prod(len(v) for k, v in space.items() if k not in SHAPE_KEYS)
+  else:
+    configs = min(args.trials, BATCH_TRIALS) if args.search == "optuna" else args.trials
   common.check_task_memory(args.task, (problem.train_data, problem.val_data),
-                           layers=max(space["layers"]), hidden=max(space["hidden"]), runs=runs,
-                           batch=max(space["batch_size"]), prog=PROG)
+                           layers=max(space["layers"]), hidden=max(space["hidden"]),
+                           runs=args.seeds * configs, batch=max(space["batch_size"]), prog=PROG)
   common.write_json(record_path, record)
+  if args.search == "optuna":
+    from adam_jax.cli import _searches
 
-  from adam_jax.tuning import grid_search
+    return _searches.run_optuna(args, study, problem, space, out, PROG)
 
-  total = math.prod(len(v) for v in space.values())
-  print(f"{PROG}: {total} configurations of {args.task} ({args.optimizer}, {args.steps} steps "
-        f"each, {args.seeds} seed{'s' if args.seeds > 1 else ''}) -> {out}")
+  total = math.prod(len(v) for v in space.values()) if args.search == "grid" else args.trials
+  what = {"grid": "configurations", "random": "random configurations",
+          "halving": "configurations in successive halving"}[args.search]
+  steps = (f"{args.steps} steps each" if args.search != "halving" else
+           f"{args.min_steps} to {args.steps} steps, eta {args.eta}")
+  print(f"{PROG}: {total} {what} of {args.task} ({args.optimizer}, {steps}, {args.seeds} "
+        f"seed{'s' if args.seeds > 1 else ''}) -> {out}")
   rows: list[Any] = []
   csv_path = os.path.join(out, "results.csv")
   start = time.perf_counter()
@@ -141,47 +263,103 @@ def run(args: argparse.Namespace) -> int:
       warnings.showwarning = _one_line_warning
       warnings.simplefilter("always", CheckpointFallbackWarning)
       warnings.filterwarnings("error", "the group starts over", CheckpointFallbackWarning)
-      result = grid_search(problem, space, optimizer=args.optimizer, steps=args.steps,
-                           seeds=list(range(args.seed, args.seed + args.seeds)), out_dir=out,
-                           resume=args.resume, loop=args.loop,
-                           checkpoint_every=args.checkpoint_every,
-                           diagnostics=args.diagnostics, on_row=rows.append)
+      result = _search(args, problem, space, out, rows)
   except CheckpointFallbackWarning as err:
     raise common.UsageError(f"cannot resume: {err}; remove {os.path.join(out, 'checkpoints')} "
                             "to train that group afresh", PROG) from None
   except ValueError as err:
     raise common.UsageError(str(err), PROG) from None
   except KeyboardInterrupt:
+    if args.search == "halving":
+      print(f"{PROG}: interrupted; successive halving cannot resume: run it again",
+            file=sys.stderr)
+      return 130
     kept = (f" and {os.path.join(out, 'checkpoints')} the training in progress"
             if os.path.isdir(os.path.join(out, "checkpoints")) else "")
     print(f"{PROG}: interrupted; {csv_path} keeps every configuration that finished"
           f"{kept}; run the same command with --resume to train the rest", file=sys.stderr)
     return 130
   elapsed = time.perf_counter() - start
+  if args.search == "halving":
+    from adam_jax.cli import _searches
+
+    _searches.write_rows(csv_path, result.rows, extra=("rung", "steps"))
+  return _report(args, out, result, rows, space, total, elapsed)
+
+
+def _search(args: argparse.Namespace, problem: Any, space: dict[str, Any], out: str,
+            rows: list[Any]) -> Any:
+  """Runs the grid, random or halving search of ``args``."""
+  from adam_jax import tuning
+
+  seeds = list(range(args.seed, args.seed + args.seeds))
+  if args.search == "grid":
+    return tuning.grid_search(problem, space, optimizer=args.optimizer, steps=args.steps,
+                              seeds=seeds, out_dir=out, resume=args.resume, loop=args.loop,
+                              checkpoint_every=args.checkpoint_every,
+                              diagnostics=args.diagnostics, on_row=rows.append)
+  from adam_jax.cli import _searches
+
+  dists = _searches.distributions(space)
+  if args.search == "random":
+    return tuning.random_search(problem, dists, num_configs=args.trials, seed=args.seed,
+                                optimizer=args.optimizer, steps=args.steps, seeds=seeds,
+                                out_dir=out, resume=args.resume, loop=args.loop,
+                                checkpoint_every=args.checkpoint_every,
+                                diagnostics=args.diagnostics, on_row=rows.append)
+  return tuning.successive_halving(problem, dists, num_configs=args.trials,
+                                   min_steps=args.min_steps, max_steps=args.steps, eta=args.eta,
+                                   seed=args.seed, optimizer=args.optimizer, seeds=seeds,
+                                   loop=args.loop, on_row=rows.append)
+
+
+def varied(space: dict[str, Any], key: str) -> bool:
+  """Whether ``key`` takes several values (a range or a list of several)."""
+  return isinstance(space[key], common.Range) or len(space[key]) > 1
+
+
+def _report(args: argparse.Namespace, out: str, result: Any, rows: list[Any],
+            space: dict[str, Any], total: int, elapsed: float) -> int:
+  """best.json, the plots and the summary lines of a grid, random or halving search."""
+  csv_path = os.path.join(out, "results.csv")
+  seeds = list(range(args.seed, args.seed + args.seeds))
   best = result.best
+  if best is not None and not math.isfinite(best.metrics["val_loss"]):
+    best = None
+  resumed = f" ({total - len(rows)} resumed)" if args.search in ("grid", "random") else ""
   if best is None:  # every configuration diverged: nothing is "best"
     common.write_json(os.path.join(out, "best.json"), {
         "best": None, "task": args.task, "optimizer": args.optimizer, "steps": args.steps,
-        "seeds": list(range(args.seed, args.seed + args.seeds)), "data": args.data,
-        "configurations": total, "trained_now": len(rows), "wall_s": elapsed})
-    print(f"trained {len(rows)} configurations in {elapsed:.1f} s ({total - len(rows)} resumed)")
+        "seeds": seeds, "data": args.data, "search": args.search, "configurations": total,
+        "trained_now": len(rows), "wall_s": elapsed})
+    print(f"trained {len(rows)} configurations in {elapsed:.1f} s{resumed}")
     print(f"{PROG}: no configuration reached a finite validation loss (every one diverged); "
           f"see {csv_path}; try smaller learning rates", file=sys.stderr)
     return 1
   payload = {**best.config, **best.metrics, "task": args.task, "optimizer": args.optimizer,
-             "steps": args.steps, "seeds": list(range(args.seed, args.seed + args.seeds)),
-             "data": args.data, "configurations": total, "trained_now": len(rows),
-             "wall_s": elapsed, "loops": result.loops}
+             "steps": args.steps, "seeds": seeds, "data": args.data, "search": args.search,
+             "configurations": total, "trained_now": len(rows), "wall_s": elapsed,
+             "loops": result.loops}
+  if args.search == "halving":
+    payload.update(min_steps=args.min_steps, eta=args.eta, steps_trained=best.steps)
   common.write_json(os.path.join(out, "best.json"), payload)
-  _plot_heatmap(os.path.join(out, "heatmap.png"), result.rows, space)
-  _plot_curves(os.path.join(out, "curves.png"), result.rows, best)
+  if args.search == "grid":
+    _plot_heatmap(os.path.join(out, "heatmap.png"), result.rows, space)
+  else:
+    from adam_jax.cli import _searches
+
+    _searches.plot_samples(os.path.join(out, "heatmap.png"),
+                           [r.config for r in result.rows],
+                           [_loss(r) for r in result.rows], space)
+  plot_curves(os.path.join(out, "curves.png"), result.rows, best)
   written = "best.json, heatmap.png, curves.png"
   monitored = [r for r in rows if r.diagnostics is not None]
   if monitored:
     from adam_jax.diagnostics import plot_history
 
     top = min(monitored, key=lambda r: _loss(r))
-    label = ", ".join(f"{k}={_label(k, v)}" for k, v in top.config.items() if len(space[k]) > 1)
+    label = ", ".join(f"{k}={label_of(k, v)}" for k, v in top.config.items()
+                      if varied(space, k))
     plot_history(top.diagnostics, out, title=f"diagnostics of the best run: {label}")
     payload["diagnostics"] = {
         "config": top.config,
@@ -192,9 +370,9 @@ def run(args: argparse.Namespace) -> int:
     written += ", diagnostics.png"
   acc = best.metrics.get("val_accuracy")
   acc = "" if acc is None else f", val accuracy {100 * acc:.1f}%"
-  shown = ", ".join(f"{k}={_label(k, v)}" for k, v in best.config.items()
-                    if len(space[k]) > 1) or "the only one"
-  print(f"trained {len(rows)} configurations in {elapsed:.1f} s ({total - len(rows)} resumed)")
+  shown = ", ".join(f"{k}={label_of(k, v)}" for k, v in best.config.items()
+                    if varied(space, k)) or "the only one"
+  print(f"trained {len(rows)} configurations in {elapsed:.1f} s{resumed}")
   print(f"best: {shown}: val loss {best.metrics['val_loss']:.4f}{acc}")
   print(f"wrote {csv_path}, {written} in {out}")
   return 0
@@ -210,7 +388,7 @@ def _loss(row: Any) -> float:
   return value if math.isfinite(value) else math.inf
 
 
-def _label(name: str, value: Any) -> str:
+def label_of(name: str, value: Any) -> str:
   return value if isinstance(value, str) else f"{value:g}"
 
 
@@ -231,8 +409,8 @@ def _plot_heatmap(path: str, rows: list[Any], grid: dict[str, list[Any]]) -> Non
     shown = np.where(np.isfinite(table), table, np.nan)
     im = ax.imshow(np.log10(shown), aspect="auto", cmap="viridis_r", origin="lower")
     fig.colorbar(im, ax=ax, label="log10 validation loss")
-    ax.set_xticks(range(len(grid[xa])), [_label(xa, v) for v in grid[xa]])
-    ax.set_yticks(range(len(grid[ya])), [_label(ya, v) for v in grid[ya]])
+    ax.set_xticks(range(len(grid[xa])), [label_of(xa, v) for v in grid[xa]])
+    ax.set_yticks(range(len(grid[ya])), [label_of(ya, v) for v in grid[ya]])
     for i in range(table.shape[0]):
       for j in range(table.shape[1]):
         ax.text(j, i, f"{shown[i, j]:.3g}", ha="center", va="center", fontsize=7, color="w")
@@ -259,16 +437,17 @@ def _plot_heatmap(path: str, rows: list[Any], grid: dict[str, list[Any]]) -> Non
   fig.savefig(path, dpi=110)
 
 
-def _plot_curves(path: str, rows: list[Any], best: Any) -> None:
+def plot_curves(path: str, rows: list[Any], best: Any) -> None:
+  """The smoothed training loss of every row, ``best`` (if not None) highlighted."""
   fig = common.figure()
   ax = fig.add_subplot()
   for r in rows:
     if r.curve is None or r is best:
       continue
     ax.plot(common.smooth(r.curve, 0.95), lw=0.8, alpha=0.5, color="0.5")
-  if best.curve is not None:
+  if best is not None and best.curve is not None:
     ax.plot(common.smooth(best.curve, 0.95), lw=1.8, color="C3", label="best: " + ", ".join(
-        f"{k}={_label(k, v)}" for k, v in best.config.items()
+        f"{k}={label_of(k, v)}" for k, v in best.config.items()
         if k in ("learning_rate", "b1", "b2", "schedule", "hidden", "layers", "batch_size")))
     ax.legend(fontsize=7)
   ax.set_yscale("log")

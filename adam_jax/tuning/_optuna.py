@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+import random
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -54,11 +59,36 @@ def optuna_search(
   every metric as a user attribute. The study's sampler, pruner and storage are the
   user's: TPE with ``constant_liar=True`` suits batches.
 
+  ``n_trials`` is the study's total, not this call's: before each batch the trials
+  already in the study are counted -- every state but ``WAITING`` (queued trials are
+  asked first), a ``FAIL`` that has been queued again, and a trial given back unused
+  -- and the call asks for at most the rest, so a restart goes on where the last run
+  stopped and several processes (on one machine or many) calling ``optuna_search``
+  on one study in a shared storage run ``n_trials`` trials together. Right after each
+  ask the count is taken again; a trial that takes it past ``n_trials`` (a peer asked
+  at the same moment) is given back: told ``FAIL`` with the user attribute
+  ``"surplus"``, never trained, not counted.
+
+  A worker that dies mid-batch leaves its trials ``RUNNING``. With an
+  ``optuna.storages.RDBStorage`` built with ``heartbeat_interval`` (and
+  ``grace_period``) a heartbeat is recorded for each trial of a batch while it trains;
+  the workers fail stale trials before each batch, and with
+  ``heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback()``
+  each failed one is queued again with its parameters and redone by whichever worker
+  asks next. With heartbeats a worker returns only once no counted trial is running
+  (a peer's running trial either finishes or goes stale within the grace period), so
+  when the last worker returns the study holds exactly ``n_trials`` counted trials
+  (unless it held more to begin with), none running: ``COMPLETE``, ``PRUNED`` and ``FAIL`` trials (diverged, or stale
+  without a retry), plus the ``FAIL`` trials that were redone and any given back.
+  (A running trial that never had a heartbeat, asked by a client without them, never
+  goes stale: a worker waits for it.) Without heartbeats a dead worker's trials stay
+  ``RUNNING`` and count; a worker returns as soon as ``n_trials`` trials are counted.
+
   Args:
     study: an ``optuna.Study`` with one objective; its direction gives the mode.
     problem: the :class:`Problem`.
     space_fn: ``trial -> dict`` of hyperparameters, the same keys for every trial.
-    n_trials: how many trials this call runs.
+    n_trials: how many trials the study holds when this call returns (see above).
     batch_size_trials: trials trained together.
     steps: optimizer steps per trial.
     optimizer: as in :func:`grid_search`.
@@ -69,8 +99,10 @@ def optuna_search(
     loop: as in :func:`grid_search`.
 
   Returns:
-    A :class:`SearchResult` of this call's trials in order (``Row.steps``: steps
-    trained); ``best`` is the best finished trial, with its trained model.
+    A :class:`SearchResult` of the trials this call trained, in order (``Row.steps``:
+    steps trained); ``best`` is the best of them that finished with a finite metric,
+    with its trained model (None when there is none, e.g. when the study already
+    held ``n_trials`` trials).
 
   Raises:
     ValueError: a study with several objectives, a ``space_fn`` whose keys change
@@ -118,27 +150,47 @@ def optuna_search(
   best: tuple[float, int, Any] | None = None  # (score, row index, models)
   loops: dict[str, str] = {}
   spread = 1
-  done = 0
-  while done < n_trials:
-    trials = [study.ask() for _ in range(min(batch_size_trials, n_trials - done))]
-    done += len(trials)
+  heartbeat = _heartbeat_interval(study)
+  while True:
+    if heartbeat is not None:
+      _fail_stale_trials(study)
+    counted, running = _count(study)
+    room = n_trials - counted
+    if room <= 0:
+      if heartbeat is not None and running:
+        time.sleep(min(1.0, heartbeat))  # a peer's trials may yet go stale and need redoing
+        continue
+      break
+    asked: list[Any] = []
+    trials: list[Any] = []
     told: set[int] = set()
     try:
-      configs = [dict(space_fn(t)) for t in trials]
-      keys = list(configs[0])
-      for c in configs:
-        if list(c) != keys:
-          raise ValueError(f"space_fn must return the same keys for every trial: {keys} "
-                           f"and {list(c)}")
-      sp = parse_space(problem, space_of(configs), factory, opt_name)
-      out = _train_batch(problem, sp, configs, make_tx=tx_builder(factory, sp, steps),
-                         steps=steps, every=every, seeds=seeds, metric=metric, mode=mode,
-                         trials=trials, tell=_teller(study, told), devices=devices,
-                         loop=loop)
+      for _ in range(min(batch_size_trials, room)):
+        asked.append(_ask(study, heartbeat))
+        if _count(study)[0] > n_trials:  # a peer asked at the same time: give this one back
+          _give_back(study, asked[-1], told)
+          break
+        trials.append(asked[-1])
+      if not trials:
+        time.sleep(random.uniform(0.05, 0.25))  # apart from the peer that asked with us
+        continue
+      with _heartbeats(study, trials, told, heartbeat):
+        configs = [dict(space_fn(t)) for t in trials]
+        keys = list(configs[0])
+        for c in configs:
+          if list(c) != keys:
+            raise ValueError(f"space_fn must return the same keys for every trial: {keys} "
+                             f"and {list(c)}")
+        sp = parse_space(problem, space_of(configs), factory, opt_name)
+        out = _train_batch(problem, sp, configs, make_tx=tx_builder(factory, sp, steps),
+                           steps=steps, every=every, seeds=seeds, metric=metric, mode=mode,
+                           trials=trials, tell=_teller(study, told), devices=devices,
+                           loop=loop)
     except BaseException:
-      for t in trials:
+      for t in asked:  # none left running
         if t.number not in told:
-          study.tell(t, state=TrialState.FAIL)
+          with contextlib.suppress(Exception):  # e.g. failed already, as stale, by a peer
+            study.tell(t, state=TrialState.FAIL)
       raise
     batch_rows, models, batch_loops, batch_spread = out
     loops.update({f"trials {trials[0].number}-{trials[-1].number}, {k}": v
@@ -153,12 +205,110 @@ def optuna_search(
                                                     else score > best[0])):
         best = (score, len(rows) - 1, trained)
   if best is None:
-    raise ValueError(f"no trial of this search finished with a finite {metric}")
+    return SearchResult(rows, None, metric, mode, spread, loops)
   _, i, (models, seed_metrics) = best
   scores = [m[metric] for m in seed_metrics]
   chosen = int(np.nanargmin(scores) if mode == "min" else np.nanargmax(scores))
   rows[i] = rows[i]._replace(model=models[chosen], models=models)
   return SearchResult(rows, rows[i], metric, mode, spread, loops)
+
+
+SURPLUS = "surplus"  # user attribute of a trial given back unused (told FAIL, never trained)
+_RETRY_HISTORY = "retry_history"  # system attribute of optuna's RetryHeartbeatStaleTrialCallback
+
+
+def _count(study: Any) -> tuple[int, int]:
+  """The study's trials that count toward ``n_trials``, and how many of them run.
+
+  Every trial counts but a waiting one (queued, not started), a failed one that has been
+  queued again (its retry counts once it starts) and one given back unused.
+  """
+  from optuna.trial import TrialState
+
+  trials = study.get_trials(deepcopy=False)
+  retried = {n for t in trials for n in t.system_attrs.get(_RETRY_HISTORY, ())}
+  counted = running = 0
+  for t in trials:
+    if t.state == TrialState.WAITING:
+      continue
+    if t.state == TrialState.FAIL and (t.number in retried or t.user_attrs.get(SURPLUS)):
+      continue
+    counted += 1
+    running += t.state == TrialState.RUNNING
+  return counted, running
+
+
+def _storage(study: Any) -> Any:
+  return study._storage  # optuna keeps a study's storage private
+
+
+def _heartbeat_interval(study: Any) -> float | None:
+  """The storage's heartbeat interval in seconds, or None without heartbeats."""
+  get = getattr(_storage(study), "get_heartbeat_interval", None)
+  interval = None if get is None else get()
+  return None if interval is None else float(interval)
+
+
+def _fail_stale_trials(study: Any) -> None:
+  import optuna
+
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    optuna.storages.fail_stale_trials(study)
+
+
+def _ask(study: Any, heartbeat: float | None) -> Any:
+  """``study.ask()``; with heartbeats, the trial's first one is recorded at once."""
+  if heartbeat is None:
+    return study.ask()
+  from optuna.trial import TrialState
+
+  with warnings.catch_warnings():
+    # Optuna warns that heartbeats are meant for Study.optimize: here they are ours to beat.
+    warnings.filterwarnings("ignore", "Heartbeat of storage is supposed")
+    trial = study.ask()
+  try:  # a running trial without a heartbeat would never go stale
+    _storage(study).record_heartbeat(trial._trial_id)
+  except BaseException:
+    study.tell(trial, state=TrialState.FAIL)
+    raise
+  return trial
+
+
+def _give_back(study: Any, trial: Any, told: set[int]) -> None:
+  from optuna.trial import TrialState
+
+  trial.set_user_attr(SURPLUS, True)
+  told.add(trial.number)
+  study.tell(trial, state=TrialState.FAIL)
+
+
+@contextlib.contextmanager
+def _heartbeats(study: Any, trials: list[Any], told: set[int],
+                interval: float | None) -> Iterator[None]:
+  """Records a heartbeat for each untold trial of the batch every ``interval`` seconds."""
+  if interval is None:
+    yield
+    return
+  storage = _storage(study)
+  stop = threading.Event()
+
+  def beat() -> None:
+    while not stop.wait(interval):
+      for t in trials:
+        if t.number not in told:
+          try:
+            storage.record_heartbeat(t._trial_id)
+          except Exception:  # noqa: BLE001 - a busy database: the next beat is in time
+            pass
+
+  thread = threading.Thread(target=beat, daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    stop.set()
+    thread.join()
 
 
 def _teller(study: Any, told: set[int]) -> Callable[..., None]:
