@@ -14,6 +14,17 @@ from adam_jax.cli import _common as common
 
 PROG = "adam-jax sweep"
 
+
+def _schedule(text: str) -> str:
+  """A ``--schedule`` value; ``plateau`` is refused (it is not a function of the step)."""
+  if text == "plateau":
+    raise argparse.ArgumentTypeError(
+        "plateau is not available in sweep (reduce-on-plateau follows each run's own losses, "
+        "so it cannot be vmapped with the step schedules); use adam-jax demo --schedule "
+        "plateau, or tuning.grid_search with a factory chaining adam_jax.reduce_on_plateau")
+  return common.choice_of(("constant", "cosine", "step", "exponential"))(text)
+
+
 # (space key, flag, parse, default, help): every flag takes comma-separated values.
 FLAGS = (
     ("learning_rate", "--lr", common.list_of(common.POS_FLOAT), "1e-4,3e-4,1e-3,3e-3,1e-2",
@@ -23,8 +34,7 @@ FLAGS = (
     ("eps", "--eps", common.list_of(common.NONNEG_FLOAT), "1e-8", "eps values (>= 0)"),
     ("weight_decay", "--weight-decay", common.list_of(common.NONNEG_FLOAT), "0",
      "weight decay (>= 0): coupled L2 for adam, decoupled for adamw"),
-    ("schedule", "--schedule",
-     common.list_of(common.choice_of(("constant", "cosine", "step", "exponential"))), "constant",
+    ("schedule", "--schedule", common.list_of(_schedule), "constant",
      "constant, cosine (to 0), step (x0.1 each third), exponential (to 1%%)"),
     ("layers", "--layers", common.list_of(common.positive_int), "1", "hidden layers"),
     ("hidden", "--hidden", common.list_of(common.positive_int), "128", "units per hidden layer"),
