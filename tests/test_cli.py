@@ -81,6 +81,7 @@ def test_demo_prints_progress(tmp_path, capsys):
         (["sweep", "--weight-decay", "1e300"], "argument --weight-decay: '1e300' is not a"),
         (["lr-find", "--end-lr", "inf"], "argument --end-lr: 'inf' is not a finite float32"),
         (["demo", "--seed", str(2**64)], "argument --seed: expected a seed below 2**63"),
+        (["demo", "--seed", str(2**31)], "--seed must be below 2**31 for demo"),
         (["demo", "--schedule", "cosine"], "'cosine' is not one of warmup-cosine, constant, "
          "plateau"),
         (["demo", "--plateau-factor", "0.5"],

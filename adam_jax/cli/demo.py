@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if value is not None and args.schedule != wanted:
       raise common.UsageError(f"{flag} applies to --schedule {wanted} only, not to "
                               f"--schedule {args.schedule}", prog)
+  if args.seed >= 2**31:  # the training loop seeds its int32 random keys with it
+    raise common.UsageError(f"--seed must be below 2**31 for demo, got {args.seed}", prog)
   warmup = args.warmup if args.warmup is not None else args.steps // 20
   if args.schedule == "warmup-cosine" and warmup >= args.steps:
     raise common.UsageError(
@@ -150,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
                               on_eval=on_eval)
     except checkpoint.CheckpointError as err:
       raise common.UsageError(f"cannot resume from {ckpt_path}: {err}", prog) from None
+    except ValueError as err:
+      raise common.UsageError(str(err), prog) from None
     except tuning.TrainInterrupted as err:
       where = (f"rerun with --resume to continue from step {err.step}" if err.step
                else "no checkpoint was written yet")
