@@ -177,10 +177,9 @@ def run(args: argparse.Namespace) -> int:
     if classification:
       item["val_accuracy"] = ev["val_accuracy"]
     history.append(item)
-  # The final numbers: the user's loss_fn on the trained model that tuning.train returned.
-  (train_loss, train_acc), (val_loss, val_acc) = (
-      _evaluate(problem.loss_fn, result.model, data)
-      for data in (problem.train_data, problem.val_data))
+  # The final numbers: the task's loss_fn on the trained model that tuning.train returned.
+  (train_loss, train_acc), (val_loss, val_acc) = _evaluate(
+      problem.loss_fn, result.model, problem.train_data, problem.val_data)
   summary: dict[str, Any] = {
       **config, "train_loss": train_loss, "val_loss": val_loss,
       "train_accuracy": train_acc, "val_accuracy": val_acc,
@@ -257,12 +256,19 @@ def _describe(args: argparse.Namespace, warmup: int, factor: float, patience: in
           f"{patience + 1} evaluation intervals in a row does not improve (reduce on plateau)")
 
 
-def _evaluate(loss_fn: Any, model: Any, data: Any) -> tuple[float, float | None]:
-  """``loss_fn`` on a whole split: (loss, accuracy or None)."""
-  out = loss_fn(model, data)
-  loss, aux = out if isinstance(out, tuple) else (out, {})
-  acc = aux.get("accuracy") if isinstance(aux, dict) else None
-  return float(loss), None if acc is None else float(acc)
+def _evaluate(loss_fn: Any, model: Any, *splits: Any) -> list[tuple[float, float | None]]:
+  """``loss_fn`` on each whole split, in one jitted call: (loss, accuracy or None) each."""
+  from flax import nnx
+
+  def both(model, *splits):
+    return [loss_fn(model, data) for data in splits]
+
+  found = []
+  for out in nnx.jit(both)(model, *splits):
+    loss, aux = out if isinstance(out, tuple) else (out, {})
+    acc = aux.get("accuracy") if isinstance(aux, dict) else None
+    found.append((float(loss), None if acc is None else float(acc)))
+  return found
 
 
 def _plot_demo(path: str, curve: list[float], history: list[dict[str, Any]], name: str) -> None:
