@@ -6,8 +6,11 @@ learning-rate-free method (Prodigy, D-Adapt AdamW, Mechanic around AdamW) runs a
 defaults (learning rate 1, nothing tuned) with three seeds (initial params and batch
 order; the train/validation split is fixed). Adam is tuned the usual way: a grid of
 learning rates on seed 0, the best by final validation loss, then seeds 1 and 2 at
-that rate; its wall time is the whole procedure (grid included). D-Adapt AdamW also
-runs with ``bias_correction=True``, the convention of ``optax.contrib.dadapt_adamw``.
+that rate; its wall time is the whole procedure (grid included). Adam also runs at the
+learning rate suggested by the LR range test (:func:`adam_jax.tuning.lr_find` at its
+defaults, on the same model, data and batch size, seed 0), three seeds; its wall time
+includes the range test. D-Adapt AdamW also runs with ``bias_correction=True``, the
+convention of ``optax.contrib.dadapt_adamw``.
 
 Reported per task and method: mean (± std) final validation loss, the median first
 evaluation step where the validation loss is within 10% of tuned Adam's final one
@@ -34,6 +37,7 @@ import optax
 from flax import nnx
 
 import adam_jax
+from adam_jax import tuning
 
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 SEEDS = (0, 1, 2)
@@ -162,6 +166,14 @@ def make_runner(task: str, make_tx, data, steps: int, eval_every: int):
   return run
 
 
+def range_test(task: str, data) -> float:
+  """The learning rate :func:`adam_jax.tuning.lr_find` suggests for Adam on the task."""
+  model_cls, loss_of = TASKS[task]
+  problem = tuning.Problem(lambda rngs: model_cls(rngs), lambda model, b: loss_of(model, *b),
+                           data[0], data[1], batch_size=BATCH)
+  return tuning.lr_find(problem, optimizer="adam", seed=SEEDS[0]).suggestion
+
+
 def steps_to(curve, target, eval_every):
   hit = np.nonzero(curve <= target)[0]
   return int(hit[0] + 1) * eval_every if hit.size else None
@@ -180,6 +192,13 @@ def bench_task(task: str, data, steps: int, eval_every: int) -> list[dict]:
   rows.append(dict(task=task, method="adam (tuned)", best_lr=best_lr, curves=curves,
                    learnt=None, wall_s=adam_time,
                    grid={str(k): float(v[-1]) for k, v in grid.items()}))
+  # Adam at the range test's suggestion: the test, then three seeds at that rate.
+  t0 = time.perf_counter()
+  suggested = range_test(task, data)
+  run = make_runner(task, lambda lr: adam_jax.adam(lr), data, steps, eval_every)
+  curves = [run(seed, suggested)[0] for seed in SEEDS]
+  rows.append(dict(task=task, method="adam (LR range test)", best_lr=None, suggested=suggested,
+                   curves=curves, learnt=None, wall_s=time.perf_counter() - t0))
   for name, alias in LR_FREE.items():
     t0 = time.perf_counter()
     run = make_runner(task, alias, data, steps, eval_every)
@@ -224,6 +243,8 @@ def main():
   for r in rows:
     if r["best_lr"] is not None:
       lr = f"{r['best_lr']:g} (best of {len(LRS)})"
+    elif r.get("suggested") is not None:
+      lr = f"suggested {r['suggested']:.2g}"
     else:
       lr = f"learnt {np.median(r['learnt']):.2g}"
     print(f"| {r['task']} | {r['method']} | {lr} | {r['val_mean']:.4f} ± {r['val_std']:.4f} | "

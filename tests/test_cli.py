@@ -83,6 +83,19 @@ def test_demo_prints_progress(tmp_path, capsys):
         (["sweep", "--weight-decay", "1e300"], "argument --weight-decay: '1e300' is not a"),
         (["lr-find", "--end-lr", "inf"], "argument --end-lr: 'inf' is not a finite float32"),
         (["demo", "--seed", str(2**64)], "argument --seed: expected a seed below 2**63"),
+        (["demo", "--seed", str(2**31)], "--seed must be below 2**31 for demo"),
+        (["demo", "--schedule", "cosine"], "'cosine' is not one of warmup-cosine, constant, "
+         "plateau"),
+        (["demo", "--plateau-factor", "0.5"],
+         "--plateau-factor applies to --schedule plateau only, not to --schedule warmup-cosine"),
+        (["demo", "--schedule", "plateau", "--warmup", "5"],
+         "--warmup applies to --schedule warmup-cosine only, not to --schedule plateau"),
+        (["demo", "--schedule", "plateau", "--plateau-factor", "1"],
+         "argument --plateau-factor: '1' is outside (0.0, 1.0)"),
+        (["demo", "--schedule", "plateau", "--plateau-patience", "-1"],
+         "argument --plateau-patience: expected a non-negative integer"),
+        (["sweep", "--schedule", "constant,plateau"],
+         "argument --schedule: plateau is not available in sweep"),
         (["sweep", "--seed", str(2**63)], "argument --seed: expected a seed below 2**63"),
         (["sweep", "--seed", str(2**63 - 1), "--seeds", "2"], "goes beyond the largest seed"),
         (["lr-find", "--start-lr", "1", "--end-lr", "0.1"], "--end-lr (0.1) must be greater"),
@@ -318,6 +331,50 @@ def test_demo_interrupt_then_resume_matches_an_uninterrupted_run(demo_run, tmp_p
   assert got["resumed_from_step"] == 100
   np.testing.assert_allclose(got["curve"], want["curve"], rtol=1e-6)
   assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-6)
+
+
+def test_demo_numbers_are_the_library_training_evaluated_by_the_users_loss(tmp_path, capsys):
+  """demo runs tuning.train on tasks.digits_mlp; its numbers are loss_fn of the trained model."""
+  import adam_jax
+  from adam_jax import tasks, tuning
+
+  argv = ["demo", "--steps", "60", "--eval-every", "30", "--hidden", "8", "--lr", "1e-2",
+          "--schedule", "constant", "--seed", "3", "--checkpoint-every", "0"]
+  assert cli.main(argv + ["--out", str(tmp_path)]) == 0
+  assert "Adam at a constant lr 0.01" in capsys.readouterr().out
+  got = json.loads((tmp_path / "results.json").read_text())
+  problem = tasks.digits_mlp(hidden=8, seed=3)
+  result = tuning.train(problem, adam_jax.adam(1e-2), 60, seed=3, eval_every=30)
+  np.testing.assert_allclose(got["curve"], result.curve, rtol=1e-6)
+  for split in ("train", "val"):
+    loss, aux = problem.loss_fn(result.model, getattr(problem, f"{split}_data"))
+    assert got[f"{split}_loss"] == pytest.approx(float(loss), rel=1e-6)
+    assert got[f"{split}_accuracy"] == pytest.approx(float(aux["accuracy"]), abs=1e-7)
+  assert [h["lr"] for h in got["history"]] == [pytest.approx(1e-2)] * 2
+  assert got["history"][-1]["val_loss"] == pytest.approx(got["val_loss"], rel=1e-5)
+
+
+def test_demo_plateau_schedule_reduces_the_rate_on_the_mean_train_loss(tmp_path, capsys):
+  argv = ["demo", "--schedule", "plateau", "--lr", "0.1", "--plateau-factor", "0.5",
+          "--plateau-patience", "0", "--steps", "200", "--eval-every", "10", "--hidden", "16",
+          "--checkpoint-every", "0", "--out", str(tmp_path)]
+  assert cli.main(argv) == 0
+  assert "times 0.5 when the mean train loss" in capsys.readouterr().out
+  got = json.loads((tmp_path / "results.json").read_text())
+  assert got["schedule"] == "plateau" and got["plateau_patience"] == 0
+  # torch's rule (relative threshold 1e-4), replayed on the printed interval means.
+  best, bad, lr, want = math.inf, 0, 0.1, []
+  for h in got["history"]:
+    if h["train_loss"] < best * (1 - 1e-4):
+      best, bad = h["train_loss"], 0
+    else:
+      bad += 1
+    if bad > 0:
+      lr, bad = lr * 0.5, 0
+    want.append(lr)
+  lrs = [h["lr"] for h in got["history"]]
+  assert min(lrs) < 0.1  # the rate was reduced
+  np.testing.assert_allclose(lrs, want, rtol=1e-6)
 
 
 def test_bench_forwards_its_arguments(capsys):

@@ -455,27 +455,6 @@ def is_out_of_memory(err: BaseException) -> bool:
       "RESOURCE_EXHAUSTED" in str(err) or "Out of memory" in str(err))
 
 
-def load_data(args: argparse.Namespace, prog: str) -> Any:
-  """The ``--data`` file's arrays (or the digits), as the task will load them."""
-  from adam_jax.tasks import load_digits, load_npz
-
-  try:
-    if args.data is None:
-      return tuple(load_digits())
-    return tuple(load_npz(args.data, need_labels=args.task == "digits-mlp"))
-  except ValueError as err:
-    raise UsageError(str(err), prog) from None
-
-
-def build_task(args: argparse.Namespace, **sizes: Any) -> Any:
-  from adam_jax.tasks import get_task
-
-  try:
-    return get_task(args.task, seed=args.seed, data=args.data, **sizes)
-  except ValueError as err:
-    raise UsageError(str(err)) from None
-
-
 def build_problem(args: argparse.Namespace, prog: str, **sizes: Any) -> Any:
   """The ``--task`` as an :class:`adam_jax.tuning.Problem` (its split seeded by ``--seed``)."""
   from adam_jax import tasks

@@ -1,15 +1,22 @@
-"""``adam-jax demo``: trains a digits model with Adam and a warm-up + cosine schedule."""
+"""``adam-jax demo``: trains a digits model with Adam (by default a warm-up + cosine schedule).
+
+A thin client of :func:`adam_jax.tuning.train` on :func:`adam_jax.tasks.digits_mlp` or
+:func:`adam_jax.tasks.digits_autoencoder`: the training loop, its evaluations and its
+checkpoints are the library's.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
 import warnings
 from typing import Any
 
 from adam_jax.cli import _common as common
+
+SCHEDULES = ("warmup-cosine", "constant", "plateau")
+_PLATEAU_FACTOR, _PLATEAU_PATIENCE = 0.5, 2
 
 
 def add_parser(sub: Any) -> None:
@@ -17,22 +24,35 @@ def add_parser(sub: Any) -> None:
       "demo",
       help="train the default task with Adam and a warm-up + cosine schedule",
       description="Trains a Flax MLP on scikit-learn's bundled digits with adam_jax.adam and a "
-                  "linear warm-up + cosine learning-rate schedule; prints the loss and accuracy "
-                  "as it goes, then writes results.json and loss_curve.png.",
+                  "linear warm-up + cosine learning-rate schedule (or --schedule constant or "
+                  "plateau) with adam_jax.tuning.train; prints the loss and accuracy as it "
+                  "goes, then writes results.json and loss_curve.png.",
       epilog="examples:\n"
              "  adam-jax demo\n"
              "  adam-jax demo --steps 5000 --lr 1e-3 --hidden 256 --out runs/big\n"
              "  adam-jax demo --task digits-autoencoder\n"
              "  adam-jax demo --data mine.npz --batch-size 64\n"
              "  adam-jax demo --diagnostics\n"
+             "  adam-jax demo --schedule plateau --plateau-factor 0.3 --plateau-patience 1\n"
              "  adam-jax demo --steps 20000 --out runs/long --resume   # after an interrupt",
       formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   common.add_common(p, "runs/demo")
   p.add_argument("--steps", default=3000, type=common.positive_int, help="optimizer steps (3000)")
   p.add_argument("--lr", default=3e-3, type=common.POS_FLOAT, help="peak learning rate (3e-3)")
+  p.add_argument("--schedule", default="warmup-cosine", type=common.choice_of(SCHEDULES),
+                 help="warmup-cosine (linear warm-up, then cosine to 0), constant, or plateau "
+                      "(constant, times --plateau-factor when the mean train loss of an "
+                      "evaluation interval stops improving; adam_jax.reduce_on_plateau) "
+                      "(default: %(default)s)")
   p.add_argument("--warmup", default=None, type=common.nonnegative_int,
-                 help="warm-up steps (default: 5%% of --steps)")
+                 help="warm-up steps of warmup-cosine (default: 5%% of --steps)")
+  p.add_argument("--plateau-factor", default=None, type=common.float_in(0.0, 1.0, low_open=True),
+                 help=f"plateau: the factor on the learning rate at a plateau "
+                      f"({_PLATEAU_FACTOR})")
+  p.add_argument("--plateau-patience", default=None, type=common.nonnegative_int,
+                 help=f"plateau: evaluation intervals without improvement before the rate is "
+                      f"reduced ({_PLATEAU_PATIENCE})")
   p.add_argument("--layers", default=1, type=common.positive_int, help="hidden layers (1)")
   p.add_argument("--hidden", default=128, type=common.positive_int,
                  help="units per hidden layer (128)")
@@ -52,34 +72,46 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
   prog = "adam-jax demo"
+  for flag, value in (("--warmup", args.warmup), ("--plateau-factor", args.plateau_factor),
+                      ("--plateau-patience", args.plateau_patience)):
+    wanted = "warmup-cosine" if flag == "--warmup" else "plateau"
+    if value is not None and args.schedule != wanted:
+      raise common.UsageError(f"{flag} applies to --schedule {wanted} only, not to "
+                              f"--schedule {args.schedule}", prog)
+  if args.seed >= 2**31:  # the training loop seeds its int32 random keys with it
+    raise common.UsageError(f"--seed must be below 2**31 for demo, got {args.seed}", prog)
   warmup = args.warmup if args.warmup is not None else args.steps // 20
-  if warmup >= args.steps:
+  if args.schedule == "warmup-cosine" and warmup >= args.steps:
     raise common.UsageError(
         f"--warmup ({warmup}) must be smaller than --steps ({args.steps})", prog)
+  factor = _PLATEAU_FACTOR if args.plateau_factor is None else args.plateau_factor
+  patience = _PLATEAU_PATIENCE if args.plateau_patience is None else args.plateau_patience
   out = common.make_out(args.out, prog)
   config = {"task": args.task, "data": args.data, "seed": args.seed, "steps": args.steps,
-            "lr": args.lr, "warmup": warmup, "layers": args.layers, "hidden": args.hidden,
-            "batch_size": args.batch_size, "eval_every": args.eval_every,
+            "lr": args.lr, "schedule": args.schedule, "warmup": warmup, "layers": args.layers,
+            "hidden": args.hidden, "batch_size": args.batch_size, "eval_every": args.eval_every,
             "diagnostics": args.diagnostics, "data_sha256": common.file_digest(args.data)}
+  if args.schedule == "plateau":
+    config.update(plateau_factor=factor, plateau_patience=patience)
   config_path = os.path.join(out, "demo_config.json")
   ckpt_path = os.path.join(out, "checkpoint")
   resuming = args.resume and os.path.isdir(ckpt_path)
   if resuming:
     common.check_resume(config_path, config, prog)
-  common.check_task_memory(args.task, common.load_data(args, prog), layers=args.layers,
-                           hidden=args.hidden, runs=1, batch=args.batch_size, prog=prog)
-  task = common.build_task(args, layers=args.layers, hidden=args.hidden,
-                           batch_size=args.batch_size)
+  problem = common.build_problem(args, prog, layers=args.layers, hidden=args.hidden,
+                                 batch_size=args.batch_size)
+  common.check_task_memory(args.task, (problem.train_data, problem.val_data),
+                           layers=args.layers, hidden=args.hidden, runs=1,
+                           batch=args.batch_size, prog=prog)
   common.write_json(config_path, config)
 
   import jax
   import numpy as np
 
-  import adam_jax
-  from adam_jax.tasks import fit
+  from adam_jax import checkpoint, tuning
 
-  schedule = adam_jax.schedules.warmup_cosine(args.lr, warmup, args.steps)
-  tx = adam_jax.adam(schedule)
+  classification = args.task == "digits-mlp"
+  tx, schedule, opt_metrics = _optimizer(args, warmup, factor, patience)
   record = None
   if args.diagnostics:
     from adam_jax.diagnostics import monitor
@@ -87,132 +119,156 @@ def run(args: argparse.Namespace) -> int:
 
     tx, record = monitor(tx, eps=1e-8, b2=0.999), monitor_record
 
-  def chunk(params, opt_state, idx, x, y, x_val, y_val):
-    params, opt_state, fitted = fit(task, tx, params, opt_state, idx, x, y, record=record)
-    return params, opt_state, fitted, task.evaluate(params, x_val, y_val)
+  n_train, n_val = (len(jax.tree.leaves(d)[0]) for d in (problem.train_data, problem.val_data))
+  print(f"adam-jax demo: {args.task}, {args.layers}x{args.hidden} hidden, batch "
+        f"{args.batch_size}, {n_train} train / {n_val} validation examples, "
+        f"{_describe(args, warmup, factor, patience)}")
 
-  idx = task.batch_indices(args.steps, args.seed)
-  n_evals = -(-args.steps // args.eval_every)
-  # Everything a resumed run needs, in one checkpointed tree: params, optimizer state,
-  # the step reached, the loss curve and the validation history (rows: step,
-  # mean train loss of the chunk, val loss, val accuracy).
-  state = {"params": task.params, "opt_state": tx.init(task.params),
-           "step": np.zeros((), np.int32), "curve": np.full(args.steps, np.nan, np.float32),
-           "evals": np.full((n_evals, 4), np.nan, np.float32)}
-  if resuming:
-    from adam_jax import checkpoint
+  with common.progress(args.steps, "training", "step") as bar:
+    done_to = [0]
+
+    def on_start(first: int) -> None:
+      if resuming:
+        bar.write(f"resuming from step {first} (checkpoint in {ckpt_path})")
+      bar.update(first)
+      done_to[0] = first
+
+    def on_eval(ev: dict[str, float]) -> None:
+      line = (f"step {ev['step']:>6}/{args.steps}  train loss {ev['loss']:.4f}  "
+              f"val loss {ev['val_loss']:.4f}")
+      if classification:
+        line += f"  val acc {100 * ev['val_accuracy']:.1f}%"
+      bar.update(ev["step"] - done_to[0])
+      done_to[0] = ev["step"]
+      bar.write(line)
 
     try:
       with warnings.catch_warnings(record=True) as fallback:
         warnings.simplefilter("always", checkpoint.CheckpointFallbackWarning)
-        state = checkpoint.restore_latest(ckpt_path, like=state)
-    except ValueError as err:
+        result = tuning.train(problem, tx, args.steps, seed=args.seed,
+                              eval_every=args.eval_every, checkpoint_dir=ckpt_path,
+                              checkpoint_every=args.checkpoint_every, resume=resuming,
+                              record=record, opt_metrics=opt_metrics, on_start=on_start,
+                              on_eval=on_eval)
+    except checkpoint.CheckpointError as err:
       raise common.UsageError(f"cannot resume from {ckpt_path}: {err}", prog) from None
-    for w in fallback:  # the newest save is damaged: the previous one was restored
-      print(f"{prog}: warning: {w.message}", file=sys.stderr)
-  first = int(state["step"])
-  data = (task.x_train, task.y_train, task.x_val, task.y_val)
-  compile_start = time.perf_counter()
-  compiled = {}
-  for lo in range(first, args.steps, args.eval_every):  # at most two shapes
-    n = min(args.eval_every, args.steps - lo)
-    if n not in compiled:
-      compiled[n] = jax.jit(chunk).lower(state["params"], state["opt_state"], idx[lo:lo + n],
-                                         *data).compile()
-  compile_s = time.perf_counter() - compile_start
+    except ValueError as err:
+      raise common.UsageError(str(err), prog) from None
+    except tuning.TrainInterrupted as err:
+      where = (f"rerun with --resume to continue from step {err.step}" if err.step
+               else "no checkpoint was written yet")
+      print(f"{prog}: interrupted; {where}", file=sys.stderr)
+      return 130
+    finally:
+      for w in fallback:  # the newest save is damaged: the previous one was restored
+        if issubclass(w.category, checkpoint.CheckpointFallbackWarning):
+          print(f"{prog}: warning: {w.message}", file=sys.stderr)
+        else:
+          warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
-  print(f"adam-jax demo: {task.name}, {args.layers}x{args.hidden} hidden, batch {task.batch_size}, "
-        f"{len(task.x_train)} train / {len(task.x_val)} validation examples, "
-        f"Adam with warm-up ({warmup} steps) + cosine to 0 from peak lr {args.lr:g}")
-  if resuming:
-    print(f"resuming from step {first} (checkpoint in {ckpt_path})")
-  params, opt_state = state["params"], state["opt_state"]
-  curve, evals = np.array(state["curve"]), np.array(state["evals"])
-  records: list[Any] = []
-  last_saved = first
-  train_s = 0.0
-  try:
-    with common.progress(args.steps, "training", "step") as bar:
-      bar.update(first)
-      for lo in range(first, args.steps, args.eval_every):
-        hi = min(lo + args.eval_every, args.steps)
-        t0 = time.perf_counter()
-        params, opt_state, fitted, (val_loss, val_acc) = compiled[hi - lo](
-            params, opt_state, idx[lo:hi], *data)
-        if record is not None:
-          fitted, stats = fitted
-          records.append(jax.device_get(stats))
-        curve[lo:hi] = np.asarray(fitted)
-        train_s += time.perf_counter() - t0
-        row = evals[(hi - 1) // args.eval_every]
-        row[:] = hi, curve[lo:hi].mean(), float(val_loss), float(val_acc)
-        line = (f"step {hi:>6}/{args.steps}  train loss {row[1]:.4f}  val loss {row[2]:.4f}")
-        if task.classification:
-          line += f"  val acc {100 * row[3]:.1f}%"
-        bar.update(hi - lo)
-        bar.write(line)
-        if args.checkpoint_every and (hi - last_saved >= args.checkpoint_every
-                                      or hi == args.steps):
-          from adam_jax import checkpoint
-
-          checkpoint.save_rotating(ckpt_path, {
-              "params": params, "opt_state": opt_state, "step": np.asarray(hi, np.int32),
-              "curve": curve, "evals": evals}, keep=2)
-          last_saved = hi
-  except KeyboardInterrupt:
-    where = (f"rerun with --resume to continue from step {last_saved}" if last_saved
-             else "no checkpoint was written yet")
-    print(f"{prog}: interrupted; {where}", file=sys.stderr)
-    return 130
-
+  first = result.first_step
   done = args.steps - first
-  rate = done / train_s if train_s > 0 else None
+  rate = done / result.train_s if result.train_s > 0 else None
   history = []
-  for step, tr, vl, va in evals:
-    item = {"step": int(step), "train_loss": float(tr), "val_loss": float(vl),
-            "lr": float(schedule(int(step) - 1))}
-    if task.classification:
-      item["val_accuracy"] = float(va)
+  for ev in result.history:
+    step = ev["step"]
+    lr = float(schedule(step - 1)) * ev.get("lr_scale", 1.0)
+    item = {"step": step, "train_loss": ev["loss"], "val_loss": ev["val_loss"], "lr": lr}
+    if classification:
+      item["val_accuracy"] = ev["val_accuracy"]
     history.append(item)
-  train_loss, train_acc = (float(v) for v in task.evaluate(params, task.x_train, task.y_train))
-  val_loss, val_acc = (float(v) for v in task.evaluate(params, task.x_val, task.y_val))
+  # The final numbers: the task's loss_fn on the trained model that tuning.train returned.
+  (train_loss, train_acc), (val_loss, val_acc) = _evaluate(
+      problem.loss_fn, result.model, problem.train_data, problem.val_data)
   summary: dict[str, Any] = {
-      **config, "batch_size": task.batch_size,
-      "train_loss": train_loss, "val_loss": val_loss,
-      "train_accuracy": train_acc if task.classification else None,
-      "val_accuracy": val_acc if task.classification else None,
-      "steps_per_s": rate, "train_s": train_s, "compile_s": compile_s,
+      **config, "train_loss": train_loss, "val_loss": val_loss,
+      "train_accuracy": train_acc, "val_accuracy": val_acc,
+      "steps_per_s": rate, "train_s": result.train_s, "compile_s": result.compile_s,
       "resumed_from_step": first if resuming else None,
-      "history": history, "curve": [float(v) for v in curve],
+      "history": history, "curve": [float(v) for v in result.curve],
   }
   written = ["results.json", "loss_curve.png"]
-  if records:
+  if result.records is not None:
     from adam_jax.diagnostics import plot_history
     from adam_jax.tuning._grid import monitor_columns
 
-    stacked = jax.tree.map(lambda *xs: np.concatenate(xs), *records)
-    cols = monitor_columns(stacked, first_step=first + 1)
+    cols = monitor_columns(result.records, first_step=first + 1)
     summary["diagnostics"] = {
         "final_update_to_param_ratio": float(cols["update_to_param_ratio"][-1]),
         "max_update_to_param_ratio": float(np.nanmax(cols["update_to_param_ratio"])),
         "final_eps_dominated_fraction": float(cols["eps_dominated_fraction"][-1]),
     }
-    plot_history(cols, out, title=f"adam-jax demo: {task.name}")
+    plot_history(cols, out, title=f"adam-jax demo: {args.task}")
     written.append("diagnostics.png")
   common.write_json(os.path.join(out, "results.json"), summary)
-  _plot_demo(os.path.join(out, "loss_curve.png"), list(curve), history, task.name)
-  speed = (f"{rate:,.0f} steps/s (compilation {compile_s:.1f} s)" if done
+  _plot_demo(os.path.join(out, "loss_curve.png"), list(result.curve), history, args.task)
+  speed = (f"{rate:,.0f} steps/s (compilation {result.compile_s:.1f} s)" if done
            else "nothing left to train")
   print(f"done: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
-        + (f", val accuracy {100 * val_acc:.1f}%" if task.classification else "")
+        + (f", val accuracy {100 * val_acc:.1f}%" if classification else "")
         + f"; {speed}")
-  if records:
+  if result.records is not None:
     d = summary["diagnostics"]
     print(f"diagnostics: update/param ratio {d['final_update_to_param_ratio']:.2e} at the end "
           f"(at most {d['max_update_to_param_ratio']:.2e}), eps dominates "
           f"{100 * d['final_eps_dominated_fraction']:.1f}% of the elements")
   print(f"wrote {', '.join(written)} in {out}")
   return 0
+
+
+def _optimizer(args: argparse.Namespace, warmup: int, factor: float, patience: int
+               ) -> tuple[Any, Any, Any]:
+  """Adam with the ``--schedule``: (tx, the schedule of the base rate, opt_metrics)."""
+  import optax
+
+  import adam_jax
+
+  if args.schedule == "warmup-cosine":
+    schedule = adam_jax.schedules.warmup_cosine(args.lr, warmup, args.steps)
+    return adam_jax.adam(schedule), schedule, None
+  schedule = optax.constant_schedule(args.lr)
+  if args.schedule == "constant":
+    return adam_jax.adam(args.lr), schedule, None
+  # torch's usual use: one decision per evaluation, on the mean training loss of the
+  # interval (the mini-batch loss of every step is passed to update as value=).
+  plateau = adam_jax.reduce_on_plateau(factor=factor, patience=patience,
+                                       accumulation_size=args.eval_every)
+  return optax.chain(adam_jax.adam(args.lr), plateau), schedule, _plateau_scale
+
+
+def _plateau_scale(opt_state: Any) -> dict[str, Any]:
+  """The learning-rate scale of the ``reduce_on_plateau`` inside ``opt_state``."""
+  import jax
+
+  import adam_jax
+
+  is_plateau = lambda s: isinstance(s, adam_jax.ReduceOnPlateauState)
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_plateau) if is_plateau(s)]
+  return {"lr_scale": found[0].scale}
+
+
+def _describe(args: argparse.Namespace, warmup: int, factor: float, patience: int) -> str:
+  if args.schedule == "warmup-cosine":
+    return (f"Adam with warm-up ({warmup} steps) + cosine to 0 from peak lr {args.lr:g}")
+  if args.schedule == "constant":
+    return f"Adam at a constant lr {args.lr:g}"
+  return (f"Adam from lr {args.lr:g}, times {factor:g} when the mean train loss of "
+          f"{patience + 1} evaluation intervals in a row does not improve (reduce on plateau)")
+
+
+def _evaluate(loss_fn: Any, model: Any, *splits: Any) -> list[tuple[float, float | None]]:
+  """``loss_fn`` on each whole split, in one jitted call: (loss, accuracy or None) each."""
+  from flax import nnx
+
+  def both(model, *splits):
+    return [loss_fn(model, data) for data in splits]
+
+  found = []
+  for out in nnx.jit(both)(model, *splits):
+    loss, aux = out if isinstance(out, tuple) else (out, {})
+    acc = aux.get("accuracy") if isinstance(aux, dict) else None
+    found.append((float(loss), None if acc is None else float(acc)))
+  return found
 
 
 def _plot_demo(path: str, curve: list[float], history: list[dict[str, Any]], name: str) -> None:

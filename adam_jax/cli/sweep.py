@@ -14,6 +14,17 @@ from adam_jax.cli import _common as common
 
 PROG = "adam-jax sweep"
 
+
+def _schedule(text: str) -> str:
+  """A ``--schedule`` value; ``plateau`` is refused (it is not a function of the step)."""
+  if text == "plateau":
+    raise argparse.ArgumentTypeError(
+        "plateau is not available in sweep (reduce-on-plateau follows each run's own losses, "
+        "so it cannot be vmapped with the step schedules); use adam-jax demo --schedule "
+        "plateau, or tuning.grid_search with a factory chaining adam_jax.reduce_on_plateau")
+  return common.choice_of(("constant", "cosine", "step", "exponential"))(text)
+
+
 # (space key, flag, parse, default, help): every flag takes comma-separated values; the
 # numeric optimizer flags also take a range LO:HI for the sampled searches.
 FLAGS = (
@@ -28,7 +39,7 @@ FLAGS = (
     ("weight_decay", "--weight-decay", common.list_or_range(common.NONNEG_FLOAT, log=True), "0",
      "weight decay (>= 0; a range: log-uniform): coupled L2 for adam, decoupled for adamw"),
     ("schedule", "--schedule",
-     common.list_of(common.choice_of(("constant", "cosine", "step", "exponential"))), "constant",
+     common.list_of(_schedule), "constant",
      "constant, cosine (to 0), step (x0.1 each third), exponential (to 1%%)"),
     ("layers", "--layers", common.list_of(common.positive_int), "1", "hidden layers"),
     ("hidden", "--hidden", common.list_of(common.positive_int), "128", "units per hidden layer"),

@@ -1,7 +1,8 @@
 """Tuning one's own model: the LR range test and vectorized grid searches.
 
 A :class:`Problem` holds the user's model (Flax NNX or functional), loss and data;
-:func:`lr_find` and :func:`grid_search` train it, many configurations at once.
+:func:`lr_find` and :func:`grid_search` train it, many configurations at once;
+:func:`train` trains one, evaluated as it goes and resumable.
 """
 
 from adam_jax.tuning._grid import (
@@ -25,6 +26,7 @@ from adam_jax.tuning._random import (
     sample_configs,
     uniform,
 )
+from adam_jax.tuning._train import TrainInterrupted, TrainResult, train
 
 __all__ = [
     "SCHEDULES",
@@ -34,6 +36,8 @@ __all__ = [
     "Problem",
     "Row",
     "SearchResult",
+    "TrainInterrupted",
+    "TrainResult",
     "Uniform",
     "choice",
     "grid_search",
@@ -45,5 +49,6 @@ __all__ = [
     "sample_configs",
     "schedule_fn",
     "successive_halving",
+    "train",
     "uniform",
 ]

@@ -105,7 +105,7 @@ def train_group(
       rows = idx_all[t, pos]
       batch = jax.tree.map(lambda a: a[rows], data)
     (loss, (_, state)), grads = jax.value_and_grad(fns.loss, has_aux=True)(params, state, batch)
-    updates, opt_state = tx.update(grads, opt_state, params)
+    updates, opt_state = tx_update(tx, grads, opt_state, params, loss)
     params = optax.apply_updates(params, updates)
     out = loss if record is None else (loss, record(opt_state))
     return (params, opt_state, state), out
@@ -301,6 +301,25 @@ def compiler_options() -> dict[str, Any] | None:
       "XLA_FLAGS", ""):
     return None
   return {"xla_backend_optimization_level": 1}
+
+
+def tx_update(tx: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any,
+              loss: jax.Array) -> tuple[Any, Any]:
+  """``tx.update``, given the mini-batch loss as ``value=`` when ``tx`` takes extra arguments.
+
+  optax's convention: a ``GradientTransformationExtraArgs`` (a chain, or
+  :func:`adam_jax.reduce_on_plateau`) takes keyword arguments in ``update`` and passes
+  them to the transformations that use them; ``reduce_on_plateau`` monitors ``value``.
+  """
+  if isinstance(tx, optax.GradientTransformationExtraArgs):
+    return tx.update(grads, opt_state, params, value=loss)
+  return tx.update(grads, opt_state, params)
+
+
+def choose_loop(step: Callable[..., Any], *args: Any) -> str:
+  """``"python"`` for a training step with a convolution on CPU, else ``"scan"``."""
+  conv = _lowers_to_convolution(step, *args)
+  return "python" if conv and jax.default_backend() == "cpu" else "scan"
 
 
 def run_chunk_hook(run_chunk: Callable[..., Any], carry: Any, lo: int, hi: int) -> Any:

@@ -1,0 +1,278 @@
+"""Training one configuration of a problem: evaluated as it goes, checkpointed, resumable."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from adam_jax.tuning import _runner
+from adam_jax.tuning._problem import Problem
+
+
+class TrainResult(NamedTuple):
+  """What :func:`train` returns."""
+
+  model: Any  # the trained model: an nnx.Module in eval mode, or the params
+  metrics: dict[str, float]  # the problem's metrics of ``model`` (train_loss, val_loss, ...)
+  curve: np.ndarray  # shape=(steps,), float32: the mini-batch loss of every step
+  history: list[dict[str, float]]  # per evaluation: step, loss (mean mini-batch loss since
+  #   the previous evaluation), the validation metrics and ``opt_metrics``
+  opt_state: Any  # the optimizer's final state
+  records: Any  # ``record``'s outputs, stacked over the steps trained by this call (or None)
+  first_step: int  # 0, or the step a resumed run continued from
+  train_s: float  # wall time of the steps trained by this call (after compilation)
+  compile_s: float  # wall time of the compilation
+  loop: str  # the loop form used: "scan" or "python"
+
+
+class TrainInterrupted(KeyboardInterrupt):
+  """A :func:`train` interrupted (Ctrl-C); ``step`` is its newest checkpoint's step (0: none)."""
+
+  def __init__(self, step: int):
+    super().__init__(f"interrupted; the newest checkpoint holds step {step}" if step
+                     else "interrupted before any checkpoint was written")
+    self.step = step
+
+
+def train(
+    problem: Problem,
+    tx: optax.GradientTransformation,
+    steps: int,
+    *,
+    seed: int = 0,
+    eval_every: int | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    record: Callable[[Any], Any] | None = None,
+    opt_metrics: Callable[[Any], dict[str, Any]] | None = None,
+    loop: str = "auto",
+    on_start: Callable[[int], None] | None = None,
+    on_eval: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+  r"""Trains the problem's model with ``tx`` for ``steps`` steps, evaluating as it goes.
+
+  The step is the one :func:`grid_search` vectorizes (same initial model, same
+  mini-batches :meth:`Problem.batch_indices` for ``seed``, BatchNorm statistics and
+  dropout streams carried the same way), here for one configuration: a run equals the
+  same configuration trained by a search. Each step passes its mini-batch loss to
+  ``tx.update`` as ``value=`` when ``tx`` takes extra arguments (optax's convention),
+  so ``optax.chain(adam_jax.adam(1e-3), adam_jax.reduce_on_plateau(
+  accumulation_size=k))`` reduces the rate when the mean training loss over ``k``
+  steps stops improving.
+
+  Steps run in chunks of ``eval_every``; after each chunk the model is evaluated on
+  ``val_data`` in eval mode (the problem's ``val_*`` metrics), ``on_eval`` is called,
+  and then, every ``checkpoint_every`` steps and after the last step, the run is saved
+  to ``checkpoint_dir`` (params, optimizer and model state, the loss curve and the
+  evaluations), so that ``resume=True`` continues it.
+
+  Args:
+    problem: the :class:`Problem` (a factory is built with its default keywords).
+    tx: any optax ``GradientTransformation``.
+    steps: the number of optimizer steps (>= 1).
+    seed: seeds the initial model (of a factory), the batch order and dropout streams.
+    eval_every: steps between evaluations (default: one evaluation, after the last step).
+    checkpoint_dir: where to save the run (None: no checkpoints).
+    checkpoint_every: with ``checkpoint_dir``, the least number of steps between saves,
+      made after an evaluation (and after the last step); 0: none.
+    resume: continue from the newest intact save in ``checkpoint_dir`` when there is one
+      (a damaged newest save falls back to the previous one, with a
+      ``CheckpointFallbackWarning``).
+    record: a function of the optimizer state kept after every step (for example the
+      statistics of :func:`adam_jax.diagnostics.monitor`).
+    opt_metrics: a function of the optimizer state returning a dict of scalars added
+      to each evaluation (for example the scale of ``reduce_on_plateau``).
+    loop: ``"scan"`` (each chunk one ``jax.lax.scan``), ``"python"`` (a jitted step
+      called from Python) or ``"auto"``: Python steps for a model with convolutions on
+      CPU, ``scan`` otherwise (as :func:`grid_search`).
+    on_start: called with the first step to train (0, or the step resumed from).
+    on_eval: called with each evaluation (a dict: ``step``, ``loss``, the metrics),
+      before the checkpoint of that step is written.
+
+  Returns:
+    A :class:`TrainResult`: the trained model and its metrics (computed by the
+    problem's ``loss_fn`` and ``metrics_fn`` on it), the loss curve and the evaluations.
+
+  Raises:
+    ValueError: a bad argument, or a checkpoint that does not match this run
+      (a ``adam_jax.checkpoint.CheckpointError``).
+    TrainInterrupted: on Ctrl-C (a ``KeyboardInterrupt``), with the newest saved step.
+
+  Examples:
+    >>> import adam_jax
+    >>> from adam_jax import tasks, tuning
+    >>> problem = tasks.digits_mlp(hidden=16)
+    >>> result = tuning.train(problem, adam_jax.adam(1e-2), 100, eval_every=50)
+    >>> [h["step"] for h in result.history], result.curve.shape
+    ([50, 100], (100,))
+    >>> bool(result.metrics["val_loss"] < result.curve[0])
+    True
+  """
+  if not isinstance(problem, Problem):
+    raise ValueError(f"problem must be an adam_jax.tuning.Problem, got {type(problem).__name__}")
+  _check_int("steps", steps, 1)
+  _check_int("checkpoint_every", checkpoint_every, 0)
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (
+      0 <= seed < 2**31):
+    raise ValueError(f"seed must be an integer in [0, 2**31), got {seed!r}")
+  eval_every = steps if eval_every is None else eval_every
+  _check_int("eval_every", eval_every, 1)
+  if loop not in _runner.LOOPS:
+    raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
+  if resume and checkpoint_dir is None:
+    raise ValueError("resume needs checkpoint_dir, the folder of the run to resume")
+  steps, eval_every, seed = int(steps), min(int(eval_every), int(steps)), int(seed)
+  fns = problem.bind().fns
+  batch_fn = problem.batch_fn
+
+  def step(carry, t, idx, data):
+    params, opt_state, state = carry
+    if batch_fn is not None:
+      batch = batch_fn(t, jax.random.fold_in(jax.random.key(seed), t))
+    else:
+      batch = jax.tree.map(lambda a: a[idx[t]], data)
+    (loss, (_, state)), grads = jax.value_and_grad(fns.loss, has_aux=True)(params, state, batch)
+    updates, opt_state = _runner.tx_update(tx, grads, opt_state, params, loss)
+    params = optax.apply_updates(params, updates)
+    out = loss if record is None else (loss, record(opt_state))
+    return (params, opt_state, state), out
+
+  def evaluate(carry, val):
+    params, opt_state, state = carry
+    out = {} if val is None else fns.metrics(params, state, None, val)
+    if opt_metrics is not None:
+      out.update({k: jnp.asarray(v, jnp.float32) for k, v in opt_metrics(opt_state).items()})
+    return out
+
+  def init(seed):
+    params, state = fns.init(seed)
+    return params, tx.init(params), state
+
+  def scan_chunk(carry, lo, idx, data, val, length):
+    carry, out = jax.lax.scan(lambda c, t: step(c, t, idx, data), carry,
+                              lo + jnp.arange(length, dtype=jnp.int32))
+    return carry, out, evaluate(carry, val)
+
+  seed32 = np.int32(seed)
+  carry = jax.jit(init)(seed32)
+  idx = None if batch_fn is not None else jax.device_put(problem.batch_indices(steps, seed))
+  data = None if problem.train_data is None else jax.device_put(problem.train_data)
+  val = None if problem.val_data is None else jax.device_put(problem.val_data)
+  t_shape = jax.ShapeDtypeStruct((), jnp.int32)
+  if loop == "auto":
+    loop = _runner.choose_loop(step, carry, t_shape, idx, data)
+  names = _ordered(list(jax.eval_shape(evaluate, carry, val)))
+  n_evals = -(-steps // eval_every)
+  saved = {"carry": carry, "step": np.zeros((), np.int32),
+           "curve": np.full(steps, np.nan, np.float32),
+           "evals": np.full((n_evals, 2 + len(names)), np.nan, np.float32)}
+  ckpt = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+  if resume and os.path.isdir(ckpt):
+    from adam_jax import checkpoint
+
+    saved = checkpoint.restore_latest(ckpt, like=saved)
+  first = int(saved["step"])
+  carry = saved["carry"]
+  curve, evals = np.array(saved["curve"]), np.array(saved["evals"])
+
+  compile_start = time.perf_counter()
+  lowered = {}
+  if loop == "scan":
+    for lo in range(first, steps, eval_every):
+      length = min(eval_every, steps - lo)
+      if length not in lowered:
+        lowered[length] = jax.jit(functools.partial(scan_chunk, length=length),
+                                  donate_argnums=0).lower(carry, t_shape, idx, data, val)
+  elif first < steps:
+    lowered["step"] = jax.jit(step, donate_argnums=0).lower(carry, t_shape, idx, data)
+    lowered["evaluate"] = jax.jit(evaluate).lower(carry, val)
+  lowered["metrics"] = jax.jit(fns.metrics).lower(carry[0], carry[2], data, val)
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(len(lowered), os.cpu_count() or 1))
+                                             ) as pool:
+    compiled = dict(zip(lowered, pool.map(lambda low: low.compile(), lowered.values())))
+  compile_s = time.perf_counter() - compile_start
+
+  def run_chunk(carry, lo, hi):
+    if loop == "scan":
+      carry, out, ev = compiled[hi - lo](carry, np.int32(lo), idx, data, val)
+      return carry, jax.device_get(out), jax.device_get(ev)
+    outs = []
+    for t in range(lo, hi):
+      carry, out = compiled["step"](carry, np.int32(t), idx, data)
+      outs.append(out)
+    outs = jax.tree.map(lambda *o: np.stack(o), *jax.device_get(outs))
+    return carry, outs, jax.device_get(compiled["evaluate"](carry, val))
+
+  if on_start is not None:
+    on_start(first)
+  if first < steps:
+    carry = jax.tree.map(jnp.array, carry)  # a copy: the chunks donate it
+  records: list[Any] = []
+  last_saved = first
+  train_s = 0.0
+  try:
+    for lo in range(first, steps, eval_every):
+      hi = min(lo + eval_every, steps)
+      start = time.perf_counter()
+      carry, out, ev = run_chunk(carry, lo, hi)
+      train_s += time.perf_counter() - start
+      if record is not None:
+        out, rec = out
+        records.append(rec)
+      curve[lo:hi] = np.asarray(out)
+      row = evals[(hi - 1) // eval_every]
+      row[:] = [hi, curve[lo:hi].mean()] + [float(ev[k]) for k in names]
+      if on_eval is not None:
+        on_eval(_history_item(row, names))
+      if ckpt is not None and checkpoint_every and (hi - last_saved >= checkpoint_every
+                                                    or hi == steps):
+        from adam_jax import checkpoint
+
+        checkpoint.save_rotating(ckpt, {"carry": carry, "step": np.asarray(hi, np.int32),
+                                        "curve": curve, "evals": evals}, keep=2)
+        last_saved = hi
+  except KeyboardInterrupt:
+    raise TrainInterrupted(last_saved) from None
+  params, opt_state, state = carry
+  metrics = {k: float(v) for k, v in jax.device_get(
+      compiled["metrics"](params, state, data, val)).items()}
+  metrics = {k: metrics[k] for k in _ordered(list(metrics))}
+  stacked = (jax.tree.map(lambda *r: np.concatenate(r), *records) if records else None)
+  return TrainResult(
+      model=fns.to_user(params, state),
+      metrics=metrics,
+      curve=curve,
+      history=[_history_item(row, names) for row in evals if np.isfinite(row[0])],
+      opt_state=opt_state,
+      records=stacked,
+      first_step=first,
+      train_s=train_s,
+      compile_s=compile_s,
+      loop=loop,
+  )
+
+
+def _ordered(names: list[str]) -> list[str]:
+  first = [k for k in ("train_loss", "val_loss") if k in names]
+  return first + [k for k in names if k not in first]
+
+
+def _history_item(row: np.ndarray, names: list[str]) -> dict[str, float]:
+  return {"step": int(row[0]), "loss": float(row[1]),
+          **{k: float(v) for k, v in zip(names, row[2:])}}
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+    kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+    raise ValueError(f"{name} must be {kind}, got {value!r}")
