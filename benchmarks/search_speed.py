@@ -20,11 +20,14 @@ With ``--halving``: a grid of 27 configurations (9 learning rates x 3 b1) traine
 configurations (``eta=3``, ``min_steps = steps // 9``), so that early stopping is the
 only difference: best validation loss, configuration-steps, the member-steps actually
 run (survivors may run padded on an earlier rung's program) and wall time of each.
+With ``--padding``: successive halving on that grid with its survivors always padded to
+an earlier rung's program, never padded (programs of their own), and as it chooses.
 
 Usage::
 
   python benchmarks/search_speed.py [--trials 32 128] [--steps 300] [--study-seeds 3]
   python benchmarks/search_speed.py --halving [--steps 300 900] [--repeats 3]
+  python benchmarks/search_speed.py --padding [--steps 300 900] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -123,9 +126,21 @@ def halving(problem, steps, repeats):
                                    progress=False, devices=one)
     walls["halving"].append(time.perf_counter() - start)
   runner.train_group = train_group
-  early = tuning.grid_search(problem, grid, steps=steps // 9, progress=False, devices=one)
-  ranked = sorted(early.rows, key=lambda r: r.metrics["val_loss"])
-  rank = 1 + [r.config for r in ranked].index(full.best.config)
+  # The grid at each rung's steps: where the grid's best ranked, and whether each halving
+  # row equals the grid's row of its configuration at the same steps.
+  at = {steps: full}
+  for rung_steps in tuning.rungs(steps // 9, steps, 3)[:-1]:
+    at[rung_steps] = tuning.grid_search(problem, grid, steps=rung_steps, progress=False,
+                                        devices=one)
+  loss = {(s, tuple(r.config.items())): r.metrics["val_loss"] for s, g in at.items()
+          for r in g.rows}
+  mismatch = max(abs(r.metrics["val_loss"] / loss[r.steps, tuple(r.config.items())] - 1)
+                 for r in sh.rows)
+  ranks = {}
+  for rung_steps, g in at.items():
+    ranked = sorted(g.rows, key=lambda r: r.metrics["val_loss"])
+    ranks[rung_steps] = 1 + [r.config for r in ranked].index(full.best.config)
+  rank = ranks[steps // 9]
   sh_steps = sum(r.steps for r in sh.rows)
   grid_best, sh_best = full.best.metrics["val_loss"], sh.best.metrics["val_loss"]
   out = {"steps": steps, "rungs": tuning.rungs(steps // 9, steps, 3),
@@ -133,7 +148,8 @@ def halving(problem, steps, repeats):
          "halving_best_val_loss": sh_best, "halving_best_config": sh.best.config,
          "gap": sh_best / grid_best - 1, "config_steps": sh_steps / (n * steps),
          "member_steps": sum(member_steps) / (n * steps),
-         "grid_best_rank_at_first_rung": rank,
+         "grid_best_rank_at_first_rung": rank, "grid_best_rank_at_each_rung": ranks,
+         "largest_relative_difference_to_the_grid_rows": mismatch,
          "grid_wall_s": walls["grid"], "halving_wall_s": walls["halving"],
          "load": os.getloadavg()[0]}
   print(f"steps {steps}: grid best {grid_best:.4f} {full.best.config}; halving best "
@@ -141,7 +157,31 @@ def halving(problem, steps, repeats):
         f"{out['config_steps']:.0%}, member-steps run {out['member_steps']:.0%} of the grid's; "
         f"median wall grid {statistics.median(walls['grid']):.2f} s, halving "
         f"{statistics.median(walls['halving']):.2f} s; the grid's best ranks {rank} of {n} "
-        f"after {steps // 9} steps; load {out['load']:.1f}", flush=True)
+        f"after {steps // 9} steps (at each rung's steps among all 27: {ranks}); halving rows "
+        f"against the grid's at the same steps: largest relative difference {mismatch:.1e}; "
+        f"load {out['load']:.1f}", flush=True)
+  return out
+
+
+def padding(problem, steps, repeats):
+  """successive_halving with the survivors always padded, never padded, and as it chooses."""
+  module = importlib.import_module("adam_jax.tuning._halving")
+  choose = module._pad_is_cheaper
+  grid = {"learning_rate": [float(v) for v in np.geomspace(1e-4, 1e-1, 9)], "b1": [0.8, 0.9, 0.95]}
+  walls = {"padded": [], "own programs": [], "chosen": []}
+  rules = {"padded": lambda *a: True, "own programs": lambda *a: False, "chosen": choose}
+  for _ in range(repeats):  # interleaved
+    for name, rule in rules.items():
+      module._pad_is_cheaper = rule
+      start = time.perf_counter()
+      tuning.successive_halving(problem, grid, min_steps=steps // 9, max_steps=steps, eta=3,
+                                progress=False, devices=jax.devices()[:1])
+      walls[name].append(time.perf_counter() - start)
+  module._pad_is_cheaper = choose
+  out = {"steps": steps, "wall_s": walls, "load": os.getloadavg()[0]}
+  print(f"steps {steps}: median wall " + ", ".join(
+      f"{k} {statistics.median(v):.2f} s" for k, v in walls.items()) + f"; load {out['load']:.1f}",
+      flush=True)
   return out
 
 
@@ -172,6 +212,8 @@ def main():
   parser.add_argument("--json", default=None, help="write the raw numbers there")
   parser.add_argument("--halving", action="store_true",
                       help="grid search against successive halving instead")
+  parser.add_argument("--padding", action="store_true",
+                      help="successive halving with survivors padded or not, instead")
   args = parser.parse_args()
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   problem = tasks.digits_mlp(hidden=128, batch_size=32)
@@ -179,9 +221,10 @@ def main():
             "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__,
             "optuna": optuna.__version__, "load_start": os.getloadavg()[0]}
   print(header, flush=True)
-  if args.halving:
+  if args.halving or args.padding:
+    fn = halving if args.halving else padding
     out = {"args": vars(args), **header,
-           "runs": [halving(problem, steps, args.repeats) for steps in args.steps or [300, 900]]}
+           "runs": [fn(problem, steps, args.repeats) for steps in args.steps or [300, 900]]}
   else:
     out = {"args": vars(args), **header, "cases": [case(problem, trials, (args.steps or [300])[0],
                                                         args) for trials in args.trials]}
