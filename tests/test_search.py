@@ -12,6 +12,7 @@ import adam_jax
 from adam_jax import tuning
 
 _runner = importlib.import_module("adam_jax.tuning._runner")
+_halving = importlib.import_module("adam_jax.tuning._halving")
 
 STEPS = 10
 
@@ -157,16 +158,29 @@ def test_distributions_reject_bad_input(make, message):
 
 
 @pytest.mark.slow
-def test_successive_halving_keeps_trajectories_and_the_best(monkeypatch):
+@pytest.mark.parametrize("pad", [False, True])
+def test_successive_halving_keeps_trajectories_and_the_best(monkeypatch, pad):
   problem, init, loss_fn = small_problem()
-  calls = []
+  calls, compiled = [], []
   train_group = _runner.train_group
   monkeypatch.setattr(_runner, "train_group",
                       lambda *a, **k: calls.append((k["first_step"], a[5])) or train_group(*a, **k))
+  # Survivors padded to the first rung's size (or not): the choice made from timings.
+  monkeypatch.setattr(_halving, "_pad_is_cheaper", lambda *a: pad)
+  compile_ = jax.stages.Lowered.compile
+  monkeypatch.setattr(jax.stages.Lowered, "compile",
+                      lambda self, *a, **k: compiled.append(self.as_text()) or compile_(
+                          self, *a, **k))
   space = {"learning_rate": [1e-3, 1e-2, 3e-2, 1e-1], "batch_size": [8, 16]}
   result = tuning.successive_halving(problem, space, min_steps=3, max_steps=12, eta=2,
                                      progress=False)
   assert tuning.rungs(3, 12, 2) == [3, 6, 12]
+  chunks = [text for text in compiled if "jit_scan_chunk" in text]
+  assert len(set(chunks)) == len(chunks)  # no chunk of steps compiled twice
+  if pad:  # each batch size: init, a chunk of 3 steps and the evaluation, for every rung
+    assert len(compiled) == 2 * 3 and len(chunks) == 2
+  else:  # the survivors' own chunks
+    assert len(chunks) > 2
   # One program per rung and batch size: 2 groups of 4, then of 2 or fewer, ...
   assert [c for c in calls if c[0] == 0] == [(0, 3), (0, 3)]
   assert {c for c in calls if c[0] > 0} <= {(3, 6), (6, 12)}
@@ -193,6 +207,22 @@ def test_successive_halving_keeps_trajectories_and_the_best(monkeypatch):
                best.model, params)
   assert best.metrics["val_loss"] == pytest.approx(
       float(loss_fn(best.model, problem.val_data)), rel=1e-5)
+
+
+def test_padding_repeats_the_last_member_of_arrays_and_keys():
+  rows = np.arange(6, dtype=np.float32).reshape(3, 2)
+  np.testing.assert_array_equal(_runner._pad(rows, 5), rows[[0, 1, 2, 2, 2]])
+  assert _runner._pad(rows, 3) is rows
+  keys = jax.random.split(jax.random.key(0), 2)
+  padded = _runner._pad(keys, 4)
+  np.testing.assert_array_equal(jax.random.key_data(padded),
+                                jax.random.key_data(keys[np.array([0, 1, 1, 1])]))
+
+
+def test_halving_chunks_divide_every_rung():
+  assert _halving._chunk([33, 99, 300]) == 3  # rung lengths 33, 66, 201
+  assert _halving._chunk([100, 300, 900]) == 100
+  assert _halving._chunk([7, 1000]) == 7  # a divisor of 1: as many chunks as steps, too many
 
 
 def _k(row):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -88,7 +89,10 @@ def successive_halving(
   ``eta`` times as many steps, and so on (:func:`rungs`) up to ``max_steps``. A
   continued configuration keeps its trajectory: one that survives every rung has
   the params it would have trained alone for ``max_steps``, and schedules span
-  ``max_steps``. Each rung compiles once per shape group.
+  ``max_steps``. No program is compiled twice: the survivors of a shape group either
+  run on a program compiled at an earlier rung for more members (the last one
+  repeated) or get programs of their own, whichever the times measured so far say is
+  cheaper; so a rung compiles at most once per batch size.
 
   ``space`` is a grid (lists of values, every combination) or, when a value is a
   distribution (:func:`log_uniform`, :func:`uniform`, :func:`choice`), or
@@ -170,12 +174,18 @@ def successive_halving(
   curves: dict[int, list[np.ndarray]] = {i: [] for i in range(len(configs))}
   reached: dict[int, tuple[int, int, list[dict[str, float]]]] = {}  # rung, steps, per seed
   bounds: dict[tuple[Any, ...], Any] = {}
+  programs: dict[tuple[Any, ...], dict[Any, Any]] = {}  # group -> its compiled programs
+  sizes: dict[tuple[Any, ...], set[int]] = {}  # group -> the member counts compiled
+  costs: dict[tuple[Any, ...], tuple[float, float]] = {}  # group -> s per program, member-step
   idxs: dict[tuple[Any, ...], Any] = {}
+  tx_of: dict[tuple[Any, ...], Any] = {}
+  resolved: dict[tuple[Any, ...], str] = {}  # group -> the loop form of its first rung
   loops: dict[str, str] = {}
   spread = 1
   alive = list(range(len(configs)))
   start = 0
   plan = rungs(min_steps, max_steps, eta)
+  chunk = _chunk(plan)
   for rung, stop in enumerate(plan):
     for group_key in dict.fromkeys(tuple(configs[i][k] for k in sp.group) for i in alive):
       group_cfg = dict(zip(sp.group, group_key))
@@ -196,11 +206,28 @@ def successive_halving(
         carry = jax.tree.map(lambda *a: np.concatenate(a), *[carries[i] for i in todo])
       label = ", ".join([f"rung {rung} (steps {start}..{stop})"]
                         + [f"{k}={v}" for k, v in group_cfg.items()])
+      n, length = len(seed_pos), stop - start
+      known = programs.setdefault(group_key, {})
+      pad_to = n
+      larger = [m for m in sizes.setdefault(group_key, set()) if m > n]
+      if n not in sizes[group_key] and larger:
+        if _pad_is_cheaper(min(larger) - n, length, *costs[group_key]):
+          pad_to = min(larger)
+      before = len(known)
       out = _runner.train_group(
-          bound.fns, make_tx if not group_const else with_constants(make_tx, group_const),
+          bound.fns, tx_of.setdefault(group_key, make_tx if not group_const
+                                      else with_constants(make_tx, group_const)),
           member_hp, seed_pos, seeds, stop, train_data=problem.train_data,
           val_data=problem.val_data, batch_fn=problem.batch_fn, idx=idxs.get(group_key),
-          loop=loop, devices=devices, start=carry, first_step=start)
+          loop=resolved.get(group_key, loop), devices=devices, start=carry, first_step=start,
+          pad_to=pad_to, chunk=chunk, programs=known)
+      sizes[group_key].add(pad_to)
+      resolved[group_key] = out.loop  # no need to look at the step again
+      new = len(known) - before
+      per_program = costs.get(group_key, (out.compile_s, 0.0))[0]
+      if new:
+        per_program = out.compile_s / new
+      costs[group_key] = (per_program, out.train_s / (pad_to * length))
       loops[label] = out.loop
       spread = max(spread, min(len(devices), len(seed_pos)) if len(seed_pos) > 1 else 1)
       for j, i in enumerate(todo):
@@ -240,6 +267,39 @@ def successive_halving(
     for i in alive:
       on_row(rows[i])
   return SearchResult(rows, rows[top], metric, mode, spread, loops)
+
+
+def _chunk(plan: list[int], most: int = 256) -> int:
+  """The steps per compiled chunk: a divisor of every rung's steps, unless too small.
+
+  With one chunk length for every rung, survivors padded to an earlier rung's size run
+  that rung's program unchanged. A divisor that would make more than ``most`` chunks
+  gives way to the first rung's steps (a last rung that is not a multiple then compiles
+  its remainder once).
+  """
+  lengths = [b - a for a, b in zip([0] + plan[:-1], plan)]
+  step = math.gcd(*lengths)
+  return step if plan[-1] <= most * step else lengths[0]
+
+
+def _pad_is_cheaper(extra_members: int, steps: int, compile_s: float,
+                    member_step_s: float) -> bool:
+  """Whether survivors should run on a program compiled for more members.
+
+  Padding trains ``extra_members`` copies for ``steps`` steps; programs of their own
+  cost two compilations (the chunk of steps and the evaluation). Both estimated from
+  the times measured at earlier rungs of the same shape group.
+
+  Args:
+    extra_members: the members added to reach the compiled size.
+    steps: the steps of the rung.
+    compile_s: the measured seconds to compile one program.
+    member_step_s: the measured seconds of one member's step.
+
+  Returns:
+    True when padding is estimated cheaper.
+  """
+  return extra_members * steps * member_step_s < 2 * compile_s
 
 
 def _row(config: dict[str, Any], reached: tuple[int, int, list[dict[str, float]]],

@@ -42,6 +42,7 @@ class GroupOutput(NamedTuple):
   train_s: float  # wall time of the training loop (after compilation)
   num_devices: int  # the devices the members were spread over
   opt_state: Any = None  # the optimizer states, leading axis: members
+  compile_s: float = 0.0  # wall time of lowering and compiling the programs not cached
 
 
 def train_group(
@@ -65,6 +66,8 @@ def train_group(
     on_steps: Callable[[int], None] | None = None,
     start: Any = None,
     first_step: int = 0,
+    pad_to: int | None = None,
+    programs: dict[Any, Any] | None = None,
 ) -> GroupOutput:
   """Trains every member of a group for ``steps`` steps and evaluates it.
 
@@ -89,6 +92,11 @@ def train_group(
     start: continue from this ``(params, opt_state, state)`` (leading axis: members)
       instead of initializing; with ``first_step``, the step it was taken at.
     first_step: the first step to train (``steps`` is the step to stop at).
+    pad_to: train at least this many members, the last one repeated (to run a program
+      compiled for that many).
+    programs: compiled programs kept across calls with the same ``fns``, ``make_tx``,
+      data, ``batch_fn`` and ``record`` (a dict the caller owns): a program whose kind and
+      argument shapes are there is not compiled again, and new ones are added.
 
   Returns:
     A :class:`GroupOutput`.
@@ -133,8 +141,9 @@ def train_group(
   check_devices(devices)
   # Python-driven steps run on one device (of each process): dispatched one after another,
   # the collectives of steps spread over several CPU devices can wait on each other forever.
-  use = devices if len(devices) > 1 and n > 1 and loop == "scan" else one_per_process(devices)
-  padded = -(-n // len(use)) * len(use)
+  use = (devices if len(devices) > 1 and max(n, pad_to or 0) > 1 and loop == "scan"
+         else one_per_process(devices))
+  padded = -(-max(n, pad_to or 0) // len(use)) * len(use)
   pad = lambda a: np.concatenate([a, np.repeat(a[-1:], padded - n, axis=0)])
   hp = {k: pad(np.asarray(v)) for k, v in hp.items()}
   seed_pos = pad(np.asarray(seed_pos, np.int32))
@@ -158,9 +167,13 @@ def train_group(
 
   # Every program of the group is lowered first and compiled in parallel threads:
   # on a CPU with a few cores, compilation is most of a short search's time.
-  lowered = {}
+  compile_start = time.perf_counter()
+  programs = {} if programs is None else programs
+  signature = (loop, tuple(d.id for d in use), _shapes(carry_shape, step_args, val_dev))
+  lower = {}
   if start is None:
-    lowered["init"] = jax.jit(init, out_shardings=spread).lower(hp_dev, pos_dev, seeds_dev)
+    lower["init"] = lambda: jax.jit(init, out_shardings=spread).lower(hp_dev, pos_dev,
+                                                                      seeds_dev)
   if loop == "scan":
     def scan_chunk(carry, hp1, pos, lo, idx_all, seeds_all, data, length):
       def body(c, t):
@@ -168,23 +181,26 @@ def train_group(
       return jax.lax.scan(body, carry, lo + jnp.arange(length, dtype=jnp.int32))
 
     for length in {min(lo + chunk, steps) - lo for lo in range(first_step, steps, chunk)}:
-      lowered[length] = jax.jit(functools.partial(scan_chunk, length=length),
-                                donate_argnums=0).lower(carry_shape, *step_args)
+      lower[length] = lambda n=length: jax.jit(functools.partial(scan_chunk, length=n),
+                                               donate_argnums=0).lower(carry_shape, *step_args)
   else:
-    lowered["step"] = jax.jit(v_step, donate_argnums=0).lower(carry_shape, *step_args)
+    lower["step"] = lambda: jax.jit(v_step, donate_argnums=0).lower(carry_shape, *step_args)
   params_shape, _, state_shape = carry_shape
-  lowered["metrics"] = jax.jit(jax.vmap(fns.metrics, in_axes=(0, 0, None, None))).lower(
+  lower["metrics"] = lambda: jax.jit(jax.vmap(fns.metrics, in_axes=(0, 0, None, None))).lower(
       params_shape, state_shape, data_dev, val_dev)
   options = compiler_options()
+  lowered = {k: make() for k, make in lower.items() if (k, signature) not in programs}
   with concurrent.futures.ThreadPoolExecutor(max(1, min(len(lowered), os.cpu_count() or 1))
                                              ) as pool:
-    compiled = dict(zip(lowered, pool.map(lambda low: low.compile(options), lowered.values())))
+    programs.update(zip([(k, signature) for k in lowered],
+                        pool.map(lambda low: low.compile(options), lowered.values())))
+  compiled = {k: programs[k, signature] for k in lower}
+  compile_s = time.perf_counter() - compile_start
 
   first = first_step
   carry = None
   if start is not None:
-    pad_all = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], padded - n, axis=0)])
-    carry = jax.device_put(jax.tree.map(pad_all, start), spread)
+    carry = jax.device_put(jax.tree.map(functools.partial(_pad, size=padded), start), spread)
   if resume and checkpoint_path is not None and os.path.isdir(checkpoint_path):
     from adam_jax import checkpoint
 
@@ -246,7 +262,7 @@ def train_group(
   return GroupOutput(jax.tree.map(cut, fetch(params)),
                      jax.tree.map(cut, fetch(state)), metrics,
                      jax.tree.map(cut, trace), loop, train_s, min(len(use), n),
-                     jax.tree.map(cut, fetch(opt_state)))
+                     jax.tree.map(cut, fetch(opt_state)), compile_s)
 
 
 def fetch(tree: Any) -> Any:
@@ -320,6 +336,21 @@ def choose_loop(step: Callable[..., Any], *args: Any) -> str:
   """``"python"`` for a training step with a convolution on CPU, else ``"scan"``."""
   conv = _lowers_to_convolution(step, *args)
   return "python" if conv and jax.default_backend() == "cpu" else "scan"
+
+
+def _pad(a: Any, size: int) -> Any:
+  """``a`` with its last row repeated to ``size`` rows (in NumPy: eager jnp compiles per shape)."""
+  if len(a) == size:
+    return a
+  xp = jnp if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else np
+  return xp.concatenate([a, xp.repeat(a[-1:], size - len(a), axis=0)])
+
+
+def _shapes(*trees: Any) -> tuple[Any, ...]:
+  """The structure, shapes and dtypes of ``trees`` (what a compiled program is for)."""
+  leaves, treedef = jax.tree.flatten(trees)
+  return (treedef, tuple((tuple(getattr(a, "shape", np.shape(a))),
+                          str(getattr(a, "dtype", type(a)))) for a in leaves))
 
 
 def run_chunk_hook(run_chunk: Callable[..., Any], carry: Any, lo: int, hi: int) -> Any:
