@@ -1,5 +1,6 @@
 """optuna_search: batches of a study's trials against configurations trained alone."""
 
+import jax
 import pytest
 
 from adam_jax import tuning
@@ -21,12 +22,21 @@ def _lr(trial):
 
 
 @pytest.mark.slow
-def test_tpe_study_runs_exactly_n_trials_each_as_if_alone():
+def test_tpe_study_runs_exactly_n_trials_each_as_if_alone(monkeypatch):
   problem, init, loss_fn = small_problem()
   sampler = optuna.samplers.TPESampler(seed=0, constant_liar=True, n_startup_trials=4)
   study = optuna.create_study(sampler=sampler)
+  compiled = []
+  compile_ = jax.stages.Lowered.compile
+  monkeypatch.setattr(jax.stages.Lowered, "compile",
+                      lambda self, *a, **k: compiled.append(self.as_text()) or compile_(
+                          self, *a, **k))
   result = tuning.optuna_search(study, problem, _lr, n_trials=6, batch_size_trials=4,
                                 steps=STEPS, report_every=4)
+  # Batches of 4 and 2 trials, 2 chunks each: init, one chunk and the evaluation per batch
+  # size, compiled once (not again for the second chunk).
+  assert len(compiled) == 2 * 3
+  assert len([text for text in compiled if "jit_scan_chunk" in text]) == 2
   assert len(study.trials) == 6 and len(result.rows) == 6
   assert all(t.state == TrialState.COMPLETE for t in study.trials)
   for trial, row in zip(study.trials, result.rows):

@@ -151,6 +151,7 @@ def optuna_search(
   loops: dict[str, str] = {}
   spread = 1
   heartbeat = _heartbeat_interval(study)
+  programs: dict[Any, dict[Any, Any]] = {}  # compiled programs, kept across chunks and batches
   while True:
     if heartbeat is not None:
       _fail_stale_trials(study)
@@ -185,7 +186,7 @@ def optuna_search(
         out = _train_batch(problem, sp, configs, make_tx=tx_builder(factory, sp, steps),
                            steps=steps, every=every, seeds=seeds, metric=metric, mode=mode,
                            trials=trials, tell=_teller(study, told), devices=devices,
-                           loop=loop)
+                           loop=loop, programs=programs)
     except BaseException:
       for t in asked:  # none left running
         if t.number not in told:
@@ -320,8 +321,14 @@ def _teller(study: Any, told: set[int]) -> Callable[..., None]:
 
 
 def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, mode, trials,
-                 tell, devices, loop):
-  """Trains a batch of trials in chunks, reporting, pruning and telling as it goes."""
+                 tell, devices, loop, programs):
+  """Trains a batch of trials in chunks, reporting, pruning and telling as it goes.
+
+  Pruned trials leave the batch, and the trials still alive are padded back to the batch's
+  size (the last one repeated), so every chunk of every batch of the same size and group
+  runs the programs compiled for the first: on a CPU, compiling a program for the smaller
+  batch costs more than training the padding.
+  """
   from optuna.trial import TrialState
 
   n_seeds = len(seeds)
@@ -341,6 +348,8 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
     tx = make_tx if not const else with_constants(make_tx, const)
     carries: dict[int, Any] = {}
     curves: dict[int, list[np.ndarray]] = {i: [] for i in alive}
+    known = programs.setdefault((tuple(sp.group), group_key, tuple(sp.traced)), {})
+    size = len(alive) * n_seeds
     label = ", ".join(f"{k}={v}" for k, v in group_cfg.items()) or "all"
     for start in range(0, steps, every):
       stop = min(start + every, steps)
@@ -352,7 +361,8 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
           bound.fns, tx, {k: np.repeat(v, n_seeds) for k, v in hp.items()},
           np.tile(np.arange(n_seeds, dtype=np.int32), len(alive)), seeds, stop,
           train_data=problem.train_data, val_data=problem.val_data, batch_fn=problem.batch_fn,
-          idx=idx, loop=loop, devices=devices, start=carry, first_step=start)
+          idx=idx, loop=loop, devices=devices, start=carry, first_step=start, pad_to=size,
+          programs=known)
       loops[label] = out.loop
       n = len(alive) * n_seeds
       spread = max(spread, min(len(devices), n) if n > 1 else 1)
