@@ -34,9 +34,9 @@ def test_tpe_study_runs_exactly_n_trials_each_as_if_alone(monkeypatch):
   result = tuning.optuna_search(study, problem, _lr, n_trials=6, batch_size_trials=4,
                                 steps=STEPS, report_every=4)
   # Batches of 4 and 2 trials, 2 chunks each: init, one chunk and the evaluation per batch
-  # size, compiled once (not again for the second chunk).
-  assert len(compiled) == 2 * 3
-  assert len([text for text in compiled if "jit_scan_chunk" in text]) == 2
+  # size (padded to the devices, one size on 8), each compiled once, not again per chunk.
+  assert len(set(compiled)) == len(compiled)
+  assert len(compiled) == 3 * len([text for text in compiled if "jit_scan_chunk" in text]) <= 6
   assert len(study.trials) == 6 and len(result.rows) == 6
   assert all(t.state == TrialState.COMPLETE for t in study.trials)
   for trial, row in zip(study.trials, result.rows):
