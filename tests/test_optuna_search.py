@@ -204,3 +204,14 @@ def test_n_trials_is_the_study_total_and_a_trial_asked_past_it_is_given_back():
   assert first.state == TrialState.COMPLETE and running.state == TrialState.RUNNING
   assert surplus.state == TrialState.FAIL and surplus.user_attrs == {"surplus": True}
   assert not surplus.params
+
+
+def test_trials_of_an_nnx_model_with_dropout_continue_over_chunks():
+  from tests.test_search import dropout_problem
+
+  problem, loss_fn = dropout_problem()
+  study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+  result = tuning.optuna_search(study, problem, _lr, n_trials=3, steps=STEPS, report_every=4)
+  assert all(t.state == TrialState.COMPLETE for t in study.trials)
+  assert result.best.metrics["val_loss"] == study.best_value == pytest.approx(
+      float(loss_fn(result.best.model, problem.val_data)), rel=1e-5)

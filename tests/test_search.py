@@ -255,3 +255,35 @@ def test_successive_halving_rejects_bad_input(kwargs, message):
   kwargs = {"space": {"learning_rate": [1e-3, 1e-2]}, "min_steps": 2, "max_steps": 4, **kwargs}
   with pytest.raises(ValueError, match=message):
     tuning.successive_halving(problem, kwargs.pop("space"), progress=False, **kwargs)
+
+
+def dropout_problem():
+  """A small NNX regression with BatchNorm and Dropout: typed PRNG keys in its state."""
+  from flax import nnx
+
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((96, 3)).astype(np.float32)
+  y = (x @ np.array([1.0, -2.0, 0.5], np.float32)).astype(np.float32)
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.l1, self.bn = nnx.Linear(3, 8, rngs=rngs), nnx.BatchNorm(8, rngs=rngs)
+      self.drop, self.l2 = nnx.Dropout(0.2, rngs=rngs), nnx.Linear(8, 1, rngs=rngs)
+
+    def __call__(self, x):
+      return self.l2(self.drop(nnx.relu(self.bn(self.l1(x)))))[:, 0]
+
+  def loss_fn(model, batch):
+    return jnp.mean((model(batch[0]) - batch[1]) ** 2)
+
+  return tuning.Problem(Net, loss_fn, (x, y), (x[:32], y[:32]), batch_size=16), loss_fn
+
+
+def test_halving_continues_an_nnx_model_with_dropout_and_reports_its_own_loss():
+  problem, loss_fn = dropout_problem()
+  result = tuning.successive_halving(problem, {"learning_rate": [1e-3, 1e-2, 3e-2, 1e-1]},
+                                     min_steps=3, max_steps=12, eta=2, progress=False)
+  assert max(r.steps for r in result.rows) == 12  # continued over three rungs
+  model = result.best.model
+  assert result.best.metrics["val_loss"] == pytest.approx(
+      float(loss_fn(model, problem.val_data)), rel=1e-5)

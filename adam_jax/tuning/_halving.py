@@ -203,7 +203,7 @@ def successive_halving(
       group_const = {k: v for k, v in group_cfg.items() if k not in sp.shape}
       carry = None
       if rung:
-        carry = jax.tree.map(lambda *a: np.concatenate(a), *[carries[i] for i in todo])
+        carry = _runner.concat_members(*[carries[i] for i in todo])
       label = ", ".join([f"rung {rung} (steps {start}..{stop})"]
                         + [f"{k}={v}" for k, v in group_cfg.items()])
       n, length = len(seed_pos), stop - start

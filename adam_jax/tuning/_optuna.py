@@ -356,7 +356,7 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
       hp = traced_values([configs[i] for i in alive], sp.traced)
       carry = None
       if start:
-        carry = jax.tree.map(lambda *a: np.concatenate(a), *[carries[i] for i in alive])
+        carry = _runner.concat_members(*[carries[i] for i in alive])
       out = _runner.train_group(
           bound.fns, tx, {k: np.repeat(v, n_seeds) for k, v in hp.items()},
           np.tile(np.arange(n_seeds, dtype=np.int32), len(alive)), seeds, stop,

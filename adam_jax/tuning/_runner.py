@@ -338,6 +338,19 @@ def choose_loop(step: Callable[..., Any], *args: Any) -> str:
   return "python" if conv and jax.default_backend() == "cpu" else "scan"
 
 
+def concat_members(*trees: Any) -> Any:
+  """The trees' arrays concatenated along the members axis (a carry put back together).
+
+  In NumPy, except typed PRNG key arrays (an NNX model's Dropout streams), which NumPy
+  cannot hold.
+  """
+  def cat(*arrays: Any) -> Any:
+    keys = jax.dtypes.issubdtype(arrays[0].dtype, jax.dtypes.prng_key)
+    return (jnp if keys else np).concatenate(arrays)
+
+  return jax.tree.map(cat, *trees)
+
+
 def _pad(a: Any, size: int) -> Any:
   """``a`` with its last row repeated to ``size`` rows (in NumPy: eager jnp compiles per shape)."""
   if len(a) == size:
