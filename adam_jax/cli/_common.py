@@ -455,6 +455,11 @@ def is_out_of_memory(err: BaseException) -> bool:
       "RESOURCE_EXHAUSTED" in str(err) or "Out of memory" in str(err))
 
 
+def task_label(args: argparse.Namespace) -> str:
+  """What the command trains, for its first line: the task, and the user's data file if any."""
+  return args.task if args.data is None else f"{args.task} on {os.path.basename(args.data)}"
+
+
 def build_problem(args: argparse.Namespace, prog: str, **sizes: Any) -> Any:
   """The ``--task`` as an :class:`adam_jax.tuning.Problem` (its split seeded by ``--seed``)."""
   from adam_jax import tasks

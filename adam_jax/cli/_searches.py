@@ -148,7 +148,7 @@ def run_optuna(args: argparse.Namespace, study: Any, problem: Any, space: dict[s
   seeds = list(range(args.seed, args.seed + args.seeds))
   where = "in memory" if args.storage is None else shown_url(args.storage)
   print(f"{prog}: Optuna study {args.study_name!r} ({where}) up to {args.trials} trials of "
-        f"{args.task} ({args.optimizer}, {args.steps} steps each, batches of up to "
+        f"{common.task_label(args)} ({args.optimizer}, {args.steps} steps each, batches of up to "
         f"{min(args.trials, sweep.BATCH_TRIALS)}, {args.seeds} seed"
         f"{'s' if args.seeds > 1 else ''}) -> {out}")
   start = time.perf_counter()

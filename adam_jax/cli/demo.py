@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     tx, record = monitor(tx, eps=1e-8, b2=0.999), monitor_record
 
   n_train, n_val = (len(jax.tree.leaves(d)[0]) for d in (problem.train_data, problem.val_data))
-  print(f"adam-jax demo: {args.task}, {args.layers}x{args.hidden} hidden, batch "
+  print(f"adam-jax demo: {common.task_label(args)}, {args.layers}x{args.hidden} hidden, batch "
         f"{args.batch_size}, {n_train} train / {n_val} validation examples, "
         f"{_describe(args, warmup, factor, patience)}")
 

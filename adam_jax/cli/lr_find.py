@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
   from adam_jax.tuning import lr_find
 
-  print(f"{PROG}: {args.task}, {args.optimizer}, learning rate from "
+  print(f"{PROG}: {common.task_label(args)}, {args.optimizer}, learning rate from "
         f"{args.start_lr:g} to {args.end_lr:g} over at most {args.num_steps} steps")
   start = time.perf_counter()
   try:
