@@ -3,7 +3,6 @@
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -11,27 +10,7 @@ from flax import nnx
 
 import adam_jax
 from adam_jax import tasks, tuning
-
-
-class CNN(nnx.Module):
-  """A user's small CNN with BatchNorm and Dropout (non-Param state of both kinds)."""
-
-  def __init__(self, rngs: nnx.Rngs):
-    self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
-    self.bn = nnx.BatchNorm(4, rngs=rngs)
-    self.drop = nnx.Dropout(0.3, rngs=rngs)
-    self.fc = nnx.Linear(4 * 64, 10, rngs=rngs)
-
-  def __call__(self, x):
-    x = nnx.relu(self.bn(self.conv(x[..., None])))
-    return self.fc(self.drop(x.reshape(x.shape[0], -1)))
-
-
-def cnn_loss(model, batch):
-  x, y = batch
-  logits = model(x)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-  return loss, {"accuracy": jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))}
+from tests.test_tuning import CNN, cnn_loss
 
 
 @pytest.fixture(scope="module")
