@@ -161,7 +161,8 @@ def test_importing_the_package_imports_no_jax():
   code = ("import sys, adam_jax, adam_jax.cli\n"
           "print('jax' in sys.modules)\n"
           "adam_jax.adam\n"
-          "print('jax' in sys.modules, 'adam' in dir(adam_jax), callable(adam_jax.tuning.grid_search))")
+          "print('jax' in sys.modules, 'adam' in dir(adam_jax),\n"
+          "      callable(adam_jax.tuning.grid_search))")
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.split() == ["False", "True", "True", "True"]

@@ -260,8 +260,8 @@ def run(args: argparse.Namespace) -> int:
           "halving": "configurations in successive halving"}[args.search]
   steps = (f"{args.steps} steps each" if args.search != "halving" else
            f"{args.min_steps} to {args.steps} steps, eta {args.eta}")
-  print(f"{PROG}: {total} {what} of {common.task_label(args)} ({args.optimizer}, {steps}, {args.seeds} "
-        f"seed{'s' if args.seeds > 1 else ''}) -> {out}")
+  print(f"{PROG}: {total} {what} of {common.task_label(args)} ({args.optimizer}, {steps}, "
+        f"{args.seeds} seed{'s' if args.seeds > 1 else ''}) -> {out}")
   rows: list[Any] = []
   csv_path = os.path.join(out, "results.csv")
   start = time.perf_counter()

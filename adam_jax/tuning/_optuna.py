@@ -78,8 +78,9 @@ def optuna_search(
   asks next. With heartbeats a worker returns only once no counted trial is running
   (a peer's running trial either finishes or goes stale within the grace period), so
   when the last worker returns the study holds exactly ``n_trials`` counted trials
-  (unless it held more to begin with), none running: ``COMPLETE``, ``PRUNED`` and ``FAIL`` trials (diverged, or stale
-  without a retry), plus the ``FAIL`` trials that were redone and any given back.
+  (unless it held more to begin with), none running: ``COMPLETE``, ``PRUNED`` and ``FAIL``
+  trials (diverged, or stale without a retry), plus the ``FAIL`` trials that were redone
+  and any given back.
   (A running trial that never had a heartbeat, asked by a client without them, never
   goes stale: a worker waits for it.) Without heartbeats a dead worker's trials stay
   ``RUNNING`` and count; a worker returns as soon as ``n_trials`` trials are counted.
