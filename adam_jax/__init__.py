@@ -7,7 +7,7 @@ Importing the package imports nothing heavy: each name's module (and with it
 JAX) is imported on first access (:pep:`562`). ``import adam_jax`` is instant,
 and a program that catches ``KeyboardInterrupt`` around its first use of the
 library (the ``adam-jax`` command does) can be interrupted cleanly while JAX
-loads.
+loads. ``__init__.pyi`` spells out the same names for type checkers and editors.
 """
 
 from __future__ import annotations

@@ -168,6 +168,26 @@ def test_importing_the_package_imports_no_jax():
   assert proc.stdout.split() == ["False", "True", "True", "True"]
 
 
+def test_the_package_stub_names_every_lazily_loaded_name():
+  """``__init__.pyi`` gives type checkers and editors what ``__getattr__`` loads."""
+  import ast
+  import pathlib
+
+  import adam_jax
+
+  stub = pathlib.Path(adam_jax.__file__).with_suffix(".pyi")
+  imported = {}
+  for node in ast.parse(stub.read_text()).body:
+    if isinstance(node, ast.ImportFrom):
+      for alias in node.names:
+        assert alias.asname == alias.name  # an explicit re-export
+        imported[alias.name] = node.module
+  assert set(imported) == set(adam_jax.__all__) | {"tasks", "tuning"}
+  for name, module in imported.items():
+    source = importlib.import_module(module)
+    assert getattr(adam_jax, name) is getattr(source, name)
+
+
 def test_console_script_imports_flax_without_ipython():
   """The start-up shortcut: flax.nnx loads, IPython stays unloaded and importable afterwards."""
   code = (
