@@ -4,10 +4,10 @@ The public surface: every name in ``__all__``, and the submodules ``schedules``,
 ``diagnostics``, ``checkpoint``, ``quantization``, ``tuning`` and ``tasks``.
 
 Importing the package imports nothing heavy: each name's module (and with it
-JAX) is imported on first access (:pep:`562`). ``import adam_jax`` is instant,
-and a program that catches ``KeyboardInterrupt`` around its first use of the
-library (the ``adam-jax`` command does) can be interrupted cleanly while JAX
-loads. ``__init__.pyi`` spells out the same names for type checkers and editors.
+JAX) is imported on first access (:pep:`562`). ``import adam_jax`` is instant, and
+the ``adam-jax`` command can hold Ctrl-C while JAX loads (an interrupt half-way
+through ``import jax`` leaves it half-initialized) and then exit with one line.
+``__init__.pyi`` spells out the same names for type checkers and editors.
 """
 
 from __future__ import annotations
