@@ -70,7 +70,8 @@ def _rows(result: tuning.SearchResult) -> dict:
 
 
 def search(out_dir: str) -> dict:
-  """A grid, a random search and a grid of a model whose state holds PRNG keys.
+  """A grid, a random search, a grid of a model whose state holds PRNG keys, and a
+  successive halving (its survivors continued from their state, rung after rung).
 
   The grid's steps run in a scan over members spread on every device, the random
   search's are called from Python (one device of each process).
@@ -83,7 +84,10 @@ def search(out_dir: str) -> dict:
                               num_configs=3, steps=STEPS, loop="python", progress=False)
   dropout = tuning.grid_search(_dropout_problem(), {"learning_rate": [1e-2, 1e-1]}, steps=4,
                                progress=False)
-  return {"grid": _rows(grid), "random": _rows(rand), "dropout": _rows(dropout)}
+  halving = tuning.successive_halving(problem, GRID, min_steps=3, max_steps=STEPS, eta=2,
+                                      progress=False)
+  return {"grid": _rows(grid), "random": _rows(rand), "dropout": _rows(dropout),
+          "halving": _rows(halving)}
 
 
 def _interrupted_and_resumed(problem: tuning.Problem, shared_dir: str) -> dict:

@@ -98,7 +98,7 @@ def test_two_processes_search_like_one(tmp_path):
     with open(tmp_path / f"result{i}.json") as f:
       two.append(json.load(f))
   one = multiprocess_search.search(str(tmp_path / "one"))
-  for name in ("grid", "random", "dropout"):
+  for name in ("grid", "random", "dropout", "halving"):
     assert two[0][name] == two[1][name]  # both processes return the same complete result
     _assert_close(two[0][name], one[name])
   one_rows = one["grid"]["rows"]
