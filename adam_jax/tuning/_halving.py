@@ -223,10 +223,8 @@ def successive_halving(
           pad_to=pad_to, chunk=chunk, programs=known)
       sizes[group_key].add(pad_to)
       resolved[group_key] = out.loop  # no need to look at the step again
-      new = len(known) - before
-      per_program = costs.get(group_key, (out.compile_s, 0.0))[0]
-      if new:
-        per_program = out.compile_s / new
+      new = len(known) - before  # at least one at a group's first rung: nothing was known
+      per_program = out.compile_s / new if new else costs[group_key][0]
       costs[group_key] = (per_program, out.train_s / (pad_to * length))
       loops[label] = out.loop
       spread = max(spread, min(len(devices), len(seed_pos)) if len(seed_pos) > 1 else 1)

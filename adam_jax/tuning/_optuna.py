@@ -362,9 +362,9 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
           bound.fns, tx, {k: np.repeat(v, n_seeds) for k, v in hp.items()},
           np.tile(np.arange(n_seeds, dtype=np.int32), len(alive)), seeds, stop,
           train_data=problem.train_data, val_data=problem.val_data, batch_fn=problem.batch_fn,
-          idx=idx, loop=loop, devices=devices, start=carry, first_step=start, pad_to=size,
-          programs=known)
-      loops[label] = out.loop
+          idx=idx, loop=loops.get(label, loop), devices=devices, start=carry, first_step=start,
+          pad_to=size, programs=known)
+      loops[label] = out.loop  # the next chunks use the form chosen for the first
       n = len(alive) * n_seeds
       spread = max(spread, min(len(devices), n) if n > 1 else 1)
       still = []

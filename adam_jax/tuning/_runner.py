@@ -131,8 +131,7 @@ def train_group(
     plain = (hp, np.asarray(seed_pos, np.int32), np.asarray(seeds, np.int32))
     step_plain = (hp, plain[1], t_shape, None if idx is None else np.swapaxes(idx, 0, 1),
                   plain[2], train_data)
-    conv = _lowers_to_convolution(v_step, jax.eval_shape(init, *plain), *step_plain)
-    loop = "python" if conv and jax.default_backend() == "cpu" else "scan"
+    loop = choose_loop(v_step, jax.eval_shape(init, *plain), *step_plain)
   if loop not in ("scan", "python"):
     raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
 
@@ -144,9 +143,8 @@ def train_group(
   use = (devices if len(devices) > 1 and max(n, pad_to or 0) > 1 and loop == "scan"
          else one_per_process(devices))
   padded = -(-max(n, pad_to or 0) // len(use)) * len(use)
-  pad = lambda a: np.concatenate([a, np.repeat(a[-1:], padded - n, axis=0)])
-  hp = {k: pad(np.asarray(v)) for k, v in hp.items()}
-  seed_pos = pad(np.asarray(seed_pos, np.int32))
+  hp = {k: _pad(np.asarray(v), padded) for k, v in hp.items()}
+  seed_pos = _pad(np.asarray(seed_pos, np.int32), padded)
   mesh = Mesh(np.asarray(use), ("members",))
   spread = NamedSharding(mesh, PartitionSpec("members"))
   same = NamedSharding(mesh, PartitionSpec())
@@ -356,19 +354,19 @@ def concat_members(*trees: Any) -> Any:
   In NumPy, except typed PRNG key arrays (an NNX model's Dropout streams), which NumPy
   cannot hold.
   """
-  def cat(*arrays: Any) -> Any:
-    keys = jax.dtypes.issubdtype(arrays[0].dtype, jax.dtypes.prng_key)
-    return (jnp if keys else np).concatenate(arrays)
-
-  return jax.tree.map(cat, *trees)
+  return jax.tree.map(lambda *arrays: _array_module(arrays[0]).concatenate(arrays), *trees)
 
 
 def _pad(a: Any, size: int) -> Any:
   """``a`` with its last row repeated to ``size`` rows (in NumPy: eager jnp compiles per shape)."""
   if len(a) == size:
     return a
-  xp = jnp if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else np
-  return xp.concatenate([a, xp.repeat(a[-1:], size - len(a), axis=0)])
+  return concat_members(a, _array_module(a).repeat(a[-1:], size - len(a), axis=0))
+
+
+def _array_module(a: Any) -> Any:
+  """NumPy, or ``jax.numpy`` for typed PRNG key arrays, which NumPy cannot hold."""
+  return jnp if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else np
 
 
 def _shapes(*trees: Any) -> tuple[Any, ...]:
