@@ -87,14 +87,19 @@ def train(ckpt_dir: str) -> dict[str, np.ndarray]:
   return jax.tree.map(np.asarray, out)
 
 
-def main() -> None:
-  coordinator, process_id, ckpt_dir, out = sys.argv[1:5]
+def join(coordinator: str, process_id: str) -> None:
+  """Joins this process to the 2-process run on ``coordinator`` (gloo CPU collectives)."""
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.config.update("jax_numpy_dtype_promotion", "strict")
   jax.config.update("jax_numpy_rank_promotion", "raise")
   jax.distributed.initialize(coordinator_address=coordinator, num_processes=2,
                              process_id=int(process_id))
   assert jax.process_count() == 2 and jax.device_count() == 8, jax.devices()
+
+
+def main() -> None:
+  coordinator, process_id, ckpt_dir, out = sys.argv[1:5]
+  join(coordinator, process_id)
   result = train(ckpt_dir)
   if jax.process_index() == 0:
     flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf

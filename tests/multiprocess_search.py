@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adam_jax import tuning
+from tests import fsdp_training
 
 _runner = importlib.import_module("adam_jax.tuning._runner")
 
@@ -118,12 +119,7 @@ def _interrupted_and_resumed(problem: tuning.Problem, shared_dir: str) -> dict:
 
 def main() -> None:
   coordinator, process_id, out_dir, shared_dir, out = sys.argv[1:6]
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.config.update("jax_numpy_dtype_promotion", "strict")
-  jax.config.update("jax_numpy_rank_promotion", "raise")
-  jax.distributed.initialize(coordinator_address=coordinator, num_processes=2,
-                             process_id=int(process_id))
-  assert jax.process_count() == 2 and jax.device_count() == 8, jax.devices()
+  fsdp_training.join(coordinator, process_id)
   result = search(out_dir)
   problem = _problem()
   # Process 0's out_dir holds the search: both processes refuse to start over there.
