@@ -9,6 +9,8 @@ import importlib
 import inspect
 import os
 import pathlib
+import pkgutil
+import re
 import shutil
 import sys
 
@@ -45,10 +47,12 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]  # code wraps instead of being cut at the column's edge
 # A local MathJax (docs/check_rendered.py renders pages offline); readers' browsers load
 # Sphinx's default CDN copy.
 if os.environ.get("ADAM_JAX_DOCS_MATHJAX"):
-  html_static_path = [os.environ["ADAM_JAX_DOCS_MATHJAX"]]
+  html_static_path.append(os.environ["ADAM_JAX_DOCS_MATHJAX"])
   mathjax_path = "tex-chtml.js"
 
 html_theme = "sphinx_book_theme"
@@ -79,12 +83,75 @@ def public_names(module_name: str) -> list[str]:
   return [n for n in module.__all__ if not inspect.ismodule(getattr(module, n))]
 
 
+# Methods of public classes that are for the package's own use, not for users.
+NOT_FOR_USERS = {"adam_jax.tuning.Problem": ("bind",)}
+
+
 def _directive(obj) -> str:
   if inspect.isclass(obj):
     return "autoclass"
   if callable(obj):
     return "autofunction"
   return "autodata"
+
+
+def _indent(lines: list[str], prefix: str = "   ") -> list[str]:
+  return [prefix + line if line else "" for line in lines]
+
+
+def _field_docs(cls) -> dict[str, tuple[str, str]]:
+  """A NamedTuple's fields: the type and the comment each has in its source (``name: type
+  # what``, continued on ``#`` lines below it), as the STYLE guide has every state write them."""
+  docs: dict[str, tuple[str, str]] = {}
+  current = None
+  for line in inspect.getsource(cls).splitlines():
+    field = re.match(r"\s+(\w+): ([^#=]*?)\s*(?:= [^#]*)?#\s?(.*)$", line)
+    more = re.match(r"\s+#\s*(.*)$", line)
+    if field and field.group(1) in cls._fields:
+      current = field.group(1)
+      docs[current] = (field.group(2), field.group(3).strip())
+    elif more and current is not None:
+      docs[current] = (docs[current][0], docs[current][1] + " " + more.group(1).strip())
+    else:
+      current = None
+  missing = [f for f in cls._fields if not docs.get(f, ("", ""))[1]]
+  if missing:
+    raise ValueError(f"{cls.__qualname__}: fields without a comment saying what they hold: "
+                     f"{missing}")
+  return docs
+
+
+def _namedtuple(module_name: str, name: str, cls) -> list[str]:
+  """A NamedTuple: its docstring, every field with its type and comment, its own methods.
+
+  (autodoc alone would say "Alias for field number 0" for each field.)
+  """
+  methods = [k for k, v in vars(cls).items()
+             if not k.startswith("_") and k not in cls._fields and callable(v)]
+  lines = [f".. autoclass:: {module_name}.{name}"]
+  lines += [f"   :members: {', '.join(methods)}"] if methods else []
+  lines.append("")
+  for field, (kind, text) in _field_docs(cls).items():
+    lines += _indent([f".. py:attribute:: {field}", f"   :type: {kind}", "", f"   {text}", ""])
+  return lines
+
+
+def _constant(module_name: str, name: str, value) -> list[str]:
+  """A module constant, with the ``#:`` comment above its definition (a tuple's own
+  docstring says nothing about the constant)."""
+  from sphinx.pycode import ModuleAnalyzer
+
+  package = importlib.import_module(module_name)
+  for info in pkgutil.walk_packages(package.__path__, module_name + "."):
+    sub = importlib.import_module(info.name)
+    if getattr(sub, name, None) is not value:
+      continue
+    doc = ModuleAnalyzer.for_module(info.name).find_attr_docs().get(("", name))
+    if doc:
+      return [f".. py:data:: {module_name}.{name}", f"   :value: {value!r}", "",
+              *_indent([line for line in doc if line.strip()]), ""]
+  raise ValueError(f"{module_name}.{name}: a public constant needs a #: comment above its "
+                   "definition")
 
 
 def _api_page(module_name: str) -> str:
@@ -98,11 +165,18 @@ def _api_page(module_name: str) -> str:
   for name in public_names(module_name):
     obj = getattr(module, name)
     directive = _directive(obj)
+    if directive == "autoclass" and issubclass(obj, tuple) and hasattr(obj, "_fields"):
+      lines += _namedtuple(module_name, name, obj)
+      continue
+    if directive == "autodata":
+      lines += _constant(module_name, name, obj)
+      continue
     lines.append(f".. {directive}:: {module_name}.{name}")
-    # NamedTuple states: their docstring says what they hold; the fields' own
-    # docstrings would only say "Alias for field number 0".
-    if directive == "autoclass" and not issubclass(obj, tuple):
+    if directive == "autoclass":
       lines.append("   :members:")
+      hidden = NOT_FOR_USERS.get(f"{module_name}.{name}")
+      if hidden:
+        lines.append(f"   :exclude-members: {', '.join(hidden)}")
     lines.append("")
   return "\n".join(lines)
 

@@ -173,6 +173,21 @@ def add_common(p: argparse.ArgumentParser, out_default: str) -> None:
                  help="output folder (default: %(default)s)")
 
 
+def add_tensorboard(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--tensorboard", default=None, metavar="DIR",
+                 help="also write the runs for TensorBoard to DIR (tensorboard --logdir DIR; "
+                      "needs pip install 'adam-jax[tensorboard]')")
+
+
+def check_tensorboard(args: argparse.Namespace, prog: str) -> None:
+  """A ``--tensorboard`` without tensorboardX is one line, before anything is trained."""
+  import importlib.util
+
+  if args.tensorboard is not None and importlib.util.find_spec("tensorboardX") is None:
+    raise UsageError("--tensorboard needs tensorboardX, which is not installed: "
+                     "pip install 'adam-jax[tensorboard]'", prog)
+
+
 # ---------------------------------------------------------------------------- start-up
 
 
@@ -275,12 +290,9 @@ def preload(*modules: str) -> None:
 
 def figure(width: float = 6.4, height: float = 4.2):
   """A matplotlib Figure with an Agg canvas (no pyplot, no display)."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
+  from adam_jax import _plotting
 
-  fig = Figure(figsize=(width, height), layout="constrained")
-  FigureCanvasAgg(fig)
-  return fig
+  return _plotting.figure(width, height)
 
 
 def smooth(values: Any, beta: float = 0.9) -> Any:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adam_jax.cli import _common as common
+from adam_jax.cli import _figures
 
 HEARTBEAT_S = 10  # a running trial's heartbeat, recorded in --storage this often
 GRACE_S = 60  # a trial without a heartbeat for this long is failed and queued again
@@ -156,7 +157,7 @@ def run_optuna(args: argparse.Namespace, study: Any, problem: Any, space: dict[s
     result = tuning.optuna_search(study, problem, space_fn(space), n_trials=args.trials,
                                   batch_size_trials=min(args.trials, sweep.BATCH_TRIALS),
                                   steps=args.steps, optimizer=args.optimizer, seeds=seeds,
-                                  loop=args.loop)
+                                  loop=args.loop, log_dir=args.tensorboard)
   except ValueError as err:
     raise common.UsageError(str(err), prog) from None
   except KeyboardInterrupt:
@@ -195,20 +196,21 @@ def run_optuna(args: argparse.Namespace, study: Any, problem: Any, space: dict[s
   best = next(item for item in table if item["trial"] == top.number)
   common.write_json(os.path.join(out, "best.json"),
                     {**best["config"], **best["metrics"], "trial": top.number, **info})
-  plot_samples(os.path.join(out, "heatmap.png"), [item["config"] for item in finished],
-               [item["metrics"].get("val_loss", math.nan) for item in finished], space)
-  written = ["best.json", "heatmap.png"]
-  if result.rows:
-    sweep.plot_curves(os.path.join(out, "curves.png"), result.rows, result.best)
-    written.append("curves.png")
-  written += _optuna_plots(study, out)
   completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
   acc = best["metrics"].get("val_accuracy")
   acc = "" if acc is None else f", val accuracy {100 * acc:.1f}%"
-  shown = ", ".join(f"{k}={sweep.label_of(k, v)}" for k, v in best["config"].items()
-                    if sweep.varied(space, k)) or "the only one"
-  print(f"best (trial {top.number} of {len(completed)} complete): {shown}: val loss "
-        f"{top.value:.4f}{acc}")
+  keys = [k for k in space if sweep.varied(space, k)]
+  print(f"best (trial {top.number} of {len(completed)} complete): "
+        f"{_figures.config_label(best['config'], keys)}: val loss {top.value:.4f}{acc}",
+        flush=True)
+  _figures.samples(os.path.join(out, "heatmap.png"), [item["config"] for item in finished],
+                   [item["metrics"].get("val_loss", math.nan) for item in finished], space,
+                   keys, log_keys=sweep.log_keys(space), best=finished.index(best))
+  written = ["best.json", "heatmap.png"]
+  if result.rows:
+    _figures.curves(os.path.join(out, "curves.png"), result.rows, result.best, keys)
+    written.append("curves.png")
+  written += _optuna_plots(study, out)
   print(f"wrote {csv_path}, {', '.join(written)} in {out}")
   return 0
 
@@ -238,62 +240,3 @@ def _optuna_plots(study: Any, out: str) -> list[str]:
       plt.close(ax.figure)
       written.append(name)
   return written
-
-
-def plot_samples(path: str, configs: Sequence[dict[str, Any]], losses: Sequence[float],
-                 space: dict[str, Any]) -> None:
-  """Validation loss over the two most varied sampled values (colour), or over the one."""
-  import numpy as np
-
-  from adam_jax.cli import sweep
-
-  keys = [k for k in space if sweep.varied(space, k)]
-  keys.sort(key=lambda k: -len({repr(c[k]) for c in configs}))
-  finite = [i for i, v in enumerate(losses) if math.isfinite(v)]
-  fig = common.figure()
-  ax = fig.add_subplot()
-  title = "validation loss of each configuration"
-  if len(finite) < len(losses):
-    title += f" ({len(losses) - len(finite)} diverged, not shown)"
-
-  def axis(key: str) -> tuple[Any, Any]:
-    values = [configs[i][key] for i in finite]
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-      return np.asarray(values, np.float64), None
-    labels = list(dict.fromkeys(str(v) for v in values))
-    return np.asarray([labels.index(str(v)) for v in values], np.float64), labels
-
-  def scale(set_scale: Any, set_ticks: Any, key: str, values: Any, labels: Any) -> None:
-    if labels is not None:
-      set_ticks(range(len(labels)), labels)
-    elif (isinstance(space[key], common.Range) and space[key].log) or (
-        len(values) and values.min() > 0 and values.max() / values.min() > 20):
-      from matplotlib.ticker import NullFormatter
-
-      set_scale("log")
-      axis_of[key].set_minor_formatter(NullFormatter())  # no crowded minor labels
-
-  loss = np.log10(np.asarray([losses[i] for i in finite], np.float64))
-  axis_of = {}
-  if len(keys) >= 2:
-    axis_of.update({keys[0]: ax.xaxis, keys[1]: ax.yaxis})
-    (x, xl), (y, yl) = axis(keys[0]), axis(keys[1])
-    points = ax.scatter(x, y, c=loss, cmap="viridis_r", s=28)
-    fig.colorbar(points, ax=ax, label="log10 validation loss")
-    scale(ax.set_xscale, ax.set_xticks, keys[0], x, xl)
-    scale(ax.set_yscale, ax.set_yticks, keys[1], y, yl)
-    ax.set_xlabel(keys[0])
-    ax.set_ylabel(keys[1])
-    if len(keys) > 2:
-      title += " (also varied: " + ", ".join(keys[2:]) + ")"
-  else:
-    key = keys[0] if keys else next(iter(space))
-    axis_of[key] = ax.xaxis
-    x, xl = axis(key)
-    ax.scatter(x, 10 ** loss, s=28)
-    scale(ax.set_xscale, ax.set_xticks, key, x, xl)
-    ax.set_yscale("log")
-    ax.set_xlabel(key)
-    ax.set_ylabel("validation loss")
-  ax.set_title(title, fontsize=9)
-  fig.savefig(path, dpi=110)

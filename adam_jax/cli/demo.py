@@ -67,6 +67,7 @@ def add_parser(sub: Any) -> None:
                       "(1000; 0: none)")
   p.add_argument("--resume", action="store_true",
                  help="continue from the checkpoint in --out (same flags as the first run)")
+  common.add_tensorboard(p)
   p.set_defaults(run=run)
 
 
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         f"--warmup ({warmup}) must be smaller than --steps ({args.steps})", prog)
   factor = _PLATEAU_FACTOR if args.plateau_factor is None else args.plateau_factor
   patience = _PLATEAU_PATIENCE if args.plateau_patience is None else args.plateau_patience
+  common.check_tensorboard(args, prog)
   out = common.make_out(args.out, prog)
   config = {"task": args.task, "data": args.data, "seed": args.seed, "steps": args.steps,
             "lr": args.lr, "schedule": args.schedule, "warmup": warmup, "layers": args.layers,
@@ -149,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
                               eval_every=args.eval_every, checkpoint_dir=ckpt_path,
                               checkpoint_every=args.checkpoint_every, resume=resuming,
                               record=record, opt_metrics=opt_metrics, on_start=on_start,
-                              on_eval=on_eval)
+                              on_eval=on_eval, log_dir=args.tensorboard)
     except checkpoint.CheckpointError as err:
       raise common.UsageError(f"cannot resume from {ckpt_path}: {err}", prog) from None
     except ValueError as err:

@@ -11,6 +11,7 @@ import warnings
 from typing import Any
 
 from adam_jax.cli import _common as common
+from adam_jax.cli import _figures
 
 PROG = "adam-jax sweep"
 
@@ -52,7 +53,8 @@ SHAPE_KEYS = ("layers", "hidden", "batch_size")
 RECORD = "sweep.json"  # the flags and the data digest of the run in --out
 _NOT_RECORDED = ("run", "command", "out", "resume", "diagnostics",  # these change no result
                  "data",  # its contents are: data_sha256
-                 "storage")  # recorded without its password: storage_url
+                 "storage",  # recorded without its password: storage_url
+                 "tensorboard")
 _SEARCH_FLAGS = ("search", "trials", "min_steps", "eta", "study_name")  # not in a grid's record
 
 
@@ -86,12 +88,15 @@ def add_parser(sub: Any) -> None:
                   "Writes results.csv, best.json, heatmap.png (grid: validation loss over "
                   "two axes; sampled: over the two most varied sampled values) and "
                   "curves.png; optuna also writes optuna_history.png and "
-                  "optuna_importances.png (Optuna's plots of the whole study)."),
+                  "optuna_importances.png (Optuna's plots of the whole study); "
+                  "--tensorboard DIR adds a TensorBoard run per configuration in DIR."),
       epilog="examples:\n"
              "  adam-jax sweep --lr 1e-4,3e-4,1e-3,3e-3 --b1 0.9,0.95 --steps 500\n"
              "  adam-jax sweep --lr 1e-3,1e-2 --schedule constant,cosine --hidden 64,128\n"
              "  adam-jax sweep --lr 1e-3,3e-3 --weight-decay 0,1e-2 --optimizer adamw --seeds 3\n"
              "  adam-jax sweep --lr 1e-3,1e-2 --out runs/s1 --resume   # after an interrupt\n"
+             "  adam-jax sweep --lr 1e-4,1e-3,1e-2 --tensorboard runs/tb   # tensorboard --logdir "
+             "runs/tb\n"
              "  adam-jax sweep --search random --trials 64 --lr 1e-5:1e-1 --b1 0.8:0.99\n"
              "  adam-jax sweep --search halving --trials 81 --min-steps 100 --steps 2700 "
              "--batch-size 32,64\n"
@@ -143,6 +148,7 @@ def add_parser(sub: Any) -> None:
   p.add_argument("--diagnostics", action="store_true",
                  help="grid and random: record update/param ratios and eps dominance every "
                       "step of every configuration; writes diagnostics.png for the best one")
+  common.add_tensorboard(p)
   p.set_defaults(run=run)
 
 
@@ -210,6 +216,7 @@ def _check_search_flags(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
   _check_search_flags(args)
+  common.check_tensorboard(args, PROG)
   space = _space(args)
   if args.seed + args.seeds > common.SEED_LIMIT:
     raise common.UsageError(f"--seed {args.seed} with --seeds {args.seeds} goes beyond the "
@@ -308,7 +315,8 @@ def _search(args: argparse.Namespace, problem: Any, space: dict[str, Any], out: 
     return tuning.grid_search(problem, space, optimizer=args.optimizer, steps=args.steps,
                               seeds=seeds, out_dir=out, resume=args.resume, loop=args.loop,
                               checkpoint_every=args.checkpoint_every,
-                              diagnostics=args.diagnostics, on_row=rows.append)
+                              diagnostics=args.diagnostics, on_row=rows.append,
+                              log_dir=args.tensorboard)
   from adam_jax.cli import _searches
 
   dists = _searches.distributions(space)
@@ -317,16 +325,22 @@ def _search(args: argparse.Namespace, problem: Any, space: dict[str, Any], out: 
                                 optimizer=args.optimizer, steps=args.steps, seeds=seeds,
                                 out_dir=out, resume=args.resume, loop=args.loop,
                                 checkpoint_every=args.checkpoint_every,
-                                diagnostics=args.diagnostics, on_row=rows.append)
+                                diagnostics=args.diagnostics, on_row=rows.append,
+                                log_dir=args.tensorboard)
   return tuning.successive_halving(problem, dists, num_configs=args.trials,
                                    min_steps=args.min_steps, max_steps=args.steps, eta=args.eta,
                                    seed=args.seed, optimizer=args.optimizer, seeds=seeds,
-                                   loop=args.loop, on_row=rows.append)
+                                   loop=args.loop, on_row=rows.append, log_dir=args.tensorboard)
 
 
 def varied(space: dict[str, Any], key: str) -> bool:
   """Whether ``key`` takes several values (a range or a list of several)."""
   return isinstance(space[key], common.Range) or len(space[key]) > 1
+
+
+def log_keys(space: dict[str, Any]) -> list[str]:
+  """The keys drawn log-uniformly (a log axis in the figures)."""
+  return [k for k, v in space.items() if isinstance(v, common.Range) and v.log]
 
 
 def _report(args: argparse.Namespace, out: str, result: Any, rows: list[Any],
@@ -354,24 +368,29 @@ def _report(args: argparse.Namespace, out: str, result: Any, rows: list[Any],
   if args.search == "halving":
     payload.update(min_steps=args.min_steps, eta=args.eta, steps_trained=best.steps)
   common.write_json(os.path.join(out, "best.json"), payload)
+  keys = [k for k in space if varied(space, k)]
+  acc = best.metrics.get("val_accuracy")
+  acc = "" if acc is None else f", val accuracy {100 * acc:.1f}%"
+  print(f"trained {len(rows)} configurations in {elapsed:.1f} s{resumed}")
+  print(f"best: {_figures.config_label(best.config, keys)}: val loss "
+        f"{best.metrics['val_loss']:.4f}{acc}", flush=True)
+  # The figures after the result lines: the answer is on screen while they are drawn.
   if args.search == "grid":
-    _plot_heatmap(os.path.join(out, "heatmap.png"), result.rows, space)
+    _figures.grid_heatmap(os.path.join(out, "heatmap.png"), result.rows, space, keys, best)
   else:
-    from adam_jax.cli import _searches
-
-    _searches.plot_samples(os.path.join(out, "heatmap.png"),
-                           [r.config for r in result.rows],
-                           [_loss(r) for r in result.rows], space)
-  plot_curves(os.path.join(out, "curves.png"), result.rows, best)
+    _figures.samples(os.path.join(out, "heatmap.png"), [r.config for r in result.rows],
+                     [r.metrics["val_loss"] for r in result.rows], space, keys,
+                     log_keys=log_keys(space), best=result.rows.index(best),
+                     steps=[r.steps for r in result.rows] if args.search == "halving" else None)
+  _figures.curves(os.path.join(out, "curves.png"), result.rows, best, keys)
   written = "best.json, heatmap.png, curves.png"
   monitored = [r for r in rows if r.diagnostics is not None]
   if monitored:
     from adam_jax.diagnostics import plot_history
 
     top = min(monitored, key=lambda r: _loss(r))
-    label = ", ".join(f"{k}={label_of(k, v)}" for k, v in top.config.items()
-                      if varied(space, k))
-    plot_history(top.diagnostics, out, title=f"diagnostics of the best run: {label}")
+    plot_history(top.diagnostics, out,
+                 title=f"diagnostics of the best run: {_figures.config_label(top.config, keys)}")
     payload["diagnostics"] = {
         "config": top.config,
         "final_update_to_param_ratio": float(top.diagnostics["update_to_param_ratio"][-1]),
@@ -379,12 +398,6 @@ def _report(args: argparse.Namespace, out: str, result: Any, rows: list[Any],
     }
     common.write_json(os.path.join(out, "best.json"), payload)
     written += ", diagnostics.png"
-  acc = best.metrics.get("val_accuracy")
-  acc = "" if acc is None else f", val accuracy {100 * acc:.1f}%"
-  shown = ", ".join(f"{k}={label_of(k, v)}" for k, v in best.config.items()
-                    if varied(space, k)) or "the only one"
-  print(f"trained {len(rows)} configurations in {elapsed:.1f} s{resumed}")
-  print(f"best: {shown}: val loss {best.metrics['val_loss']:.4f}{acc}")
   print(f"wrote {csv_path}, {written} in {out}")
   return 0
 
@@ -397,74 +410,3 @@ def _one_line_warning(message: Any, category: Any, *args: Any, **kwargs: Any) ->
 def _loss(row: Any) -> float:
   value = row.metrics["val_loss"]
   return value if math.isfinite(value) else math.inf
-
-
-def label_of(name: str, value: Any) -> str:
-  return value if isinstance(value, str) else f"{value:g}"
-
-
-def _plot_heatmap(path: str, rows: list[Any], grid: dict[str, list[Any]]) -> None:
-  """Validation loss over the two axes with the most values (best over the other axes)."""
-  import numpy as np
-
-  swept = sorted((a for a in grid if len(grid[a]) > 1), key=lambda a: -len(grid[a]))
-  fig = common.figure()
-  ax = fig.add_subplot()
-  if len(swept) >= 2:
-    ya, xa = swept[0], swept[1]
-    table = np.full((len(grid[ya]), len(grid[xa])), np.inf)
-    for r in rows:
-      i, j = grid[ya].index(r.config[ya]), grid[xa].index(r.config[xa])
-      loss = _loss(r)
-      table[i, j] = min(table[i, j], loss)
-    shown = np.where(np.isfinite(table), table, np.nan)
-    im = ax.imshow(np.log10(shown), aspect="auto", cmap="viridis_r", origin="lower")
-    fig.colorbar(im, ax=ax, label="log10 validation loss")
-    ax.set_xticks(range(len(grid[xa])), [label_of(xa, v) for v in grid[xa]])
-    ax.set_yticks(range(len(grid[ya])), [label_of(ya, v) for v in grid[ya]])
-    for i in range(table.shape[0]):
-      for j in range(table.shape[1]):
-        ax.text(j, i, f"{shown[i, j]:.3g}", ha="center", va="center", fontsize=7, color="w")
-    ax.set_xlabel(xa)
-    ax.set_ylabel(ya)
-    title = "validation loss"
-    if len(swept) > 2:
-      title += " (best over " + ", ".join(swept[2:]) + ")"
-    ax.set_title(title)
-  else:
-    xa = swept[0] if swept else "learning_rate"
-    xs = grid[xa]
-    ys = [min(_loss(r) for r in rows if r.config[xa] == v) for v in xs]
-    if isinstance(xs[0], str):
-      ax.bar(range(len(xs)), ys, tick_label=xs)
-    else:
-      ax.plot(xs, ys, "o-")
-      if min(xs) > 0 and max(xs) / min(xs) > 20:
-        ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(xa)
-    ax.set_ylabel("validation loss")
-    ax.set_title("validation loss")
-  fig.savefig(path, dpi=110)
-
-
-def plot_curves(path: str, rows: list[Any], best: Any) -> None:
-  """The smoothed training loss of every row, ``best`` (if not None) highlighted."""
-  fig = common.figure()
-  ax = fig.add_subplot()
-  for r in rows:
-    if r.curve is None or r is best:
-      continue
-    ax.plot(common.smooth(r.curve, 0.95), lw=0.8, alpha=0.5, color="0.5")
-  if best is not None and best.curve is not None:
-    ax.plot(common.smooth(best.curve, 0.95), lw=1.8, color="C3", label="best: " + ", ".join(
-        f"{k}={label_of(k, v)}" for k, v in best.config.items()
-        if k in ("learning_rate", "b1", "b2", "schedule", "hidden", "layers", "batch_size")))
-    ax.legend(fontsize=7)
-  ax.set_yscale("log")
-  ax.set_xlabel("step")
-  ax.set_ylabel("training loss (smoothed)")
-  ax.set_title("training curves of every configuration")
-  fig.savefig(path, dpi=110)
-
-

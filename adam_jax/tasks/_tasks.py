@@ -16,6 +16,7 @@ from flax import nnx
 from adam_jax.tasks import _data
 from adam_jax.tasks._problems import MLP
 
+#: The names :func:`get_task` takes (the ``--task`` of the command line).
 TASKS = ("digits-mlp", "digits-autoencoder")
 _VAL_FRACTION = 0.2
 

@@ -20,9 +20,10 @@ import numpy as np
 import optax
 
 from adam_jax import aliases, schedules
-from adam_jax.tuning import _runner
+from adam_jax.tuning import _runner, _tensorboard
 from adam_jax.tuning._problem import Problem
 
+#: The schedules a search takes for its ``schedule`` key (:func:`schedule_fn`), in index order.
 SCHEDULES = ("constant", "cosine", "step", "exponential")
 
 _CSV = "results.csv"
@@ -132,36 +133,19 @@ class SearchResult(NamedTuple):
     return path
 
   def plot(self, path: str | os.PathLike[str] | None = None, *, x: str | None = None) -> Any:
-    """The metric against the swept key with most values (best over the others).
+    """The metric against ``x`` (default: the varied key with most values), best marked.
 
-    Returns the matplotlib ``Figure``; saves it to ``path`` when given.
+    Each point is the best row for that value of ``x`` over the other varied keys (named
+    in the title); the best row of the search is a star. A log axis where the values are
+    log-spaced. Successive halving: the line holds the rows of the last rung; rows
+    stopped at earlier rungs (fewer steps, not comparable) are faded dots.
+    Returns a matplotlib ``Figure`` (shown as an image in Jupyter); saves it to ``path``
+    as a PNG when given.
     """
-    from matplotlib.figure import Figure
+    from adam_jax import _plotting
+    from adam_jax.tuning import _plots
 
-    swept = [k for k in self.rows[0].config
-             if len({str(r.config[k]) for r in self.rows}) > 1]
-    x = x or (max(swept, key=lambda k: len({str(r.config[k]) for r in self.rows})) if swept
-              else next(iter(self.rows[0].config)))
-    values = list(dict.fromkeys(r.config[x] for r in self.rows))
-    pick = min if self.mode == "min" else max
-    ys = [pick(finite_or_nan(r.metrics[self.metric], self.mode) for r in self.rows
-               if r.config[x] == v) for v in values]
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-    ax = fig.add_subplot()
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-      ax.plot(values, ys, "o-")
-      if min(values) > 0 and max(values) / min(values) > 20:
-        ax.set_xscale("log")
-    else:
-      ax.bar(range(len(values)), ys, tick_label=[str(v) for v in values])
-    ax.set_xlabel(x)
-    ax.set_ylabel(self.metric + ("" if len(swept) < 2 else f" ({self.mode} over the others)"))
-    if path is not None:
-      from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-      FigureCanvasAgg(fig)
-      fig.savefig(os.fspath(path), dpi=110)
-    return fig
+    return _plotting.save(_plots.search_figure(self, x), path)
 
 
 def finite_or_nan(value: float, mode: str) -> float:
@@ -462,6 +446,7 @@ def grid_search(
     progress: bool | None = None,
     on_row: Callable[[Row], None] | None = None,
     diagnostics: bool = False,
+    log_dir: str | os.PathLike[str] | None = None,
 ) -> SearchResult:
   r"""Trains every configuration of a grid of hyperparameters on the user's problem.
 
@@ -521,6 +506,10 @@ def grid_search(
     on_row: called with each :class:`Row` as it finishes.
     diagnostics: wrap the optimizer in :func:`adam_jax.diagnostics.monitor` and keep
       its statistics after every step in ``Row.diagnostics`` (not written to disk).
+    log_dir: write each configuration's run for TensorBoard to ``log_dir/<its
+      configuration>`` as its group finishes (the varied keys name it): the training
+      loss over the steps, the final metrics and the hyperparameters (needs tensorboardX:
+      ``pip install 'adam-jax[tensorboard]'``).
 
   Returns:
     A :class:`SearchResult`; ``best.model`` is the trained model of the best
@@ -546,7 +535,7 @@ def grid_search(
   return search(problem, space, None, optimizer=optimizer, steps=steps, seeds=seeds,
                 metric=metric, mode=mode, out_dir=out_dir, resume=resume, devices=devices,
                 loop=loop, checkpoint_every=checkpoint_every, progress=progress, on_row=on_row,
-                diagnostics=diagnostics)
+                diagnostics=diagnostics, log_dir=log_dir)
 
 
 def search(
@@ -568,6 +557,7 @@ def search(
     on_row: Callable[[Row], None] | None = None,
     diagnostics: bool = False,
     meta: Mapping[str, Any] | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
 ) -> SearchResult:
   """:func:`grid_search` over ``configs`` (default: every combination of ``space``'s values).
 
@@ -590,6 +580,7 @@ def search(
     raise ValueError(f"checkpoint_every must be a nonnegative integer, got {checkpoint_every!r}")
   factory, opt_name = resolve_optimizer(optimizer)
   sp = parse_space(problem, space, factory, opt_name)
+  on_row = _tensorboard.row_logger(log_dir, on_row, _tensorboard.varied(sp.values))
   devices = list(jax.devices() if devices is None else devices)
   _runner.check_devices(devices)
   keys = list(sp.values)
@@ -772,7 +763,7 @@ def _slug(label: str) -> str:
 def _bar(progress: bool | None, total: int, label: str) -> Any:
   if progress is False or jax.process_index() != 0:
     return None
-  from tqdm.auto import tqdm
+  from tqdm.std import tqdm  # tqdm.auto warns in Jupyter without ipywidgets
 
   return tqdm(total=total, desc=label, unit="config", dynamic_ncols=True,
               disable=None if progress is None else False, leave=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import jax
 import numpy as np
 import optax
 
-from adam_jax.tuning import _runner
+from adam_jax.tuning import _runner, _tensorboard
 from adam_jax.tuning._grid import (
   Row,
   SearchResult,
@@ -80,6 +81,7 @@ def successive_halving(
     loop: str = "auto",
     progress: bool | None = None,
     on_row: Callable[[Row], None] | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
 ) -> SearchResult:
   """Synchronous successive halving over a grid or sampled configurations.
 
@@ -115,6 +117,7 @@ def successive_halving(
     loop: as in :func:`grid_search`.
     progress: a progress bar per rung (default: when the output is a terminal).
     on_row: called with each :class:`Row` as its configuration stops.
+    log_dir: as in :func:`grid_search`, each configuration's run written when it stops.
 
   Returns:
     A :class:`SearchResult`, one row per configuration in draw (grid) order with the
@@ -166,6 +169,7 @@ def successive_halving(
   else:
     sp = parse_space(problem, space, factory, opt_name)
     configs = [dict(zip(sp.values, c)) for c in itertools.product(*sp.values.values())]
+  on_row = _tensorboard.row_logger(log_dir, on_row, _tensorboard.varied(sp.values))
   devices = list(jax.devices() if devices is None else devices)
   make_tx = tx_builder(factory, sp, max_steps)
 

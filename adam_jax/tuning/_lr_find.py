@@ -29,32 +29,35 @@ class LRFindResult(NamedTuple):
   diverged: bool  # whether the run stopped early because the loss blew up
 
   def plot(self, path: str | os.PathLike[str] | None = None, *, title: str = "") -> Any:
-    """The loss against the learning rate, with both rules marked.
+    """The loss against the learning rate (log axis), with both rules marked.
 
-    Returns the matplotlib ``Figure``; saves it to ``path`` when given.
+    The y axis holds the curve up to 3 times its first value (past that the run is
+    diverging) and starts at 0 at the lowest (never below: a loss is not negative).
+    Returns a matplotlib ``Figure`` (shown as an image in Jupyter); saves it to ``path``
+    as a PNG when given.
     """
-    from matplotlib.figure import Figure
+    from adam_jax import _plotting
 
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    fig = _plotting.figure()
     ax = fig.add_subplot()
     ax.plot(self.lrs, self.raw_losses, color="C0", alpha=0.3, lw=0.7, label="mini-batch loss")
     ax.plot(self.lrs, self.losses, color="C0", lw=1.5, label="smoothed loss")
-    ax.axvline(self.suggestion, color="C1", ls="--", label=f"suggestion {self.suggestion:.2g}")
-    ax.axvline(self.valley, color="C2", ls=":", label=f"valley {self.valley:.2g}")
+    for lr, name, color, style in ((self.suggestion, "suggestion (steepest)", "C1", "--"),
+                                   (self.valley, "valley", "C2", ":")):
+      at = int(np.argmin(np.abs(np.log(self.lrs) - math.log(lr))))
+      ax.axvline(lr, color=color, ls=style, lw=1.2)
+      ax.plot([lr], [self.losses[at]], "o", color=color, label=f"{name} {lr:.2g}")
     ax.set_xscale("log")
     finite = self.losses[np.isfinite(self.losses)]
-    if len(finite):
-      ax.set_ylim(top=min(float(finite.max()), 3 * float(finite[0])) * 1.05)
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss")
+    top = min(float(finite.max()), 3 * float(finite[0])) if len(finite) else None
+    limits = _plotting.loss_limits(self.losses, self.raw_losses, top=top)
+    if limits is not None:
+      ax.set_ylim(*limits)
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
     ax.set_title(title or "LR range test")
-    ax.legend()
-    if path is not None:
-      from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-      FigureCanvasAgg(fig)
-      fig.savefig(os.fspath(path), dpi=110)
-    return fig
+    ax.legend(fontsize=8)
+    return _plotting.save(fig, path)
 
 
 def lr_find(

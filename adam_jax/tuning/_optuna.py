@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import threading
 import time
@@ -15,7 +16,7 @@ import jax
 import numpy as np
 import optax
 
-from adam_jax.tuning import _runner
+from adam_jax.tuning import _runner, _tensorboard
 from adam_jax.tuning._grid import (
   Row,
   SearchResult,
@@ -46,6 +47,7 @@ def optuna_search(
     metric: str = "val_loss",
     devices: Sequence[jax.Device] | None = None,
     loop: str = "auto",
+    log_dir: str | os.PathLike[str] | None = None,
 ) -> SearchResult:
   """Runs ``n_trials`` trials of an Optuna ``study``, a batch of them trained at once.
 
@@ -98,6 +100,8 @@ def optuna_search(
     metric: the metric told to the study.
     devices: as in :func:`grid_search`.
     loop: as in :func:`grid_search`.
+    log_dir: as in :func:`grid_search`, the runs of a batch written when it finishes
+      (pruned trials too, up to the step they reached).
 
   Returns:
     A :class:`SearchResult` of the trials this call trained, in order (``Row.steps``:
@@ -195,6 +199,7 @@ def optuna_search(
             study.tell(t, state=TrialState.FAIL)
       raise
     batch_rows, models, batch_loops, batch_spread = out
+    _tensorboard.write_rows(_tensorboard.check(log_dir), batch_rows)
     loops.update({f"trials {trials[0].number}-{trials[-1].number}, {k}": v
                   for k, v in batch_loops.items()})
     spread = max(spread, batch_spread)

@@ -216,6 +216,7 @@ def random_search(
     progress: bool | None = None,
     on_row: Callable[[Row], None] | None = None,
     diagnostics: bool = False,
+    log_dir: str | os.PathLike[str] | None = None,
 ) -> SearchResult:
   """Trains ``num_configs`` configurations sampled from ``space``, vectorized like a grid.
 
@@ -246,6 +247,7 @@ def random_search(
     progress: as in :func:`grid_search`.
     on_row: as in :func:`grid_search`.
     diagnostics: as in :func:`grid_search`.
+    log_dir: as in :func:`grid_search`.
 
   Returns:
     A :class:`SearchResult` with one row per sampled configuration, in draw order.
@@ -270,5 +272,5 @@ def random_search(
   return search(problem, space_of(configs), configs, optimizer=optimizer, steps=steps,
                 seeds=seeds, metric=metric, mode=mode, out_dir=out_dir, resume=resume,
                 devices=devices, loop=loop, checkpoint_every=checkpoint_every,
-                progress=progress, on_row=on_row, diagnostics=diagnostics,
+                progress=progress, on_row=on_row, diagnostics=diagnostics, log_dir=log_dir,
                 meta={"search": "random", "seed": int(seed), "num_configs": int(num_configs)})

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adam_jax.tuning import _runner
+from adam_jax.tuning import _runner, _tensorboard
 from adam_jax.tuning._problem import Problem
 
 
@@ -57,6 +57,7 @@ def train(
     loop: str = "auto",
     on_start: Callable[[int], None] | None = None,
     on_eval: Callable[[dict[str, float]], None] | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
   r"""Trains the problem's model with ``tx`` for ``steps`` steps, evaluating as it goes.
 
@@ -97,6 +98,9 @@ def train(
     on_start: called with the first step to train (0, or the step resumed from).
     on_eval: called with each evaluation (a dict: ``step``, ``loss``, the metrics),
       before the checkpoint of that step is written.
+    log_dir: write the run for TensorBoard to this folder when it ends: the training
+      loss of every step, the evaluations at their steps and the final metrics (needs
+      tensorboardX: ``pip install 'adam-jax[tensorboard]'``).
 
   Returns:
     A :class:`TrainResult`: the trained model and its metrics (computed by the
@@ -130,6 +134,7 @@ def train(
     raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
   if resume and checkpoint_dir is None:
     raise ValueError("resume needs checkpoint_dir, the folder of the run to resume")
+  log_dir = _tensorboard.check(log_dir)
   steps, eval_every, seed = int(steps), min(int(eval_every), int(steps)), int(seed)
   fns = problem.bind().fns
   batch_fn = problem.batch_fn
@@ -247,6 +252,9 @@ def train(
       compiled["metrics"](params, state, data, val)).items()}
   metrics = {k: metrics[k] for k in _ordered(list(metrics))}
   stacked = (jax.tree.map(lambda *r: np.concatenate(r), *records) if records else None)
+  if log_dir is not None:  # the run for TensorBoard, from what was recorded
+    _tensorboard.write_run(log_dir, curve=curve, metrics=metrics, evaluations=[
+        _history_item(r, names) for r in evals if np.isfinite(r[0])])
   return TrainResult(
       model=fns.to_user(params, state),
       metrics=metrics,

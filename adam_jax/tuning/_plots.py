@@ -1,0 +1,76 @@
+"""The figure of a search's rows (:meth:`adam_jax.tuning.SearchResult.plot`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from adam_jax import _plotting
+from adam_jax.tuning._grid import finite_or_nan
+
+
+def search_figure(result: Any, x: str | None) -> Any:
+  """The figure of :meth:`SearchResult.plot`."""
+  rows, metric = result.rows, result.metric
+  kinds = {k: len({repr(r.config[k]) for r in rows}) for k in rows[0].config}
+  swept = [k for k, n in kinds.items() if n > 1]
+  x = x or (max(swept, key=kinds.get) if swept else next(iter(rows[0].config)))
+  last = max((r.rung for r in rows if r.rung is not None), default=None)
+  final = [r for r in rows if r.rung == last]
+  values = list(dict.fromkeys(r.config[x] for r in rows))
+  numeric = all(_plotting.is_number(v) for v in values)
+  if numeric:
+    values.sort()
+  pos = {repr(v): (v if numeric else i) for i, v in enumerate(values)}
+  pick = min if result.mode == "min" else max
+
+  def shown(row: Any) -> float:
+    value = row.metrics[metric]
+    return value if math.isfinite(value) else math.nan
+
+  fig = _plotting.figure()
+  ax = fig.add_subplot()
+  if last is not None:
+    for rung in sorted({r.rung for r in rows if r.rung != last}):
+      early = [r for r in rows if r.rung == rung]
+      ax.plot([pos[repr(r.config[x])] for r in early], [shown(r) for r in early], "o",
+              ms=4, alpha=0.3, color=f"C{1 + rung % 8}",
+              label=f"stopped after {early[0].steps} steps")
+  xs, ys = [], []
+  for v in values:
+    scores = [finite_or_nan(r.metrics[metric], result.mode) for r in final
+              if repr(r.config[x]) == repr(v)]
+    if scores:
+      best = pick(scores)
+      xs.append(pos[repr(v)])
+      ys.append(best if math.isfinite(best) else math.nan)
+  line = metric if last is None else f"trained {final[0].steps} steps (last rung)"
+  if not numeric:
+    ax.bar(xs, ys, color="C0", alpha=0.6, label=line)
+    ax.set_xticks(range(len(values)), [str(v) for v in values])
+  else:  # a line where each value stands for several rows (a grid), else the points
+    ax.plot(xs, ys, "o-" if len(final) > len(xs) or len(swept) < 2 else "o", color="C0",
+            label=line)
+  if result.best is not None:
+    _plotting.mark_best(ax, pos[repr(result.best.config[x])], shown(result.best),
+                        label="best: " + label(result.best.config, swept))
+  if numeric and _plotting.log_spaced(values):
+    ax.set_xscale("log")
+  finite = [v for v in ys + [shown(r) for r in rows] if math.isfinite(v)]
+  if finite and min(finite) > 0 and max(finite) > 10 * min(finite):
+    ax.set_yscale("log")
+    _plotting.plain_ticks(ax.yaxis)
+  others = [k for k in swept if k != x]
+  ax.set_xlabel(x + (" (log scale)" if ax.get_xscale() == "log" else ""))
+  ax.set_ylabel(metric + (" (log scale)" if ax.get_yscale() == "log" else ""))
+  ax.set_title(f"{metric} against {x}" + (f", {result.mode} over " + ", ".join(others)
+                                          if others else ""), fontsize=10)
+  ax.legend(fontsize=8)
+  return fig
+
+
+def label(config: Mapping[str, Any], keys: Sequence[str]) -> str:
+  """``k=v`` for the ``keys`` of ``config`` (numbers with 3 significant digits)."""
+  return ", ".join(f"{k}={config[k]:.3g}" if isinstance(config[k], float) else
+                   f"{k}={config[k]}" for k in keys) or "the only configuration"
