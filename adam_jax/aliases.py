@@ -87,8 +87,11 @@ def get_optimizer(name: str) -> Callable[..., optax.GradientTransformation]:
   try:
     return _REGISTRY[name]
   except (KeyError, TypeError):
+    from adam_jax._names import did_you_mean
+
     raise ValueError(
-        f"unknown optimizer {name!r}; expected one of: {', '.join(optimizers())}") from None
+        f"unknown optimizer {name!r}{did_you_mean(name, optimizers())}; expected one of: "
+        f"{', '.join(optimizers())}") from None
 
 
 def _chain(

@@ -131,7 +131,10 @@ def get_task(
     ((1438, 64), (359, 64))
   """
   if name not in TASKS:
-    raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
+    from adam_jax._names import did_you_mean
+
+    raise ValueError(f"unknown task {name!r}{did_you_mean(name, TASKS)}; choose one of: "
+                     f"{', '.join(TASKS)}")
   for what, value in (("layers", layers), ("hidden", hidden), ("batch_size", batch_size)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
       raise ValueError(f"{what} must be a positive integer, got {value!r}")

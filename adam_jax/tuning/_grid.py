@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from adam_jax import aliases, schedules
+from adam_jax._names import did_you_mean
 from adam_jax.tuning import _runner, _tensorboard
 from adam_jax.tuning._problem import Problem
 
@@ -189,7 +190,8 @@ def parse_space(problem: Problem, space: Mapping[str, Any], factory: Callable[..
     else:
       accepted = ", ".join(list(opt_keys) + ["schedule"] + list(shape_keys))
       raise ValueError(f"space key {key!r} is taken neither by the optimizer ({opt_name}) nor "
-                       f"by the model; accepted keys: {accepted}")
+                       f"by the model{did_you_mean(key, accepted.split(', '))}; accepted keys: "
+                       f"{accepted}")
     seq = [seq] if isinstance(seq, (str, int, float, bool)) or seq is None else list(seq)
     if not seq:
       raise ValueError(f"space key {key!r} needs at least one value")
