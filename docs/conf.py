@@ -132,6 +132,7 @@ def _namedtuple(module_name: str, name: str, cls) -> list[str]:
   lines += [f"   :members: {', '.join(methods)}"] if methods else []
   lines.append("")
   for field, (kind, text) in _field_docs(cls).items():
+    text = re.sub(r"([\\*|`_])", r"\\\1", text)  # a plain-text comment: no markup in it
     lines += _indent([f".. py:attribute:: {field}", f"   :type: {kind}", "", f"   {text}", ""])
   return lines
 

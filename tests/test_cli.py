@@ -584,3 +584,46 @@ def test_sweep_resume_falls_back_from_a_damaged_checkpoint(tmp_path, capsys, mon
   assert cli.main(argv + ["--out", str(tmp_path / "every"), "--resume"]) == 2
   err = capsys.readouterr().err
   assert "cannot resume" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sweep", "--optimizer", "adamww"], "(did you mean 'adamw'?)"),
+    (["sweep", "--task", "digits-mpl"], "(did you mean 'digits-mlp'?)"),
+    (["sweep", "--search", "randon"], "(did you mean 'random'?)"),
+])
+def test_a_misspelt_choice_gets_the_closest_one(argv, message, capsys, tmp_path):
+  assert cli.main(argv + ["--out", str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert err.strip().endswith(message) and err.count("\n") == 1
+
+
+def test_sweep_prints_its_result_before_drawing_and_writes_tensorboard_runs(tmp_path, capsys,
+                                                                             monkeypatch):
+  pytest.importorskip("tensorboardX")
+  figures = importlib.import_module("adam_jax.cli._figures")
+  drawn = []
+  heatmap = figures.grid_heatmap
+
+  def grid_heatmap(*args, **kwargs):
+    drawn.append(capsys.readouterr().out)  # what was on screen when the figure was drawn
+    return heatmap(*args, **kwargs)
+
+  monkeypatch.setattr(figures, "grid_heatmap", grid_heatmap)
+  code = cli.main(["sweep", "--lr", "1e-3,1e-2", "--b1", "0.8,0.9", "--weight-decay", "0",
+                   "--hidden", "8", "--steps", "20", "--checkpoint-every", "0",
+                   "--out", str(tmp_path / "out"), "--tensorboard", str(tmp_path / "tb")])
+  assert code == 0
+  assert "best: learning_rate=" in drawn[0] and "wrote" not in drawn[0]
+  assert "wrote" in capsys.readouterr().out
+  assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == [
+      "learning_rate=0.001,b1=0.8", "learning_rate=0.001,b1=0.9", "learning_rate=0.01,b1=0.8",
+      "learning_rate=0.01,b1=0.9"]
+  record = json.loads((tmp_path / "out" / "sweep.json").read_text())
+  assert "tensorboard" not in record  # where the logs go changes no result
+
+
+def test_tensorboard_without_tensorboardx_is_one_line(tmp_path, capsys, monkeypatch):
+  monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if not installed
+  code = cli.main(["demo", "--out", str(tmp_path), "--tensorboard", str(tmp_path / "tb")])
+  err = capsys.readouterr().err
+  assert code == 2 and "pip install 'adam-jax[tensorboard]'" in err and err.count("\n") == 1

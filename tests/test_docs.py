@@ -70,9 +70,8 @@ def test_every_figure_cell_of_a_stored_notebook_has_its_image(path):
   image) is a hole in the page, and so is a drawing cell stored without its PNG."""
   for i, source, outputs in _code_cells(path):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    bare = [o for o in outputs if "".join(o.get("data", {}).get("text/plain", "")
-                                          ).startswith("<Figure") and not
-            "image/png" in o["data"]]
+    bare = [o for o in outputs if "image/png" not in o.get("data", {}) and
+            "".join(o.get("data", {}).get("text/plain", "")).startswith("<Figure")]
     assert not bare, f"cell {i} stores a figure as text, without its image"
     if _draws(source):
       assert images, f"cell {i} draws a figure but stores no image (refresh the notebook)"

@@ -142,8 +142,8 @@ def list_or_range(parse: Callable[[str], float], *, log: bool
 def choice_of(choices: Sequence[str]) -> Callable[[str], str]:
   def parse(text: str) -> str:
     if text not in choices:
-      raise argparse.ArgumentTypeError(f"{text!r}{did_you_mean(text, choices)} is not one of "
-                                       f"{', '.join(choices)}")
+      raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}"
+                                       f"{did_you_mean(text, choices)}")
     return text
 
   return parse
@@ -155,8 +155,8 @@ def optimizer_name(text: str) -> str:
 
   if text not in adam_jax.optimizers():
     raise argparse.ArgumentTypeError(
-        f"{text!r}{did_you_mean(text, adam_jax.optimizers())} is not one of "
-        f"{', '.join(adam_jax.optimizers())}")
+        f"{text!r} is not one of {', '.join(adam_jax.optimizers())}"
+        f"{did_you_mean(text, adam_jax.optimizers())}")
   return text
 
 
