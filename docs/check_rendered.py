@@ -8,7 +8,8 @@ each page in ``chromium --headless --dump-dom``, and checks what a reader would 
 * a page whose source has math shows it typeset (MathJax's ``mjx-container`` elements, and
   no MathJax error);
 * every API page has at least one documented object and no empty section;
-* every guide (notebook) shows at least one stored output.
+* every guide (notebook) shows at least one stored output, and no figure as its text
+  (``<Figure size 640x420 with 1 Axes>``) instead of its image.
 
 Needs ``chromium`` (Debian: ``apt-get install chromium``) and ``npm``. Exit code 1 lists
 the pages that fail.
@@ -67,6 +68,8 @@ def _problems(page: pathlib.Path, dom: str, source: str) -> list[str]:
       problems.append(f"an empty section at offset {match.start()}")
   if page.parent.name == "guides" and "cell_output" not in dom:
     problems.append("no stored output")
+  if page.parent.name == "guides" and "&lt;Figure size" in dom:
+    problems.append("a figure shown as its text, without its image")
   return problems
 
 

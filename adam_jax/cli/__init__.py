@@ -40,6 +40,13 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs ``adam-jax``; returns the exit code (2 for bad input or a model that does not fit
   in memory, 130 when interrupted)."""
+  code = _main(argv)
+  if argv is None:  # the console script: its files are written and closed; skip the teardown
+    common.exit_now(code)
+  return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
   parser = _build_parser()
   as_program = argv is None  # the console script: this process is ours to configure
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -49,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       args = None if argv[:1] == ["bench"] else parser.parse_args(argv)
       if as_program:
         common.prefer_fast_compilation()
-        common.import_flax_outside_ipython()
+        if args is not None:  # bench times optimizer steps: no model, no flax
+          common.import_flax_outside_ipython()
         common.import_jax()
     if args is None:  # its own flags: see adam-jax bench --help
       return bench.run(argv[1:])
