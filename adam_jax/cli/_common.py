@@ -266,6 +266,30 @@ def interrupts_held(hold: bool = True) -> Iterator[None]:
     raise KeyboardInterrupt
 
 
+def exit_now(code: int) -> None:
+  """Ends the process with ``code`` once output is flushed and exit handlers have run,
+  without the interpreter's teardown.
+
+  Tearing down a process that has loaded JAX, Flax and matplotlib (every module's objects,
+  XLA's client and its thread pools) took 0.6-1 s of a 6-s ``adam-jax sweep`` on a 2-core
+  CPU, after its files were written. Every file the commands write is closed when they return
+  (checkpoints are saved synchronously), so nothing is lost by skipping it.
+  """
+  import atexit
+  import logging
+
+  if os.environ.get("ADAM_JAX_SLOW_EXIT"):  # for a before/after measurement
+    return
+  atexit._run_exitfuncs()  # noqa: SLF001 - what exiting would run: JAX's own clean-up
+  logging.shutdown()
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):  # a closed pipe: nothing more can be said
+      pass
+  os._exit(code)
+
+
 def import_jax() -> None:
   """Imports JAX, optax and the library (the commands' common heavy imports)."""
   import jax  # noqa: F401
