@@ -149,7 +149,7 @@ def _constant(module_name: str, name: str, value) -> list[str]:
       continue
     doc = ModuleAnalyzer.for_module(info.name).find_attr_docs().get(("", name))
     if doc:
-      return [f".. py:data:: {module_name}.{name}", f"   :value: {value!r}", "",
+      return [f".. py:data:: {name}", f"   :value: {value!r}", "",
               *_indent([line for line in doc if line.strip()]), ""]
   raise ValueError(f"{module_name}.{name}: a public constant needs a #: comment above its "
                    "definition")
