@@ -126,3 +126,18 @@ def test_log_dir_without_tensorboardx_is_refused_before_training(monkeypatch, tm
 def test_a_misspelt_name_gets_the_closest_one(call, closest):
   with pytest.raises(ValueError, match=f"did you mean {closest}\\?"):
     call()
+
+
+def test_optuna_search_writes_a_run_per_trial(tmp_path):
+  pytest.importorskip("tensorboardX")
+  optuna = pytest.importorskip("optuna")
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+  space_fn = lambda t: {"learning_rate": t.suggest_float("learning_rate", 1e-3, 1e-1, log=True)}
+  result = tuning.optuna_search(study, _problem(), space_fn, n_trials=4, batch_size_trials=2,
+                                steps=8, log_dir=tmp_path)
+  names = sorted(f"learning_rate={r.config['learning_rate']:.4g}" for r in result.rows)
+  assert sorted(os.listdir(tmp_path)) == names
+  for row in result.rows:
+    events = _events(tmp_path / f"learning_rate={row.config['learning_rate']:.4g}")
+    assert events["val_loss"] == [(row.steps, pytest.approx(row.metrics["val_loss"], rel=1e-6))]

@@ -149,6 +149,7 @@ def optuna_search(
     raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
   seeds = seed_list(seeds)
   factory, opt_name = resolve_optimizer(optimizer)
+  log_dir = _tensorboard.check(log_dir)
   devices = list(jax.devices() if devices is None else devices)
 
   rows: list[Row] = []
@@ -199,7 +200,7 @@ def optuna_search(
             study.tell(t, state=TrialState.FAIL)
       raise
     batch_rows, models, batch_loops, batch_spread = out
-    _tensorboard.write_rows(_tensorboard.check(log_dir), batch_rows)
+    _tensorboard.write_rows(log_dir, batch_rows)
     loops.update({f"trials {trials[0].number}-{trials[-1].number}, {k}": v
                   for k, v in batch_loops.items()})
     spread = max(spread, batch_spread)

@@ -58,8 +58,13 @@ def write_run(path: str, *, curve: Any, metrics: Mapping[str, float], step: int 
               config: Mapping[str, Any] | None = None,
               evaluations: Sequence[Mapping[str, float]] = ()) -> None:
   """Writes one run to the folder ``path``: the curve, the evaluations, the final
-  ``metrics`` at ``step`` (default: the curve's length) and the ``config`` as hparams."""
+  ``metrics`` at ``step`` (default: the curve's length) and the ``config`` as hparams.
+  Process 0 alone writes (every process of a ``jax.distributed`` run has the results)."""
+  import jax
   import numpy as np
+
+  if jax.process_index() != 0:
+    return
   from tensorboardX import SummaryWriter
 
   curve = np.asarray([] if curve is None else curve, np.float64)
