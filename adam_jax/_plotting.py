@@ -9,7 +9,7 @@ import functools
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 DPI = 110
@@ -82,6 +82,16 @@ def log_spaced(values: Sequence[Any]) -> bool:
   linear = [b - a for a, b in zip(xs, xs[1:])]
   logs = [math.log(b / a) for a, b in zip(xs, xs[1:])]
   return unevenness(logs) < unevenness(linear)
+
+
+def value_label(value: Any) -> str:
+  """A value as the figures and the command line show it: numbers with ``:g``."""
+  return value if isinstance(value, str) else f"{value:g}" if is_number(value) else str(value)
+
+
+def config_label(config: Mapping[str, Any], keys: Sequence[str]) -> str:
+  """``k=v, ...`` over ``keys`` (the varied ones), or "the only configuration"."""
+  return ", ".join(f"{k}={value_label(config[k])}" for k in keys) or "the only configuration"
 
 
 def mark_best(ax: Any, x: Any, y: Any, label: str | None = "best") -> None:

@@ -14,15 +14,6 @@ from adam_jax import _plotting
 _TITLE_SIZE = 9
 
 
-def label_of(value: Any) -> str:
-  return value if isinstance(value, str) else f"{value:g}"
-
-
-def config_label(config: dict[str, Any], keys: Sequence[str]) -> str:
-  """``k=v, ...`` over ``keys`` (the varied ones), or "the only configuration"."""
-  return ", ".join(f"{k}={label_of(config[k])}" for k in keys) or "the only configuration"
-
-
 def _finite(value: float) -> float:
   return value if math.isfinite(value) else math.nan
 
@@ -79,8 +70,8 @@ def grid_heatmap(path: str, rows: Sequence[Any], space: dict[str, list[Any]],
   norm = _colour_norm(shown.ravel().tolist())
   im = ax.imshow(shown, aspect="auto", cmap="viridis_r", origin="lower", norm=norm)
   _colour_bar(fig, im, ax)
-  ax.set_xticks(range(len(space[xa])), [label_of(v) for v in space[xa]])
-  ax.set_yticks(range(len(space[ya])), [label_of(v) for v in space[ya]])
+  ax.set_xticks(range(len(space[xa])), [_plotting.value_label(v) for v in space[xa]])
+  ax.set_yticks(range(len(space[ya])), [_plotting.value_label(v) for v in space[ya]])
   for i in range(table.shape[0]):
     for j in range(table.shape[1]):
       value = shown[i, j]
@@ -93,7 +84,7 @@ def grid_heatmap(path: str, rows: Sequence[Any], space: dict[str, list[Any]],
 
     ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="C3", lw=2.5))
     ax.plot([], [], "s", mfc="none", mec="C3", mew=2,
-            label="best: " + config_label(best.config, swept))
+            label="best: " + _plotting.config_label(best.config, swept))
     fig.legend(loc="outside lower left", fontsize=7, frameon=False, ncols=2)
   ax.set_xlabel(xa)
   ax.set_ylabel(ya)
@@ -137,7 +128,7 @@ def samples(path: str, configs: Sequence[dict[str, Any]], losses: Sequence[float
     _colour_bar(fig, points, ax)
     if best is not None:
       _plotting.mark_best(ax, x[best], y[best],
-                          label="best: " + config_label(configs[best], keys))
+                          label="best: " + _plotting.config_label(configs[best], keys))
     _scale(ax.set_xscale, ax.set_xticks, x, xl, xk in log_keys)
     _scale(ax.set_yscale, ax.set_yticks, y, yl, yk in log_keys)
     ax.set_xlabel(xk)
@@ -194,7 +185,7 @@ def _one_key(ax: Any, configs: Sequence[dict[str, Any]], losses: Sequence[float]
     bx = x[[c[key] for c in configs].index(best[key])] if labels is None else \
         labels.index(str(best[key]))
     _plotting.mark_best(ax, bx, best_of.get(bx, math.nan),
-                        label="best: " + config_label(best, [key]))
+                        label="best: " + _plotting.config_label(best, [key]))
   _scale(ax.set_xscale, ax.set_xticks, x, labels, key in log_keys)
   values = [v for v in best_of.values()]
   if values and min(values) > 0 and max(values) > 5 * min(values):
@@ -221,7 +212,7 @@ def curves(path: str, rows: Sequence[Any], best: Any, keys: Sequence[str]) -> No
     others += 1
   if best is not None and best.curve is not None:
     ax.plot(common.smooth(best.curve, 0.95), lw=1.8, color="C3",
-            label="best: " + config_label(best.config, keys))
+            label="best: " + _plotting.config_label(best.config, keys))
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=7)
   ax.set_yscale("log")

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from adam_jax import _plotting
 from adam_jax.cli import _common as common
 from adam_jax.cli import _figures
 
@@ -201,7 +202,7 @@ def run_optuna(args: argparse.Namespace, study: Any, problem: Any, space: dict[s
   acc = "" if acc is None else f", val accuracy {100 * acc:.1f}%"
   keys = [k for k in space if sweep.varied(space, k)]
   print(f"best (trial {top.number} of {len(completed)} complete): "
-        f"{_figures.config_label(best['config'], keys)}: val loss {top.value:.4f}{acc}",
+        f"{_plotting.config_label(best['config'], keys)}: val loss {top.value:.4f}{acc}",
         flush=True)
   _figures.samples(os.path.join(out, "heatmap.png"), [item["config"] for item in finished],
                    [item["metrics"].get("val_loss", math.nan) for item in finished], space,

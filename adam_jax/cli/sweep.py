@@ -10,6 +10,7 @@ import time
 import warnings
 from typing import Any
 
+from adam_jax import _plotting
 from adam_jax.cli import _common as common
 from adam_jax.cli import _figures
 
@@ -372,7 +373,7 @@ def _report(args: argparse.Namespace, out: str, result: Any, rows: list[Any],
   acc = best.metrics.get("val_accuracy")
   acc = "" if acc is None else f", val accuracy {100 * acc:.1f}%"
   print(f"trained {len(rows)} configurations in {elapsed:.1f} s{resumed}")
-  print(f"best: {_figures.config_label(best.config, keys)}: val loss "
+  print(f"best: {_plotting.config_label(best.config, keys)}: val loss "
         f"{best.metrics['val_loss']:.4f}{acc}", flush=True)
   # The figures after the result lines: the answer is on screen while they are drawn.
   if args.search == "grid":
@@ -390,7 +391,7 @@ def _report(args: argparse.Namespace, out: str, result: Any, rows: list[Any],
 
     top = min(monitored, key=lambda r: _loss(r))
     plot_history(top.diagnostics, out,
-                 title=f"diagnostics of the best run: {_figures.config_label(top.config, keys)}")
+                 title=f"diagnostics of the best run: {_plotting.config_label(top.config, keys)}")
     payload["diagnostics"] = {
         "config": top.config,
         "final_update_to_param_ratio": float(top.diagnostics["update_to_param_ratio"][-1]),

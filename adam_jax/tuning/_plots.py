@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from adam_jax import _plotting
@@ -54,7 +53,7 @@ def search_figure(result: Any, x: str | None) -> Any:
             label=line)
   if result.best is not None:
     _plotting.mark_best(ax, pos[repr(result.best.config[x])], shown(result.best),
-                        label="best: " + label(result.best.config, swept))
+                        label="best: " + _plotting.config_label(result.best.config, swept))
   if numeric and _plotting.log_spaced(values):
     ax.set_xscale("log")
   finite = [v for v in ys + [shown(r) for r in rows] if math.isfinite(v)]
@@ -68,9 +67,3 @@ def search_figure(result: Any, x: str | None) -> Any:
                                           if others else ""), fontsize=10)
   ax.legend(fontsize=8)
   return fig
-
-
-def label(config: Mapping[str, Any], keys: Sequence[str]) -> str:
-  """``k=v`` for the ``keys`` of ``config`` (numbers with 3 significant digits)."""
-  return ", ".join(f"{k}={config[k]:.3g}" if isinstance(config[k], float) else
-                   f"{k}={config[k]}" for k in keys) or "the only configuration"
