@@ -61,8 +61,8 @@ def search_figure(result: Any, x: str | None) -> Any:
     ax.set_yscale("log")
     _plotting.plain_ticks(ax.yaxis)
   others = [k for k in swept if k != x]
-  ax.set_xlabel(x + (" (log scale)" if ax.get_xscale() == "log" else ""))
-  ax.set_ylabel(metric + (" (log scale)" if ax.get_yscale() == "log" else ""))
+  ax.set_xlabel(x)  # a log axis shows itself: its ticks are powers of ten
+  ax.set_ylabel(metric)
   ax.set_title(f"{metric} against {x}" + (f", {result.mode} over " + ", ".join(others)
                                           if others else ""), fontsize=10)
   ax.legend(fontsize=8)
