@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 
@@ -19,6 +18,8 @@ def did_you_mean(word: object, options: Iterable[object]) -> str:
     >>> did_you_mean("zzz", ["adam"])
     ''
   """
+  import difflib  # only when a name is wrong
+
   if not isinstance(word, str):
     return ""
   names = {str(o).lower().replace("-", "_"): str(o) for o in options}
