@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from adam_jax import aliases, schedules
-from adam_jax.tuning import _runner
+from adam_jax.tuning import _memory, _runner
 from adam_jax.tuning._problem import Problem
 
 SCHEDULES = ("constant", "cosine", "step", "exponential")
@@ -462,6 +462,7 @@ def grid_search(
     progress: bool | None = None,
     on_row: Callable[[Row], None] | None = None,
     diagnostics: bool = False,
+    max_memory: int | str | None = None,
 ) -> SearchResult:
   r"""Trains every configuration of a grid of hyperparameters on the user's problem.
 
@@ -521,6 +522,11 @@ def grid_search(
     on_row: called with each :class:`Row` as it finishes.
     diagnostics: wrap the optimizer in :func:`adam_jax.diagnostics.monitor` and keep
       its statistics after every step in ``Row.diagnostics`` (not written to disk).
+    max_memory: the most memory one compiled program may need, in bytes or a string
+      like ``"4GB"`` (default: a share of what is free, see :ref:`memory sizing
+      <memory-sizing>`). Members that do not fit together train in several programs,
+      one after another, with the same results; a configuration that does not fit
+      alone is refused before any training (:class:`MemoryBudgetError`).
 
   Returns:
     A :class:`SearchResult`; ``best.model`` is the trained model of the best
@@ -546,7 +552,7 @@ def grid_search(
   return search(problem, space, None, optimizer=optimizer, steps=steps, seeds=seeds,
                 metric=metric, mode=mode, out_dir=out_dir, resume=resume, devices=devices,
                 loop=loop, checkpoint_every=checkpoint_every, progress=progress, on_row=on_row,
-                diagnostics=diagnostics)
+                diagnostics=diagnostics, max_memory=max_memory)
 
 
 def search(
@@ -568,6 +574,7 @@ def search(
     on_row: Callable[[Row], None] | None = None,
     diagnostics: bool = False,
     meta: Mapping[str, Any] | None = None,
+    max_memory: int | str | None = None,
 ) -> SearchResult:
   """:func:`grid_search` over ``configs`` (default: every combination of ``space``'s values).
 
@@ -588,6 +595,7 @@ def search(
   if (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer))
       or checkpoint_every < 0):
     raise ValueError(f"checkpoint_every must be a nonnegative integer, got {checkpoint_every!r}")
+  budget = memory_budget(max_memory)
   factory, opt_name = resolve_optimizer(optimizer)
   sp = parse_space(problem, space, factory, opt_name)
   devices = list(jax.devices() if devices is None else devices)
@@ -649,7 +657,7 @@ def search(
           bound.fns, tx_group, member_hp, seed_pos, seeds, steps,
           train_data=problem.train_data, val_data=problem.val_data, batch_fn=problem.batch_fn,
           idx=idx, loop=loop, chunk=checkpoint_every or None, record=record, devices=devices,
-          checkpoint_path=ckpt, resume=resume,
+          checkpoint_path=ckpt, resume=resume, budget=budget,
           on_steps=None if bar is None else functools.partial(_advance, bar, len(todo), steps))
     finally:
       if bar is not None:
@@ -704,7 +712,7 @@ def search(
         bound.fns, make_tx if not cfg_const else with_constants(make_tx, cfg_const), hp,
         np.arange(len(seeds), dtype=np.int32), seeds, steps, train_data=problem.train_data,
         val_data=problem.val_data, batch_fn=problem.batch_fn, idx=idx, loop=loop,
-        devices=_runner.one_per_process(devices))
+        devices=_runner.one_per_process(devices), budget=budget)
     trained = _take(out, list(range(len(seeds))))
     row = row._replace(seed_metrics=[{k: float(v[m]) for k, v in out.metrics.items()}
                                      for m in range(len(seeds))])
@@ -726,6 +734,12 @@ def check_metric(bound: Any, problem: Problem, metric: str) -> None:
     names = first + [k for k in names if k not in first]
     raise ValueError(f"metric {metric!r} is not among the metrics ({', '.join(names)}); "
                      "pass val_data or metric=...")
+
+
+def memory_budget(max_memory: int | str | None) -> int | None:
+  """The bytes one program may need: ``max_memory`` parsed, or the default budget."""
+  budget = _memory.parse_bytes(max_memory)
+  return _memory.default_budget() if budget is None else budget
 
 
 def with_constants(make_tx, const: dict[str, Any]):

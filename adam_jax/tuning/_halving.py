@@ -17,6 +17,7 @@ from adam_jax.tuning._grid import (
   SearchResult,
   check_metric,
   finite_or_nan,
+  memory_budget,
   parse_space,
   resolve_optimizer,
   seed_list,
@@ -80,6 +81,7 @@ def successive_halving(
     loop: str = "auto",
     progress: bool | None = None,
     on_row: Callable[[Row], None] | None = None,
+    max_memory: int | str | None = None,
 ) -> SearchResult:
   """Synchronous successive halving over a grid or sampled configurations.
 
@@ -115,6 +117,7 @@ def successive_halving(
     loop: as in :func:`grid_search`.
     progress: a progress bar per rung (default: when the output is a terminal).
     on_row: called with each :class:`Row` as its configuration stops.
+    max_memory: as in :func:`grid_search` (each rung's programs are sized on their own).
 
   Returns:
     A :class:`SearchResult`, one row per configuration in draw (grid) order with the
@@ -155,6 +158,7 @@ def successive_halving(
   if not isinstance(space, Mapping):
     raise ValueError(f"space must map names to values or distributions, got "
                      f"{type(space).__name__}")
+  budget = memory_budget(max_memory)
   factory, opt_name = resolve_optimizer(optimizer)
   sampled = num_configs is not None or any(
       isinstance(v, (LogUniform, Uniform, Choice)) for v in space.values())
@@ -220,7 +224,7 @@ def successive_halving(
           member_hp, seed_pos, seeds, stop, train_data=problem.train_data,
           val_data=problem.val_data, batch_fn=problem.batch_fn, idx=idxs.get(group_key),
           loop=resolved.get(group_key, loop), devices=devices, start=carry, first_step=start,
-          pad_to=pad_to, chunk=chunk, programs=known)
+          pad_to=pad_to, chunk=chunk, programs=known, budget=budget)
       sizes[group_key].add(pad_to)
       resolved[group_key] = out.loop  # no need to look at the step again
       new = len(known) - before  # at least one at a group's first rung: nothing was known

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Callable
@@ -15,6 +14,8 @@ import optax
 
 from adam_jax import _numerics as numerics
 from adam_jax import aliases
+from adam_jax.tuning import _runner
+from adam_jax.tuning._memory import check_fits
 from adam_jax.tuning._problem import Problem
 
 
@@ -67,6 +68,7 @@ def lr_find(
     beta: float = 0.98,
     diverge_factor: float = 4.0,
     seed: int = 0,
+    max_memory: int | str | None = None,
 ) -> LRFindResult:
   r"""Runs the learning-rate range test on the user's problem.
 
@@ -111,6 +113,8 @@ def lr_find(
     beta: smoothing factor of the moving average, in [0, 1).
     diverge_factor: stop when the smoothed loss exceeds this multiple of its best (> 1).
     seed: seeds the mini-batch order (and a factory's initial params).
+    max_memory: as in :func:`grid_search`: a step that needs more is refused before
+      it runs (:class:`MemoryBudgetError`, with the figures).
 
   Returns:
     An :class:`LRFindResult`.
@@ -145,7 +149,6 @@ def lr_find(
   params, state = jax.jit(fns.init)(np.int32(seed))
   idx = None if problem.batch_fn is not None else problem.batch_indices(num_steps, seed)
 
-  @functools.partial(jax.jit, donate_argnums=0)
   def step(carry, t, rows, data):
     params, opt_state, state = carry
     if problem.batch_fn is not None:
@@ -153,11 +156,14 @@ def lr_find(
     else:
       batch = jax.tree.map(lambda a: a[rows], data)
     (loss, (_, state)), grads = jax.value_and_grad(fns.loss, has_aux=True)(params, state, batch)
-    updates, opt_state = tx.update(grads, opt_state, params)
+    updates, opt_state = _runner.tx_update(tx, grads, opt_state, params, loss)
     return (optax.apply_updates(params, updates), opt_state, state), loss
 
   data = None if problem.train_data is None else jax.device_put(problem.train_data)
   carry = jax.tree.map(jnp.array, (params, tx.init(params), state))  # copies: donated
+  step = jax.jit(step, donate_argnums=0).lower(
+      carry, np.int32(0), None if idx is None else idx[0], data).compile()
+  check_fits([step], max_memory, "the range test's training step")
   raw: list[float] = []
   smooth: list[float] = []
   avg, best, stop = 0.0, math.inf, False

@@ -20,6 +20,7 @@ from adam_jax.tuning._grid import (
   Row,
   SearchResult,
   check_metric,
+  memory_budget,
   parse_space,
   resolve_optimizer,
   seed_list,
@@ -46,6 +47,7 @@ def optuna_search(
     metric: str = "val_loss",
     devices: Sequence[jax.Device] | None = None,
     loop: str = "auto",
+    max_memory: int | str | None = None,
 ) -> SearchResult:
   """Runs ``n_trials`` trials of an Optuna ``study``, a batch of them trained at once.
 
@@ -98,6 +100,7 @@ def optuna_search(
     metric: the metric told to the study.
     devices: as in :func:`grid_search`.
     loop: as in :func:`grid_search`.
+    max_memory: as in :func:`grid_search`.
 
   Returns:
     A :class:`SearchResult` of the trials this call trained, in order (``Row.steps``:
@@ -144,6 +147,7 @@ def optuna_search(
   if loop not in _runner.LOOPS:
     raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
   seeds = seed_list(seeds)
+  budget = memory_budget(max_memory)
   factory, opt_name = resolve_optimizer(optimizer)
   devices = list(jax.devices() if devices is None else devices)
 
@@ -187,7 +191,7 @@ def optuna_search(
         out = _train_batch(problem, sp, configs, make_tx=tx_builder(factory, sp, steps),
                            steps=steps, every=every, seeds=seeds, metric=metric, mode=mode,
                            trials=trials, tell=_teller(study, told), devices=devices,
-                           loop=loop, programs=programs)
+                           loop=loop, programs=programs, budget=budget)
     except BaseException:
       for t in asked:  # none left running
         if t.number not in told:
@@ -322,7 +326,7 @@ def _teller(study: Any, told: set[int]) -> Callable[..., None]:
 
 
 def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, mode, trials,
-                 tell, devices, loop, programs):
+                 tell, devices, loop, programs, budget):
   """Trains a batch of trials in chunks, reporting, pruning and telling as it goes.
 
   Pruned trials leave the batch, and the trials still alive are padded back to the batch's
@@ -363,7 +367,7 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
           np.tile(np.arange(n_seeds, dtype=np.int32), len(alive)), seeds, stop,
           train_data=problem.train_data, val_data=problem.val_data, batch_fn=problem.batch_fn,
           idx=idx, loop=loops.get(label, loop), devices=devices, start=carry, first_step=start,
-          pad_to=size, programs=known)
+          pad_to=size, programs=known, budget=budget)
       loops[label] = out.loop  # the next chunks use the form chosen for the first
       n = len(alive) * n_seeds
       spread = max(spread, min(len(devices), n) if n > 1 else 1)

@@ -216,6 +216,7 @@ def random_search(
     progress: bool | None = None,
     on_row: Callable[[Row], None] | None = None,
     diagnostics: bool = False,
+    max_memory: int | str | None = None,
 ) -> SearchResult:
   """Trains ``num_configs`` configurations sampled from ``space``, vectorized like a grid.
 
@@ -246,6 +247,7 @@ def random_search(
     progress: as in :func:`grid_search`.
     on_row: as in :func:`grid_search`.
     diagnostics: as in :func:`grid_search`.
+    max_memory: as in :func:`grid_search`.
 
   Returns:
     A :class:`SearchResult` with one row per sampled configuration, in draw order.
@@ -271,4 +273,5 @@ def random_search(
                 seeds=seeds, metric=metric, mode=mode, out_dir=out_dir, resume=resume,
                 devices=devices, loop=loop, checkpoint_every=checkpoint_every,
                 progress=progress, on_row=on_row, diagnostics=diagnostics,
+                max_memory=max_memory,
                 meta={"search": "random", "seed": int(seed), "num_configs": int(num_configs)})

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from adam_jax.tuning import _memory
+
 LOOPS = ("auto", "scan", "python")
 
 
@@ -68,8 +70,14 @@ def train_group(
     first_step: int = 0,
     pad_to: int | None = None,
     programs: dict[Any, Any] | None = None,
+    budget: int | None = None,
 ) -> GroupOutput:
   """Trains every member of a group for ``steps`` steps and evaluates it.
+
+  With a ``budget``, the group's programs are compiled first and XLA's memory analysis
+  of them (:func:`adam_jax.tuning._memory.program_bytes`) decides how many members train
+  at once: members that do not fit one program go into several of equal size, trained
+  one after another, with the same results.
 
   Args:
     fns: the bound problem's functions (``init``, ``loss``, ``metrics``).
@@ -97,11 +105,65 @@ def train_group(
     programs: compiled programs kept across calls with the same ``fns``, ``make_tx``,
       data, ``batch_fn`` and ``record`` (a dict the caller owns): a program whose kind and
       argument shapes are there is not compiled again, and new ones are added.
+    budget: the most bytes one program may need (None: no limit).
 
   Returns:
     A :class:`GroupOutput`.
+
+  Raises:
+    adam_jax.tuning.MemoryBudgetError: one member alone needs more than ``budget``.
   """
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  chunk = steps - first_step if not chunk else min(int(chunk), steps)
+  if loop == "auto":
+    loop = _auto_loop(fns, make_tx, hp, seed_pos, seeds, train_data, idx, batch_fn, record)
+  if loop not in ("scan", "python"):
+    raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+  g = _Group(fns, make_tx, seeds, steps, train_data, val_data, batch_fn, idx, loop, chunk,
+             record, list(devices or jax.devices()[:1]), first_step,
+             {} if programs is None else programs)
+  check_devices(g.devices)
+  n = len(seed_pos)
+  per = n
+  if budget is not None:
+    per = _members_that_fit(g, hp, seed_pos, max(n, pad_to or 0), start is None, budget)
+  if per >= n:
+    return _train_members(g, hp, seed_pos, start, pad_to, checkpoint_path, resume, on_steps)
+  parts = list(range(0, n, per))
+  outs = []
+  for i, lo in enumerate(parts):
+    sl = slice(lo, lo + per)
+    done = lambda hi, i=i: on_steps(first_step + (i * (steps - first_step) + hi - first_step)
+                                    // len(parts))
+    outs.append(_train_members(
+        g, {k: np.asarray(v)[sl] for k, v in hp.items()}, np.asarray(seed_pos)[sl],
+        None if start is None else jax.tree.map(lambda a, sl=sl: a[sl], start), per,
+        None if checkpoint_path is None else os.path.join(checkpoint_path, f"part-{i}"),
+        resume, None if on_steps is None else done))
+  return _concat_outputs(outs)
+
+
+class _Group(NamedTuple):
+  """What every program of a group shares (the members aside)."""
+
+  fns: Any
+  make_tx: Callable[[dict[str, Any]], optax.GradientTransformation]
+  seeds: Sequence[int]
+  steps: int
+  train_data: Any
+  val_data: Any
+  batch_fn: Callable[..., Any] | None
+  idx: np.ndarray | None
+  loop: str  # "scan" or "python"
+  chunk: int
+  record: Callable[[Any], Any] | None
+  devices: list[jax.Device]
+  first_step: int
+  programs: dict[Any, Any]
+
+
+def _step_fn(g: _Group) -> Callable[..., Any]:
+  """One training step of every member: ``jax.vmap`` of the step of one member."""
+  fns, make_tx, batch_fn, record = g.fns, g.make_tx, g.batch_fn, g.record
 
   def one_step(carry, hp1, pos, t, idx_all, seeds_all, data):
     params, opt_state, state = carry
@@ -118,121 +180,161 @@ def train_group(
     out = loss if record is None else (loss, record(opt_state))
     return (params, opt_state, state), out
 
-  v_step = jax.vmap(one_step, in_axes=(0, 0, 0, None, None, None, None))
+  return jax.vmap(one_step, in_axes=(0, 0, 0, None, None, None, None))
+
+
+def _init_fn(g: _Group) -> Callable[..., Any]:
+  fns, make_tx = g.fns, g.make_tx
 
   def init(hp, pos, seeds_all):
     params, state = jax.tree.map(lambda a: a[pos], jax.vmap(fns.init)(seeds_all))
     opt_state = jax.vmap(lambda hp1, p: make_tx(hp1).init(p))(hp, params)
     return params, opt_state, state
 
-  chunk = steps - first_step if not chunk else min(int(chunk), steps)
-  t_shape = jax.ShapeDtypeStruct((), jnp.int32)
-  if loop == "auto":
-    plain = (hp, np.asarray(seed_pos, np.int32), np.asarray(seeds, np.int32))
-    step_plain = (hp, plain[1], t_shape, None if idx is None else np.swapaxes(idx, 0, 1),
-                  plain[2], train_data)
-    loop = choose_loop(v_step, jax.eval_shape(init, *plain), *step_plain)
-  if loop not in ("scan", "python"):
-    raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+  return init
 
-  n = len(seed_pos)
-  devices = list(devices or jax.devices()[:1])
-  check_devices(devices)
+
+def _auto_loop(fns, make_tx, hp, seed_pos, seeds, train_data, idx, batch_fn, record) -> str:
+  g = _Group(fns, make_tx, seeds, 0, train_data, None, batch_fn, idx, "scan", 0, record, [],
+             0, {})
+  plain = (hp, np.asarray(seed_pos, np.int32), np.asarray(seeds, np.int32))
+  t_shape = jax.ShapeDtypeStruct((), jnp.int32)
+  step_plain = (hp, plain[1], t_shape, None if idx is None else np.swapaxes(idx, 0, 1),
+                plain[2], train_data)
+  return choose_loop(_step_fn(g), jax.eval_shape(_init_fn(g), *plain), *step_plain)
+
+
+class _Placed(NamedTuple):
+  """A group's members placed on devices, with its compiled programs."""
+
+  use: list[jax.Device]  # the devices the members are spread over
+  padded: int  # members in the programs (the last one repeated)
+  hp: dict[str, np.ndarray]  # padded
+  seed_pos: np.ndarray  # padded
+  spread: Any  # the members' sharding
+  step_args: tuple[Any, ...]  # (hp, seed_pos, t, idx, seeds, data) on the devices
+  val: Any  # the evaluation arrays on the devices
+  carry_shape: Any
+  compiled: dict[Any, Any]
+  compile_s: float
+
+
+def _place(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, size: int,
+           with_init: bool) -> _Placed:
+  """Puts ``size`` members (the last one repeated) on the devices; compiles their programs.
+
+  Programs already in ``g.programs`` for the same shapes are taken from there.
+  """
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
   # Python-driven steps run on one device (of each process): dispatched one after another,
   # the collectives of steps spread over several CPU devices can wait on each other forever.
-  use = (devices if len(devices) > 1 and max(n, pad_to or 0) > 1 and loop == "scan"
-         else one_per_process(devices))
-  padded = -(-max(n, pad_to or 0) // len(use)) * len(use)
+  use = (g.devices if len(g.devices) > 1 and size > 1 and g.loop == "scan"
+         else one_per_process(g.devices))
+  padded = -(-size // len(use)) * len(use)
   hp = {k: _pad(np.asarray(v), padded) for k, v in hp.items()}
   seed_pos = _pad(np.asarray(seed_pos, np.int32), padded)
   mesh = Mesh(np.asarray(use), ("members",))
   spread = NamedSharding(mesh, PartitionSpec("members"))
   same = NamedSharding(mesh, PartitionSpec())
-
-  seeds_arr = np.asarray(seeds, np.int32)
-  hp_dev = jax.device_put(hp, spread)
-  pos_dev = jax.device_put(seed_pos, spread)
-  seeds_dev = jax.device_put(seeds_arr, same)
-  data_dev = jax.device_put(train_data, same) if train_data is not None else None
-  val_dev = jax.device_put(val_data, same) if val_data is not None else None
-  idx_dev = None if idx is None else jax.device_put(np.swapaxes(idx, 0, 1), same)
-
+  seeds_dev = jax.device_put(np.asarray(g.seeds, np.int32), same)
+  put = lambda x: None if x is None else jax.device_put(x, same)
+  idx_dev = None if g.idx is None else put(np.swapaxes(g.idx, 0, 1))
+  step_args = (jax.device_put(hp, spread), jax.device_put(seed_pos, spread),
+               jax.ShapeDtypeStruct((), jnp.int32), idx_dev, seeds_dev, put(g.train_data))
+  val = put(g.val_data)
+  init = _init_fn(g)
   as_spread = lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=spread)
-  carry_shape = jax.tree.map(as_spread, jax.eval_shape(init, hp_dev, pos_dev, seeds_dev))
-  step_args = (hp_dev, pos_dev, t_shape, idx_dev, seeds_dev, data_dev)
-  out_shape = jax.eval_shape(v_step, carry_shape, *step_args)[1]
-  trace = jax.tree.map(lambda s: np.zeros((padded, steps) + s.shape[1:], s.dtype), out_shape)
+  carry_shape = jax.tree.map(as_spread, jax.eval_shape(init, *step_args[:2], seeds_dev))
+  v_step = _step_fn(g)
 
   # Every program of the group is lowered first and compiled in parallel threads:
   # on a CPU with a few cores, compilation is most of a short search's time.
   compile_start = time.perf_counter()
-  programs = {} if programs is None else programs
-  signature = (loop, tuple(d.id for d in use), _shapes(carry_shape, step_args, val_dev))
+  signature = (g.loop, tuple(d.id for d in use), _shapes(carry_shape, step_args, val))
   lower = {}
-  if start is None:
-    lower["init"] = lambda: jax.jit(init, out_shardings=spread).lower(hp_dev, pos_dev,
-                                                                      seeds_dev)
-  if loop == "scan":
+  if with_init:
+    lower["init"] = lambda: jax.jit(init, out_shardings=spread).lower(*step_args[:2], seeds_dev)
+  if g.loop == "scan":
     def scan_chunk(carry, hp1, pos, lo, idx_all, seeds_all, data, length):
       def body(c, t):
         return v_step(c, hp1, pos, t, idx_all, seeds_all, data)
       return jax.lax.scan(body, carry, lo + jnp.arange(length, dtype=jnp.int32))
 
-    for length in {min(lo + chunk, steps) - lo for lo in range(first_step, steps, chunk)}:
+    for length in {min(lo + g.chunk, g.steps) - lo
+                   for lo in range(g.first_step, g.steps, g.chunk)}:
       lower[length] = lambda n=length: jax.jit(functools.partial(scan_chunk, length=n),
                                                donate_argnums=0).lower(carry_shape, *step_args)
   else:
     lower["step"] = lambda: jax.jit(v_step, donate_argnums=0).lower(carry_shape, *step_args)
   params_shape, _, state_shape = carry_shape
-  lower["metrics"] = lambda: jax.jit(jax.vmap(fns.metrics, in_axes=(0, 0, None, None))).lower(
-      params_shape, state_shape, data_dev, val_dev)
-  lowered = {k: make() for k, make in lower.items() if (k, signature) not in programs}
-  programs.update({(k, signature): c
-                  for k, c in compile_all(lowered, compiler_options()).items()})
-  compiled = {k: programs[k, signature] for k in lower}
-  compile_s = time.perf_counter() - compile_start
+  lower["metrics"] = lambda: jax.jit(jax.vmap(g.fns.metrics, in_axes=(0, 0, None, None))).lower(
+      params_shape, state_shape, step_args[-1], val)
+  lowered = {k: make() for k, make in lower.items() if (k, signature) not in g.programs}
+  g.programs.update({(k, signature): c
+                     for k, c in compile_all(lowered, compiler_options()).items()})
+  compiled = {k: g.programs[k, signature] for k in lower}
+  return _Placed(use, padded, hp, seed_pos, spread, step_args, val, carry_shape, compiled,
+                 time.perf_counter() - compile_start)
 
-  first = first_step
+
+def _members_that_fit(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, size: int,
+                      with_init: bool, budget: int) -> int:
+  """How many members one program may train within ``budget`` bytes (XLA's figures).
+
+  XLA's figures are per device, and grow linearly with the members per device; CPU
+  devices share the host's memory, so there a program's need is its figure times the
+  devices it is spread over.
+  """
+  def per_device(placed):
+    return max(_memory.program_bytes(c) for c in placed.compiled.values())
+
+  placed = _place(g, hp, seed_pos, size, with_init)
+  ndev = len(placed.use)
+  shared = ndev if placed.use[0].platform == "cpu" else 1
+  if per_device(placed) * shared <= budget:
+    return size
+  one = _place(g, {k: np.asarray(v)[:1] for k, v in hp.items()}, np.asarray(seed_pos)[:1],
+               1, with_init)
+  if per_device(one) > budget:
+    raise _memory.too_large(per_device(one), budget, "one member of this group")
+  k = _memory.members_per_program(per_device(placed), placed.padded // ndev, per_device(one),
+                                  budget // shared)
+  return max(1, k * ndev)
+
+
+def _train_members(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, start: Any,
+                   pad_to: int | None, checkpoint_path: str | None, resume: bool,
+                   on_steps: Callable[[int], None] | None) -> GroupOutput:
+  """Trains and evaluates the members in one set of programs (one after another in chunks)."""
+  n = len(seed_pos)
+  pl = _place(g, hp, seed_pos, max(n, pad_to or 0), start is None)
+  hp, seed_pos, steps, chunk = pl.hp, pl.seed_pos, g.steps, g.chunk
+  out_shape = jax.eval_shape(_step_fn(g), pl.carry_shape, *pl.step_args)[1]
+  trace = jax.tree.map(lambda s: np.zeros((pl.padded, steps) + s.shape[1:], s.dtype),
+                       out_shape)
+  compiled = pl.compiled
+
+  first = g.first_step
   carry = None
   if start is not None:
-    carry = jax.device_put(jax.tree.map(functools.partial(_pad, size=padded), start), spread)
+    carry = jax.device_put(jax.tree.map(functools.partial(_pad, size=pl.padded), start),
+                           pl.spread)
   if resume and checkpoint_path is not None and os.path.isdir(checkpoint_path):
-    from adam_jax import checkpoint
-
-    like = {"carry": carry_shape, "step": np.zeros((), np.int32), "chunk": np.int32(chunk),
-            "hp": hp, "seed_pos": seed_pos, "trace": trace}
-    try:  # the newest intact save (an older one, with a one-line warning, if it is damaged)
-      saved = checkpoint.restore_latest(checkpoint_path, like=like)
-    except checkpoint.CheckpointCorruptError as err:  # every save damaged: start over, say so
-      warnings.warn(f"the group starts over: {err}", checkpoint.CheckpointFallbackWarning,
-                    stacklevel=2)
-      saved = None
-    except checkpoint.CheckpointError:  # another grid, devices or chunk: the group starts over
-      saved = None
+    saved = _restore(checkpoint_path, {"carry": pl.carry_shape, "step": np.zeros((), np.int32),
+                                       "chunk": np.int32(chunk), "hp": hp, "seed_pos": seed_pos,
+                                       "trace": trace})
     if (saved is not None and int(saved["chunk"]) == chunk
         and np.array_equal(np.asarray(saved["seed_pos"]), seed_pos)
         and all(np.array_equal(np.asarray(saved["hp"][k]), hp[k]) for k in hp)):
-      carry = jax.device_put(saved["carry"], spread)
+      carry = jax.device_put(saved["carry"], pl.spread)
       first = int(saved["step"])
       trace = jax.tree.map(np.array, saved["trace"])
   if carry is None:
-    carry = compiled["init"](hp_dev, pos_dev, seeds_dev)
+    carry = compiled["init"](*pl.step_args[:2], pl.step_args[4])
 
-  if loop == "scan":
-    def run_chunk(carry, lo, hi):
-      carry, out = compiled[hi - lo](carry, hp_dev, pos_dev, np.int32(lo), idx_dev, seeds_dev,
-                                     data_dev)
-      return carry, jax.tree.map(lambda o: np.swapaxes(o, 0, 1), fetch(out))
-  else:
-    def run_chunk(carry, lo, hi):
-      outs = []
-      for t in range(lo, hi):
-        carry, out = compiled["step"](carry, hp_dev, pos_dev, np.int32(t), idx_dev, seeds_dev,
-                                      data_dev)
-        outs.append(out)
-      return carry, jax.tree.map(lambda *o: np.stack(o, axis=1), *fetch(outs))
-
-  start = time.perf_counter()
+  run_chunk = _chunk_runner(g, pl)
+  begin = time.perf_counter()
   for lo in range(first, steps, chunk):
     hi = min(lo + chunk, steps)
     carry, out = run_chunk_hook(run_chunk, carry, lo, hi)
@@ -247,17 +349,58 @@ def train_group(
     if on_steps is not None:
       on_steps(hi)
   params, opt_state, state = carry
-  metrics = compiled["metrics"](params, state, data_dev, val_dev)
-  metrics = fetch(metrics)
+  metrics = fetch(compiled["metrics"](params, state, pl.step_args[-1], pl.val))
   first_names = [k for k in ("train_loss", "val_loss") if k in metrics]
   metrics = {k: np.asarray(metrics[k])[:n] for k in first_names + [
       k for k in metrics if k not in first_names]}
-  train_s = time.perf_counter() - start
+  train_s = time.perf_counter() - begin
   cut = lambda a: a[:n]
   return GroupOutput(jax.tree.map(cut, fetch(params)),
                      jax.tree.map(cut, fetch(state)), metrics,
-                     jax.tree.map(cut, trace), loop, train_s, min(len(use), n),
-                     jax.tree.map(cut, fetch(opt_state)), compile_s)
+                     jax.tree.map(cut, trace), g.loop, train_s, min(len(pl.use), n),
+                     jax.tree.map(cut, fetch(opt_state)), pl.compile_s)
+
+
+def _restore(path: str, like: dict[str, Any]) -> Any:
+  """The newest intact save of a group at ``path`` (None: start over)."""
+  from adam_jax import checkpoint
+
+  try:  # the newest intact save (an older one, with a one-line warning, if it is damaged)
+    return checkpoint.restore_latest(path, like=like)
+  except checkpoint.CheckpointCorruptError as err:  # every save damaged: start over, say so
+    warnings.warn(f"the group starts over: {err}", checkpoint.CheckpointFallbackWarning,
+                  stacklevel=4)
+  except checkpoint.CheckpointError:  # another grid, devices or chunk: the group starts over
+    pass
+  return None
+
+
+def _chunk_runner(g: _Group, pl: _Placed) -> Callable[..., Any]:
+  """``run_chunk(carry, lo, hi) -> (carry, outputs)``: steps ``lo..hi`` of every member."""
+  compiled, args = pl.compiled, pl.step_args
+  if g.loop == "scan":
+    def run_chunk(carry, lo, hi):
+      carry, out = compiled[hi - lo](carry, args[0], args[1], np.int32(lo), *args[3:])
+      return carry, jax.tree.map(lambda o: np.swapaxes(o, 0, 1), fetch(out))
+  else:
+    def run_chunk(carry, lo, hi):
+      outs = []
+      for t in range(lo, hi):
+        carry, out = compiled["step"](carry, args[0], args[1], np.int32(t), *args[3:])
+        outs.append(out)
+      return carry, jax.tree.map(lambda *o: np.stack(o, axis=1), *fetch(outs))
+  return run_chunk
+
+
+def _concat_outputs(outs: list[GroupOutput]) -> GroupOutput:
+  """The outputs of a group's parts, members in order."""
+  first = outs[0]
+  return GroupOutput(
+      concat_members(*[o.params for o in outs]), concat_members(*[o.state for o in outs]),
+      {k: np.concatenate([o.metrics[k] for o in outs]) for k in first.metrics},
+      concat_members(*[o.trace for o in outs]), first.loop, sum(o.train_s for o in outs),
+      max(o.num_devices for o in outs), concat_members(*[o.opt_state for o in outs]),
+      sum(o.compile_s for o in outs))
 
 
 def fetch(tree: Any) -> Any:

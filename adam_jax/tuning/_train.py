@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from adam_jax.tuning import _runner
+from adam_jax.tuning._memory import check_fits
 from adam_jax.tuning._problem import Problem
 
 
@@ -57,6 +58,7 @@ def train(
     loop: str = "auto",
     on_start: Callable[[int], None] | None = None,
     on_eval: Callable[[dict[str, float]], None] | None = None,
+    max_memory: int | str | None = None,
 ) -> TrainResult:
   r"""Trains the problem's model with ``tx`` for ``steps`` steps, evaluating as it goes.
 
@@ -97,6 +99,8 @@ def train(
     on_start: called with the first step to train (0, or the step resumed from).
     on_eval: called with each evaluation (a dict: ``step``, ``loss``, the metrics),
       before the checkpoint of that step is written.
+    max_memory: as in :func:`grid_search`: a run whose programs need more is refused
+      before it trains (:class:`MemoryBudgetError`, with the figures).
 
   Returns:
     A :class:`TrainResult`: the trained model and its metrics (computed by the
@@ -199,6 +203,7 @@ def train(
   lowered["metrics"] = jax.jit(fns.metrics).lower(carry[0], carry[2], data, val)
   # At XLA's default level: one run is what a user's own jax.jit loop is compared with.
   compiled = _runner.compile_all(lowered, None)
+  check_fits(compiled.values(), max_memory, "this run")
   compile_s = time.perf_counter() - compile_start
   # A restored carry is copied (the chunks donate it); init's is fresh.
   carry = compiled["init"](seed32) if first == 0 else jax.tree.map(jnp.array, saved["carry"])
