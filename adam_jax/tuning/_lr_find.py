@@ -149,20 +149,16 @@ def lr_find(
   params, state = jax.jit(fns.init)(np.int32(seed))
   idx = None if problem.batch_fn is not None else problem.batch_indices(num_steps, seed)
 
-  def step(carry, t, rows, data):
-    params, opt_state, state = carry
-    if problem.batch_fn is not None:
-      batch = problem.batch_fn(t, jax.random.fold_in(jax.random.key(seed), t))
-    else:
-      batch = jax.tree.map(lambda a: a[rows], data)
-    (loss, (_, state)), grads = jax.value_and_grad(fns.loss, has_aux=True)(params, state, batch)
-    updates, opt_state = _runner.tx_update(tx, grads, opt_state, params, loss)
-    return (optax.apply_updates(params, updates), opt_state, state), loss
+  one_step = _runner.member_step(fns, lambda hp: tx, problem.batch_fn, None)
+
+  def step(carry, t, idx, data):  # one member: its seed and batch rows at position 0
+    rows = None if idx is None else idx[:, None]
+    return one_step(carry, {}, 0, t, rows, jnp.asarray([seed], jnp.int32), data)
 
   data = None if problem.train_data is None else jax.device_put(problem.train_data)
   carry = jax.tree.map(jnp.array, (params, tx.init(params), state))  # copies: donated
-  step = jax.jit(step, donate_argnums=0).lower(
-      carry, np.int32(0), None if idx is None else idx[0], data).compile()
+  idx = None if idx is None else jax.device_put(idx)
+  step = jax.jit(step, donate_argnums=0).lower(carry, np.int32(0), idx, data).compile()
   check_fits([step], max_memory, "the range test's training step")
   raw: list[float] = []
   smooth: list[float] = []
@@ -171,7 +167,7 @@ def lr_find(
   for lo in range(0, num_steps, check):
     losses = []
     for t in range(lo, min(lo + check, num_steps)):
-      carry, loss = step(carry, np.int32(t), None if idx is None else idx[t], data)
+      carry, loss = step(carry, np.int32(t), idx, data)
       losses.append(loss)
     for loss in jax.device_get(losses):
       i = len(raw)

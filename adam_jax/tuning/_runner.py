@@ -45,6 +45,20 @@ class GroupOutput(NamedTuple):
   num_devices: int  # the devices the members were spread over
   opt_state: Any = None  # the optimizer states, leading axis: members
   compile_s: float = 0.0  # wall time of lowering and compiling the programs not cached
+  evals: Any = None  # with evaluation: (steps (E,), {metric: shape=(members, E)})
+  best_step: np.ndarray | None = None  # with evaluation: shape=(members,), the step kept
+  stopped: np.ndarray | None = None  # with patience: shape=(members,), the step it stopped at
+  #   (steps when it never stopped)
+
+
+class Evaluation(NamedTuple):
+  """Validation during training: what :func:`train_group` evaluates, keeps and stops on."""
+
+  every: int  # evaluate the validation metrics every this many steps (and after the last)
+  metric: str  # the metric that says which step is best
+  mode: str = "min"  # "min" or "max"
+  keep: str = "last"  # "last": the last step's model; "best": the best evaluated step's
+  patience: int | None = None  # stop a member after this many evaluations without a better one
 
 
 def train_group(
@@ -71,6 +85,7 @@ def train_group(
     pad_to: int | None = None,
     programs: dict[Any, Any] | None = None,
     budget: int | None = None,
+    evaluation: Evaluation | None = None,
 ) -> GroupOutput:
   """Trains every member of a group for ``steps`` steps and evaluates it.
 
@@ -106,6 +121,10 @@ def train_group(
       data, ``batch_fn`` and ``record`` (a dict the caller owns): a program whose kind and
       argument shapes are there is not compiled again, and new ones are added.
     budget: the most bytes one program may need (None: no limit).
+    evaluation: evaluate every ``evaluation.every`` steps (needs ``val_data``): the curves
+      come back in ``GroupOutput.evals``; with ``keep="best"`` each member's params and
+      state at its best evaluated step are returned (and evaluated), with ``patience`` a
+      member that has not improved for that many evaluations stops changing.
 
   Returns:
     A :class:`GroupOutput`.
@@ -120,7 +139,7 @@ def train_group(
     raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
   g = _Group(fns, make_tx, seeds, steps, train_data, val_data, batch_fn, idx, loop, chunk,
              record, list(devices or jax.devices()[:1]), first_step,
-             {} if programs is None else programs)
+             {} if programs is None else programs, evaluation)
   check_devices(g.devices)
   n = len(seed_pos)
   per = n
@@ -159,13 +178,21 @@ class _Group(NamedTuple):
   devices: list[jax.Device]
   first_step: int
   programs: dict[Any, Any]
+  evaluation: Evaluation | None = None
 
 
-def _step_fn(g: _Group) -> Callable[..., Any]:
-  """One training step of every member: ``jax.vmap`` of the step of one member."""
-  fns, make_tx, batch_fn, record = g.fns, g.make_tx, g.batch_fn, g.record
+def member_step(fns: Any, make_tx: Callable[[dict[str, Any]], optax.GradientTransformation],
+                batch_fn: Callable[..., Any] | None, record: Callable[[Any], Any] | None
+                ) -> Callable[..., Any]:
+  """The training step of one member: the one step body of every search, ``lr_find`` and ``train``.
 
-  def one_step(carry, hp1, pos, t, idx_all, seeds_all, data):
+  ``step(carry, hp, pos, t, idx, seeds, data) -> (carry, out)``: ``carry`` is ``(params,
+  opt_state, state)``; the batch of step ``t`` is ``batch_fn(t, fold_in(key(seeds[pos]),
+  t))`` or the rows ``idx[t, pos]`` of ``data``; the loss is passed to the optimizer as
+  ``value=`` when it takes extra arguments (:func:`tx_update`); ``out`` is the loss, with
+  ``record(opt_state)`` beside it when ``record`` is given.
+  """
+  def step(carry, hp1, pos, t, idx_all, seeds_all, data):
     params, opt_state, state = carry
     tx = make_tx(hp1)
     if batch_fn is not None:
@@ -180,7 +207,46 @@ def _step_fn(g: _Group) -> Callable[..., Any]:
     out = loss if record is None else (loss, record(opt_state))
     return (params, opt_state, state), out
 
-  return jax.vmap(one_step, in_axes=(0, 0, 0, None, None, None, None))
+  return step
+
+
+ACTIVE = "__active__"  # in a member's hyperparameters: False once it stopped (patience)
+
+
+def _step_fn(g: _Group) -> Callable[..., Any]:
+  """One training step of every member: ``jax.vmap`` of :func:`member_step`.
+
+  A member whose hyperparameters hold ``ACTIVE`` False keeps its carry unchanged.
+  """
+  step = member_step(g.fns, g.make_tx, g.batch_fn, g.record)
+
+  def gated(carry, hp1, *rest):
+    active = hp1.get(ACTIVE)
+    new, out = step(carry, _without_active(hp1), *rest)
+    if active is not None:
+      new = where_members(active, new, carry)
+    return new, out
+
+  return jax.vmap(gated, in_axes=(0, 0, 0, None, None, None, None))
+
+
+def _without_active(hp: dict[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in hp.items() if k != ACTIVE}
+
+
+def where_members(mask: Any, new: Any, old: Any) -> Any:
+  """``new`` where ``mask`` (per member, or a scalar inside ``vmap``), else ``old``.
+
+  Typed PRNG keys (an NNX model's Dropout streams) are selected as their raw bits.
+  """
+  def pick(a, b):
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      bits = pick(jax.random.key_data(a), jax.random.key_data(b))
+      return jax.random.wrap_key_data(bits, impl=jax.random.key_impl(a))
+    m = jnp.reshape(mask, jnp.shape(mask) + (1,) * (a.ndim - jnp.ndim(mask)))
+    return jnp.where(m, a, b)
+
+  return jax.tree.map(pick, new, old)
 
 
 def _init_fn(g: _Group) -> Callable[..., Any]:
@@ -188,7 +254,7 @@ def _init_fn(g: _Group) -> Callable[..., Any]:
 
   def init(hp, pos, seeds_all):
     params, state = jax.tree.map(lambda a: a[pos], jax.vmap(fns.init)(seeds_all))
-    opt_state = jax.vmap(lambda hp1, p: make_tx(hp1).init(p))(hp, params)
+    opt_state = jax.vmap(lambda hp1, p: make_tx(hp1).init(p))(_without_active(hp), params)
     return params, opt_state, state
 
   return init
@@ -232,6 +298,8 @@ def _place(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, size: int,
   use = (g.devices if len(g.devices) > 1 and size > 1 and g.loop == "scan"
          else one_per_process(g.devices))
   padded = -(-size // len(use)) * len(use)
+  if g.evaluation is not None and g.evaluation.patience is not None:
+    hp = {**hp, ACTIVE: np.ones(len(seed_pos), bool)}
   hp = {k: _pad(np.asarray(v), padded) for k, v in hp.items()}
   seed_pos = _pad(np.asarray(seed_pos, np.int32), padded)
   mesh = Mesh(np.asarray(use), ("members",))
@@ -261,8 +329,7 @@ def _place(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, size: int,
         return v_step(c, hp1, pos, t, idx_all, seeds_all, data)
       return jax.lax.scan(body, carry, lo + jnp.arange(length, dtype=jnp.int32))
 
-    for length in {min(lo + g.chunk, g.steps) - lo
-                   for lo in range(g.first_step, g.steps, g.chunk)}:
+    for length in {hi - lo for lo, hi in chunk_bounds(g)}:
       lower[length] = lambda n=length: jax.jit(functools.partial(scan_chunk, length=n),
                                                donate_argnums=0).lower(carry_shape, *step_args)
   else:
@@ -270,12 +337,28 @@ def _place(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, size: int,
   params_shape, _, state_shape = carry_shape
   lower["metrics"] = lambda: jax.jit(jax.vmap(g.fns.metrics, in_axes=(0, 0, None, None))).lower(
       params_shape, state_shape, step_args[-1], val)
+  if g.evaluation is not None:
+    lower["evaluate"] = lambda: jax.jit(jax.vmap(g.fns.metrics, in_axes=(0, 0, None, None))
+                                        ).lower(params_shape, state_shape, None, val)
+    if g.evaluation.keep == "best":
+      member = jax.ShapeDtypeStruct((padded,), jnp.bool_, sharding=spread)
+      lower["select"] = lambda: jax.jit(where_members).lower(member, carry_shape, carry_shape)
   lowered = {k: make() for k, make in lower.items() if (k, signature) not in g.programs}
   g.programs.update({(k, signature): c
                      for k, c in compile_all(lowered, compiler_options()).items()})
   compiled = {k: g.programs[k, signature] for k in lower}
   return _Placed(use, padded, hp, seed_pos, spread, step_args, val, carry_shape, compiled,
                  time.perf_counter() - compile_start)
+
+
+def chunk_bounds(g: _Group, start: int | None = None) -> list[tuple[int, int]]:
+  """The chunks ``(lo, hi)`` of steps from ``start`` (a cut; default: the first step):
+  every ``g.chunk`` steps from the first, cut at every evaluation."""
+  cuts = set(range(g.first_step, g.steps, g.chunk)) | {g.steps}
+  if g.evaluation is not None:
+    cuts |= set(range(g.evaluation.every, g.steps, g.evaluation.every))
+  cuts = sorted(c for c in cuts if c >= (g.first_step if start is None else start))
+  return list(zip(cuts[:-1], cuts[1:]))
 
 
 def _members_that_fit(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, size: int,
@@ -314,40 +397,50 @@ def _train_members(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, start: A
   trace = jax.tree.map(lambda s: np.zeros((pl.padded, steps) + s.shape[1:], s.dtype),
                        out_shape)
   compiled = pl.compiled
+  track = None if g.evaluation is None else _Tracker(g, pl)
 
   first = g.first_step
   carry = None
   if start is not None:
     carry = jax.device_put(jax.tree.map(functools.partial(_pad, size=pl.padded), start),
                            pl.spread)
+  saved_like = lambda carry: {"carry": carry, "step": np.zeros((), np.int32),
+                              "chunk": np.int32(chunk), "hp": hp, "seed_pos": seed_pos,
+                              "trace": trace,
+                              **({} if track is None else {"eval": track.saved(carry)})}
   if resume and checkpoint_path is not None and os.path.isdir(checkpoint_path):
-    saved = _restore(checkpoint_path, {"carry": pl.carry_shape, "step": np.zeros((), np.int32),
-                                       "chunk": np.int32(chunk), "hp": hp, "seed_pos": seed_pos,
-                                       "trace": trace})
+    saved = _restore(checkpoint_path, saved_like(pl.carry_shape))
     if (saved is not None and int(saved["chunk"]) == chunk
         and np.array_equal(np.asarray(saved["seed_pos"]), seed_pos)
-        and all(np.array_equal(np.asarray(saved["hp"][k]), hp[k]) for k in hp)):
+        and all(np.array_equal(np.asarray(saved["hp"][k]), hp[k]) for k in hp if k != ACTIVE)):
       carry = jax.device_put(saved["carry"], pl.spread)
       first = int(saved["step"])
       trace = jax.tree.map(np.array, saved["trace"])
+      if track is not None:
+        track.load(saved["eval"])
+        run_chunk_args = track.gate(pl.step_args)
+        pl = pl._replace(step_args=run_chunk_args)
   if carry is None:
     carry = compiled["init"](*pl.step_args[:2], pl.step_args[4])
 
   run_chunk = _chunk_runner(g, pl)
   begin = time.perf_counter()
-  for lo in range(first, steps, chunk):
-    hi = min(lo + chunk, steps)
+  for lo, hi in chunk_bounds(g, first):
     carry, out = run_chunk_hook(run_chunk, carry, lo, hi)
     for dst, src in zip(jax.tree.leaves(trace), jax.tree.leaves(out)):
       dst[:, lo:hi] = src
+    if track is not None and track.due(hi):
+      track.update(hi, carry)
+      run_chunk = _chunk_runner(g, pl._replace(step_args=track.gate(pl.step_args)))
     if checkpoint_path is not None and hi < steps:
       from adam_jax import checkpoint
 
-      checkpoint.save_rotating(checkpoint_path, {"carry": carry, "step": np.int32(hi),
-                                                 "chunk": np.int32(chunk), "hp": hp,
-                                                 "seed_pos": seed_pos, "trace": trace})
+      checkpoint.save_rotating(checkpoint_path, saved_like(carry) | {
+          "step": np.int32(hi), "trace": trace})
     if on_steps is not None:
       on_steps(hi)
+  if track is not None:
+    carry = track.kept(carry)
   params, opt_state, state = carry
   metrics = fetch(compiled["metrics"](params, state, pl.step_args[-1], pl.val))
   first_names = [k for k in ("train_loss", "val_loss") if k in metrics]
@@ -355,10 +448,96 @@ def _train_members(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, start: A
       k for k in metrics if k not in first_names]}
   train_s = time.perf_counter() - begin
   cut = lambda a: a[:n]
+  extra = {} if track is None else track.output(n)
   return GroupOutput(jax.tree.map(cut, fetch(params)),
                      jax.tree.map(cut, fetch(state)), metrics,
                      jax.tree.map(cut, trace), g.loop, train_s, min(len(pl.use), n),
-                     jax.tree.map(cut, fetch(opt_state)), pl.compile_s)
+                     jax.tree.map(cut, fetch(opt_state)), pl.compile_s, **extra)
+
+
+class _Tracker:
+  """Each member's validation curve, best step (and, with ``keep="best"``, its carry there)
+  and whether it still trains (``patience``)."""
+
+  def __init__(self, g: _Group, pl: _Placed):
+    ev = g.evaluation
+    self.ev, self.pl, self.steps = ev, pl, g.steps
+    self.points = sorted(set(range(ev.every, g.steps, ev.every)) | {g.steps})
+    self.points = [p for p in self.points if p > g.first_step]
+    shapes = jax.eval_shape(jax.vmap(g.fns.metrics, in_axes=(0, 0, None, None)),
+                            pl.carry_shape[0], pl.carry_shape[2], None, pl.val)
+    self.names = list(shapes)
+    if ev.metric not in self.names:
+      raise ValueError(f"metric {ev.metric!r} is not among the validation metrics "
+                       f"({', '.join(self.names)}); pass val_data or metric=...")
+    m = pl.padded
+    self.values = np.full((len(self.names), len(self.points), m), np.nan, np.float32)
+    self.best_score = np.full(m, np.inf if ev.mode == "min" else -np.inf, np.float64)
+    self.best_step = np.full(m, -1, np.int32)
+    self.since = np.zeros(m, np.int32)
+    self.stopped = np.full(m, g.steps, np.int32)
+    self.evaluated = np.zeros(len(self.points), bool)
+    self.best = None  # the members' carry at their best step (keep="best"), on the devices
+
+  def due(self, step: int) -> bool:
+    return step in self.points
+
+  def update(self, step: int, carry: Any) -> None:
+    params, _, state = carry
+    out = fetch(self.pl.compiled["evaluate"](params, state, None, self.pl.val))
+    col = self.points.index(step)
+    self.evaluated[col] = True
+    for i, name in enumerate(self.names):
+      self.values[i, col] = np.asarray(out[name], np.float32)
+    score = np.asarray(out[self.ev.metric], np.float64)
+    active = self.stopped == self.steps
+    better = (score < self.best_score) if self.ev.mode == "min" else (score > self.best_score)
+    better &= np.isfinite(score) & active
+    self.best_score = np.where(better, score, self.best_score)
+    self.best_step = np.where(better, step, self.best_step)
+    self.since = np.where(better, 0, self.since + active)
+    if self.ev.keep == "best" and better.any():
+      mask = jax.device_put(better, self.pl.spread)
+      self.best = self.pl.compiled["select"](mask, carry, carry if self.best is None
+                                             else self.best)
+    if self.ev.patience is not None:
+      stop = active & (self.since >= self.ev.patience)
+      self.stopped = np.where(stop, step, self.stopped)
+
+  def gate(self, step_args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The step's arguments with each member's ``ACTIVE`` flag (with ``patience``)."""
+    if self.ev.patience is None:
+      return step_args
+    active = jax.device_put(self.stopped == self.steps, self.pl.spread)
+    return ({**step_args[0], ACTIVE: active},) + step_args[1:]
+
+  def kept(self, carry: Any) -> Any:
+    """The carry to return: the best step's for members that had one (``keep="best"``)."""
+    if self.ev.keep != "best" or self.best is None:
+      return carry
+    return self.pl.compiled["select"](jax.device_put(self.best_step >= 0, self.pl.spread),
+                                      self.best, carry)
+
+  def saved(self, carry: Any) -> dict[str, Any]:
+    """What a checkpoint keeps of the evaluations (``carry`` stands in for no best yet)."""
+    out = {"values": self.values, "best_score": self.best_score, "best_step": self.best_step,
+           "since": self.since, "stopped": self.stopped, "evaluated": self.evaluated}
+    if self.ev.keep == "best":
+      out["best"] = carry if self.best is None else self.best
+    return out
+
+  def load(self, saved: dict[str, Any]) -> None:
+    for k in ("values", "best_score", "best_step", "since", "stopped", "evaluated"):
+      setattr(self, k, np.array(saved[k]))
+    if self.ev.keep == "best":
+      self.best = jax.device_put(saved["best"], self.pl.spread)
+
+  def output(self, n: int) -> dict[str, Any]:
+    done = np.flatnonzero(self.evaluated)
+    steps = np.asarray([self.points[i] for i in done], np.int32)
+    curves = {name: self.values[j][done][:, :n].T for j, name in enumerate(self.names)}
+    return {"evals": (steps, curves), "best_step": self.best_step[:n],
+            "stopped": self.stopped[:n]}
 
 
 def _restore(path: str, like: dict[str, Any]) -> Any:

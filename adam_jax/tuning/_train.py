@@ -138,17 +138,11 @@ def train(
   fns = problem.bind().fns
   batch_fn = problem.batch_fn
 
-  def step(carry, t, idx, data):
-    params, opt_state, state = carry
-    if batch_fn is not None:
-      batch = batch_fn(t, jax.random.fold_in(jax.random.key(seed), t))
-    else:
-      batch = jax.tree.map(lambda a: a[idx[t]], data)
-    (loss, (_, state)), grads = jax.value_and_grad(fns.loss, has_aux=True)(params, state, batch)
-    updates, opt_state = _runner.tx_update(tx, grads, opt_state, params, loss)
-    params = optax.apply_updates(params, updates)
-    out = loss if record is None else (loss, record(opt_state))
-    return (params, opt_state, state), out
+  one_step = _runner.member_step(fns, lambda hp: tx, batch_fn, record)
+
+  def step(carry, t, idx, data):  # one member: its seed and batch rows at position 0
+    rows = None if idx is None else idx[:, None]
+    return one_step(carry, {}, 0, t, rows, jnp.asarray([seed], jnp.int32), data)
 
   def evaluate(carry, val):
     params, opt_state, state = carry
