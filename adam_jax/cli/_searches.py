@@ -156,7 +156,7 @@ def run_optuna(args: argparse.Namespace, study: Any, problem: Any, space: dict[s
     result = tuning.optuna_search(study, problem, space_fn(space), n_trials=args.trials,
                                   batch_size_trials=min(args.trials, sweep.BATCH_TRIALS),
                                   steps=args.steps, optimizer=args.optimizer, seeds=seeds,
-                                  loop=args.loop)
+                                  loop=args.loop, max_memory=args.max_memory)
   except ValueError as err:
     raise common.UsageError(str(err), prog) from None
   except KeyboardInterrupt:

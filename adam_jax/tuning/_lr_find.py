@@ -146,7 +146,6 @@ def lr_find(
 
   tx = factory(lr_at)
   fns = problem.bind().fns
-  params, state = jax.jit(fns.init)(np.int32(seed))
   idx = None if problem.batch_fn is not None else problem.batch_indices(num_steps, seed)
 
   one_step = _runner.member_step(fns, lambda hp: tx, problem.batch_fn, None)
@@ -156,10 +155,17 @@ def lr_find(
     return one_step(carry, {}, 0, t, rows, jnp.asarray([seed], jnp.int32), data)
 
   data = None if problem.train_data is None else jax.device_put(problem.train_data)
-  carry = jax.tree.map(jnp.array, (params, tx.init(params), state))  # copies: donated
+  def init(seed):
+    params, state = fns.init(seed)
+    return params, tx.init(params), state
+
+  seed32 = np.int32(seed)
   idx = None if idx is None else jax.device_put(idx)
-  step = jax.jit(step, donate_argnums=0).lower(carry, np.int32(0), idx, data).compile()
-  check_fits([step], max_memory, "the range test's training step")
+  carry_shape = jax.eval_shape(init, seed32)
+  init = jax.jit(init).lower(seed32).compile()
+  step = jax.jit(step, donate_argnums=0).lower(carry_shape, np.int32(0), idx, data).compile()
+  check_fits([init, step], max_memory, "the range test's training step")
+  carry = init(seed32)
   raw: list[float] = []
   smooth: list[float] = []
   avg, best, stop = 0.0, math.inf, False
