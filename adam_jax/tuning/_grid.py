@@ -21,6 +21,7 @@ import optax
 
 from adam_jax import aliases, schedules
 from adam_jax.tuning import _memory, _runner
+from adam_jax.tuning._batches import check_resumable
 from adam_jax.tuning._problem import Problem
 
 SCHEDULES = ("constant", "cosine", "step", "exponential")
@@ -612,6 +613,7 @@ def search(
     raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
   if resume and out_dir is None:
     raise ValueError("resume needs out_dir, the folder of the search to resume")
+  check_resumable(problem, resume)
   if (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer))
       or checkpoint_every < 0):
     raise ValueError(f"checkpoint_every must be a nonnegative integer, got {checkpoint_every!r}")
@@ -669,14 +671,14 @@ def search(
     member_hp = {k: np.repeat(v, len(seeds)) for k, v in hp.items()}
     seed_pos = np.tile(np.arange(len(seeds), dtype=np.int32), len(todo))
     idx = None
-    if problem.batch_fn is None:
+    if problem.num_train is not None:
       idx = np.stack([problem.batch_indices(steps, s, bound.batch_size) for s in seeds])
     tx_group = make_tx if not group_const else with_constants(make_tx, group_const)
     bar = _bar(progress, len(todo), label)
     try:
       out = _runner.train_group(
           bound.fns, tx_group, member_hp, seed_pos, seeds, steps,
-          train_data=problem.train_data, val_data=problem.val_data, batch_fn=problem.batch_fn,
+          train_data=problem.data_source, val_data=problem.val_data, batch_fn=problem.batch_fn,
           idx=idx, loop=loop, chunk=checkpoint_every or None, record=record, devices=devices,
           checkpoint_path=ckpt, resume=resume, budget=budget, evaluation=evaluation,
           on_steps=None if bar is None else functools.partial(_advance, bar, len(todo), steps))
@@ -728,11 +730,11 @@ def search(
     cfg_const = {k: top.config[k] for k in sp.group if k not in sp.shape}
     hp = {k: np.repeat(v, len(seeds)) for k, v in traced_values([top.config], sp.traced).items()}
     idx = None
-    if problem.batch_fn is None:
+    if problem.num_train is not None:
       idx = np.stack([problem.batch_indices(steps, s, bound.batch_size) for s in seeds])
     out = _runner.train_group(
         bound.fns, make_tx if not cfg_const else with_constants(make_tx, cfg_const), hp,
-        np.arange(len(seeds), dtype=np.int32), seeds, steps, train_data=problem.train_data,
+        np.arange(len(seeds), dtype=np.int32), seeds, steps, train_data=problem.data_source,
         val_data=problem.val_data, batch_fn=problem.batch_fn, idx=idx, loop=loop,
         devices=_runner.one_per_process(devices), budget=budget, evaluation=evaluation)
     trained = _take(out, list(range(len(seeds))))

@@ -197,7 +197,7 @@ def successive_halving(
       if group_key not in bounds:
         bounds[group_key] = problem.bind(**{k: group_cfg[k] for k in sp.shape})
         check_metric(bounds[group_key], problem, metric)
-        if problem.batch_fn is None:
+        if problem.num_train is not None:
           idxs[group_key] = np.stack([problem.batch_indices(
               max_steps, s, bounds[group_key].batch_size) for s in seeds])
       bound = bounds[group_key]
@@ -221,7 +221,7 @@ def successive_halving(
       out = _runner.train_group(
           bound.fns, tx_of.setdefault(group_key, make_tx if not group_const
                                       else with_constants(make_tx, group_const)),
-          member_hp, seed_pos, seeds, stop, train_data=problem.train_data,
+          member_hp, seed_pos, seeds, stop, train_data=problem.data_source,
           val_data=problem.val_data, batch_fn=problem.batch_fn, idx=idxs.get(group_key),
           loop=resolved.get(group_key, loop), devices=devices, start=carry, first_step=start,
           pad_to=pad_to, chunk=chunk, programs=known, budget=budget)

@@ -146,7 +146,7 @@ def lr_find(
 
   tx = factory(lr_at)
   fns = problem.bind().fns
-  idx = None if problem.batch_fn is not None else problem.batch_indices(num_steps, seed)
+  idx = None if problem.num_train is None else problem.batch_indices(num_steps, seed)
 
   one_step = _runner.member_step(fns, lambda hp: tx, problem.batch_fn, None)
 
@@ -155,6 +155,8 @@ def lr_find(
     return one_step(carry, {}, 0, t, rows, jnp.asarray([seed], jnp.int32), data)
 
   data = None if problem.train_data is None else jax.device_put(problem.train_data)
+  batches = None if problem.stream is None else problem.stream.batches(0)
+
   def init(seed):
     params, state = fns.init(seed)
     return params, tx.init(params), state
@@ -163,7 +165,9 @@ def lr_find(
   idx = None if idx is None else jax.device_put(idx)
   carry_shape = jax.eval_shape(init, seed32)
   init = jax.jit(init).lower(seed32).compile()
-  step = jax.jit(step, donate_argnums=0).lower(carry_shape, np.int32(0), idx, data).compile()
+  step = jax.jit(step, donate_argnums=0).lower(
+      carry_shape, np.int32(0), idx, data if batches is None else problem.stream.shapes()
+  ).compile()
   check_fits([init, step], max_memory, "the range test's training step")
   carry = init(seed32)
   raw: list[float] = []
@@ -173,7 +177,8 @@ def lr_find(
   for lo in range(0, num_steps, check):
     losses = []
     for t in range(lo, min(lo + check, num_steps)):
-      carry, loss = step(carry, np.int32(t), idx, data)
+      batch = data if batches is None else _next_batch(problem.stream, batches, t)
+      carry, loss = step(carry, np.int32(t), idx, batch)
       losses.append(loss)
     for loss in jax.device_get(losses):
       i = len(raw)
@@ -194,6 +199,18 @@ def lr_find(
   usable = count - 1 if stop else count  # the last point of a diverged run is not used
   steep, valley = _suggest(lrs[:usable], smooth_a[:usable])
   return LRFindResult(lrs, smooth_a, raw_a, steep, valley, stop)
+
+
+def _next_batch(stream: Any, batches: Any, step: int) -> Any:
+  try:
+    batch = jax.tree.map(np.asarray, next(batches))
+  except StopIteration:
+    raise ValueError(f"train_data ran out of batches at step {step}: the range test needs "
+                     "num_steps of them") from None
+  if jax.tree.map(lambda a: (a.shape, a.dtype), batch) != stream.spec:
+    raise ValueError(f"train_data's batch at step {step} differs in shape or dtype from the "
+                     "first batch: every batch must be alike")
+  return batch
 
 
 def _suggest(lrs: np.ndarray, losses: np.ndarray) -> tuple[float, float]:

@@ -347,7 +347,7 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
     bound = problem.bind(**{k: group_cfg[k] for k in sp.shape})
     check_metric(bound, problem, metric)
     idx = None
-    if problem.batch_fn is None:
+    if problem.num_train is not None:
       idx = np.stack([problem.batch_indices(steps, s, bound.batch_size) for s in seeds])
     const = {k: v for k, v in group_cfg.items() if k not in sp.shape}
     tx = make_tx if not const else with_constants(make_tx, const)
@@ -365,7 +365,7 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
       out = _runner.train_group(
           bound.fns, tx, {k: np.repeat(v, n_seeds) for k, v in hp.items()},
           np.tile(np.arange(n_seeds, dtype=np.int32), len(alive)), seeds, stop,
-          train_data=problem.train_data, val_data=problem.val_data, batch_fn=problem.batch_fn,
+          train_data=problem.data_source, val_data=problem.val_data, batch_fn=problem.batch_fn,
           idx=idx, loop=loops.get(label, loop), devices=devices, start=carry, first_step=start,
           pad_to=size, programs=known, budget=budget)
       loops[label] = out.loop  # the next chunks use the form chosen for the first

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adam_jax.tuning._batches import BatchStream, is_batch_iterable
+
 _NO_STATE = ()  # the non-optimized state of a functional problem
 
 
@@ -35,7 +37,18 @@ class Problem:
   epoch a fresh permutation seeded by the run's seed (the last incomplete batch of an
   epoch is dropped; see :meth:`batch_indices`); or a callable ``batch_fn(step, key)
   -> batch``, traced with ``step`` an int32 scalar and ``key`` =
-  ``jax.random.fold_in(jax.random.key(seed), step)``, for data that is generated.
+  ``jax.random.fold_in(jax.random.key(seed), step)``, for data that is generated; or
+  an iterable of batches from one's own pipeline (a generator, a grain or torch
+  ``DataLoader``, a ``tf.data`` NumPy iterator, any object with ``__iter__`` that is not
+  a tuple, list or dict of arrays), each batch a pytree of arrays of the same shapes and
+  dtypes. Step ``t`` trains on its ``t``-th batch; every member of a search sees the same
+  batches (the seeds vary the initial params and the dropout streams only), pulled a
+  chunk at a time in a background thread, so memory depends on the chunk, not on the
+  data. A re-iterable (``iter()`` gives a fresh pass) can feed several groups, rungs and
+  resumes (the batches already trained on are skipped); a one-shot iterator (a
+  generator) feeds one pass and cannot resume. ``batch_size`` is then the pipeline's,
+  there is no ``train_loss``, and ``val_data`` may be a finite re-iterable too (its
+  batches are concatenated).
 
   Metrics of a trained model, always in eval mode, each computed in mini-batches of
   ``eval_batch_size`` examples (never on a whole split at once, so evaluation needs the
@@ -66,8 +79,9 @@ class Problem:
   Args:
     model: an ``nnx.Module``, a factory of one, a param pytree or an ``init`` function.
     loss_fn: the training loss of a batch (a scalar), optionally with an aux dict.
-    train_data: a pytree of arrays with a shared leading axis, or ``batch_fn``.
-    val_data: a pytree of arrays for evaluation (or None).
+    train_data: a pytree of arrays with a shared leading axis, ``batch_fn``, or an
+      iterable of batches.
+    val_data: a pytree of arrays (or a finite iterable of batches) for evaluation, or None.
     batch_size: examples per mini-batch (array data); a search may vary it.
     metrics_fn: more metrics of a trained model on ``val_data``'s batches.
     eval_batch_size: examples per batch when the metrics are computed (default: the
@@ -116,7 +130,13 @@ class Problem:
     else:
       self.kind, self.factory = "functional", None
     self.model_keys = _keywords(self.factory) if self.factory is not None else ()
-    if callable(train_data) and not _is_pytree_of_arrays(train_data):
+    self.stream = None
+    if is_batch_iterable(train_data):
+      self.stream = BatchStream(train_data)
+      self.batch_fn, self.train_data, self.num_train = None, None, None
+      self.batch_size = self.stream.batch_size
+      self.eval_batch_size = int(eval_batch_size or self.batch_size)
+    elif callable(train_data) and not _is_pytree_of_arrays(train_data):
       self.batch_fn, self.train_data, self.num_train = train_data, None, None
     else:
       self.batch_fn = None
@@ -124,7 +144,17 @@ class Problem:
       if self.batch_size > self.num_train:
         raise ValueError(f"batch_size must be at most the number of training examples "
                          f"({self.num_train}), got {self.batch_size}")
+    if is_batch_iterable(val_data):  # a finite re-iterable: its batches, concatenated
+      batches = [jax.tree.map(np.asarray, b) for b in val_data]
+      if not batches:
+        raise ValueError("val_data is an empty iterable: it gave no batch")
+      val_data = jax.tree.map(lambda *a: np.concatenate(a), *batches)
     self.val_data = None if val_data is None else _arrays("val_data", val_data)[0]
+
+  @property
+  def data_source(self) -> Any:
+    """What the runner trains on: the arrays, the iterable's stream, or None (``batch_fn``)."""
+    return self.stream if self.stream is not None else self.train_data
 
   @property
   def shape_keys(self) -> tuple[str, ...]:
@@ -176,6 +206,9 @@ class _Bound:
   def __init__(self, problem: Problem, shape: dict[str, Any]):
     self.problem = problem
     shape = dict(shape)
+    if problem.stream is not None and "batch_size" in shape:
+      raise ValueError("batch_size cannot be searched when train_data is an iterable of "
+                       "batches: the pipeline sets it")
     self.batch_size = int(shape.pop("batch_size", problem.batch_size))
     _check_positive_int("batch_size", self.batch_size)
     if problem.num_train is not None and self.batch_size > problem.num_train:
@@ -194,6 +227,8 @@ class _Bound:
     params, state = jax.eval_shape(self.fns.init, jnp.zeros((), jnp.int32))
     if p.batch_fn is not None:
       batch = jax.eval_shape(p.batch_fn, jnp.zeros((), jnp.int32), jax.random.key(0))
+    elif p.stream is not None:
+      batch = p.stream.shapes()
     else:
       batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((self.batch_size,) + a.shape[1:],
                                                           a.dtype), p.train_data)

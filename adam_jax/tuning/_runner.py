@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from adam_jax.tuning import _memory
+from adam_jax.tuning._batches import BatchStream, Prefetcher
 
 LOOPS = ("auto", "scan", "python")
 
@@ -188,9 +189,10 @@ def member_step(fns: Any, make_tx: Callable[[dict[str, Any]], optax.GradientTran
 
   ``step(carry, hp, pos, t, idx, seeds, data) -> (carry, out)``: ``carry`` is ``(params,
   opt_state, state)``; the batch of step ``t`` is ``batch_fn(t, fold_in(key(seeds[pos]),
-  t))`` or the rows ``idx[t, pos]`` of ``data``; the loss is passed to the optimizer as
-  ``value=`` when it takes extra arguments (:func:`tx_update`); ``out`` is the loss, with
-  ``record(opt_state)`` beside it when ``record`` is given.
+  t))``, the rows ``idx[t, pos]`` of ``data``, or ``data`` itself when ``idx`` is None;
+  the loss is passed to the optimizer as ``value=`` when it takes extra arguments
+  (:func:`tx_update`); ``out`` is the loss, with ``record(opt_state)`` beside it when
+  ``record`` is given.
   """
   def step(carry, hp1, pos, t, idx_all, seeds_all, data):
     params, opt_state, state = carry
@@ -198,6 +200,8 @@ def member_step(fns: Any, make_tx: Callable[[dict[str, Any]], optax.GradientTran
     if batch_fn is not None:
       key = jax.random.fold_in(jax.random.key(seeds_all[pos]), t)
       batch = batch_fn(t, key)
+    elif idx_all is None:  # the batch itself (from an iterable of batches)
+      batch = data
     else:
       rows = idx_all[t, pos]
       batch = jax.tree.map(lambda a: a[rows], data)
@@ -265,8 +269,9 @@ def _auto_loop(fns, make_tx, hp, seed_pos, seeds, train_data, idx, batch_fn, rec
              0, {})
   plain = (hp, np.asarray(seed_pos, np.int32), np.asarray(seeds, np.int32))
   t_shape = jax.ShapeDtypeStruct((), jnp.int32)
+  data = train_data.shapes() if isinstance(train_data, BatchStream) else train_data
   step_plain = (hp, plain[1], t_shape, None if idx is None else np.swapaxes(idx, 0, 1),
-                plain[2], train_data)
+                plain[2], data)
   return choose_loop(_step_fn(g), jax.eval_shape(_init_fn(g), *plain), *step_plain)
 
 
@@ -308,8 +313,12 @@ def _place(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, size: int,
   seeds_dev = jax.device_put(np.asarray(g.seeds, np.int32), same)
   put = lambda x: None if x is None else jax.device_put(x, same)
   idx_dev = None if g.idx is None else put(np.swapaxes(g.idx, 0, 1))
+  stream = g.train_data if isinstance(g.train_data, BatchStream) else None
   step_args = (jax.device_put(hp, spread), jax.device_put(seed_pos, spread),
-               jax.ShapeDtypeStruct((), jnp.int32), idx_dev, seeds_dev, put(g.train_data))
+               jax.ShapeDtypeStruct((), jnp.int32), idx_dev, seeds_dev,
+               None if stream is not None else put(g.train_data))
+  fed = lambda length=None: jax.tree.map(  # the batches a program is fed (from a stream)
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=same), stream.shapes(length))
   val = put(g.val_data)
   init = _init_fn(g)
   as_spread = lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=spread)
@@ -325,15 +334,20 @@ def _place(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, size: int,
     lower["init"] = lambda: jax.jit(init, out_shardings=spread).lower(*step_args[:2], seeds_dev)
   if g.loop == "scan":
     def scan_chunk(carry, hp1, pos, lo, idx_all, seeds_all, data, length):
-      def body(c, t):
-        return v_step(c, hp1, pos, t, idx_all, seeds_all, data)
-      return jax.lax.scan(body, carry, lo + jnp.arange(length, dtype=jnp.int32))
+      ts = lo + jnp.arange(length, dtype=jnp.int32)
+      if stream is not None:  # data: the chunk's batches, stacked
+        return jax.lax.scan(lambda c, tb: v_step(c, hp1, pos, tb[0], None, seeds_all, tb[1]),
+                            carry, (ts, data))
+      return jax.lax.scan(lambda c, t: v_step(c, hp1, pos, t, idx_all, seeds_all, data),
+                          carry, ts)
 
     for length in {hi - lo for lo, hi in chunk_bounds(g)}:
-      lower[length] = lambda n=length: jax.jit(functools.partial(scan_chunk, length=n),
-                                               donate_argnums=0).lower(carry_shape, *step_args)
+      args = step_args if stream is None else step_args[:-1] + (fed(length),)
+      lower[length] = lambda n=length, a=args: jax.jit(
+          functools.partial(scan_chunk, length=n), donate_argnums=0).lower(carry_shape, *a)
   else:
-    lower["step"] = lambda: jax.jit(v_step, donate_argnums=0).lower(carry_shape, *step_args)
+    args = step_args if stream is None else step_args[:-1] + (fed(),)
+    lower["step"] = lambda: jax.jit(v_step, donate_argnums=0).lower(carry_shape, *args)
   params_shape, _, state_shape = carry_shape
   lower["metrics"] = lambda: jax.jit(jax.vmap(g.fns.metrics, in_axes=(0, 0, None, None))).lower(
       params_shape, state_shape, step_args[-1], val)
@@ -393,7 +407,9 @@ def _train_members(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, start: A
   n = len(seed_pos)
   pl = _place(g, hp, seed_pos, max(n, pad_to or 0), start is None)
   hp, seed_pos, steps, chunk = pl.hp, pl.seed_pos, g.steps, g.chunk
-  out_shape = jax.eval_shape(_step_fn(g), pl.carry_shape, *pl.step_args)[1]
+  one_batch = pl.step_args if not isinstance(g.train_data, BatchStream) else (
+      pl.step_args[:-1] + (g.train_data.shapes(),))
+  out_shape = jax.eval_shape(_step_fn(g), pl.carry_shape, *one_batch)[1]
   trace = jax.tree.map(lambda s: np.zeros((pl.padded, steps) + s.shape[1:], s.dtype),
                        out_shape)
   compiled = pl.compiled
@@ -423,22 +439,28 @@ def _train_members(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, start: A
   if carry is None:
     carry = compiled["init"](*pl.step_args[:2], pl.step_args[4])
 
-  run_chunk = _chunk_runner(g, pl)
+  bounds = chunk_bounds(g, first)
+  feed = None if not isinstance(g.train_data, BatchStream) else feeder(g.train_data, bounds)
+  run_chunk = _chunk_runner(g, pl, feed)
   begin = time.perf_counter()
-  for lo, hi in chunk_bounds(g, first):
-    carry, out = run_chunk_hook(run_chunk, carry, lo, hi)
-    for dst, src in zip(jax.tree.leaves(trace), jax.tree.leaves(out)):
-      dst[:, lo:hi] = src
-    if track is not None and track.due(hi):
-      track.update(hi, carry)
-      run_chunk = _chunk_runner(g, pl._replace(step_args=track.gate(pl.step_args)))
-    if checkpoint_path is not None and hi < steps:
-      from adam_jax import checkpoint
+  try:
+    for lo, hi in bounds:
+      carry, out = run_chunk_hook(run_chunk, carry, lo, hi)
+      for dst, src in zip(jax.tree.leaves(trace), jax.tree.leaves(out)):
+        dst[:, lo:hi] = src
+      if track is not None and track.due(hi):
+        track.update(hi, carry)
+        run_chunk = _chunk_runner(g, pl._replace(step_args=track.gate(pl.step_args)), feed)
+      if checkpoint_path is not None and hi < steps:
+        from adam_jax import checkpoint
 
-      checkpoint.save_rotating(checkpoint_path, saved_like(carry) | {
-          "step": np.int32(hi), "trace": trace})
-    if on_steps is not None:
-      on_steps(hi)
+        checkpoint.save_rotating(checkpoint_path, saved_like(carry) | {
+            "step": np.int32(hi), "trace": trace})
+      if on_steps is not None:
+        on_steps(hi)
+  finally:
+    if feed is not None:
+      feed.close()
   if track is not None:
     carry = track.kept(carry)
   params, opt_state, state = carry
@@ -540,6 +562,25 @@ class _Tracker:
             "stopped": self.stopped[:n]}
 
 
+def feeder(stream: BatchStream, bounds: list[tuple[int, int]]) -> Callable[[int, int], Any]:
+  """``feed(lo, hi)``: the chunks' batches in order, each stacked while the previous trains."""
+  if not bounds:
+    return None
+  pf = Prefetcher(stream, bounds[0][0])
+  pf.request(*bounds[0])
+  following = iter(bounds[1:])
+
+  def feed(lo, hi):
+    data = pf.take()
+    nxt = next(following, None)
+    if nxt is not None:
+      pf.request(*nxt)
+    return data
+
+  feed.close = pf.close
+  return feed
+
+
 def _restore(path: str, like: dict[str, Any]) -> Any:
   """The newest intact save of a group at ``path`` (None: start over)."""
   from adam_jax import checkpoint
@@ -554,18 +595,26 @@ def _restore(path: str, like: dict[str, Any]) -> Any:
   return None
 
 
-def _chunk_runner(g: _Group, pl: _Placed) -> Callable[..., Any]:
-  """``run_chunk(carry, lo, hi) -> (carry, outputs)``: steps ``lo..hi`` of every member."""
+def _chunk_runner(g: _Group, pl: _Placed,
+                  feed: Callable[[int, int], Any] | None = None) -> Callable[..., Any]:
+  """``run_chunk(carry, lo, hi) -> (carry, outputs)``: steps ``lo..hi`` of every member.
+
+  ``feed(lo, hi)``: the stacked batches of those steps (from an iterable of batches).
+  """
   compiled, args = pl.compiled, pl.step_args
   if g.loop == "scan":
     def run_chunk(carry, lo, hi):
-      carry, out = compiled[hi - lo](carry, args[0], args[1], np.int32(lo), *args[3:])
+      rest = args[3:] if feed is None else args[3:-1] + (feed(lo, hi),)
+      carry, out = compiled[hi - lo](carry, args[0], args[1], np.int32(lo), *rest)
       return carry, jax.tree.map(lambda o: np.swapaxes(o, 0, 1), fetch(out))
   else:
     def run_chunk(carry, lo, hi):
       outs = []
+      data = None if feed is None else feed(lo, hi)
       for t in range(lo, hi):
-        carry, out = compiled["step"](carry, args[0], args[1], np.int32(t), *args[3:])
+        rest = args[3:] if feed is None else args[3:-1] + (
+            jax.tree.map(lambda a, i=t - lo: a[i], data),)
+        carry, out = compiled["step"](carry, args[0], args[1], np.int32(t), *rest)
         outs.append(out)
       return carry, jax.tree.map(lambda *o: np.stack(o, axis=1), *fetch(outs))
   return run_chunk
