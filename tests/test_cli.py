@@ -521,7 +521,7 @@ def test_demo_resume_refuses_changed_data_and_names_a_damaged_record(tmp_path, c
 def test_a_model_too_large_for_memory_is_refused_before_training(command, tmp_path, capsys):
   code = cli.main(command + ["--out", str(tmp_path / "big")])
   err = capsys.readouterr().err
-  assert code == 2 and "GiB available" in err and "parameters" in err, err
+  assert code == 2 and "needs" in err and "max_memory allows" in err, err
   assert err.count("\n") == 1 and "Traceback" not in err
 
 

@@ -165,6 +165,16 @@ BETA = float_in(0.0, 1.0)
 NONNEG_FLOAT = float_in(0.0, None)
 
 
+def memory_size(text: str) -> int:
+  """``--max-memory``: bytes, or a number with a unit (``4GB``, ``512MiB``)."""
+  from adam_jax.tuning import _memory
+
+  try:
+    return _memory.parse_bytes(text, "--max-memory")
+  except ValueError as err:
+    raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_common(p: argparse.ArgumentParser, out_default: str) -> None:
   p.add_argument("--task", default="digits-mlp", type=choice_of(TASKS),
                  help="digits-mlp (classifier) or digits-autoencoder (default: %(default)s)")
@@ -175,6 +185,10 @@ def add_common(p: argparse.ArgumentParser, out_default: str) -> None:
                  help="seeds the split, the initial params and the batch order (default: 0)")
   p.add_argument("--out", default=out_default, metavar="DIR",
                  help="output folder (default: %(default)s)")
+  p.add_argument("--max-memory", default=None, type=memory_size, metavar="SIZE",
+                 help="the most memory one compiled program may hold, e.g. 4GB or 512MiB, by "
+                      "XLA's own analysis; models that do not fit together train one group after "
+                      "another (default: half of the free RAM, 80%% of an accelerator's)")
 
 
 def add_tensorboard(p: argparse.ArgumentParser) -> None:
@@ -411,82 +425,6 @@ def check_resume(path: str, record: dict[str, Any], prog: str) -> None:
                        "SHA-256 changed); start afresh with a new --out", prog)
     raise UsageError(f"cannot resume: {path} records a run with {key}={old.get(key)!r}, this "
                      f"one has {key}={value!r}", prog)
-
-
-def model_widths(task: str, features: int, classes: int, layers: int,
-                 hidden: int) -> list[int]:
-  """The layer widths of a ``--task``'s model (as built in :mod:`adam_jax.tasks`)."""
-  if task == "digits-mlp":
-    return [features] + [hidden] * layers + [classes]
-  return [features] + [hidden] * layers + [max(2, hidden // 4)] + [hidden] * layers + [features]
-
-
-def available_memory() -> int | None:
-  """Bytes the devices can still allocate (GPU/TPU: their limit; CPU: MemAvailable)."""
-  import jax
-
-  devices = jax.local_devices()
-  if devices[0].platform != "cpu":
-    total = 0
-    for device in devices:
-      stats = device.memory_stats() or {}
-      if "bytes_limit" not in stats:
-        return None
-      total += stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    return total
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except (OSError, ValueError, IndexError):
-    pass
-  try:
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-  except (OSError, ValueError, AttributeError):
-    return None
-
-
-def check_memory(widths: list[int], *, runs: int, batch: int, data: Any, prog: str) -> None:
-  """Refuses a run whose estimated memory exceeds what is available, before training.
-
-  The estimate, in float32: params, gradients, Adam's two moments and an update (5 copies
-  of the params) and a batch's activations, for each of ``runs`` models trained together,
-  plus the data. It is a lower bound: XLA needs some more.
-  """
-  import numpy as np
-
-  params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
-  activations = 3 * batch * sum(widths)
-  need = 4 * runs * (5 * params + activations)
-  need += sum(np.asarray(leaf).nbytes for leaf in _leaves(data))
-  have = available_memory()
-  if have is not None and need > have:
-    raise UsageError(f"this run needs at least {need / 2**30:.3g} GiB ({params:,} parameters "
-                     f"x {runs} model{'s' if runs > 1 else ''} trained together, with Adam's "
-                     f"state and the data), more than the {have / 2**30:.3g} GiB available; "
-                     "use fewer or smaller models", prog)
-
-
-def check_task_memory(task: str, data: Any, *, layers: int, hidden: int, runs: int, batch: int,
-                      prog: str) -> None:
-  """:func:`check_memory` for a ``--task`` model on ``data`` (its arrays, labels included)."""
-  import numpy as np
-
-  leaves = [np.asarray(leaf) for leaf in _leaves(data)]
-  features = leaves[0].reshape(len(leaves[0]), -1).shape[1]
-  labels = [leaf for leaf in leaves if np.issubdtype(leaf.dtype, np.integer) and leaf.size]
-  classes = max((int(leaf.max()) + 1 for leaf in labels), default=features)
-  check_memory(model_widths(task, features, classes, layers, hidden), runs=runs, batch=batch,
-               data=leaves, prog=prog)
-
-
-def _leaves(tree: Any) -> list[Any]:
-  if isinstance(tree, (list, tuple)):
-    return [leaf for item in tree for leaf in _leaves(item)]
-  if isinstance(tree, dict):
-    return [leaf for item in tree.values() for leaf in _leaves(item)]
-  return [] if tree is None else [tree]
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -158,7 +158,8 @@ def run_optuna(args: argparse.Namespace, study: Any, problem: Any, space: dict[s
     result = tuning.optuna_search(study, problem, space_fn(space), n_trials=args.trials,
                                   batch_size_trials=min(args.trials, sweep.BATCH_TRIALS),
                                   steps=args.steps, optimizer=args.optimizer, seeds=seeds,
-                                  loop=args.loop, log_dir=args.tensorboard)
+                                  loop=args.loop, max_memory=args.max_memory,
+                                  log_dir=args.tensorboard)
   except ValueError as err:
     raise common.UsageError(str(err), prog) from None
   except KeyboardInterrupt:

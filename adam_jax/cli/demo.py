@@ -102,9 +102,6 @@ def run(args: argparse.Namespace) -> int:
     common.check_resume(config_path, config, prog)
   problem = common.build_problem(args, prog, layers=args.layers, hidden=args.hidden,
                                  batch_size=args.batch_size)
-  common.check_task_memory(args.task, (problem.train_data, problem.val_data),
-                           layers=args.layers, hidden=args.hidden, runs=1,
-                           batch=args.batch_size, prog=prog)
   common.write_json(config_path, config)
 
   import jax
@@ -151,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                               eval_every=args.eval_every, checkpoint_dir=ckpt_path,
                               checkpoint_every=args.checkpoint_every, resume=resuming,
                               record=record, opt_metrics=opt_metrics, on_start=on_start,
-                              on_eval=on_eval, log_dir=args.tensorboard)
+                              on_eval=on_eval, max_memory=args.max_memory, log_dir=args.tensorboard)
     except checkpoint.CheckpointError as err:
       raise common.UsageError(f"cannot resume from {ckpt_path}: {err}", prog) from None
     except ValueError as err:

@@ -50,9 +50,6 @@ def run(args: argparse.Namespace) -> int:
   out = common.make_out(args.out, PROG)
   problem = common.build_problem(args, PROG, layers=args.layers, hidden=args.hidden,
                                  batch_size=args.batch_size)
-  common.check_task_memory(args.task, (problem.train_data, problem.val_data),
-                           layers=args.layers, hidden=args.hidden, runs=1,
-                           batch=args.batch_size, prog=PROG)
 
   from adam_jax.tuning import lr_find
 
@@ -61,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
   start = time.perf_counter()
   try:
     result = lr_find(problem, optimizer=args.optimizer, start_lr=args.start_lr,
-                     end_lr=args.end_lr, num_steps=args.num_steps, seed=args.seed)
+                     end_lr=args.end_lr, num_steps=args.num_steps, seed=args.seed,
+                     max_memory=args.max_memory)
   except ValueError as err:
     raise common.UsageError(str(err), PROG) from None
   elapsed = time.perf_counter() - start

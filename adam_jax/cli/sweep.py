@@ -250,13 +250,6 @@ def run(args: argparse.Namespace) -> int:
                          for name in ("results.csv", "checkpoints", RECORD)):
     common.check_resume(record_path, record, PROG)
   problem = common.build_problem(args, PROG, batch_size=min(space["batch_size"]))
-  if args.search == "grid":  # trained together: the configurations of a shape group
-    configs = math.prod(len(v) for k, v in space.items() if k not in SHAPE_KEYS)
-  else:
-    configs = min(args.trials, BATCH_TRIALS) if args.search == "optuna" else args.trials
-  common.check_task_memory(args.task, (problem.train_data, problem.val_data),
-                           layers=max(space["layers"]), hidden=max(space["hidden"]),
-                           runs=args.seeds * configs, batch=max(space["batch_size"]), prog=PROG)
   common.write_json(record_path, record)
   if args.search == "optuna":
     from adam_jax.cli import _searches
@@ -317,7 +310,7 @@ def _search(args: argparse.Namespace, problem: Any, space: dict[str, Any], out: 
                               seeds=seeds, out_dir=out, resume=args.resume, loop=args.loop,
                               checkpoint_every=args.checkpoint_every,
                               diagnostics=args.diagnostics, on_row=rows.append,
-                              log_dir=args.tensorboard)
+                              max_memory=args.max_memory, log_dir=args.tensorboard)
   from adam_jax.cli import _searches
 
   dists = _searches.distributions(space)
@@ -327,11 +320,12 @@ def _search(args: argparse.Namespace, problem: Any, space: dict[str, Any], out: 
                                 out_dir=out, resume=args.resume, loop=args.loop,
                                 checkpoint_every=args.checkpoint_every,
                                 diagnostics=args.diagnostics, on_row=rows.append,
-                                log_dir=args.tensorboard)
+                                max_memory=args.max_memory)
   return tuning.successive_halving(problem, dists, num_configs=args.trials,
                                    min_steps=args.min_steps, max_steps=args.steps, eta=args.eta,
                                    seed=args.seed, optimizer=args.optimizer, seeds=seeds,
-                                   loop=args.loop, on_row=rows.append, log_dir=args.tensorboard)
+                                   loop=args.loop, on_row=rows.append,
+                                   max_memory=args.max_memory, log_dir=args.tensorboard)
 
 
 def varied(space: dict[str, Any], key: str) -> bool:

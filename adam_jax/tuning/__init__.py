@@ -14,6 +14,7 @@ from adam_jax.tuning._grid import (
 )
 from adam_jax.tuning._halving import rungs, successive_halving
 from adam_jax.tuning._lr_find import LRFindResult, lr_find
+from adam_jax.tuning._memory import MemoryBudgetError
 from adam_jax.tuning._optuna import optuna_search
 from adam_jax.tuning._problem import Problem
 from adam_jax.tuning._random import (
@@ -33,6 +34,7 @@ __all__ = [
     "Choice",
     "LRFindResult",
     "LogUniform",
+    "MemoryBudgetError",
     "Problem",
     "Row",
     "SearchResult",

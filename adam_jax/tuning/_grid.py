@@ -21,7 +21,8 @@ import optax
 
 from adam_jax import aliases, schedules
 from adam_jax._names import did_you_mean
-from adam_jax.tuning import _runner, _tensorboard
+from adam_jax.tuning import _memory, _runner, _tensorboard
+from adam_jax.tuning._batches import check_resumable
 from adam_jax.tuning._problem import Problem
 
 #: The schedules a search takes for its ``schedule`` key (:func:`schedule_fn`), in index order.
@@ -108,6 +109,11 @@ class Row(NamedTuple):
   diagnostics: dict[str, np.ndarray] | None = None  # with diagnostics: monitor columns
   rung: int | None = None  # successive halving: the last rung the configuration trained in
   steps: int | None = None  # successive halving: the steps it trained
+  evals: dict[str, np.ndarray] | None = None  # with eval_every: "step" and each validation
+  #   metric at those steps, shape=(evaluations,), mean over seeds
+  best_step: list[int] | None = None  # with eval_every: each seed's best evaluated step
+  #   (-1: never a finite metric); with keep="best" its model and metrics are that step's
+  stopped_step: list[int] | None = None  # with patience: the step each seed stopped at
 
 
 class SearchResult(NamedTuple):
@@ -449,6 +455,10 @@ def grid_search(
     on_row: Callable[[Row], None] | None = None,
     diagnostics: bool = False,
     log_dir: str | os.PathLike[str] | None = None,
+    max_memory: int | str | None = None,
+    eval_every: int | None = None,
+    keep: str = "last",
+    patience: int | None = None,
 ) -> SearchResult:
   r"""Trains every configuration of a grid of hyperparameters on the user's problem.
 
@@ -512,6 +522,19 @@ def grid_search(
       configuration>`` as its group finishes (the varied keys name it): the training
       loss over the steps, the final metrics and the hyperparameters (needs tensorboardX:
       ``pip install 'adam-jax[tensorboard]'``).
+    max_memory: the most memory one compiled program may need, in bytes or a string
+      like ``"4GB"`` (default: a share of what is free, see :ref:`memory sizing
+      <memory-sizing>`). Members that do not fit together train in several programs,
+      one after another, with the same results; a configuration that does not fit
+      alone is refused before any training (:class:`MemoryBudgetError`).
+    eval_every: evaluate every member on ``val_data`` every this many steps (and after
+      the last): each row's ``evals`` holds the validation curve (mean over seeds).
+    keep: ``"last"`` (the last step's model) or ``"best"``: each member's params and
+      model state (BatchNorm statistics) at its best evaluated step by ``metric`` and
+      ``mode`` are kept; the row's metrics and ``best.model`` are that step's
+      (``Row.best_step``). Needs ``eval_every``.
+    patience: stop a member after this many evaluations without a better ``metric``: it
+      stops changing (``Row.stopped_step``). Needs ``eval_every``.
 
   Returns:
     A :class:`SearchResult`; ``best.model`` is the trained model of the best
@@ -537,7 +560,8 @@ def grid_search(
   return search(problem, space, None, optimizer=optimizer, steps=steps, seeds=seeds,
                 metric=metric, mode=mode, out_dir=out_dir, resume=resume, devices=devices,
                 loop=loop, checkpoint_every=checkpoint_every, progress=progress, on_row=on_row,
-                diagnostics=diagnostics, log_dir=log_dir)
+                diagnostics=diagnostics, max_memory=max_memory, eval_every=eval_every,
+                keep=keep, patience=patience, log_dir=log_dir)
 
 
 def search(
@@ -560,6 +584,10 @@ def search(
     diagnostics: bool = False,
     meta: Mapping[str, Any] | None = None,
     log_dir: str | os.PathLike[str] | None = None,
+    max_memory: int | str | None = None,
+    eval_every: int | None = None,
+    keep: str = "last",
+    patience: int | None = None,
 ) -> SearchResult:
   """:func:`grid_search` over ``configs`` (default: every combination of ``space``'s values).
 
@@ -577,9 +605,12 @@ def search(
     raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
   if resume and out_dir is None:
     raise ValueError("resume needs out_dir, the folder of the search to resume")
+  check_resumable(problem, resume)
   if (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer))
       or checkpoint_every < 0):
     raise ValueError(f"checkpoint_every must be a nonnegative integer, got {checkpoint_every!r}")
+  budget = memory_budget(max_memory)
+  evaluation = evaluation_of(problem, steps, eval_every, keep, patience, metric, mode)
   factory, opt_name = resolve_optimizer(optimizer)
   sp = parse_space(problem, space, factory, opt_name)
   on_row = _tensorboard.row_logger(log_dir, on_row, _tensorboard.varied(sp.values))
@@ -633,16 +664,16 @@ def search(
     member_hp = {k: np.repeat(v, len(seeds)) for k, v in hp.items()}
     seed_pos = np.tile(np.arange(len(seeds), dtype=np.int32), len(todo))
     idx = None
-    if problem.batch_fn is None:
+    if problem.num_train is not None:
       idx = np.stack([problem.batch_indices(steps, s, bound.batch_size) for s in seeds])
     tx_group = make_tx if not group_const else with_constants(make_tx, group_const)
     bar = _bar(progress, len(todo), label)
     try:
       out = _runner.train_group(
           bound.fns, tx_group, member_hp, seed_pos, seeds, steps,
-          train_data=problem.train_data, val_data=problem.val_data, batch_fn=problem.batch_fn,
+          train_data=problem.data_source, val_data=problem.val_data, batch_fn=problem.batch_fn,
           idx=idx, loop=loop, chunk=checkpoint_every or None, record=record, devices=devices,
-          checkpoint_path=ckpt, resume=resume,
+          checkpoint_path=ckpt, resume=resume, budget=budget, evaluation=evaluation,
           on_steps=None if bar is None else functools.partial(_advance, bar, len(todo), steps))
     finally:
       if bar is not None:
@@ -660,7 +691,8 @@ def search(
       if records is not None:
         diag = monitor_columns(jax.tree.map(lambda r, m=members[0]: r[m], records))
       row = Row(dict(config), metrics, per_seed,
-                np.asarray(losses[members], np.float32).mean(axis=0), diagnostics=diag)
+                np.asarray(losses[members], np.float32).mean(axis=0), diagnostics=diag,
+                **evaluated(out, members))
       if metric not in metrics:
         raise ValueError(f"metric {metric!r} is not among the metrics "
                          f"({', '.join(metrics)}); pass val_data or metric=...")
@@ -691,13 +723,13 @@ def search(
     cfg_const = {k: top.config[k] for k in sp.group if k not in sp.shape}
     hp = {k: np.repeat(v, len(seeds)) for k, v in traced_values([top.config], sp.traced).items()}
     idx = None
-    if problem.batch_fn is None:
+    if problem.num_train is not None:
       idx = np.stack([problem.batch_indices(steps, s, bound.batch_size) for s in seeds])
     out = _runner.train_group(
         bound.fns, make_tx if not cfg_const else with_constants(make_tx, cfg_const), hp,
-        np.arange(len(seeds), dtype=np.int32), seeds, steps, train_data=problem.train_data,
+        np.arange(len(seeds), dtype=np.int32), seeds, steps, train_data=problem.data_source,
         val_data=problem.val_data, batch_fn=problem.batch_fn, idx=idx, loop=loop,
-        devices=_runner.one_per_process(devices))
+        devices=_runner.one_per_process(devices), budget=budget, evaluation=evaluation)
     trained = _take(out, list(range(len(seeds))))
     row = row._replace(seed_metrics=[{k: float(v[m]) for k, v in out.metrics.items()}
                                      for m in range(len(seeds))])
@@ -719,6 +751,49 @@ def check_metric(bound: Any, problem: Problem, metric: str) -> None:
     names = first + [k for k in names if k not in first]
     raise ValueError(f"metric {metric!r} is not among the metrics ({', '.join(names)}); "
                      "pass val_data or metric=...")
+
+
+def evaluation_of(problem: Problem, steps: int, eval_every: int | None, keep: str,
+                  patience: int | None, metric: str, mode: str) -> _runner.Evaluation | None:
+  """The checked ``eval_every``, ``keep`` and ``patience`` of a search (None: no evaluation)."""
+  if keep not in ("last", "best"):
+    raise ValueError(f"keep must be 'last' or 'best', got {keep!r}")
+  if eval_every is None:
+    for name, unset in (("keep='best'", keep == "last"), ("patience", patience is None)):
+      if not unset:
+        raise ValueError(f"{name} needs eval_every, the steps between evaluations")
+    return None
+  if isinstance(eval_every, bool) or not isinstance(eval_every, (int, np.integer)) or not (
+      1 <= eval_every <= steps):
+    raise ValueError(f"eval_every must be an integer from 1 to steps ({steps}), "
+                     f"got {eval_every!r}")
+  if patience is not None and (isinstance(patience, bool) or not isinstance(
+      patience, (int, np.integer)) or patience < 1):
+    raise ValueError(f"patience must be a positive integer (evaluations), got {patience!r}")
+  if problem.val_data is None:
+    raise ValueError("eval_every evaluates on val_data: pass val_data to the Problem")
+  if not metric.startswith("val_"):
+    raise ValueError(f"with eval_every the metric must be a validation metric (val_...), "
+                     f"got {metric!r}")
+  return _runner.Evaluation(int(eval_every), metric, mode, keep,
+                            None if patience is None else int(patience))
+
+
+def evaluated(out: Any, members: list[int]) -> dict[str, Any]:
+  """A row's ``evals``, ``best_step`` and ``stopped_step`` from its members (seeds)."""
+  if out.evals is None:
+    return {}
+  steps, curves = out.evals
+  evals = {"step": np.asarray(steps)}
+  evals.update({k: np.asarray(v[members], np.float64).mean(axis=0) for k, v in curves.items()})
+  return {"evals": evals, "best_step": [int(out.best_step[m]) for m in members],
+          "stopped_step": [int(out.stopped[m]) for m in members]}
+
+
+def memory_budget(max_memory: int | str | None) -> int | None:
+  """The bytes one program may need: ``max_memory`` parsed, or the default budget."""
+  budget = _memory.parse_bytes(max_memory)
+  return _memory.default_budget() if budget is None else budget
 
 
 def with_constants(make_tx, const: dict[str, Any]):

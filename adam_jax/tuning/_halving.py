@@ -18,6 +18,7 @@ from adam_jax.tuning._grid import (
   SearchResult,
   check_metric,
   finite_or_nan,
+  memory_budget,
   parse_space,
   resolve_optimizer,
   seed_list,
@@ -82,6 +83,7 @@ def successive_halving(
     progress: bool | None = None,
     on_row: Callable[[Row], None] | None = None,
     log_dir: str | os.PathLike[str] | None = None,
+    max_memory: int | str | None = None,
 ) -> SearchResult:
   """Synchronous successive halving over a grid or sampled configurations.
 
@@ -118,6 +120,7 @@ def successive_halving(
     progress: a progress bar per rung (default: when the output is a terminal).
     on_row: called with each :class:`Row` as its configuration stops.
     log_dir: as in :func:`grid_search`, each configuration's run written when it stops.
+    max_memory: as in :func:`grid_search` (each rung's programs are sized on their own).
 
   Returns:
     A :class:`SearchResult`, one row per configuration in draw (grid) order with the
@@ -158,6 +161,7 @@ def successive_halving(
   if not isinstance(space, Mapping):
     raise ValueError(f"space must map names to values or distributions, got "
                      f"{type(space).__name__}")
+  budget = memory_budget(max_memory)
   factory, opt_name = resolve_optimizer(optimizer)
   sampled = num_configs is not None or any(
       isinstance(v, (LogUniform, Uniform, Choice)) for v in space.values())
@@ -197,7 +201,7 @@ def successive_halving(
       if group_key not in bounds:
         bounds[group_key] = problem.bind(**{k: group_cfg[k] for k in sp.shape})
         check_metric(bounds[group_key], problem, metric)
-        if problem.batch_fn is None:
+        if problem.num_train is not None:
           idxs[group_key] = np.stack([problem.batch_indices(
               max_steps, s, bounds[group_key].batch_size) for s in seeds])
       bound = bounds[group_key]
@@ -221,10 +225,10 @@ def successive_halving(
       out = _runner.train_group(
           bound.fns, tx_of.setdefault(group_key, make_tx if not group_const
                                       else with_constants(make_tx, group_const)),
-          member_hp, seed_pos, seeds, stop, train_data=problem.train_data,
+          member_hp, seed_pos, seeds, stop, train_data=problem.data_source,
           val_data=problem.val_data, batch_fn=problem.batch_fn, idx=idxs.get(group_key),
           loop=resolved.get(group_key, loop), devices=devices, start=carry, first_step=start,
-          pad_to=pad_to, chunk=chunk, programs=known)
+          pad_to=pad_to, chunk=chunk, programs=known, budget=budget)
       sizes[group_key].add(pad_to)
       resolved[group_key] = out.loop  # no need to look at the step again
       new = len(known) - before  # at least one at a group's first rung: nothing was known

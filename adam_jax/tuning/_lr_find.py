@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Callable
@@ -15,6 +14,8 @@ import optax
 
 from adam_jax import _numerics as numerics
 from adam_jax import aliases
+from adam_jax.tuning import _runner
+from adam_jax.tuning._memory import check_fits
 from adam_jax.tuning._problem import Problem
 
 
@@ -70,6 +71,7 @@ def lr_find(
     beta: float = 0.98,
     diverge_factor: float = 4.0,
     seed: int = 0,
+    max_memory: int | str | None = None,
 ) -> LRFindResult:
   r"""Runs the learning-rate range test on the user's problem.
 
@@ -114,6 +116,8 @@ def lr_find(
     beta: smoothing factor of the moving average, in [0, 1).
     diverge_factor: stop when the smoothed loss exceeds this multiple of its best (> 1).
     seed: seeds the mini-batch order (and a factory's initial params).
+    max_memory: as in :func:`grid_search`: a step that needs more is refused before
+      it runs (:class:`MemoryBudgetError`, with the figures).
 
   Returns:
     An :class:`LRFindResult`.
@@ -145,22 +149,30 @@ def lr_find(
 
   tx = factory(lr_at)
   fns = problem.bind().fns
-  params, state = jax.jit(fns.init)(np.int32(seed))
-  idx = None if problem.batch_fn is not None else problem.batch_indices(num_steps, seed)
+  idx = None if problem.num_train is None else problem.batch_indices(num_steps, seed)
 
-  @functools.partial(jax.jit, donate_argnums=0)
-  def step(carry, t, rows, data):
-    params, opt_state, state = carry
-    if problem.batch_fn is not None:
-      batch = problem.batch_fn(t, jax.random.fold_in(jax.random.key(seed), t))
-    else:
-      batch = jax.tree.map(lambda a: a[rows], data)
-    (loss, (_, state)), grads = jax.value_and_grad(fns.loss, has_aux=True)(params, state, batch)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state, state), loss
+  one_step = _runner.member_step(fns, lambda hp: tx, problem.batch_fn, None)
+
+  def step(carry, t, idx, data):  # one member: its seed and batch rows at position 0
+    rows = None if idx is None else idx[:, None]
+    return one_step(carry, {}, 0, t, rows, jnp.asarray([seed], jnp.int32), data)
 
   data = None if problem.train_data is None else jax.device_put(problem.train_data)
-  carry = jax.tree.map(jnp.array, (params, tx.init(params), state))  # copies: donated
+  batches = None if problem.stream is None else problem.stream.batches(0)
+
+  def init(seed):
+    params, state = fns.init(seed)
+    return params, tx.init(params), state
+
+  seed32 = np.int32(seed)
+  idx = None if idx is None else jax.device_put(idx)
+  carry_shape = jax.eval_shape(init, seed32)
+  init = jax.jit(init).lower(seed32).compile()
+  step = jax.jit(step, donate_argnums=0).lower(
+      carry_shape, np.int32(0), idx, data if batches is None else problem.stream.shapes()
+  ).compile()
+  check_fits([init, step], max_memory, "the range test's training step")
+  carry = init(seed32)
   raw: list[float] = []
   smooth: list[float] = []
   avg, best, stop = 0.0, math.inf, False
@@ -168,7 +180,8 @@ def lr_find(
   for lo in range(0, num_steps, check):
     losses = []
     for t in range(lo, min(lo + check, num_steps)):
-      carry, loss = step(carry, np.int32(t), None if idx is None else idx[t], data)
+      batch = data if batches is None else _next_batch(problem.stream, batches, t)
+      carry, loss = step(carry, np.int32(t), idx, batch)
       losses.append(loss)
     for loss in jax.device_get(losses):
       i = len(raw)
@@ -189,6 +202,18 @@ def lr_find(
   usable = count - 1 if stop else count  # the last point of a diverged run is not used
   steep, valley = _suggest(lrs[:usable], smooth_a[:usable])
   return LRFindResult(lrs, smooth_a, raw_a, steep, valley, stop)
+
+
+def _next_batch(stream: Any, batches: Any, step: int) -> Any:
+  try:
+    batch = jax.tree.map(np.asarray, next(batches))
+  except StopIteration:
+    raise ValueError(f"train_data ran out of batches at step {step}: the range test needs "
+                     "num_steps of them") from None
+  if jax.tree.map(lambda a: (a.shape, a.dtype), batch) != stream.spec:
+    raise ValueError(f"train_data's batch at step {step} differs in shape or dtype from the "
+                     "first batch: every batch must be alike")
+  return batch
 
 
 def _suggest(lrs: np.ndarray, losses: np.ndarray) -> tuple[float, float]:

@@ -21,6 +21,7 @@ from adam_jax.tuning._grid import (
   Row,
   SearchResult,
   check_metric,
+  memory_budget,
   parse_space,
   resolve_optimizer,
   seed_list,
@@ -48,6 +49,7 @@ def optuna_search(
     devices: Sequence[jax.Device] | None = None,
     loop: str = "auto",
     log_dir: str | os.PathLike[str] | None = None,
+    max_memory: int | str | None = None,
 ) -> SearchResult:
   """Runs ``n_trials`` trials of an Optuna ``study``, a batch of them trained at once.
 
@@ -102,6 +104,7 @@ def optuna_search(
     loop: as in :func:`grid_search`.
     log_dir: as in :func:`grid_search`, the runs of a batch written when it finishes
       (pruned trials too, up to the step they reached).
+    max_memory: as in :func:`grid_search`.
 
   Returns:
     A :class:`SearchResult` of the trials this call trained, in order (``Row.steps``:
@@ -148,6 +151,7 @@ def optuna_search(
   if loop not in _runner.LOOPS:
     raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
   seeds = seed_list(seeds)
+  budget = memory_budget(max_memory)
   factory, opt_name = resolve_optimizer(optimizer)
   log_dir = _tensorboard.check(log_dir)
   devices = list(jax.devices() if devices is None else devices)
@@ -192,7 +196,7 @@ def optuna_search(
         out = _train_batch(problem, sp, configs, make_tx=tx_builder(factory, sp, steps),
                            steps=steps, every=every, seeds=seeds, metric=metric, mode=mode,
                            trials=trials, tell=_teller(study, told), devices=devices,
-                           loop=loop, programs=programs)
+                           loop=loop, programs=programs, budget=budget)
     except BaseException:
       for t in asked:  # none left running
         if t.number not in told:
@@ -328,7 +332,7 @@ def _teller(study: Any, told: set[int]) -> Callable[..., None]:
 
 
 def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, mode, trials,
-                 tell, devices, loop, programs):
+                 tell, devices, loop, programs, budget):
   """Trains a batch of trials in chunks, reporting, pruning and telling as it goes.
 
   Pruned trials leave the batch, and the trials still alive are padded back to the batch's
@@ -349,7 +353,7 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
     bound = problem.bind(**{k: group_cfg[k] for k in sp.shape})
     check_metric(bound, problem, metric)
     idx = None
-    if problem.batch_fn is None:
+    if problem.num_train is not None:
       idx = np.stack([problem.batch_indices(steps, s, bound.batch_size) for s in seeds])
     const = {k: v for k, v in group_cfg.items() if k not in sp.shape}
     tx = make_tx if not const else with_constants(make_tx, const)
@@ -367,9 +371,9 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
       out = _runner.train_group(
           bound.fns, tx, {k: np.repeat(v, n_seeds) for k, v in hp.items()},
           np.tile(np.arange(n_seeds, dtype=np.int32), len(alive)), seeds, stop,
-          train_data=problem.train_data, val_data=problem.val_data, batch_fn=problem.batch_fn,
+          train_data=problem.data_source, val_data=problem.val_data, batch_fn=problem.batch_fn,
           idx=idx, loop=loops.get(label, loop), devices=devices, start=carry, first_step=start,
-          pad_to=size, programs=known)
+          pad_to=size, programs=known, budget=budget)
       loops[label] = out.loop  # the next chunks use the form chosen for the first
       n = len(alive) * n_seeds
       spread = max(spread, min(len(devices), n) if n > 1 else 1)

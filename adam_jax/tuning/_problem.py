@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adam_jax.tuning._batches import BatchStream, is_batch_iterable
+
 _NO_STATE = ()  # the non-optimized state of a functional problem
 
 
@@ -35,24 +37,55 @@ class Problem:
   epoch a fresh permutation seeded by the run's seed (the last incomplete batch of an
   epoch is dropped; see :meth:`batch_indices`); or a callable ``batch_fn(step, key)
   -> batch``, traced with ``step`` an int32 scalar and ``key`` =
-  ``jax.random.fold_in(jax.random.key(seed), step)``, for data that is generated.
+  ``jax.random.fold_in(jax.random.key(seed), step)``, for data that is generated; or
+  an iterable of batches from one's own pipeline (a generator, a grain or torch
+  ``DataLoader``, a ``tf.data`` NumPy iterator, any object with ``__iter__`` that is not
+  a tuple, list or dict of arrays), each batch a pytree of arrays of the same shapes and
+  dtypes. Step ``t`` trains on its ``t``-th batch; every member of a search sees the same
+  batches (the seeds vary the initial params and the dropout streams only), pulled a
+  chunk at a time in a background thread, so memory depends on the chunk, not on the
+  data. A re-iterable (``iter()`` gives a fresh pass) can feed several groups, rungs and
+  resumes (the batches already trained on are skipped); a one-shot iterator (a
+  generator) feeds one pass and cannot resume. ``batch_size`` is then the pipeline's,
+  there is no ``train_loss``, and ``val_data`` may be a finite re-iterable too (its
+  batches are concatenated).
 
-  Metrics of a trained model, always in eval mode:
+  Metrics of a trained model, always in eval mode, each computed in mini-batches of
+  ``eval_batch_size`` examples (never on a whole split at once, so evaluation needs the
+  memory of one batch, not of the split):
 
-  * ``train_loss``: ``loss_fn`` on the whole ``train_data`` (when it holds arrays);
-  * ``val_loss``: ``loss_fn`` on the whole ``val_data``, and ``val_<name>`` for every
+  * ``train_loss``: ``loss_fn`` over ``train_data`` (when it holds arrays);
+  * ``val_loss``: ``loss_fn`` over ``val_data``, and ``val_<name>`` for every
     scalar entry of the aux dict (``val_accuracy`` when the loss returns
     ``{"accuracy": ...}``);
-  * whatever ``metrics_fn(model_or_params, val_data) -> dict`` returns (it is traced;
-    its values must be scalars; a name it returns replaces a default one).
+  * whatever ``metrics_fn(model_or_params, batch) -> dict`` returns on ``val_data``'s
+    batches (it is traced; its values must be scalars; a name it returns replaces a
+    default one).
+
+  Each reported value is the example-weighted mean over the batches, the last partial
+  batch included:
+
+  .. math::
+
+    m = \frac{1}{N} \sum_b n_b\, f(B_b), \qquad N = \sum_b n_b,
+
+  where :math:`f(B_b)` is ``loss_fn`` (or an aux or ``metrics_fn`` value) on batch
+  :math:`B_b` of :math:`n_b` examples, taken in order. For a loss that is a mean over
+  its batch's examples (the usual contract) this is the mean over the split, and it
+  equals a user's own loop over the same batches to float32 summation order; a value
+  that is not a per-example mean (a median, a maximum) is averaged over batches all
+  the same.
 
   Args:
     model: an ``nnx.Module``, a factory of one, a param pytree or an ``init`` function.
     loss_fn: the training loss of a batch (a scalar), optionally with an aux dict.
-    train_data: a pytree of arrays with a shared leading axis, or ``batch_fn``.
-    val_data: a pytree of arrays for evaluation (or None).
+    train_data: a pytree of arrays with a shared leading axis, ``batch_fn``, or an
+      iterable of batches.
+    val_data: a pytree of arrays (or a finite iterable of batches) for evaluation, or None.
     batch_size: examples per mini-batch (array data); a search may vary it.
-    metrics_fn: more metrics of a trained model on ``val_data``.
+    metrics_fn: more metrics of a trained model on ``val_data``'s batches.
+    eval_batch_size: examples per batch when the metrics are computed (default: the
+      problem's ``batch_size``, whose training step already fits in memory).
 
   Raises:
     ValueError: the data's leading axes differ, a batch is larger than the data, or
@@ -71,7 +104,8 @@ class Problem:
 
   def __init__(self, model: Any, loss_fn: Callable[..., Any], train_data: Any,
                val_data: Any = None, *, batch_size: int = 32,
-               metrics_fn: Callable[[Any, Any], dict[str, Any]] | None = None):
+               metrics_fn: Callable[[Any, Any], dict[str, Any]] | None = None,
+               eval_batch_size: int | None = None):
     from flax import nnx
 
     if not callable(loss_fn):
@@ -83,6 +117,9 @@ class Problem:
     self.loss_fn = loss_fn
     self.metrics_fn = metrics_fn
     self.batch_size = int(batch_size)
+    if eval_batch_size is not None:
+      _check_positive_int("eval_batch_size", eval_batch_size)
+    self.eval_batch_size = int(eval_batch_size or batch_size)
     if isinstance(model, nnx.Module):
       self.kind, self.factory = "nnx", None
     elif callable(model) and not _is_pytree_of_arrays(model):
@@ -93,7 +130,13 @@ class Problem:
     else:
       self.kind, self.factory = "functional", None
     self.model_keys = _keywords(self.factory) if self.factory is not None else ()
-    if callable(train_data) and not _is_pytree_of_arrays(train_data):
+    self.stream = None
+    if is_batch_iterable(train_data):
+      self.stream = BatchStream(train_data)
+      self.batch_fn, self.train_data, self.num_train = None, None, None
+      self.batch_size = self.stream.batch_size
+      self.eval_batch_size = int(eval_batch_size or self.batch_size)
+    elif callable(train_data) and not _is_pytree_of_arrays(train_data):
       self.batch_fn, self.train_data, self.num_train = train_data, None, None
     else:
       self.batch_fn = None
@@ -101,7 +144,17 @@ class Problem:
       if self.batch_size > self.num_train:
         raise ValueError(f"batch_size must be at most the number of training examples "
                          f"({self.num_train}), got {self.batch_size}")
+    if is_batch_iterable(val_data):  # a finite re-iterable: its batches, concatenated
+      batches = [jax.tree.map(np.asarray, b) for b in val_data]
+      if not batches:
+        raise ValueError("val_data is an empty iterable: it gave no batch")
+      val_data = jax.tree.map(lambda *a: np.concatenate(a), *batches)
     self.val_data = None if val_data is None else _arrays("val_data", val_data)[0]
+
+  @property
+  def data_source(self) -> Any:
+    """What the runner trains on: the arrays, the iterable's stream, or None (``batch_fn``)."""
+    return self.stream if self.stream is not None else self.train_data
 
   @property
   def shape_keys(self) -> tuple[str, ...]:
@@ -153,6 +206,9 @@ class _Bound:
   def __init__(self, problem: Problem, shape: dict[str, Any]):
     self.problem = problem
     shape = dict(shape)
+    if problem.stream is not None and "batch_size" in shape:
+      raise ValueError("batch_size cannot be searched when train_data is an iterable of "
+                       "batches: the pipeline sets it")
     self.batch_size = int(shape.pop("batch_size", problem.batch_size))
     _check_positive_int("batch_size", self.batch_size)
     if problem.num_train is not None and self.batch_size > problem.num_train:
@@ -171,6 +227,8 @@ class _Bound:
     params, state = jax.eval_shape(self.fns.init, jnp.zeros((), jnp.int32))
     if p.batch_fn is not None:
       batch = jax.eval_shape(p.batch_fn, jnp.zeros((), jnp.int32), jax.random.key(0))
+    elif p.stream is not None:
+      batch = p.stream.shapes()
     else:
       batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((self.batch_size,) + a.shape[1:],
                                                           a.dtype), p.train_data)
@@ -230,19 +288,56 @@ def _split_loss(out: Any) -> tuple[Any, Any]:
   return out, None
 
 
-def _default_metrics(loss_fn: Callable[..., Any], model: Any, train_data: Any,
-                     val_data: Any) -> dict[str, Any]:
+def _default_metrics(loss_fn: Callable[..., Any], model: Callable[[], Any], train_data: Any,
+                     val_data: Any, metrics_fn: Callable[..., Any] | None,
+                     batch_size: int) -> dict[str, Any]:
+  """The metrics of ``model()`` (built afresh for each batch), each a batched mean."""
   out = {}
   if train_data is not None:
-    out["train_loss"] = _split_loss(loss_fn(model, train_data))[0]
+    out.update(batched_mean(lambda b: {"train_loss": _split_loss(loss_fn(model(), b))[0]},
+                            train_data, batch_size))
   if val_data is not None:
-    loss, aux = _split_loss(loss_fn(model, val_data))
-    out["val_loss"] = loss
-    if isinstance(aux, dict):
-      for key, value in aux.items():
-        if jnp.shape(value) == ():
-          out[f"val_{key}"] = value
+    def on_val(batch):
+      m = model()
+      loss, aux = _split_loss(loss_fn(m, batch))
+      values = {"val_loss": loss}
+      if isinstance(aux, dict):
+        values.update({f"val_{k}": v for k, v in aux.items() if jnp.shape(v) == ()})
+      if metrics_fn is not None:
+        values.update(_check_metrics(metrics_fn(m, batch)))
+      return values
+
+    out.update(batched_mean(on_val, val_data, batch_size))
   return out
+
+
+def batched_mean(fn: Callable[[Any], dict[str, Any]], data: Any, batch_size: int
+                 ) -> dict[str, jax.Array]:
+  r"""The example-weighted mean of ``fn(batch)`` over ``data`` in batches of ``batch_size``.
+
+  :math:`\frac{1}{N}\sum_b n_b\,fn(B_b)`: the full batches in one ``lax.scan`` (so only
+  one batch's activations are alive at a time), the last partial batch in one more call;
+  sums in float32.
+  """
+  n = jax.tree.leaves(data)[0].shape[0]
+  full, rest = divmod(n, batch_size)
+  total = None
+  if full:
+    head = jax.tree.map(lambda a: a[:full * batch_size].reshape(
+        (full, batch_size) + a.shape[1:]), data)
+
+    def body(acc, batch):
+      return {k: acc[k] + jnp.asarray(v, jnp.float32) for k, v in fn(batch).items()}, None
+
+    first = jax.tree.map(lambda a: a[0], head)
+    zeros = {k: jnp.zeros((), jnp.float32) for k in jax.eval_shape(fn, first)}
+    total, _ = jax.lax.scan(body, zeros, head)
+    total = jax.tree.map(lambda t: t * np.float32(batch_size), total)
+  if rest:
+    tail = jax.tree.map(lambda a: a[full * batch_size:], data)
+    last = {k: jnp.asarray(v, jnp.float32) * np.float32(rest) for k, v in fn(tail).items()}
+    total = last if total is None else jax.tree.map(jnp.add, total, last)
+  return {k: v / np.float32(n) for k, v in total.items()}
 
 
 def _check_metrics(metrics: Any) -> dict[str, Any]:
@@ -275,10 +370,8 @@ def _functional(problem: Problem, shape: dict[str, Any]) -> _Functions:
 
   def metrics(params, state, train_data, val_data):
     del state
-    out = _default_metrics(problem.loss_fn, params, train_data, val_data)
-    if problem.metrics_fn is not None:
-      out.update(problem.metrics_fn(params, val_data))
-    return _check_metrics(out)
+    return _default_metrics(problem.loss_fn, lambda: params, train_data, val_data,
+                            problem.metrics_fn, problem.eval_batch_size)
 
   return _Functions(init, loss, metrics, lambda params, state: params)
 
@@ -324,11 +417,9 @@ def _nnx_functions(problem: Problem, shape: dict[str, Any]) -> _Functions:
     return value, (aux, (keys, rest))
 
   def metrics(params, state, train_data, val_data):
-    module = nnx.merge(eval_def, params, *state, copy=True)
-    out = _default_metrics(problem.loss_fn, module, train_data, val_data)
-    if problem.metrics_fn is not None:
-      out.update(problem.metrics_fn(module, val_data))
-    return _check_metrics(out)
+    return _default_metrics(problem.loss_fn, lambda: nnx.merge(eval_def, params, *state,
+                                                               copy=True),
+                            train_data, val_data, problem.metrics_fn, problem.eval_batch_size)
 
   def to_user(params, state):
     return nnx.merge(eval_def, params, *state, copy=True)

@@ -217,6 +217,10 @@ def random_search(
     on_row: Callable[[Row], None] | None = None,
     diagnostics: bool = False,
     log_dir: str | os.PathLike[str] | None = None,
+    max_memory: int | str | None = None,
+    eval_every: int | None = None,
+    keep: str = "last",
+    patience: int | None = None,
 ) -> SearchResult:
   """Trains ``num_configs`` configurations sampled from ``space``, vectorized like a grid.
 
@@ -248,6 +252,10 @@ def random_search(
     on_row: as in :func:`grid_search`.
     diagnostics: as in :func:`grid_search`.
     log_dir: as in :func:`grid_search`.
+    max_memory: as in :func:`grid_search`.
+    eval_every: as in :func:`grid_search`.
+    keep: as in :func:`grid_search`.
+    patience: as in :func:`grid_search`.
 
   Returns:
     A :class:`SearchResult` with one row per sampled configuration, in draw order.
@@ -273,4 +281,5 @@ def random_search(
                 seeds=seeds, metric=metric, mode=mode, out_dir=out_dir, resume=resume,
                 devices=devices, loop=loop, checkpoint_every=checkpoint_every,
                 progress=progress, on_row=on_row, diagnostics=diagnostics, log_dir=log_dir,
+                max_memory=max_memory, eval_every=eval_every, keep=keep, patience=patience,
                 meta={"search": "random", "seed": int(seed), "num_configs": int(num_configs)})

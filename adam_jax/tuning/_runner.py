@@ -28,6 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from adam_jax.tuning import _memory
+from adam_jax.tuning._batches import BatchStream, Prefetcher
+
 LOOPS = ("auto", "scan", "python")
 
 
@@ -43,6 +46,20 @@ class GroupOutput(NamedTuple):
   num_devices: int  # the devices the members were spread over
   opt_state: Any = None  # the optimizer states, leading axis: members
   compile_s: float = 0.0  # wall time of lowering and compiling the programs not cached
+  evals: Any = None  # with evaluation: (steps (E,), {metric: shape=(members, E)})
+  best_step: np.ndarray | None = None  # with evaluation: shape=(members,), the step kept
+  stopped: np.ndarray | None = None  # with patience: shape=(members,), the step it stopped at
+  #   (steps when it never stopped)
+
+
+class Evaluation(NamedTuple):
+  """Validation during training: what :func:`train_group` evaluates, keeps and stops on."""
+
+  every: int  # evaluate the validation metrics every this many steps (and after the last)
+  metric: str  # the metric that says which step is best
+  mode: str = "min"  # "min" or "max"
+  keep: str = "last"  # "last": the last step's model; "best": the best evaluated step's
+  patience: int | None = None  # stop a member after this many evaluations without a better one
 
 
 def train_group(
@@ -68,8 +85,15 @@ def train_group(
     first_step: int = 0,
     pad_to: int | None = None,
     programs: dict[Any, Any] | None = None,
+    budget: int | None = None,
+    evaluation: Evaluation | None = None,
 ) -> GroupOutput:
   """Trains every member of a group for ``steps`` steps and evaluates it.
+
+  With a ``budget``, the group's programs are compiled first and XLA's memory analysis
+  of them (:func:`adam_jax.tuning._memory.program_bytes`) decides how many members train
+  at once: members that do not fit one program go into several of equal size, trained
+  one after another, with the same results.
 
   Args:
     fns: the bound problem's functions (``init``, ``loss``, ``metrics``).
@@ -97,18 +121,87 @@ def train_group(
     programs: compiled programs kept across calls with the same ``fns``, ``make_tx``,
       data, ``batch_fn`` and ``record`` (a dict the caller owns): a program whose kind and
       argument shapes are there is not compiled again, and new ones are added.
+    budget: the most bytes one program may need (None: no limit).
+    evaluation: evaluate every ``evaluation.every`` steps (needs ``val_data``): the curves
+      come back in ``GroupOutput.evals``; with ``keep="best"`` each member's params and
+      state at its best evaluated step are returned (and evaluated), with ``patience`` a
+      member that has not improved for that many evaluations stops changing.
 
   Returns:
     A :class:`GroupOutput`.
-  """
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-  def one_step(carry, hp1, pos, t, idx_all, seeds_all, data):
+  Raises:
+    adam_jax.tuning.MemoryBudgetError: one member alone needs more than ``budget``.
+  """
+  chunk = steps - first_step if not chunk else min(int(chunk), steps)
+  if loop == "auto":
+    loop = _auto_loop(fns, make_tx, hp, seed_pos, seeds, train_data, idx, batch_fn, record)
+  if loop not in ("scan", "python"):
+    raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+  g = _Group(fns, make_tx, seeds, steps, train_data, val_data, batch_fn, idx, loop, chunk,
+             record, list(devices or jax.devices()[:1]), first_step,
+             {} if programs is None else programs, evaluation)
+  check_devices(g.devices)
+  n = len(seed_pos)
+  per = n
+  if budget is not None:
+    per = _members_that_fit(g, hp, seed_pos, max(n, pad_to or 0), start is None, budget)
+  if per >= n:
+    return _train_members(g, hp, seed_pos, start, pad_to, checkpoint_path, resume, on_steps)
+  parts = list(range(0, n, per))
+  outs = []
+  for i, lo in enumerate(parts):
+    sl = slice(lo, lo + per)
+    done = lambda hi, i=i: on_steps(first_step + (i * (steps - first_step) + hi - first_step)
+                                    // len(parts))
+    outs.append(_train_members(
+        g, {k: np.asarray(v)[sl] for k, v in hp.items()}, np.asarray(seed_pos)[sl],
+        None if start is None else jax.tree.map(lambda a, sl=sl: a[sl], start), per,
+        None if checkpoint_path is None else os.path.join(checkpoint_path, f"part-{i}"),
+        resume, None if on_steps is None else done))
+  return _concat_outputs(outs)
+
+
+class _Group(NamedTuple):
+  """What every program of a group shares (the members aside)."""
+
+  fns: Any
+  make_tx: Callable[[dict[str, Any]], optax.GradientTransformation]
+  seeds: Sequence[int]
+  steps: int
+  train_data: Any
+  val_data: Any
+  batch_fn: Callable[..., Any] | None
+  idx: np.ndarray | None
+  loop: str  # "scan" or "python"
+  chunk: int
+  record: Callable[[Any], Any] | None
+  devices: list[jax.Device]
+  first_step: int
+  programs: dict[Any, Any]
+  evaluation: Evaluation | None = None
+
+
+def member_step(fns: Any, make_tx: Callable[[dict[str, Any]], optax.GradientTransformation],
+                batch_fn: Callable[..., Any] | None, record: Callable[[Any], Any] | None
+                ) -> Callable[..., Any]:
+  """The training step of one member: the one step body of every search, ``lr_find`` and ``train``.
+
+  ``step(carry, hp, pos, t, idx, seeds, data) -> (carry, out)``: ``carry`` is ``(params,
+  opt_state, state)``; the batch of step ``t`` is ``batch_fn(t, fold_in(key(seeds[pos]),
+  t))``, the rows ``idx[t, pos]`` of ``data``, or ``data`` itself when ``idx`` is None;
+  the loss is passed to the optimizer as ``value=`` when it takes extra arguments
+  (:func:`tx_update`); ``out`` is the loss, with ``record(opt_state)`` beside it when
+  ``record`` is given.
+  """
+  def step(carry, hp1, pos, t, idx_all, seeds_all, data):
     params, opt_state, state = carry
     tx = make_tx(hp1)
     if batch_fn is not None:
       key = jax.random.fold_in(jax.random.key(seeds_all[pos]), t)
       batch = batch_fn(t, key)
+    elif idx_all is None:  # the batch itself (from an iterable of batches)
+      batch = data
     else:
       rows = idx_all[t, pos]
       batch = jax.tree.map(lambda a: a[rows], data)
@@ -118,146 +211,424 @@ def train_group(
     out = loss if record is None else (loss, record(opt_state))
     return (params, opt_state, state), out
 
-  v_step = jax.vmap(one_step, in_axes=(0, 0, 0, None, None, None, None))
+  return step
+
+
+ACTIVE = "__active__"  # in a member's hyperparameters: False once it stopped (patience)
+
+
+def _step_fn(g: _Group) -> Callable[..., Any]:
+  """One training step of every member: ``jax.vmap`` of :func:`member_step`.
+
+  A member whose hyperparameters hold ``ACTIVE`` False keeps its carry unchanged.
+  """
+  step = member_step(g.fns, g.make_tx, g.batch_fn, g.record)
+
+  def gated(carry, hp1, *rest):
+    active = hp1.get(ACTIVE)
+    new, out = step(carry, _without_active(hp1), *rest)
+    if active is not None:
+      new = where_members(active, new, carry)
+    return new, out
+
+  return jax.vmap(gated, in_axes=(0, 0, 0, None, None, None, None))
+
+
+def _without_active(hp: dict[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in hp.items() if k != ACTIVE}
+
+
+def where_members(mask: Any, new: Any, old: Any) -> Any:
+  """``new`` where ``mask`` (per member, or a scalar inside ``vmap``), else ``old``.
+
+  Typed PRNG keys (an NNX model's Dropout streams) are selected as their raw bits.
+  """
+  def pick(a, b):
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      bits = pick(jax.random.key_data(a), jax.random.key_data(b))
+      return jax.random.wrap_key_data(bits, impl=jax.random.key_impl(a))
+    m = jnp.reshape(mask, jnp.shape(mask) + (1,) * (a.ndim - jnp.ndim(mask)))
+    return jnp.where(m, a, b)
+
+  return jax.tree.map(pick, new, old)
+
+
+def _init_fn(g: _Group) -> Callable[..., Any]:
+  fns, make_tx = g.fns, g.make_tx
 
   def init(hp, pos, seeds_all):
     params, state = jax.tree.map(lambda a: a[pos], jax.vmap(fns.init)(seeds_all))
-    opt_state = jax.vmap(lambda hp1, p: make_tx(hp1).init(p))(hp, params)
+    opt_state = jax.vmap(lambda hp1, p: make_tx(hp1).init(p))(_without_active(hp), params)
     return params, opt_state, state
 
-  chunk = steps - first_step if not chunk else min(int(chunk), steps)
-  t_shape = jax.ShapeDtypeStruct((), jnp.int32)
-  if loop == "auto":
-    plain = (hp, np.asarray(seed_pos, np.int32), np.asarray(seeds, np.int32))
-    step_plain = (hp, plain[1], t_shape, None if idx is None else np.swapaxes(idx, 0, 1),
-                  plain[2], train_data)
-    loop = choose_loop(v_step, jax.eval_shape(init, *plain), *step_plain)
-  if loop not in ("scan", "python"):
-    raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+  return init
 
-  n = len(seed_pos)
-  devices = list(devices or jax.devices()[:1])
-  check_devices(devices)
+
+def _auto_loop(fns, make_tx, hp, seed_pos, seeds, train_data, idx, batch_fn, record) -> str:
+  g = _Group(fns, make_tx, seeds, 0, train_data, None, batch_fn, idx, "scan", 0, record, [],
+             0, {})
+  plain = (hp, np.asarray(seed_pos, np.int32), np.asarray(seeds, np.int32))
+  t_shape = jax.ShapeDtypeStruct((), jnp.int32)
+  data = train_data.shapes() if isinstance(train_data, BatchStream) else train_data
+  step_plain = (hp, plain[1], t_shape, None if idx is None else np.swapaxes(idx, 0, 1),
+                plain[2], data)
+  return choose_loop(_step_fn(g), jax.eval_shape(_init_fn(g), *plain), *step_plain)
+
+
+class _Placed(NamedTuple):
+  """A group's members placed on devices, with its compiled programs."""
+
+  use: list[jax.Device]  # the devices the members are spread over
+  padded: int  # members in the programs (the last one repeated)
+  hp: dict[str, np.ndarray]  # padded
+  seed_pos: np.ndarray  # padded
+  spread: Any  # the members' sharding
+  step_args: tuple[Any, ...]  # (hp, seed_pos, t, idx, seeds, data) on the devices
+  val: Any  # the evaluation arrays on the devices
+  carry_shape: Any
+  compiled: dict[Any, Any]
+  compile_s: float
+
+
+def _place(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, size: int,
+           with_init: bool) -> _Placed:
+  """Puts ``size`` members (the last one repeated) on the devices; compiles their programs.
+
+  Programs already in ``g.programs`` for the same shapes are taken from there.
+  """
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
   # Python-driven steps run on one device (of each process): dispatched one after another,
   # the collectives of steps spread over several CPU devices can wait on each other forever.
-  use = (devices if len(devices) > 1 and max(n, pad_to or 0) > 1 and loop == "scan"
-         else one_per_process(devices))
-  padded = -(-max(n, pad_to or 0) // len(use)) * len(use)
+  use = (g.devices if len(g.devices) > 1 and size > 1 and g.loop == "scan"
+         else one_per_process(g.devices))
+  padded = -(-size // len(use)) * len(use)
+  if g.evaluation is not None and g.evaluation.patience is not None:
+    hp = {**hp, ACTIVE: np.ones(len(seed_pos), bool)}
   hp = {k: _pad(np.asarray(v), padded) for k, v in hp.items()}
   seed_pos = _pad(np.asarray(seed_pos, np.int32), padded)
   mesh = Mesh(np.asarray(use), ("members",))
   spread = NamedSharding(mesh, PartitionSpec("members"))
   same = NamedSharding(mesh, PartitionSpec())
-
-  seeds_arr = np.asarray(seeds, np.int32)
-  hp_dev = jax.device_put(hp, spread)
-  pos_dev = jax.device_put(seed_pos, spread)
-  seeds_dev = jax.device_put(seeds_arr, same)
-  data_dev = jax.device_put(train_data, same) if train_data is not None else None
-  val_dev = jax.device_put(val_data, same) if val_data is not None else None
-  idx_dev = None if idx is None else jax.device_put(np.swapaxes(idx, 0, 1), same)
-
+  seeds_dev = jax.device_put(np.asarray(g.seeds, np.int32), same)
+  put = lambda x: None if x is None else jax.device_put(x, same)
+  idx_dev = None if g.idx is None else put(np.swapaxes(g.idx, 0, 1))
+  stream = g.train_data if isinstance(g.train_data, BatchStream) else None
+  step_args = (jax.device_put(hp, spread), jax.device_put(seed_pos, spread),
+               jax.ShapeDtypeStruct((), jnp.int32), idx_dev, seeds_dev,
+               None if stream is not None else put(g.train_data))
+  fed = lambda length=None: jax.tree.map(  # the batches a program is fed (from a stream)
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=same), stream.shapes(length))
+  val = put(g.val_data)
+  init = _init_fn(g)
   as_spread = lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=spread)
-  carry_shape = jax.tree.map(as_spread, jax.eval_shape(init, hp_dev, pos_dev, seeds_dev))
-  step_args = (hp_dev, pos_dev, t_shape, idx_dev, seeds_dev, data_dev)
-  out_shape = jax.eval_shape(v_step, carry_shape, *step_args)[1]
-  trace = jax.tree.map(lambda s: np.zeros((padded, steps) + s.shape[1:], s.dtype), out_shape)
+  carry_shape = jax.tree.map(as_spread, jax.eval_shape(init, *step_args[:2], seeds_dev))
+  v_step = _step_fn(g)
 
   # Every program of the group is lowered first and compiled in parallel threads:
   # on a CPU with a few cores, compilation is most of a short search's time.
   compile_start = time.perf_counter()
-  programs = {} if programs is None else programs
-  signature = (loop, tuple(d.id for d in use), _shapes(carry_shape, step_args, val_dev))
+  signature = (g.loop, tuple(d.id for d in use), _shapes(carry_shape, step_args, val))
   lower = {}
-  if start is None:
-    lower["init"] = lambda: jax.jit(init, out_shardings=spread).lower(hp_dev, pos_dev,
-                                                                      seeds_dev)
-  if loop == "scan":
+  if with_init:
+    lower["init"] = lambda: jax.jit(init, out_shardings=spread).lower(*step_args[:2], seeds_dev)
+  if g.loop == "scan":
     def scan_chunk(carry, hp1, pos, lo, idx_all, seeds_all, data, length):
-      def body(c, t):
-        return v_step(c, hp1, pos, t, idx_all, seeds_all, data)
-      return jax.lax.scan(body, carry, lo + jnp.arange(length, dtype=jnp.int32))
+      ts = lo + jnp.arange(length, dtype=jnp.int32)
+      if stream is not None:  # data: the chunk's batches, stacked
+        return jax.lax.scan(lambda c, tb: v_step(c, hp1, pos, tb[0], None, seeds_all, tb[1]),
+                            carry, (ts, data))
+      return jax.lax.scan(lambda c, t: v_step(c, hp1, pos, t, idx_all, seeds_all, data),
+                          carry, ts)
 
-    for length in {min(lo + chunk, steps) - lo for lo in range(first_step, steps, chunk)}:
-      lower[length] = lambda n=length: jax.jit(functools.partial(scan_chunk, length=n),
-                                               donate_argnums=0).lower(carry_shape, *step_args)
+    for length in {hi - lo for lo, hi in chunk_bounds(g)}:
+      args = step_args if stream is None else step_args[:-1] + (fed(length),)
+      lower[length] = lambda n=length, a=args: jax.jit(
+          functools.partial(scan_chunk, length=n), donate_argnums=0).lower(carry_shape, *a)
   else:
-    lower["step"] = lambda: jax.jit(v_step, donate_argnums=0).lower(carry_shape, *step_args)
+    args = step_args if stream is None else step_args[:-1] + (fed(),)
+    lower["step"] = lambda: jax.jit(v_step, donate_argnums=0).lower(carry_shape, *args)
   params_shape, _, state_shape = carry_shape
-  lower["metrics"] = lambda: jax.jit(jax.vmap(fns.metrics, in_axes=(0, 0, None, None))).lower(
-      params_shape, state_shape, data_dev, val_dev)
-  lowered = {k: make() for k, make in lower.items() if (k, signature) not in programs}
-  programs.update({(k, signature): c
-                  for k, c in compile_all(lowered, compiler_options()).items()})
-  compiled = {k: programs[k, signature] for k in lower}
-  compile_s = time.perf_counter() - compile_start
+  lower["metrics"] = lambda: jax.jit(jax.vmap(g.fns.metrics, in_axes=(0, 0, None, None))).lower(
+      params_shape, state_shape, step_args[-1], val)
+  if g.evaluation is not None:
+    lower["evaluate"] = lambda: jax.jit(jax.vmap(g.fns.metrics, in_axes=(0, 0, None, None))
+                                        ).lower(params_shape, state_shape, None, val)
+    if g.evaluation.keep == "best":
+      member = jax.ShapeDtypeStruct((padded,), jnp.bool_, sharding=spread)
+      lower["select"] = lambda: jax.jit(where_members).lower(member, carry_shape, carry_shape)
+  lowered = {k: make() for k, make in lower.items() if (k, signature) not in g.programs}
+  g.programs.update({(k, signature): c
+                     for k, c in compile_all(lowered, compiler_options()).items()})
+  compiled = {k: g.programs[k, signature] for k in lower}
+  return _Placed(use, padded, hp, seed_pos, spread, step_args, val, carry_shape, compiled,
+                 time.perf_counter() - compile_start)
 
-  first = first_step
+
+def chunk_bounds(g: _Group, start: int | None = None) -> list[tuple[int, int]]:
+  """The chunks ``(lo, hi)`` of steps from ``start`` (a cut; default: the first step):
+  every ``g.chunk`` steps from the first, cut at every evaluation."""
+  cuts = set(range(g.first_step, g.steps, g.chunk)) | {g.steps}
+  if g.evaluation is not None:
+    cuts |= set(range(g.evaluation.every, g.steps, g.evaluation.every))
+  cuts = sorted(c for c in cuts if c >= (g.first_step if start is None else start))
+  return list(zip(cuts[:-1], cuts[1:]))
+
+
+def _members_that_fit(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, size: int,
+                      with_init: bool, budget: int) -> int:
+  """How many members one program may train within ``budget`` bytes (XLA's figures).
+
+  XLA's figures are per device, and grow linearly with the members per device; CPU
+  devices share the host's memory, so there a program's need is its figure times the
+  devices it is spread over.
+  """
+  def per_device(placed):
+    return max(_memory.program_bytes(c) for c in placed.compiled.values())
+
+  placed = _place(g, hp, seed_pos, size, with_init)
+  ndev = len(placed.use)
+  shared = ndev if placed.use[0].platform == "cpu" else 1
+  if per_device(placed) * shared <= budget:
+    return size
+  one = _place(g, {k: np.asarray(v)[:1] for k, v in hp.items()}, np.asarray(seed_pos)[:1],
+               1, with_init)
+  if per_device(one) > budget:
+    raise _memory.too_large(per_device(one), budget, "one member of this group")
+  k = _memory.members_per_program(per_device(placed), placed.padded // ndev, per_device(one),
+                                  budget // shared)
+  return max(1, k * ndev)
+
+
+def _train_members(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, start: Any,
+                   pad_to: int | None, checkpoint_path: str | None, resume: bool,
+                   on_steps: Callable[[int], None] | None) -> GroupOutput:
+  """Trains and evaluates the members in one set of programs (one after another in chunks)."""
+  n = len(seed_pos)
+  pl = _place(g, hp, seed_pos, max(n, pad_to or 0), start is None)
+  hp, seed_pos, steps, chunk = pl.hp, pl.seed_pos, g.steps, g.chunk
+  one_batch = pl.step_args if not isinstance(g.train_data, BatchStream) else (
+      pl.step_args[:-1] + (g.train_data.shapes(),))
+  out_shape = jax.eval_shape(_step_fn(g), pl.carry_shape, *one_batch)[1]
+  trace = jax.tree.map(lambda s: np.zeros((pl.padded, steps) + s.shape[1:], s.dtype),
+                       out_shape)
+  compiled = pl.compiled
+  track = None if g.evaluation is None else _Tracker(g, pl)
+
+  first = g.first_step
   carry = None
   if start is not None:
-    carry = jax.device_put(jax.tree.map(functools.partial(_pad, size=padded), start), spread)
+    carry = jax.device_put(jax.tree.map(functools.partial(_pad, size=pl.padded), start),
+                           pl.spread)
+  saved_like = lambda carry: {"carry": carry, "step": np.zeros((), np.int32),
+                              "chunk": np.int32(chunk), "hp": hp, "seed_pos": seed_pos,
+                              "trace": trace,
+                              **({} if track is None else {"eval": track.saved(carry)})}
   if resume and checkpoint_path is not None and os.path.isdir(checkpoint_path):
-    from adam_jax import checkpoint
-
-    like = {"carry": carry_shape, "step": np.zeros((), np.int32), "chunk": np.int32(chunk),
-            "hp": hp, "seed_pos": seed_pos, "trace": trace}
-    try:  # the newest intact save (an older one, with a one-line warning, if it is damaged)
-      saved = checkpoint.restore_latest(checkpoint_path, like=like)
-    except checkpoint.CheckpointCorruptError as err:  # every save damaged: start over, say so
-      warnings.warn(f"the group starts over: {err}", checkpoint.CheckpointFallbackWarning,
-                    stacklevel=2)
-      saved = None
-    except checkpoint.CheckpointError:  # another grid, devices or chunk: the group starts over
-      saved = None
+    saved = _restore(checkpoint_path, saved_like(pl.carry_shape))
     if (saved is not None and int(saved["chunk"]) == chunk
         and np.array_equal(np.asarray(saved["seed_pos"]), seed_pos)
-        and all(np.array_equal(np.asarray(saved["hp"][k]), hp[k]) for k in hp)):
-      carry = jax.device_put(saved["carry"], spread)
+        and all(np.array_equal(np.asarray(saved["hp"][k]), hp[k]) for k in hp if k != ACTIVE)):
+      carry = jax.device_put(saved["carry"], pl.spread)
       first = int(saved["step"])
       trace = jax.tree.map(np.array, saved["trace"])
+      if track is not None:
+        track.load(saved["eval"])
+        run_chunk_args = track.gate(pl.step_args)
+        pl = pl._replace(step_args=run_chunk_args)
   if carry is None:
-    carry = compiled["init"](hp_dev, pos_dev, seeds_dev)
+    carry = compiled["init"](*pl.step_args[:2], pl.step_args[4])
 
-  if loop == "scan":
+  bounds = chunk_bounds(g, first)
+  feed = None if not isinstance(g.train_data, BatchStream) else feeder(g.train_data, bounds)
+  run_chunk = _chunk_runner(g, pl, feed)
+  begin = time.perf_counter()
+  try:
+    for lo, hi in bounds:
+      carry, out = run_chunk_hook(run_chunk, carry, lo, hi)
+      for dst, src in zip(jax.tree.leaves(trace), jax.tree.leaves(out)):
+        dst[:, lo:hi] = src
+      if track is not None and track.due(hi):
+        track.update(hi, carry)
+        run_chunk = _chunk_runner(g, pl._replace(step_args=track.gate(pl.step_args)), feed)
+      if checkpoint_path is not None and hi < steps:
+        from adam_jax import checkpoint
+
+        checkpoint.save_rotating(checkpoint_path, saved_like(carry) | {
+            "step": np.int32(hi), "trace": trace})
+      if on_steps is not None:
+        on_steps(hi)
+  finally:
+    if feed is not None:
+      feed.close()
+  if track is not None:
+    carry = track.kept(carry)
+  params, opt_state, state = carry
+  metrics = fetch(compiled["metrics"](params, state, pl.step_args[-1], pl.val))
+  first_names = [k for k in ("train_loss", "val_loss") if k in metrics]
+  metrics = {k: np.asarray(metrics[k])[:n] for k in first_names + [
+      k for k in metrics if k not in first_names]}
+  train_s = time.perf_counter() - begin
+  cut = lambda a: a[:n]
+  extra = {} if track is None else track.output(n)
+  return GroupOutput(jax.tree.map(cut, fetch(params)),
+                     jax.tree.map(cut, fetch(state)), metrics,
+                     jax.tree.map(cut, trace), g.loop, train_s, min(len(pl.use), n),
+                     jax.tree.map(cut, fetch(opt_state)), pl.compile_s, **extra)
+
+
+class _Tracker:
+  """Each member's validation curve, best step (and, with ``keep="best"``, its carry there)
+  and whether it still trains (``patience``)."""
+
+  def __init__(self, g: _Group, pl: _Placed):
+    ev = g.evaluation
+    self.ev, self.pl, self.steps = ev, pl, g.steps
+    self.points = sorted(set(range(ev.every, g.steps, ev.every)) | {g.steps})
+    self.points = [p for p in self.points if p > g.first_step]
+    shapes = jax.eval_shape(jax.vmap(g.fns.metrics, in_axes=(0, 0, None, None)),
+                            pl.carry_shape[0], pl.carry_shape[2], None, pl.val)
+    self.names = list(shapes)
+    if ev.metric not in self.names:
+      raise ValueError(f"metric {ev.metric!r} is not among the validation metrics "
+                       f"({', '.join(self.names)}); pass val_data or metric=...")
+    m = pl.padded
+    self.values = np.full((len(self.names), len(self.points), m), np.nan, np.float32)
+    self.best_score = np.full(m, np.inf if ev.mode == "min" else -np.inf, np.float64)
+    self.best_step = np.full(m, -1, np.int32)
+    self.since = np.zeros(m, np.int32)
+    self.stopped = np.full(m, g.steps, np.int32)
+    self.evaluated = np.zeros(len(self.points), bool)
+    self.best = None  # the members' carry at their best step (keep="best"), on the devices
+
+  def due(self, step: int) -> bool:
+    return step in self.points
+
+  def update(self, step: int, carry: Any) -> None:
+    params, _, state = carry
+    out = fetch(self.pl.compiled["evaluate"](params, state, None, self.pl.val))
+    col = self.points.index(step)
+    self.evaluated[col] = True
+    for i, name in enumerate(self.names):
+      self.values[i, col] = np.asarray(out[name], np.float32)
+    score = np.asarray(out[self.ev.metric], np.float64)
+    active = self.stopped == self.steps
+    better = (score < self.best_score) if self.ev.mode == "min" else (score > self.best_score)
+    better &= np.isfinite(score) & active
+    self.best_score = np.where(better, score, self.best_score)
+    self.best_step = np.where(better, step, self.best_step)
+    self.since = np.where(better, 0, self.since + active)
+    if self.ev.keep == "best" and better.any():
+      mask = jax.device_put(better, self.pl.spread)
+      self.best = self.pl.compiled["select"](mask, carry, carry if self.best is None
+                                             else self.best)
+    if self.ev.patience is not None:
+      stop = active & (self.since >= self.ev.patience)
+      self.stopped = np.where(stop, step, self.stopped)
+
+  def gate(self, step_args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The step's arguments with each member's ``ACTIVE`` flag (with ``patience``)."""
+    if self.ev.patience is None:
+      return step_args
+    active = jax.device_put(self.stopped == self.steps, self.pl.spread)
+    return ({**step_args[0], ACTIVE: active},) + step_args[1:]
+
+  def kept(self, carry: Any) -> Any:
+    """The carry to return: the best step's for members that had one (``keep="best"``)."""
+    if self.ev.keep != "best" or self.best is None:
+      return carry
+    return self.pl.compiled["select"](jax.device_put(self.best_step >= 0, self.pl.spread),
+                                      self.best, carry)
+
+  def saved(self, carry: Any) -> dict[str, Any]:
+    """What a checkpoint keeps of the evaluations (``carry`` stands in for no best yet)."""
+    out = {"values": self.values, "best_score": self.best_score, "best_step": self.best_step,
+           "since": self.since, "stopped": self.stopped, "evaluated": self.evaluated}
+    if self.ev.keep == "best":
+      out["best"] = carry if self.best is None else self.best
+    return out
+
+  def load(self, saved: dict[str, Any]) -> None:
+    for k in ("values", "best_score", "best_step", "since", "stopped", "evaluated"):
+      setattr(self, k, np.array(saved[k]))
+    if self.ev.keep == "best":
+      self.best = jax.device_put(saved["best"], self.pl.spread)
+
+  def output(self, n: int) -> dict[str, Any]:
+    done = np.flatnonzero(self.evaluated)
+    steps = np.asarray([self.points[i] for i in done], np.int32)
+    curves = {name: self.values[j][done][:, :n].T for j, name in enumerate(self.names)}
+    return {"evals": (steps, curves), "best_step": self.best_step[:n],
+            "stopped": self.stopped[:n]}
+
+
+def feeder(stream: BatchStream, bounds: list[tuple[int, int]]) -> Callable[[int, int], Any]:
+  """``feed(lo, hi)``: the chunks' batches in order, each stacked while the previous trains."""
+  if not bounds:
+    return None
+  pf = Prefetcher(stream, bounds[0][0])
+  pf.request(*bounds[0])
+  following = iter(bounds[1:])
+
+  def feed(lo, hi):
+    data = pf.take()
+    nxt = next(following, None)
+    if nxt is not None:
+      pf.request(*nxt)
+    return data
+
+  feed.close = pf.close
+  return feed
+
+
+def _restore(path: str, like: dict[str, Any]) -> Any:
+  """The newest intact save of a group at ``path`` (None: start over)."""
+  from adam_jax import checkpoint
+
+  try:  # the newest intact save (an older one, with a one-line warning, if it is damaged)
+    return checkpoint.restore_latest(path, like=like)
+  except checkpoint.CheckpointCorruptError as err:  # every save damaged: start over, say so
+    warnings.warn(f"the group starts over: {err}", checkpoint.CheckpointFallbackWarning,
+                  stacklevel=4)
+  except checkpoint.CheckpointError:  # another grid, devices or chunk: the group starts over
+    pass
+  return None
+
+
+def _chunk_runner(g: _Group, pl: _Placed,
+                  feed: Callable[[int, int], Any] | None = None) -> Callable[..., Any]:
+  """``run_chunk(carry, lo, hi) -> (carry, outputs)``: steps ``lo..hi`` of every member.
+
+  ``feed(lo, hi)``: the stacked batches of those steps (from an iterable of batches).
+  """
+  compiled, args = pl.compiled, pl.step_args
+  if g.loop == "scan":
     def run_chunk(carry, lo, hi):
-      carry, out = compiled[hi - lo](carry, hp_dev, pos_dev, np.int32(lo), idx_dev, seeds_dev,
-                                     data_dev)
+      rest = args[3:] if feed is None else args[3:-1] + (feed(lo, hi),)
+      carry, out = compiled[hi - lo](carry, args[0], args[1], np.int32(lo), *rest)
       return carry, jax.tree.map(lambda o: np.swapaxes(o, 0, 1), fetch(out))
   else:
     def run_chunk(carry, lo, hi):
       outs = []
+      data = None if feed is None else feed(lo, hi)
       for t in range(lo, hi):
-        carry, out = compiled["step"](carry, hp_dev, pos_dev, np.int32(t), idx_dev, seeds_dev,
-                                      data_dev)
+        rest = args[3:] if feed is None else args[3:-1] + (
+            jax.tree.map(lambda a, i=t - lo: a[i], data),)
+        carry, out = compiled["step"](carry, args[0], args[1], np.int32(t), *rest)
         outs.append(out)
       return carry, jax.tree.map(lambda *o: np.stack(o, axis=1), *fetch(outs))
+  return run_chunk
 
-  start = time.perf_counter()
-  for lo in range(first, steps, chunk):
-    hi = min(lo + chunk, steps)
-    carry, out = run_chunk_hook(run_chunk, carry, lo, hi)
-    for dst, src in zip(jax.tree.leaves(trace), jax.tree.leaves(out)):
-      dst[:, lo:hi] = src
-    if checkpoint_path is not None and hi < steps:
-      from adam_jax import checkpoint
 
-      checkpoint.save_rotating(checkpoint_path, {"carry": carry, "step": np.int32(hi),
-                                                 "chunk": np.int32(chunk), "hp": hp,
-                                                 "seed_pos": seed_pos, "trace": trace})
-    if on_steps is not None:
-      on_steps(hi)
-  params, opt_state, state = carry
-  metrics = compiled["metrics"](params, state, data_dev, val_dev)
-  metrics = fetch(metrics)
-  first_names = [k for k in ("train_loss", "val_loss") if k in metrics]
-  metrics = {k: np.asarray(metrics[k])[:n] for k in first_names + [
-      k for k in metrics if k not in first_names]}
-  train_s = time.perf_counter() - start
-  cut = lambda a: a[:n]
-  return GroupOutput(jax.tree.map(cut, fetch(params)),
-                     jax.tree.map(cut, fetch(state)), metrics,
-                     jax.tree.map(cut, trace), loop, train_s, min(len(use), n),
-                     jax.tree.map(cut, fetch(opt_state)), compile_s)
+def _concat_outputs(outs: list[GroupOutput]) -> GroupOutput:
+  """The outputs of a group's parts, members in order."""
+  first = outs[0]
+  return GroupOutput(
+      concat_members(*[o.params for o in outs]), concat_members(*[o.state for o in outs]),
+      {k: np.concatenate([o.metrics[k] for o in outs]) for k in first.metrics},
+      concat_members(*[o.trace for o in outs]), first.loop, sum(o.train_s for o in outs),
+      max(o.num_devices for o in outs), concat_members(*[o.opt_state for o in outs]),
+      sum(o.compile_s for o in outs))
 
 
 def fetch(tree: Any) -> Any:

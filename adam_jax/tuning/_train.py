@@ -14,6 +14,8 @@ import numpy as np
 import optax
 
 from adam_jax.tuning import _runner, _tensorboard
+from adam_jax.tuning._batches import check_resumable
+from adam_jax.tuning._memory import check_fits
 from adam_jax.tuning._problem import Problem
 
 
@@ -58,6 +60,7 @@ def train(
     on_start: Callable[[int], None] | None = None,
     on_eval: Callable[[dict[str, float]], None] | None = None,
     log_dir: str | os.PathLike[str] | None = None,
+    max_memory: int | str | None = None,
 ) -> TrainResult:
   r"""Trains the problem's model with ``tx`` for ``steps`` steps, evaluating as it goes.
 
@@ -101,6 +104,8 @@ def train(
     log_dir: write the run for TensorBoard to this folder when it ends: the training
       loss of every step, the evaluations at their steps and the final metrics (needs
       tensorboardX: ``pip install 'adam-jax[tensorboard]'``).
+    max_memory: as in :func:`grid_search`: a run whose programs need more is refused
+      before it trains (:class:`MemoryBudgetError`, with the figures).
 
   Returns:
     A :class:`TrainResult`: the trained model and its metrics (computed by the
@@ -134,22 +139,16 @@ def train(
     raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
   if resume and checkpoint_dir is None:
     raise ValueError("resume needs checkpoint_dir, the folder of the run to resume")
-  log_dir = _tensorboard.check(log_dir)
+  check_resumable(problem, resume)
   steps, eval_every, seed = int(steps), min(int(eval_every), int(steps)), int(seed)
   fns = problem.bind().fns
   batch_fn = problem.batch_fn
 
-  def step(carry, t, idx, data):
-    params, opt_state, state = carry
-    if batch_fn is not None:
-      batch = batch_fn(t, jax.random.fold_in(jax.random.key(seed), t))
-    else:
-      batch = jax.tree.map(lambda a: a[idx[t]], data)
-    (loss, (_, state)), grads = jax.value_and_grad(fns.loss, has_aux=True)(params, state, batch)
-    updates, opt_state = _runner.tx_update(tx, grads, opt_state, params, loss)
-    params = optax.apply_updates(params, updates)
-    out = loss if record is None else (loss, record(opt_state))
-    return (params, opt_state, state), out
+  one_step = _runner.member_step(fns, lambda hp: tx, batch_fn, record)
+
+  def step(carry, t, idx, data):  # one member: its seed and batch rows at position 0
+    rows = None if idx is None else idx[:, None]
+    return one_step(carry, {}, 0, t, rows, jnp.asarray([seed], jnp.int32), data)
 
   def evaluate(carry, val):
     params, opt_state, state = carry
@@ -162,19 +161,25 @@ def train(
     params, state = fns.init(seed)
     return params, tx.init(params), state
 
+  stream = problem.stream
+
   def scan_chunk(carry, lo, idx, data, val, length):
-    carry, out = jax.lax.scan(lambda c, t: step(c, t, idx, data), carry,
-                              lo + jnp.arange(length, dtype=jnp.int32))
+    ts = lo + jnp.arange(length, dtype=jnp.int32)
+    if stream is not None:  # data: the chunk's batches, stacked
+      carry, out = jax.lax.scan(lambda c, tb: step(c, tb[0], None, tb[1]), carry, (ts, data))
+    else:
+      carry, out = jax.lax.scan(lambda c, t: step(c, t, idx, data), carry, ts)
     return carry, out, evaluate(carry, val)
 
   seed32 = np.int32(seed)
   carry = jax.eval_shape(init, seed32)  # the arrays come from init or a checkpoint
-  idx = None if batch_fn is not None else jax.device_put(problem.batch_indices(steps, seed))
+  idx = None if problem.num_train is None else jax.device_put(problem.batch_indices(steps, seed))
   data = None if problem.train_data is None else jax.device_put(problem.train_data)
+  fed = lambda length=None: data if stream is None else stream.shapes(length)
   val = None if problem.val_data is None else jax.device_put(problem.val_data)
   t_shape = jax.ShapeDtypeStruct((), jnp.int32)
   if loop == "auto":
-    loop = _runner.choose_loop(step, carry, t_shape, idx, data)
+    loop = _runner.choose_loop(step, carry, t_shape, idx, fed())
   names = _ordered(list(jax.eval_shape(evaluate, carry, val)))
   n_evals = -(-steps // eval_every)
   saved = {"carry": carry, "step": np.zeros((), np.int32),
@@ -197,24 +202,31 @@ def train(
       length = min(eval_every, steps - lo)
       if length not in lowered:
         lowered[length] = jax.jit(functools.partial(scan_chunk, length=length),
-                                  donate_argnums=0).lower(carry, t_shape, idx, data, val)
+                                  donate_argnums=0).lower(carry, t_shape, idx, fed(length),
+                                                          val)
   elif first < steps:
-    lowered["step"] = jax.jit(step, donate_argnums=0).lower(carry, t_shape, idx, data)
+    lowered["step"] = jax.jit(step, donate_argnums=0).lower(carry, t_shape, idx, fed())
     lowered["evaluate"] = jax.jit(evaluate).lower(carry, val)
   lowered["metrics"] = jax.jit(fns.metrics).lower(carry[0], carry[2], data, val)
   # At XLA's default level: one run is what a user's own jax.jit loop is compared with.
   compiled = _runner.compile_all(lowered, None)
+  check_fits(compiled.values(), max_memory, "this run")
   compile_s = time.perf_counter() - compile_start
   # A restored carry is copied (the chunks donate it); init's is fresh.
   carry = compiled["init"](seed32) if first == 0 else jax.tree.map(jnp.array, saved["carry"])
 
+  bounds = [(lo, min(lo + eval_every, steps)) for lo in range(first, steps, eval_every)]
+  feed = None if stream is None else _runner.feeder(stream, bounds)
+
   def run_chunk(carry, lo, hi):
+    chunk = data if feed is None else feed(lo, hi)
     if loop == "scan":
-      carry, out, ev = compiled[hi - lo](carry, np.int32(lo), idx, data, val)
+      carry, out, ev = compiled[hi - lo](carry, np.int32(lo), idx, chunk, val)
       return carry, jax.device_get(out), jax.device_get(ev)
     outs = []
     for t in range(lo, hi):
-      carry, out = compiled["step"](carry, np.int32(t), idx, data)
+      batch = chunk if feed is None else jax.tree.map(lambda a, i=t - lo: a[i], chunk)
+      carry, out = compiled["step"](carry, np.int32(t), idx, batch)
       outs.append(out)
     outs = jax.tree.map(lambda *o: np.stack(o), *jax.device_get(outs))
     return carry, outs, jax.device_get(compiled["evaluate"](carry, val))
@@ -247,6 +259,9 @@ def train(
         last_saved = hi
   except KeyboardInterrupt:
     raise TrainInterrupted(last_saved) from None
+  finally:
+    if feed is not None:
+      feed.close()
   params, opt_state, state = carry
   metrics = {k: float(v) for k, v in jax.device_get(
       compiled["metrics"](params, state, data, val)).items()}
