@@ -128,7 +128,7 @@ def members_per_program(need_all: int, members: int, need_one: int, budget: int)
 
   Examples:
     >>> members_per_program(need_all=1000, members=10, need_one=100, budget=500)
-    4
+    5
   """
   if need_all <= budget:
     return members
