@@ -536,9 +536,15 @@ def grid_search(
     metric: the metric that picks ``best`` (a key of the rows' metrics).
     mode: ``"min"`` or ``"max"``.
     out_dir: if given, ``results.csv`` (a line per configuration, written as each
-      group finishes) and ``curves.jsonl`` are written there. A folder that holds an
-      earlier search (its ``results.csv`` or ``checkpoints``) is refused without ``resume``.
-    resume: with ``out_dir``, keep the rows of its ``results.csv`` and train the others.
+      group finishes, with a ``diverged`` column) and ``curves.jsonl`` are written there,
+      and ``search.json`` records the run's identity (the optimizer, the model,
+      ``loss_fn``, ``metrics_fn``, the data, the batch size, the steps and the seeds; see
+      the tuning guide's "Run identity"). A folder that holds an earlier search (its
+      ``results.csv`` or ``checkpoints``) is refused without ``resume``. The search holds
+      the folder's lock while it runs: a second writer is refused, naming the holder.
+    resume: with ``out_dir``, keep the rows of its ``results.csv`` and train the others;
+      a run whose identity differs is refused, naming what changed. The space may
+      differ: the configurations it names are returned, every other row is kept.
     devices: spread each group over these devices (default: ``jax.devices()``, every
       process's; a group whose steps are driven from Python runs on the first one of
       each process).
@@ -555,13 +561,16 @@ def grid_search(
   Returns:
     A :class:`SearchResult`; ``best.model`` is the trained model of the best
     configuration (the seed with the best metric; ``best.models`` has every seed's).
-    A NaN or infinite metric is never the best: ``best`` is None when every
-    configuration diverged.
+    A diverged row (a seed's loss, metric or parameter NaN or infinite:
+    ``Row.diverged``) is never the best, under any metric and mode: ``best`` is None
+    when every configuration diverged.
 
   Raises:
     ValueError: an unknown space key (the accepted ones are listed), a bad value,
-      an unknown metric, a resume that does not match, an ``out_dir`` that holds an
-      earlier search without ``resume``, or ``devices`` that leave out a process.
+      an unknown metric, a resume of another run, an ``out_dir`` that holds an earlier
+      search without ``resume`` or that another process writes to (a
+      ``adam_jax.checkpoint.DirectoryLockedError``), or ``devices`` that leave out a
+      process.
 
   Examples:
     >>> import jax.numpy as jnp, numpy as np
