@@ -267,8 +267,8 @@ def _save(path: str | os.PathLike, state: Any, *, keep: int, overwrite: bool, ad
   identity = None if identity is None else _json_value(identity)
   path = _absolute(path)
   _check_target(path, overwrite=overwrite, add=add)
-  if lock and _primary():
-    _lock.acquire(path)  # one writer: a second process is refused, naming the holder
+  if lock and jax.process_count() == 1:  # (across processes, process 0 could not refuse
+    _lock.acquire(path)  # alone) one writer: a second process is refused, naming the holder
   # Ctrl-C waits for the save to be committed (orbax's threads and event loop, stopped
   # mid-write, print dozens of tracebacks); a second Ctrl-C stops it at once.
   with _files.interrupts_held(second_raises=True):
@@ -389,7 +389,8 @@ def save_rotating(path: str | os.PathLike, state: Any, *, keep: int = 2,
   another process is refused with a ``DirectoryLockedError`` naming the holder. The lock
   is held until the process exits (or, inside :func:`adam_jax.tuning.train` or a search,
   until it returns); a lock whose process is gone is taken over with a one-line
-  ``StaleLockWarning``.
+  ``StaleLockWarning``. (A run of several processes, which write a save together, takes
+  no lock here: its search holds the lock of its ``out_dir``.)
 
   Args:
     path: the checkpoint directory, created if needed (as in :func:`save`).
