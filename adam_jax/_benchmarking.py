@@ -55,8 +55,6 @@ def _jax_impls(names: list[str]) -> dict[str, Callable[[], Any]]:
 
   makers = {
       "adam_jax": lambda: adam_jax.adam(1e-3),
-      # The CPU kernel (adam_jax.native), opt-in; the default is the XLA program.
-      "adam_jax native=True": lambda: adam_jax.adam(1e-3, native=True),
       "optax.adam": lambda: optax.adam(1e-3),
       "optax.adamw": lambda: optax.adamw(1e-3, weight_decay=1e-2),
   }
@@ -193,10 +191,7 @@ def run(size: str = "cpu", impls: list[str] | None = None, rounds: int = 20, war
   import jax
 
   if impls is None:
-    from adam_jax import native
-
-    impls = (["adam_jax"] + (["adam_jax native=True"] if native.available("adam") else [])
-             + ["optax.adam", "optax.adamw", "torch foreach", "torch fused"])
+    impls = ["adam_jax", "optax.adam", "optax.adamw", "torch foreach", "torch fused"]
   device = jax.devices()[0]
   torch_device = "cuda" if device.platform == "gpu" else "cpu"
   have_torch = False

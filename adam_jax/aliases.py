@@ -134,7 +134,6 @@ def adam(
     nesterov: bool = False,
     maximize: bool = False,
     mask: optax.MaskOrFn = None,
-    native: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""Adam, as ``torch.optim.Adam``: weight decay (if any) is coupled L2.
 
@@ -159,10 +158,6 @@ def adam(
     nesterov: use Nesterov momentum (NAdam).
     maximize: ascend the objective instead of descending (torch's ``maximize``).
     mask: which params get weight decay (pytree of bools or callable).
-    native: run the float32 step as one call of the CPU kernel
-      (:func:`adam_jax.scale_by_adam`'s ``native``): ``True`` to use it,
-      ``None`` or ``False`` for the XLA program (needed to differentiate through
-      the step).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -182,7 +177,7 @@ def adam(
     <https://arxiv.org/abs/1412.6980>`_, 2014.
   """
   core = scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
-                       amsgrad=amsgrad, nesterov=nesterov, native=native)
+                       amsgrad=amsgrad, nesterov=nesterov)
   return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=False,
                 mask=mask, maximize=maximize)
 
@@ -202,7 +197,6 @@ def adamw(
     amsgrad: bool = False,
     nesterov: bool = False,
     maximize: bool = False,
-    native: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""AdamW: Adam with decoupled weight decay, as ``torch.optim.AdamW`` and optax.
 
@@ -229,10 +223,6 @@ def adamw(
     amsgrad: use AMSGrad's running maximum (torch's convention).
     nesterov: use Nesterov momentum (NAdamW).
     maximize: ascend the objective instead of descending.
-    native: run the float32 step as one call of the CPU kernel
-      (:func:`adam_jax.scale_by_adam`'s ``native``): ``True`` to use it,
-      ``None`` or ``False`` for the XLA program (needed to differentiate through
-      the step).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -247,7 +237,7 @@ def adamw(
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
   core = scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
-                       amsgrad=amsgrad, nesterov=nesterov, native=native)
+                       amsgrad=amsgrad, nesterov=nesterov)
   return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=True,
                 mask=mask, maximize=maximize)
 
@@ -265,7 +255,6 @@ def amsgrad(
     weight_decay: ScalarOrSchedule | None = None,
     maximize: bool = False,
     mask: optax.MaskOrFn = None,
-    native: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""AMSGrad, as ``torch.optim.Adam(amsgrad=True)``.
 
@@ -290,10 +279,6 @@ def amsgrad(
       ``None`` (default): no decay term (a ``0.0`` given keeps a zero one).
     maximize: ascend the objective instead of descending.
     mask: which params get weight decay.
-    native: run the float32 step as one call of the CPU kernel
-      (:func:`adam_jax.scale_by_adam`'s ``native``): ``True`` to use it,
-      ``None`` or ``False`` for the XLA program (needed to differentiate through
-      the step).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -315,8 +300,7 @@ def amsgrad(
     <https://openreview.net/forum?id=ryQu7f-RZ>`_, ICLR 2018.
   """
   return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
-              weight_decay=weight_decay, amsgrad=True, maximize=maximize, mask=mask,
-              native=native)
+              weight_decay=weight_decay, amsgrad=True, maximize=maximize, mask=mask)
 
 
 @_register
@@ -332,7 +316,6 @@ def nadam(
     weight_decay: ScalarOrSchedule | None = None,
     maximize: bool = False,
     mask: optax.MaskOrFn = None,
-    native: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""NAdam as optax defines it: Adam with Nesterov momentum.
 
@@ -363,10 +346,6 @@ def nadam(
       ``None`` (default): no decay term (a ``0.0`` given keeps a zero one).
     maximize: ascend the objective instead of descending.
     mask: which params get weight decay.
-    native: run the float32 step as one call of the CPU kernel
-      (:func:`adam_jax.scale_by_adam`'s ``native``): ``True`` to use it,
-      ``None`` or ``False`` for the XLA program (needed to differentiate through
-      the step).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -384,8 +363,7 @@ def nadam(
     <https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
   """
   return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
-              weight_decay=weight_decay, nesterov=True, maximize=maximize, mask=mask,
-              native=native)
+              weight_decay=weight_decay, nesterov=True, maximize=maximize, mask=mask)
 
 
 @_register
@@ -401,7 +379,6 @@ def nadamw(
     *,
     nu_dtype: jax.typing.DTypeLike | None = None,
     maximize: bool = False,
-    native: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""NAdamW: :func:`nadam` with decoupled weight decay, as ``optax.nadamw``.
 
@@ -427,10 +404,6 @@ def nadamw(
     mask: which params decay.
     nu_dtype: dtype of the second moment.
     maximize: ascend the objective instead of descending.
-    native: run the float32 step as one call of the CPU kernel
-      (:func:`adam_jax.scale_by_adam`'s ``native``): ``True`` to use it,
-      ``None`` or ``False`` for the XLA program (needed to differentiate through
-      the step).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -451,7 +424,7 @@ def nadamw(
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
   return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask,
-               nu_dtype=nu_dtype, nesterov=True, maximize=maximize, native=native)
+               nu_dtype=nu_dtype, nesterov=True, maximize=maximize)
 
 
 @_register

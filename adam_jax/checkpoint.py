@@ -47,6 +47,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from adam_jax import _files, _lock
+from adam_jax._fingerprint import changes
+from adam_jax._lock import DirectoryLockedError
 from adam_jax._tree import key_name
 
 _MARKER = "adam_jax_checkpoint.json"
@@ -71,6 +74,10 @@ class CheckpointCorruptError(CheckpointError):
 
 class CheckpointMismatchError(CheckpointError):
   """Raised when a checkpoint holds other leaves (names, shapes, dtypes) than ``like``."""
+
+
+class CheckpointIdentityError(CheckpointMismatchError):
+  """Raised when a checkpoint was written by another run than the ``identity`` given."""
 
 
 class CheckpointFallbackWarning(UserWarning):
@@ -194,7 +201,7 @@ def _check_target(path: pathlib.Path, *, overwrite: bool, add: bool) -> None:
   if not path.is_dir():
     raise CheckpointError(f"refusing to write a checkpoint at {path}: it is a file")
   if not _read_marker(path):
-    if any(path.iterdir()):
+    if any(p.name != _lock.LOCK_NAME for p in path.iterdir()):
       raise CheckpointError(
           f"refusing to write a checkpoint into {path}: the directory is not empty and is "
           f"not a checkpoint written by adam_jax.checkpoint (no {_MARKER})")
@@ -254,11 +261,22 @@ def _remove(path: pathlib.Path) -> None:
   shutil.rmtree(trash, ignore_errors=True)
 
 
-def _save(path: str | os.PathLike, state: Any, *, keep: int, overwrite: bool,
-          add: bool) -> pathlib.Path:
+def _save(path: str | os.PathLike, state: Any, *, keep: int, overwrite: bool, add: bool,
+          identity: Any = None, lock: bool = False) -> pathlib.Path:
   entries, tree = _entries(state)  # refuses bad trees before anything is written
+  identity = None if identity is None else _json_value(identity)
   path = _absolute(path)
   _check_target(path, overwrite=overwrite, add=add)
+  if lock and jax.process_count() == 1:  # (across processes, process 0 could not refuse
+    _lock.acquire(path)  # alone) one writer: a second process is refused, naming the holder
+  # Ctrl-C waits for the save to be committed (orbax's threads and event loop, stopped
+  # mid-write, print dozens of tracebacks); a second Ctrl-C stops it at once.
+  with _files.interrupts_held(second_raises=True):
+    return _write(path, entries, tree, keep=keep, identity=identity)
+
+
+def _write(path: pathlib.Path, entries: list[dict], tree: dict[str, Any], *, keep: int,
+           identity: Any) -> pathlib.Path:
   _sync("checked")
   if _primary():
     path.mkdir(parents=True, exist_ok=True)
@@ -285,6 +303,8 @@ def _save(path: str | os.PathLike, state: Any, *, keep: int, overwrite: bool,
         digest, size = _hash_file(file)
         files[file.relative_to(tmp).as_posix()] = {"sha256": digest, "size": size}
       body = {"leaves": entries, "files": files}
+      if identity is not None:
+        body["identity"] = identity
       _write_json(tmp / _MANIFEST, {"body": body, "sha256": _json_digest(body)})
       _fsync_directory(tmp)
       os.replace(tmp, final)
@@ -304,12 +324,23 @@ def _json_digest(value: Any) -> str:
   return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
-def save(path: str | os.PathLike, state: Any, *, overwrite: bool = False) -> pathlib.Path:
+def _json_value(identity: Any) -> dict[str, Any]:
+  """``identity`` as it reads back from the manifest (a mapping of JSON values)."""
+  try:
+    return json.loads(json.dumps(dict(identity)))
+  except (TypeError, ValueError) as err:
+    raise CheckpointError(f"identity must be a mapping of JSON values, got {identity!r}"
+                          ) from err
+
+
+def save(path: str | os.PathLike, state: Any, *, overwrite: bool = False,
+         identity: Any = None) -> pathlib.Path:
   """Writes ``state`` (any pytree of arrays) to the checkpoint directory ``path``.
 
   The new save is written aside and switched in by a rename once complete, so the
   checkpoint at ``path`` is at every moment either the previous save or the new one,
-  whatever interrupts the process.
+  whatever interrupts the process. Ctrl-C during a save waits until it is committed,
+  then raises ``KeyboardInterrupt`` (a second Ctrl-C raises at once).
 
   Args:
     path: directory to create; relative paths are taken from the working
@@ -319,6 +350,9 @@ def save(path: str | os.PathLike, state: Any, *, overwrite: bool = False) -> pat
       Leaves are arrays (JAX, also sharded over processes, or NumPy), typed PRNG
       key arrays or Python scalars; ``None`` and empty nodes are kept.
     overwrite: replace an existing checkpoint at ``path`` instead of raising.
+    identity: what defines the run that writes it (a mapping of JSON values: flags,
+      digests, ...), kept with the save; :func:`restore` given an ``identity`` refuses a
+      save of another one.
 
   Returns:
     The absolute path written.
@@ -339,26 +373,37 @@ def save(path: str | os.PathLike, state: Any, *, overwrite: bool = False) -> pat
     >>> type(restored[0]).__name__
     'ScaleByAdamState'
   """
-  return _save(path, state, keep=1, overwrite=overwrite, add=False)
+  return _save(path, state, keep=1, overwrite=overwrite, add=False, identity=identity)
 
 
-def save_rotating(path: str | os.PathLike, state: Any, *, keep: int = 2) -> pathlib.Path:
+def save_rotating(path: str | os.PathLike, state: Any, *, keep: int = 2,
+                  identity: Any = None) -> pathlib.Path:
   """Adds a save of ``state`` to the checkpoint at ``path``, keeping the newest ``keep``.
 
   For a training loop that checkpoints every so often: with ``keep=2`` the previous
   save survives a newest one that is later found corrupt, and :func:`restore_latest`
   falls back to it.
 
+  One process writes a directory: the first save takes its lock (the file
+  ``.adam_jax.lock``, naming the process, its host and its start time), and a save from
+  another process is refused with a ``DirectoryLockedError`` naming the holder. The lock
+  is held until the process exits (or, inside :func:`adam_jax.tuning.train` or a search,
+  until it returns); a lock whose process is gone is taken over with a one-line
+  ``StaleLockWarning``. (A run of several processes, which write a save together, takes
+  no lock here: its search holds the lock of its ``out_dir``.)
+
   Args:
     path: the checkpoint directory, created if needed (as in :func:`save`).
     state: the pytree to save, as in :func:`save`.
     keep: how many saves to keep, the new one included (at least 1).
+    identity: what defines the run, as in :func:`save`.
 
   Returns:
     The absolute path written.
 
   Raises:
     CheckpointError: as :func:`save` (an existing checkpoint is added to, never refused).
+    DirectoryLockedError: another process writes to ``path``.
     ValueError: ``keep`` is below 1.
 
   Examples:
@@ -372,7 +417,7 @@ def save_rotating(path: str | os.PathLike, state: Any, *, keep: int = 2) -> path
   """
   if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
     raise ValueError(f"keep must be an integer of at least 1, got {keep!r}")
-  return _save(path, state, keep=keep, overwrite=False, add=True)
+  return _save(path, state, keep=keep, overwrite=False, add=True, identity=identity, lock=True)
 
 
 # --------------------------------------------------------------------------- restoring
@@ -467,8 +512,13 @@ def _want(leaf: Any) -> tuple[str, tuple, str]:
   return kind, tuple(leaf.shape), _dtype_name(leaf.dtype)
 
 
-def _restore_save(save_dir: pathlib.Path, like: Any) -> Any:
+def _restore_save(save_dir: pathlib.Path, like: Any, identity: Any = None) -> Any:
   body = _read_manifest(save_dir)
+  if identity is not None:
+    found = changes(body.get("identity") or {}, _json_value(identity))
+    if found:
+      raise CheckpointIdentityError(
+          f"the checkpoint at {save_dir.parent} belongs to another run: {'; '.join(found)}")
   _verify(save_dir, body)
   stored = {e["name"]: e for e in body["leaves"]}
   like_with_path, treedef = jax.tree_util.tree_flatten_with_path(like)
@@ -543,7 +593,7 @@ def _checkpoint_saves(path: str | os.PathLike) -> tuple[pathlib.Path, list[pathl
   return path, saves
 
 
-def restore(path: str | os.PathLike, like: Any) -> Any:
+def restore(path: str | os.PathLike, like: Any, *, identity: Any = None) -> Any:
   """Reads the newest save of the checkpoint at ``path`` into a tree shaped like ``like``.
 
   Every file is checked against the SHA-256 digest written with it before anything
@@ -560,6 +610,8 @@ def restore(path: str | os.PathLike, like: Any) -> Any:
       leaves where they have one; a sharding over an abstract mesh (``jax.eval_shape``
       on an explicit mesh) is placed on the current mesh (``jax.set_mesh``) if its
       axes match, else on ``jax.make_mesh`` of the same axes.
+    identity: the identity of the run that restores (as given to :func:`save`); a
+      save written with another one, or with none, is refused.
 
   Returns:
     The restored tree, with ``like``'s structure.
@@ -571,6 +623,8 @@ def restore(path: str | os.PathLike, like: Any) -> Any:
       names the leaf.
     CheckpointMismatchError: the checkpoint's leaves differ from ``like``'s in name
       (missing and extra leaves are listed), shape or dtype.
+    CheckpointIdentityError: the save was written by a run of another ``identity``
+      (the fields that differ are named).
     CheckpointError: ``path`` is not a checkpoint written here. Every error above is
       a ``CheckpointError``, which is a ``ValueError``.
 
@@ -586,10 +640,10 @@ def restore(path: str | os.PathLike, like: Any) -> Any:
     (1, dtype('float32'))
   """
   _, saves = _checkpoint_saves(path)
-  return _restore_save(saves[0], like)
+  return _restore_save(saves[0], like, identity)
 
 
-def restore_latest(path: str | os.PathLike, like: Any) -> Any:
+def restore_latest(path: str | os.PathLike, like: Any, *, identity: Any = None) -> Any:
   """Like :func:`restore`, but falls back to an older save when the newest is corrupt.
 
   Each save is tried newest first; a :class:`CheckpointCorruptError` moves on to the
@@ -599,6 +653,7 @@ def restore_latest(path: str | os.PathLike, like: Any) -> Any:
   Args:
     path: a directory written by :func:`save_rotating` (or :func:`save`).
     like: the tree to restore into, as in :func:`restore`.
+    identity: the run's identity, as in :func:`restore`.
 
   Returns:
     The newest save that is intact, with ``like``'s structure.
@@ -618,7 +673,7 @@ def restore_latest(path: str | os.PathLike, like: Any) -> Any:
   first = None
   for save_dir in saves:
     try:
-      restored = _restore_save(save_dir, like)
+      restored = _restore_save(save_dir, like, identity)
     except CheckpointCorruptError as err:
       first = first or err
       continue
@@ -634,8 +689,10 @@ __all__ = [
     "CheckpointCorruptError",
     "CheckpointError",
     "CheckpointFallbackWarning",
+    "CheckpointIdentityError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
+    "DirectoryLockedError",
     "restore",
     "restore_latest",
     "save",

@@ -1,4 +1,4 @@
-"""The optimizer's share of a whole training step (Flax NNX), with and without the CPU kernel.
+"""The optimizer's share of a whole training step (Flax NNX).
 
 Two models: the demo's MLP (``adam_jax.tasks``, digits, 64-128-10, batch 32) and a
 GPT-like NNX transformer (the parameter layout of ``adam-jax bench``'s "gpt-like":
@@ -9,9 +9,8 @@ in one process, as:
 * ``forward+backward``: the loss and the gradients only (jitted, the gradients
   returned);
 * one training step (loss, gradients, ``tx.update``, ``optax.apply_updates``;
-  params and optimizer state donated) with ``adam_jax.adam(native=False)`` (the
-  XLA program), ``adam_jax.adam`` (the CPU kernel on one CPU device) and
-  ``optax.adam``.
+  params and optimizer state donated) with ``adam_jax.adam`` and ``optax.adam``.
+  (The float32 CPU kernel measured here until 2026-12-07 was removed.)
 
 The optimizer's share of a step is ``(step - forward+backward) / step`` (medians).
 Run ``python benchmarks/train_step.py [--rounds 30] [--json out.json]``.
@@ -117,14 +116,13 @@ class _Runner:
 def run(rounds: int = 30, batch: int = 2, seq: int = 64) -> dict:
   """Times every variant on both models; returns medians (ms) and optimizer shares."""
   result = {"date": time.strftime("%Y-%m-%d"), "device": str(jax.devices()[0].device_kind),
-            "devices": jax.device_count(), "kernel": adam_jax.native.status("adam"),
+            "devices": jax.device_count(),
             "models": {}}
   problems = {"demo MLP (9,610 params)": _mlp_problem(),
               f"GPT-like (7.0M params, batch {batch}x{seq})": _gpt_problem(batch, seq)}
   for name, (params, loss, data) in problems.items():
     runners = {
         "forward+backward": _Runner(params, loss, data),
-        "adam_jax native=True": _Runner(params, loss, data, adam_jax.adam(1e-3, native=True)),
         "adam_jax": _Runner(params, loss, data, adam_jax.adam(1e-3)),
         "optax.adam": _Runner(params, loss, data, optax.adam(1e-3)),
     }

@@ -262,7 +262,7 @@ def test_rotating_saves_fall_back_to_the_previous_one(tmp_path):
   for step in range(1, 4):
     checkpoint.save_rotating(path, {"step": jnp.int32(step), "x": jnp.full(4, float(step))})
   assert sorted(p.name for p in path.iterdir()) == [
-      "adam_jax_checkpoint.json", "save_00000002", "save_00000003"]
+      ".adam_jax.lock", "adam_jax_checkpoint.json", "save_00000002", "save_00000003"]
   assert int(checkpoint.restore_latest(path, like=like)["step"]) == 3
   # The newest save loses a file: one warning, and the previous save is restored.
   _leaf_files(path, "x")[0].unlink()

@@ -285,7 +285,7 @@ def test_sweep_interrupt_then_resume(tmp_path, capsys, monkeypatch):
     rows = list(csv.DictReader(f))
   assert list(rows[0]) == ["learning_rate", "b1", "b2", "eps", "weight_decay", "schedule",
                            "layers", "hidden", "batch_size", "train_loss", "val_loss",
-                           "val_accuracy"]
+                           "val_accuracy", "diverged"]
   assert sorted((r["learning_rate"], r["hidden"]) for r in rows) == [
       ("0.003", "16"), ("0.003", "8"), ("0.03", "16"), ("0.03", "8")]
   assert rows[:2] == first  # the finished rows were kept as they were

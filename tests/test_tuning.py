@@ -268,7 +268,7 @@ def test_rows_written_as_they_finish_and_resume(tmp_path):
   assert [(float(r["learning_rate"]), int(r["hidden"])) for r in written] == [
       (1e-2, 8), (3e-2, 8)]
   assert list(written[0]) == ["learning_rate", "hidden", "train_loss", "val_loss",
-                              "val_accuracy"]
+                              "val_accuracy", "diverged"]
   assert float(written[1]["val_loss"]) == seen[1].metrics["val_loss"]
   with open(tmp_path / "results.csv", "a") as f:
     f.write("0.1,8,0.5")  # a line cut off by the interrupt

@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from adam_jax import _lock
 from adam_jax.cli import _common as common
 from adam_jax.cli import bench, demo, lr_find, sweep
 
@@ -62,7 +63,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args is None:  # its own flags: see adam-jax bench --help
       return bench.run(argv[1:])
     common.preload("matplotlib.figure", "matplotlib.backends.backend_agg")
-    return args.run(args)
+    with _lock.scope():  # the lock of --out is given back when the command ends
+      return args.run(args)
   except common.UsageError as err:
     print(f"{err.prog}: error: {err}", file=sys.stderr)
     return 2

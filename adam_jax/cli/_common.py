@@ -7,10 +7,9 @@ import contextlib
 import json
 import math
 import os
-import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, NoReturn
 
 from adam_jax._names import did_you_mean
@@ -257,8 +256,7 @@ def import_flax_outside_ipython() -> None:
     del sys.modules["IPython"]
 
 
-@contextlib.contextmanager
-def interrupts_held(hold: bool = True) -> Iterator[None]:
+def interrupts_held(hold: bool = True) -> contextlib.AbstractContextManager[None]:
   """Holds Ctrl-C (SIGINT) until the block ends, then raises ``KeyboardInterrupt``.
 
   For the imports of compiled extensions: an interrupt raised half-way through
@@ -267,17 +265,9 @@ def interrupts_held(hold: bool = True) -> Iterator[None]:
   callback is printed and lost, so the command would run on. Only in the main
   thread and when ``hold`` (the console script), where the signal handler is ours.
   """
-  if not hold or threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  caught: list[int] = []
-  previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-  try:
-    yield
-  finally:
-    signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
-  if caught:
-    raise KeyboardInterrupt
+  from adam_jax import _files
+
+  return _files.interrupts_held(hold)
 
 
 def exit_now(code: int) -> None:
@@ -315,7 +305,6 @@ def import_jax() -> None:
 def preload(*modules: str) -> None:
   """Imports ``modules`` in a background thread (while XLA compiles and trains)."""
   import importlib
-  import threading
 
   def load() -> None:
     for name in modules:
@@ -363,16 +352,17 @@ def json_safe(value: Any) -> Any:
 
 def write_json(path: str, payload: dict[str, Any]) -> None:
   """Writes valid JSON (a NaN or infinite number becomes null) atomically."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(json_safe(payload), f, indent=2, allow_nan=False)
-    f.write("\n")
-  os.replace(tmp, path)
+  from adam_jax import _files
+
+  _files.write_atomic(path, json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n")
 
 
 def make_out(path: str, prog: str = "adam-jax") -> str:
-  """Creates the output folder and checks that files can be written there (before training)."""
+  """Creates the output folder, checks that files can be written there (before training)
+  and takes its lock (one command writes a folder; another is refused, naming it)."""
   import tempfile
+
+  from adam_jax import _lock
 
   try:
     os.makedirs(path, exist_ok=True)
@@ -384,7 +374,18 @@ def make_out(path: str, prog: str = "adam-jax") -> str:
   except OSError as err:
     raise UsageError(f"cannot write to output folder {path}: {err.strerror or err}",
                      prog) from None
+  try:
+    _lock.acquire(path)
+  except _lock.DirectoryLockedError as err:
+    raise UsageError(str(err), prog) from None
   return path
+
+
+def refuse_earlier(out: str, names: Sequence[str], what: str, hint: str, prog: str) -> None:
+  """Refuses an ``out`` that holds an earlier run's files (``names``): ``hint`` says what to do."""
+  earlier = [name for name in names if os.path.exists(os.path.join(out, name))]
+  if earlier:
+    raise UsageError(f"{out} already holds an earlier {what} ({earlier[0]}); {hint}", prog)
 
 
 def file_digest(path: str | None) -> str | None:

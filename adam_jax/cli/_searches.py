@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import sys
@@ -18,7 +17,7 @@ from adam_jax.cli import _figures
 
 HEARTBEAT_S = 10  # a running trial's heartbeat, recorded in --storage this often
 GRACE_S = 60  # a trial without a heartbeat for this long is failed and queued again
-_NOT_METRICS = ("steps", "surplus", "worker")  # user attributes that are no metrics
+_NOT_METRICS = ("steps", "surplus", "worker", "diverged")  # user attributes, not metrics
 
 
 def distributions(space: dict[str, Any]) -> dict[str, Any]:
@@ -107,16 +106,15 @@ def _first_line(err: BaseException) -> str:
 
 
 def write_rows(path: str, rows: Sequence[Any], extra: Sequence[str] = ()) -> None:
-  """``results.csv``: a line per row (config, metrics, then the ``extra`` fields of the row)."""
+  """``results.csv``: a line per row (config, metrics, the ``extra`` fields, ``diverged``)."""
+  from adam_jax import _files
+
   keys = list(rows[0].config)
   names = list(rows[0].metrics)
-  with open(path, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(keys + names + list(extra))
-    for row in rows:
-      writer.writerow([row.config[k] for k in keys]
-                      + [repr(row.metrics.get(m, math.nan)) for m in names]
-                      + [getattr(row, e) for e in extra])
+  _files.write_atomic(path, _files.csv_text(
+      [keys + names + list(extra) + ["diverged"]]
+      + [[row.config[k] for k in keys] + [repr(row.metrics.get(m, math.nan)) for m in names]
+         + [getattr(row, e) for e in extra] + [row.diverged] for row in rows]))
 
 
 def _study_table(trials: Sequence[Any], space: dict[str, Any]
@@ -135,7 +133,8 @@ def _study_table(trials: Sequence[Any], space: dict[str, Any]
     metrics = {k: v for k, v in t.user_attrs.items() if k not in _NOT_METRICS}
     names.update(dict.fromkeys(metrics))
     table.append({"trial": t.number, "state": t.state.name, "config": config,
-                  "metrics": metrics, "steps": t.user_attrs.get("steps")})
+                  "metrics": metrics, "steps": t.user_attrs.get("steps"),
+                  "diverged": bool(t.user_attrs.get("diverged", False))})
   return list(names), table
 
 
@@ -174,13 +173,13 @@ def run_optuna(args: argparse.Namespace, study: Any, problem: Any, space: dict[s
   elapsed = time.perf_counter() - start
   csv_path = os.path.join(out, "results.csv")
   names, table = _study_table(study.get_trials(deepcopy=False), space)
-  with open(csv_path, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["trial", "state"] + list(space) + names + ["steps"])
-    for item in table:
-      writer.writerow([item["trial"], item["state"]] + list(item["config"].values())
-                      + [repr(item["metrics"].get(m, math.nan)) for m in names]
-                      + [item["steps"]])
+  from adam_jax import _files
+
+  _files.write_atomic(csv_path, _files.csv_text(
+      [["trial", "state"] + list(space) + names + ["steps", "diverged"]]
+      + [[item["trial"], item["state"]] + list(item["config"].values())
+         + [repr(item["metrics"].get(m, math.nan)) for m in names]
+         + [item["steps"], item["diverged"]] for item in table]))
   finished = [item for item in table if item["state"] == "COMPLETE"]
   info = {"task": args.task, "optimizer": args.optimizer, "steps": args.steps, "seeds": seeds,
           "data": args.data, "search": "optuna", "study_name": args.study_name,

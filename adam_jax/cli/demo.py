@@ -66,7 +66,8 @@ def add_parser(sub: Any) -> None:
                  help="steps between checkpoints of the train state in DIR/checkpoint "
                       "(1000; 0: none)")
   p.add_argument("--resume", action="store_true",
-                 help="continue from the checkpoint in --out (same flags as the first run)")
+                 help="continue the run in --out from its checkpoint (same flags as the first "
+                      "run); without it, an --out that holds an earlier run is refused")
   common.add_tensorboard(p)
   p.set_defaults(run=run)
 
@@ -97,8 +98,11 @@ def run(args: argparse.Namespace) -> int:
     config.update(plateau_factor=factor, plateau_patience=patience)
   config_path = os.path.join(out, "demo_config.json")
   ckpt_path = os.path.join(out, "checkpoint")
+  if not args.resume:  # as sweep: an earlier run is continued or left alone, never replaced
+    common.refuse_earlier(out, ("demo_config.json", "results.json", "checkpoint"), "demo run",
+                          "pass --resume to continue it or a new --out", prog)
   resuming = args.resume and os.path.isdir(ckpt_path)
-  if resuming:
+  if resuming or (args.resume and os.path.exists(config_path)):
     common.check_resume(config_path, config, prog)
   problem = common.build_problem(args, prog, layers=args.layers, hidden=args.hidden,
                                  batch_size=args.batch_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from typing import Any
 
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
   elapsed = time.perf_counter() - start
   payload = {
       "task": args.task, "optimizer": args.optimizer, "seed": args.seed, "data": args.data,
-      "suggestion": result.suggestion, "valley": result.valley,
+      "suggestion": result.suggestion, "valley": result.valley, "reason": result.reason,
       "diverged": result.diverged, "steps_run": len(result.lrs),
       "lrs": result.lrs.tolist(), "losses": result.losses.tolist(),
       "raw_losses": result.raw_losses.tolist(),
@@ -75,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
   stop = (f"stopped at lr {result.lrs[-1]:.3g} (loss diverged)" if result.diverged
           else "no divergence")
   print(f"{len(result.lrs)} steps in {elapsed:.1f} s, {stop}")
-  print(f"suggested learning rate: {result.suggestion:.3g} (steepest descent); "
-        f"valley rule: {result.valley:.3g}")
+  if result.suggestion is not None:
+    print(f"suggested learning rate: {result.suggestion:.3g} (steepest descent); "
+          f"valley rule: {result.valley:.3g}")
   print(f"wrote {os.path.join(out, 'lr_find.json')} and {os.path.join(out, 'lr_find.png')}")
+  if result.suggestion is None:
+    print(f"{PROG}: no suggested learning rate: {result.reason}", file=sys.stderr)
+    return 1
   return 0

@@ -27,6 +27,15 @@ def _schedule(text: str) -> str:
   return common.choice_of(("constant", "cosine", "step", "exponential"))(text)
 
 
+def _eps(text: str) -> float:
+  """An ``--eps`` value: > 0 (with eps = 0, Adam divides 0 by 0 where a gradient is 0)."""
+  value = common.NONNEG_FLOAT(text)
+  if value == 0:
+    raise argparse.ArgumentTypeError("eps must be > 0: with eps = 0 Adam divides 0 by 0 (NaN) "
+                                     "wherever a gradient is zero")
+  return value
+
+
 # (space key, flag, parse, default, help): every flag takes comma-separated values; the
 # numeric optimizer flags also take a range LO:HI for the sampled searches.
 FLAGS = (
@@ -36,8 +45,8 @@ FLAGS = (
      "first-moment decay rates, in [0, 1) (a range: uniform)"),
     ("b2", "--b2", common.list_or_range(common.BETA, log=False), "0.999",
      "second-moment decay rates, in [0, 1) (a range: uniform)"),
-    ("eps", "--eps", common.list_or_range(common.NONNEG_FLOAT, log=True), "1e-8",
-     "eps values (>= 0; a range: log-uniform)"),
+    ("eps", "--eps", common.list_or_range(_eps, log=True), "1e-8",
+     "eps values (> 0; a range: log-uniform)"),
     ("weight_decay", "--weight-decay", common.list_or_range(common.NONNEG_FLOAT, log=True), "0",
      "weight decay (>= 0; a range: log-uniform): coupled L2 for adam, decoupled for adamw"),
     ("schedule", "--schedule",
@@ -229,11 +238,10 @@ def run(args: argparse.Namespace) -> int:
     study = _searches.open_study(args, PROG)
   out = common.make_out(args.out, PROG)
   if not args.resume:
-    earlier = [name for name in ("results.csv", "checkpoints")
-               if os.path.exists(os.path.join(out, name))]
-    if earlier:
-      raise common.UsageError(f"{out} already holds an earlier sweep ({earlier[0]}); pass "
-                              "--resume to continue it or a new --out", PROG)
+    common.refuse_earlier(out, ("results.csv", "checkpoints"), "sweep",
+                          "successive halving cannot resume: pass a new --out"
+                          if args.search == "halving" else
+                          "pass --resume to continue it or a new --out", PROG)
   # Every flag that changes the results, and the data's digest: a resume must match them.
   # (optuna: the study in --storage is the record of its trials, and --trials may grow)
   record = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_RECORDED
@@ -353,8 +361,10 @@ def _report(args: argparse.Namespace, out: str, result: Any, rows: list[Any],
         "seeds": seeds, "data": args.data, "search": args.search, "configurations": total,
         "trained_now": len(rows), "wall_s": elapsed})
     print(f"trained {len(rows)} configurations in {elapsed:.1f} s{resumed}")
-    print(f"{PROG}: no configuration reached a finite validation loss (every one diverged); "
-          f"see {csv_path}; try smaller learning rates", file=sys.stderr)
+    print(f"{PROG}: no configuration reached a finite validation loss (every one diverged: "
+          f"a NaN or infinite loss, metric or parameter; see the diverged column of "
+          f"{csv_path}); try other hyperparameters, smaller learning rates first",
+          file=sys.stderr)
     return 1
   payload = {**best.config, **best.metrics, "task": args.task, "optimizer": args.optimizer,
              "steps": args.steps, "seeds": seeds, "data": args.data, "search": args.search,

@@ -1,18 +1,14 @@
 """Hand-written CPU kernels, compiled on first use with the system C++ compiler.
 
-Two kernels, each one C++ source file called through the XLA FFI
-(:func:`jax.ffi.ffi_call`):
+One kernel, a C++ source file called through the XLA FFI (:func:`jax.ffi.ffi_call`):
+``"adam8bit"`` (``adam8bit_cpu.cc``), the whole 8-bit Adam step of
+:func:`adam_jax.scale_by_adam8bit` in one pass over each block. Used only on x86 CPUs
+with AVX-512, where it was measured faster than the XLA program (with AVX2 alone its
+loops were slower); used by default on one CPU device. (A kernel of the float32 Adam
+step was removed on 2026-12-07: it was never faster than XLA's program on a quiet
+machine; ``benchmarks/RESULTS.md`` keeps its numbers.)
 
-* ``"adam"`` (``adam_cpu.cc``): the float32 step of :func:`adam_jax.scale_by_adam`
-  for every leaf of a tree in one call (moments updated in place, the work split
-  across XLA's intra-op threads by chunks of the whole parameter set). Opt-in
-  (``native=True``): see :data:`DEFAULT_ON`.
-* ``"adam8bit"`` (``adam8bit_cpu.cc``): the whole 8-bit Adam step of
-  :func:`adam_jax.scale_by_adam8bit` in one pass over each block. Used only on x86
-  CPUs with AVX-512, where it was measured faster than the XLA program (with AVX2
-  alone its loops were slower); used by default on one CPU device.
-
-Each is built for this machine (``-O3 -march=native``) the first time it is needed
+It is built for this machine (``-O3 -march=native``) the first time it is needed
 and cached under ``$ADAM_JAX_CACHE`` (default ``~/.cache/adam_jax``), keyed by the
 source, the flags, the compiler, the jax version and the CPU. Without a C++
 compiler, on a CPU its condition excludes, or with ``ADAM_JAX_NATIVE=0`` in the
@@ -22,8 +18,8 @@ differentiating through an optimizer step needs ``native=False``.
 
 Examples:
   >>> from adam_jax import native
-  >>> isinstance(native.available("adam"), bool), native.KERNELS
-  (True, ('adam', 'adam8bit'))
+  >>> isinstance(native.available("adam8bit"), bool), native.KERNELS
+  (True, ('adam8bit',))
 """
 
 from __future__ import annotations
@@ -41,7 +37,6 @@ import tempfile
 
 import jax
 
-ADAM_TARGET = "adam_jax_adam_step"
 ADAM8BIT_TARGET = "adam_jax_adam8bit_step"
 
 # No -ffast-math: NaN and infinity keep their meaning. Without errno and traps the
@@ -62,12 +57,6 @@ class _Kernel:
 
 
 _KERNELS = {
-    # The same operations as the XLA program, in the same order: no contraction
-    # into fused multiply-adds, which XLA:CPU does not form either.
-    "adam": _Kernel("adam_cpu.cc", ("-ffp-contract=off",), ADAM_TARGET, "AdamJaxAdamStep",
-                    "AdamJaxAdamLanes", 8,
-                    "this CPU has neither AVX2 nor AVX-512: the kernel was not measured "
-                    "faster than the XLA program here"),
     "adam8bit": _Kernel("adam8bit_cpu.cc", (), ADAM8BIT_TARGET, "AdamJaxAdam8bitStep",
                         "AdamJaxAdam8bitLanes", 16,
                         # Without AVX-512 the table lookups and the encoding fall back to
@@ -171,8 +160,7 @@ def available(kernel: str | None = None) -> bool:
   built: why it is unavailable is in :func:`status`.
 
   Args:
-    kernel: one of :data:`KERNELS` (``"adam"``, ``"adam8bit"``); ``None``: all
-      of them.
+    kernel: one of :data:`KERNELS` (``"adam8bit"``); ``None``: all of them.
 
   Returns:
     ``True`` if the kernel (every kernel, for ``None``) can be called.
@@ -189,7 +177,7 @@ def status(kernel: str | None = None) -> str:
   Args:
     kernel: one of :data:`KERNELS`; ``None``: all of them, as one line
       (``"available"`` or the common reason when they agree, else
-      ``"adam: ...; adam8bit: ..."``).
+      ``"<kernel>: ...; <kernel>: ..."``).
 
   Returns:
     The reason, as a sentence fragment.
@@ -204,10 +192,7 @@ def status(kernel: str | None = None) -> str:
 
 
 # The kernels an optimizer uses when it leaves ``native=None``: only those measured
-# faster in whole training steps. The Adam kernel is opt-in (``native=True``): one step
-# alone measured 1.1-1.2x optax.adam on a loaded 2-core CPU, but a GPT-like Flax training
-# step ran slower with it (its update lands on fresh pages every step), and the demo MLP
-# gained nothing (benchmarks/RESULTS.md, 2026-12-06).
+# faster in whole training steps.
 DEFAULT_ON = frozenset({"adam8bit"})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 import zipfile
 from typing import Any, NamedTuple
@@ -93,8 +94,11 @@ def load_npz(path: str | os.PathLike[str], *, need_labels: bool) -> Dataset:
       raise ValueError(f"{path} is a single .npy array, not an .npz archive with 'x'")
     raise ValueError(f"{path} is not a valid .npz file (save one with numpy.savez)")
   try:
+    _check_sizes(path)
     with np.load(path, allow_pickle=False) as archive:
       arrays = {k: archive[k] for k in archive.files}
+  except MemoryError as err:
+    raise ValueError(f"{path}: its arrays do not fit in memory ({err})") from None
   except ValueError as err:
     if "pickle" in str(err).lower():
       raise ValueError(f"{path}: arrays of Python objects are not accepted; save numeric "
@@ -112,6 +116,43 @@ def load_npz(path: str | os.PathLike[str], *, need_labels: bool) -> Dataset:
       raise ValueError(f"{path} has no array named 'y': classification needs integer labels")
     return Dataset(x, None)
   return Dataset(x, _labels(path, y, len(x)))
+
+
+def _check_sizes(path: str) -> None:
+  """Refuses an archive whose array headers claim more data than its members hold.
+
+  ``numpy.load`` allocates what a header claims before reading: a damaged header
+  claiming 512 GiB would be a ``MemoryError`` (or the machine's memory) rather than a
+  message about the file.
+  """
+  readers = {(1, 0): np.lib.format.read_array_header_1_0,
+             (2, 0): np.lib.format.read_array_header_2_0}
+  with zipfile.ZipFile(path) as archive:
+    for info in archive.infolist():
+      if not info.filename.endswith(".npy"):
+        continue
+      with archive.open(info) as f:
+        try:
+          read = readers.get(np.lib.format.read_magic(f))
+          if read is None:
+            continue  # a format this check does not read: numpy.load checks it
+          shape, _, dtype = read(f)
+        except ValueError as err:
+          raise ValueError(f"the header of {info.filename!r} is damaged ({err})"
+                           ) from None
+        have = info.file_size - f.tell()
+      claimed = math.prod(shape) * dtype.itemsize
+      if claimed > have:
+        raise ValueError(f"{info.filename!r} claims {_size(claimed)} (shape "
+                         f"{shape}, {dtype}) but holds {_size(have)}: the file is damaged")
+
+
+def _size(n: int) -> str:
+  for unit in ("bytes", "KiB", "MiB", "GiB"):
+    if n < 1024 or unit == "GiB":
+      return f"{n:.4g} {unit}" if unit != "bytes" else f"{n} bytes"
+    n /= 1024
+  return f"{n} bytes"  # unreachable
 
 
 def _features(path: str, x: Any) -> np.ndarray:

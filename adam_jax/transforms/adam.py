@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +10,7 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _numerics as numerics
-from adam_jax import native as _native
-from adam_jax.transforms._common import ScaleByAdamState, adam_leaf, init_moments
+from adam_jax.transforms._common import ScaleByAdamState, adam_leaf, init_moments, map_leaves
 
 Array = jax.Array
 
@@ -27,118 +24,6 @@ class ScaleByAmsgradState(NamedTuple):
   nu_max: optax.Updates  # like params, real; dtype=nu_dtype; max over raw nu
 
 
-def _coefficients(count: Array, *, b1: Any, b2: Any, eps: Any, eps_root: Any,
-                  nesterov: bool) -> Array:
-  """float32[9]: b1, 1 - b1, b2, 1 - b2, a_m, a_g, 1 / bc2, eps, eps_root.
-
-  The scalars of :func:`adam_leaf` for a float32 leaf, as XLA:CPU computes them
-  there (it turns each division by a bias correction into a multiplication by the
-  reciprocal): the first moment used by the update is ``a_m * m + a_g * g``, with
-  ``a_m = 1 / bc1`` and ``a_g = 0``, or with Nesterov ``a_m = b1 / bc1_next`` and
-  ``a_g = (1 - b1) / bc1``.
-  """
-  f32 = jnp.float32
-  b1_c, b2_c = numerics.hyper(b1, f32), numerics.hyper(b2, f32)
-  inv_bc1 = 1 / numerics.bias_correction(b1, count, f32)
-  if nesterov:
-    inv_bc1_next = 1 / numerics.bias_correction(b1, numerics.safe_increment(count), f32)
-    a_m, a_g = inv_bc1_next * b1_c, inv_bc1 * (1 - b1_c)
-  else:
-    a_m, a_g = inv_bc1, 0.0
-  values = [b1_c, 1 - b1_c, b2_c, 1 - b2_c, a_m, a_g,
-            1 / numerics.bias_correction(b2, count, f32),
-            numerics.hyper(eps, f32), numerics.hyper(eps_root, f32)]
-  return jnp.stack([jnp.asarray(x, f32) for x in values])
-
-
-def _steps_from_coefficients(coef, gs, ms, vs, ws, *, nesterov: bool):
-  """The kernel's step as an XLA program, over the same ``coef``."""
-  b1, omb1, b2, omb2, a_m, a_g, inv_bc2, eps, eps_root = (coef[i] for i in range(9))
-  us, ms_out, vs_out, ws_out = [], [], [], []
-  for i, (g, m, v) in enumerate(zip(gs, ms, vs)):
-    m = b1 * m + omb1 * g
-    v = b2 * v + omb2 * (g * g)
-    w = v
-    if ws:
-      w = jnp.maximum(ws[i], v)
-      ws_out.append(w)
-    mh = m * a_m + g * a_g if nesterov else m * a_m
-    us.append(mh / (jnp.sqrt(w * inv_bc2 + eps_root) + eps))
-    ms_out.append(m)
-    vs_out.append(v)
-  return us, ms_out, vs_out, ws_out
-
-
-def _kernel_steps(coef, gs, ms, vs, ws, *, nesterov: bool):
-  """Every leaf's step in one call of the CPU kernel (``adam_jax/native/adam_cpu.cc``).
-
-  The moments are results aliased to their operands: XLA updates them in place
-  when the state is donated (and copies them first when it is not).
-  """
-  streams = [gs, ms, vs] + ([ws] if ws else [])
-  n = len(gs)
-  like = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
-  call = jax.ffi.ffi_call(
-      _native.ADAM_TARGET,
-      [like(x) for stream in streams for x in stream],
-      # Operand 0 is coef, then g, m, v, w; results u, m, v, w.
-      input_output_aliases={1 + k: k for k in range(n, len(streams) * n)})
-  outs = call(coef, *(x for stream in streams for x in stream), nesterov=nesterov,
-              amsgrad=bool(ws))
-  us, ms_out, vs_out, ws_out = (list(outs[k * n:(k + 1) * n]) for k in range(4))
-  return us, ms_out, vs_out, ws_out
-
-
-def _native_steps(coef, gs, ms, vs, ws, *, nesterov: bool):
-  """The kernel on CPU, the XLA program elsewhere and under ``jax.vmap``."""
-  xla = functools.partial(_steps_from_coefficients, nesterov=nesterov)
-  kernel = jax.custom_batching.custom_vmap(functools.partial(_kernel_steps, nesterov=nesterov))
-
-  @kernel.def_vmap
-  def _batched(axis_size, in_batched, *args):
-    # Batched hyperparameters or states (a grid of configurations): the XLA
-    # program, vmapped.
-    del axis_size
-    axes = jax.tree.map(lambda b: 0 if b else None, list(in_batched))
-    out = jax.vmap(xla, in_axes=axes)(*args)
-    return out, jax.tree.map(lambda _: True, out)
-
-  return jax.lax.platform_dependent(coef, gs, ms, vs, ws, cpu=kernel, default=xla)
-
-
-def _kernel_leaf(g: Array, m: Array, v: Array, w: Array | None) -> bool:
-  """Whether the kernel covers this leaf: float32 everywhere, not empty."""
-  arrays = [x for x in (g, m, v, w) if x is not None]
-  return (all(x.dtype == jnp.float32 and x.shape == g.shape for x in arrays)
-          and g.size > 0)
-
-
-def _step_leaves(
-    g_leaves: Sequence[Array], m_leaves, v_leaves, w_leaves, count: Array, *,
-    use_kernel: bool, hyper: dict,
-):
-  """``(updates, mu, nu, nu_max)`` leaf lists: float32 leaves in one kernel call
-  when ``use_kernel``, every other leaf through :func:`adam_leaf`."""
-  n = len(g_leaves)
-  out = [[None] * n for _ in range(4)]
-  covered = [i for i in range(n)
-             if use_kernel and _kernel_leaf(g_leaves[i], m_leaves[i], v_leaves[i], w_leaves[i])]
-  for i in sorted(set(range(n)) - set(covered)):
-    step = adam_leaf(g_leaves[i], m_leaves[i], v_leaves[i], w_leaves[i], count, **hyper)
-    for k in range(4):
-      out[k][i] = step[k]
-  if covered:
-    coef = _coefficients(count, **hyper)
-    pick = lambda leaves: [leaves[i] for i in covered]
-    ws = pick(w_leaves) if w_leaves[covered[0]] is not None else []
-    results = _native_steps(coef, pick(g_leaves), pick(m_leaves), pick(v_leaves), ws,
-                            nesterov=hyper["nesterov"])
-    for k, column in enumerate(results):
-      for i, x in zip(covered, column):
-        out[k][i] = x
-  return out
-
-
 def scale_by_adam(
     b1: ArrayLike = 0.9,
     b2: ArrayLike = 0.999,
@@ -149,7 +34,6 @@ def scale_by_adam(
     nu_dtype: DTypeLike | None = None,
     amsgrad: bool = False,
     nesterov: bool = False,
-    native: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by Adam's bias-corrected moments.
 
@@ -202,16 +86,6 @@ def scale_by_adam(
       param's (real) dtype.
     amsgrad: keep the running maximum of the second moment.
     nesterov: use Nesterov momentum (NAdam).
-    native: on CPU, compute the step of every leaf whose gradient and moments
-      are float32 in one call of a hand-written kernel (:mod:`adam_jax.native`,
-      built on first use with the system C++ compiler), the moments updated in
-      place; equal to the XLA program up to float32 rounding. ``None``
-      (default) and ``False``: the XLA program (the kernel is opt-in until it is
-      measured faster in whole training steps, see ``benchmarks/RESULTS.md``);
-      ``True``: the kernel on CPU (error if it is unavailable; it has no sharding
-      rule, so keep it to one device). Other platforms, other dtypes and steps
-      under ``jax.vmap`` run the XLA program. The kernel has no derivative rule:
-      differentiate through the step (meta-gradients) with ``native=False``.
 
   Returns:
     An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState`, or
@@ -238,7 +112,6 @@ def scale_by_adam(
   """
   numerics.check_betas(b1=b1, b2=b2)
   numerics.check_nonnegative(eps=eps, eps_root=eps_root)
-  _native.check_native(native)
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
   nu_dtype = None if nu_dtype is None else jnp.dtype(nu_dtype)
   hyper = dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov)
@@ -254,14 +127,9 @@ def scale_by_adam(
     del params
     numerics.tree_check_same_structure(updates, state.mu)
     count = numerics.safe_increment(state.count)
-    # The first call builds the kernel (seconds), once.
-    use_kernel = _native.use_kernel("adam", native)
-    g_leaves, treedef = jax.tree.flatten(updates)
-    columns = [treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu),
-               treedef.flatten_up_to(state.nu_max) if amsgrad else [None] * len(g_leaves)]
-    u, mu, nu, nu_max = (
-        treedef.unflatten(leaves) for leaves in _step_leaves(
-            g_leaves, *columns, count, use_kernel=use_kernel, hyper=hyper))
+    u, mu, nu, nu_max = map_leaves(
+        lambda g, m, v, w: adam_leaf(g, m, v, w, count, **hyper), updates, state.mu, state.nu,
+        state.nu_max if amsgrad else None, num_outputs=4)
     if amsgrad:
       return u, ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
     return u, ScaleByAdamState(count=count, mu=mu, nu=nu)

@@ -19,10 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adam_jax import aliases, schedules
+from adam_jax import _files, _lock, aliases, schedules
 from adam_jax._names import did_you_mean
-from adam_jax.tuning import _memory, _runner, _tensorboard
+from adam_jax.tuning import _identity, _memory, _runner, _tensorboard
 from adam_jax.tuning._batches import check_resumable
+from adam_jax.tuning._diverged import diverged_members
 from adam_jax.tuning._problem import Problem
 
 #: The schedules a search takes for its ``schedule`` key (:func:`schedule_fn`), in index order.
@@ -109,6 +110,7 @@ class Row(NamedTuple):
   diagnostics: dict[str, np.ndarray] | None = None  # with diagnostics: monitor columns
   rung: int | None = None  # successive halving: the last rung the configuration trained in
   steps: int | None = None  # successive halving: the steps it trained
+  diverged: bool = False  # a seed's loss, metric or parameter is NaN or infinite: never best
   evals: dict[str, np.ndarray] | None = None  # with eval_every: "step" and each validation
   #   metric at those steps, shape=(evaluations,), mean over seeds
   best_step: list[int] | None = None  # with eval_every: each seed's best evaluated step
@@ -121,22 +123,24 @@ class SearchResult(NamedTuple):
 
   rows: list[Row]  # every configuration, in grid order
   best: Row | None  # the best row by ``metric`` and ``mode``, with its trained model;
-  #   None when no row's metric is finite (a NaN or infinite metric is never the best)
+  #   None when every row diverged (a diverged row is never the best)
   metric: str  # the metric that chose ``best``
   mode: str  # "min" or "max"
   num_devices: int  # the most devices one group was spread over (Python-driven loops: 1)
   loops: dict[str, str]  # the loop form ("scan" or "python") used for each shape group
 
   def to_csv(self, path: str | os.PathLike[str]) -> str:
-    """Writes one line per row (config, then metrics) to ``path``; returns the path."""
+    """Writes one line per row (config, metrics, ``diverged``) to ``path``; returns the path.
+
+    The file is replaced at once (a temporary file renamed): never half written.
+    """
     path = os.fspath(path)
     keys = list(self.rows[0].config)
     names = list(self.rows[0].metrics)
-    with open(path, "w", newline="") as f:
-      writer = csv.writer(f)
-      writer.writerow(keys + names)
-      for row in self.rows:
-        writer.writerow([row.config[k] for k in keys] + [repr(row.metrics[m]) for m in names])
+    _files.write_atomic(path, _files.csv_text(
+        [keys + names + ["diverged"]]
+        + [[row.config[k] for k in keys] + [repr(row.metrics[m]) for m in names]
+           + [row.diverged] for row in self.rows]))
     return path
 
   def plot(self, path: str | os.PathLike[str] | None = None, *, x: str | None = None) -> Any:
@@ -157,6 +161,11 @@ class SearchResult(NamedTuple):
 
 def finite_or_nan(value: float, mode: str) -> float:
   return value if math.isfinite(value) else (math.inf if mode == "min" else -math.inf)
+
+
+def rank(row: Row, metric: str, mode: str) -> float:
+  """A row's ``metric`` for picking the best: the worst value when the row diverged."""
+  return finite_or_nan(math.nan if row.diverged else row.metrics[metric], mode)
 
 
 def resolve_optimizer(optimizer: Any) -> tuple[Callable[..., optax.GradientTransformation], str]:
@@ -279,8 +288,11 @@ class _Store:
   """results.csv (a row as each group finishes), curves.jsonl and search.json.
 
   Process 0 alone reads and writes them; the other processes of a ``jax.distributed`` run
-  get the rows read back (or the error) from it. An earlier search's results.csv or
-  checkpoints are never deleted, only resumed.
+  get the rows read back (or the error) from it. It holds the lock of ``out_dir`` (one
+  writer). ``search.json`` records the run's identity (:mod:`adam_jax.tuning._identity`):
+  a resume of another run is refused, naming what changed. An earlier search's rows and
+  checkpoints are never deleted, only resumed: a resume over fewer configurations keeps
+  the others' lines, and a rewrite replaces a file whole (a temporary file renamed).
   """
 
   def __init__(self, out_dir: str, meta: dict[str, Any], keys: list[str], resume: bool,
@@ -296,6 +308,7 @@ class _Store:
 
   def _open(self, out_dir: str, meta: dict[str, Any], resume: bool,
             space: dict[str, list[Any]]) -> tuple[dict[tuple[str, ...], Row], bool]:
+    _lock.acquire(out_dir)  # one writer: another search in out_dir is refused, named
     meta_path = os.path.join(out_dir, _META)
     self.resuming = resume and os.path.exists(meta_path)
     earlier = [p for p in (self.csv_path, os.path.join(out_dir, _CHECKPOINTS))
@@ -314,80 +327,97 @@ class _Store:
         raise ValueError(f"cannot resume: {meta_path} is damaged ({err})") from None
       if not isinstance(old, dict):
         raise ValueError(f"cannot resume: {meta_path} is damaged (not a JSON object)")
-      diff = [k for k in meta if old.get(k) != meta[k]]
-      if diff:
-        k = diff[0]
-        raise ValueError(f"cannot resume: {out_dir} holds a search with {k}={old.get(k)!r}, "
-                         f"this one has {k}={meta[k]!r}")
-      if os.path.exists(self.csv_path):
-        self._read(space)
-      rows = list(self.done.values())
-      self._clear()
-      for row in rows:
-        self.add(row)
+      why = _identity.refusal(out_dir, old, {k: v for k, v in meta.items() if k != "space"})
+      if why is not None:
+        raise ValueError(why)
+      self._reopen(space)
+      meta = {**meta, "space": _union(old.get("space") or {}, meta["space"])}
     else:
-      self._clear()
-    with open(meta_path, "w") as f:
-      json.dump(meta, f, indent=2)
+      for path in (self.csv_path, self.curves_path):  # no rows: nothing of value is lost
+        if os.path.exists(path):
+          os.remove(path)
+    _files.write_atomic(meta_path, json.dumps(meta, indent=2, default=str) + "\n")
     return self.done, self.resuming
 
-  def _clear(self) -> None:
-    for path in (self.csv_path, self.curves_path):
-      if os.path.exists(path):
-        os.remove(path)
-    self.names = None
+  def _reopen(self, space: dict[str, list[Any]]) -> None:
+    """Reads the rows of this search's configurations, and rewrites both files whole.
 
-  def _read(self, space: dict[str, list[Any]]) -> None:
-    curves = {}
+    Every complete line is kept, also those of configurations this search does not
+    have (a narrower space); a line cut off by an interrupt is dropped.
+    """
+    curves: dict[tuple[str, ...], Any] = {}
     if os.path.exists(self.curves_path):
       with open(self.curves_path) as f:
         for line in f:
           try:
             item = json.loads(line)
-            curves[tuple(item["key"])] = np.asarray(item["curve"], np.float32)
+            np.asarray(item["curve"], np.float32)
+            curves.setdefault(tuple(item["key"]), item)
           except (ValueError, KeyError, TypeError):
             continue
-    with open(self.csv_path, newline="") as f:
-      reader = csv.reader(f)
-      header = next(reader, None)
-      if header is None:
-        return
-      if header[:len(self.keys)] != self.keys:
-        raise ValueError(f"cannot resume: {self.csv_path} has columns {header}, this search "
-                         f"has keys {self.keys}")
-      names = header[len(self.keys):]
-      for fields in reader:
-        if len(fields) != len(header):
-          continue  # a line cut off by an interrupt
-        config = {}
-        for k, text in zip(self.keys, fields):
-          match = [v for v in space[k] if str(v) == text]
-          if not match:
-            break
-          config[k] = match[0]
-        if len(config) != len(self.keys):
-          continue  # a configuration this search does not have
-        try:
-          metrics = {m: float(v) for m, v in zip(names, fields[len(self.keys):])}
-        except ValueError:
-          continue
-        key = _key(config)
-        self.done[key] = Row(config, metrics, [], curves.get(key))
+    header, lines = None, {}
+    if os.path.exists(self.csv_path):
+      with open(self.csv_path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is not None:
+          lines = self._read(header, reader, space, curves)
+    if header is not None:
+      _files.write_atomic(self.csv_path, _files.csv_text([header] + list(lines.values())))
+    _files.write_atomic(self.curves_path,
+                        "".join(json.dumps(item) + "\n" for item in curves.values()))
+
+  def _read(self, header: list[str], reader: Any, space: dict[str, list[Any]],
+            curves: dict[tuple[str, ...], Any]) -> dict[tuple[str, ...], list[str]]:
+    """The complete lines of ``reader``, first of each configuration; fills ``done``."""
+    if header[:len(self.keys)] != self.keys or header[-1:] != ["diverged"]:
+      raise ValueError(f"cannot resume: {self.csv_path} has columns {header}, this search "
+                       f"has keys {self.keys} (and a diverged column)")
+    self.names = names = header[len(self.keys):-1]
+    lines: dict[tuple[str, ...], list[str]] = {}
+    for fields in reader:
+      if len(fields) != len(header) or fields[-1] not in ("True", "False"):
+        continue  # a line cut off by an interrupt
+      try:
+        metrics = {m: float(v) for m, v in zip(names, fields[len(self.keys):-1])}
+      except ValueError:
+        continue
+      lines.setdefault(tuple(fields[:len(self.keys)]), fields)
+      config = {}
+      for k, text in zip(self.keys, fields):
+        match = [v for v in space[k] if str(v) == text]
+        if not match:
+          break
+        config[k] = match[0]
+      if len(config) != len(self.keys):
+        continue  # a configuration this search does not have: its line is kept
+      key = _key(config)
+      item = curves.get(key)
+      self.done.setdefault(key, Row(config, metrics, [], None if item is None else np.asarray(
+          item["curve"], np.float32), diverged=fields[-1] == "True"))
+    return lines
 
   def add(self, row: Row) -> None:
     if not self.writes:
       return
     if self.names is None:
       self.names = list(row.metrics)
-      with open(self.csv_path, "w", newline="") as f:
-        csv.writer(f).writerow(self.keys + self.names)
+      _files.write_atomic(self.csv_path, _files.csv_text([self.keys + self.names
+                                                          + ["diverged"]]))
     with open(self.csv_path, "a", newline="") as f:
       csv.writer(f).writerow([row.config[k] for k in self.keys]
-                             + [repr(row.metrics.get(m, math.nan)) for m in self.names])
+                             + [repr(row.metrics.get(m, math.nan)) for m in self.names]
+                             + [row.diverged])
     if row.curve is not None:
       with open(self.curves_path, "a") as f:
         f.write(json.dumps({"key": list(_key(row.config)),
                             "curve": [float(v) for v in row.curve]}) + "\n")
+
+
+def _union(old: dict[str, list[Any]], new: dict[str, list[Any]]) -> dict[str, list[Any]]:
+  """The values searched so far: a resume over another space adds its values."""
+  return {k: list({json.dumps(v, default=str): v for v in old.get(k, []) + list(new[k])
+                   }.values()) for k in new}
 
 
 def _from_process_0(fn: Callable[[], Any]) -> Any:
@@ -503,9 +533,15 @@ def grid_search(
     metric: the metric that picks ``best`` (a key of the rows' metrics).
     mode: ``"min"`` or ``"max"``.
     out_dir: if given, ``results.csv`` (a line per configuration, written as each
-      group finishes) and ``curves.jsonl`` are written there. A folder that holds an
-      earlier search (its ``results.csv`` or ``checkpoints``) is refused without ``resume``.
-    resume: with ``out_dir``, keep the rows of its ``results.csv`` and train the others.
+      group finishes, with a ``diverged`` column) and ``curves.jsonl`` are written there,
+      and ``search.json`` records the run's identity (the optimizer, the model,
+      ``loss_fn``, ``metrics_fn``, the data, the batch size, the steps and the seeds; see
+      the tuning guide's "Run identity"). A folder that holds an earlier search (its
+      ``results.csv`` or ``checkpoints``) is refused without ``resume``. The search holds
+      the folder's lock while it runs: a second writer is refused, naming the holder.
+    resume: with ``out_dir``, keep the rows of its ``results.csv`` and train the others;
+      a run whose identity differs is refused, naming what changed. The space may
+      differ: the configurations it names are returned, every other row is kept.
     devices: spread each group over these devices (default: ``jax.devices()``, every
       process's; a group whose steps are driven from Python runs on the first one of
       each process).
@@ -539,13 +575,16 @@ def grid_search(
   Returns:
     A :class:`SearchResult`; ``best.model`` is the trained model of the best
     configuration (the seed with the best metric; ``best.models`` has every seed's).
-    A NaN or infinite metric is never the best: ``best`` is None when every
-    configuration diverged.
+    A diverged row (a seed's loss, metric or parameter NaN or infinite:
+    ``Row.diverged``) is never the best, under any metric and mode: ``best`` is None
+    when every configuration diverged.
 
   Raises:
     ValueError: an unknown space key (the accepted ones are listed), a bad value,
-      an unknown metric, a resume that does not match, an ``out_dir`` that holds an
-      earlier search without ``resume``, or ``devices`` that leave out a process.
+      an unknown metric, a resume of another run, an ``out_dir`` that holds an earlier
+      search without ``resume`` or that another process writes to (a
+      ``adam_jax.checkpoint.DirectoryLockedError``), or ``devices`` that leave out a
+      process.
 
   Examples:
     >>> import jax.numpy as jnp, numpy as np
@@ -564,6 +603,7 @@ def grid_search(
                 keep=keep, patience=patience, log_dir=log_dir)
 
 
+@_lock.scoped  # the lock of out_dir is given back when the search ends
 def search(
     problem: Problem,
     space: Mapping[str, Sequence[Any]],
@@ -619,7 +659,8 @@ def search(
   keys = list(sp.values)
   store = None
   if out_dir is not None:
-    meta = {"optimizer": opt_name, "steps": int(steps), "seeds": seeds, **(meta or {})}
+    meta = {**_identity.search_identity(problem, optimizer, steps, seeds), **(meta or {}),
+            "space": sp.values}
     store = _Store(os.fspath(out_dir), meta, keys, resume, sp.values)
   done = {} if store is None else store.done
   ckpt_root = None
@@ -683,6 +724,7 @@ def search(
     if ckpt is not None and store.writes and os.path.isdir(ckpt):
       shutil.rmtree(ckpt)
     losses, records = out.trace if diagnostics else (out.trace, None)
+    diverged = diverged_members(out.metrics, out.params, losses[:, -1])
     for i, config in enumerate(todo):
       members = list(range(i * len(seeds), (i + 1) * len(seeds)))
       per_seed = [{k: float(v[m]) for k, v in out.metrics.items()} for m in members]
@@ -692,14 +734,14 @@ def search(
         diag = monitor_columns(jax.tree.map(lambda r, m=members[0]: r[m], records))
       row = Row(dict(config), metrics, per_seed,
                 np.asarray(losses[members], np.float32).mean(axis=0), diagnostics=diag,
-                **evaluated(out, members))
+                diverged=bool(diverged[members].any()), **evaluated(out, members))
       if metric not in metrics:
         raise ValueError(f"metric {metric!r} is not among the metrics "
                          f"({', '.join(metrics)}); pass val_data or metric=...")
       results[_key(config)] = row
       if store is not None:
         store.add(row)
-      score = finite_or_nan(metrics[metric], mode)
+      score = rank(row, metric, mode)
       if best is None or (score < best[0] if mode == "min" else score > best[0]):
         best = (score, row, bound, _take(out, members))
       if on_row is not None:
@@ -712,8 +754,8 @@ def search(
     raise ValueError(f"metric {metric!r} is not among the metrics "
                      f"({', '.join(rows[0].metrics)}); pass val_data or metric=...")
   pick = min if mode == "min" else max
-  top = pick(rows, key=lambda r: finite_or_nan(r.metrics[metric], mode))
-  if not math.isfinite(top.metrics[metric]):
+  top = pick(rows, key=lambda r: rank(r, metric, mode))
+  if not math.isfinite(rank(top, metric, mode)):  # every row diverged
     return SearchResult(rows, None, metric, mode, spread, loops)
   if best is not None and best[1] is top:
     _, row, bound, trained = best

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 
 from adam_jax.tuning import _runner, _tensorboard
+from adam_jax.tuning._diverged import diverged_members
 from adam_jax.tuning._grid import (
   Row,
   SearchResult,
@@ -20,6 +21,7 @@ from adam_jax.tuning._grid import (
   finite_or_nan,
   memory_budget,
   parse_space,
+  rank,
   resolve_optimizer,
   seed_list,
   summarize_members,
@@ -125,7 +127,8 @@ def successive_halving(
   Returns:
     A :class:`SearchResult`, one row per configuration in draw (grid) order with the
     metrics of the rung it reached (``Row.rung``, ``Row.steps``); ``best`` is the
-    best of the last rung, with its trained model.
+    best of the last rung, with its trained model (None when every configuration of
+    the last rung diverged: a diverged configuration ranks last at every rung).
 
   Raises:
     ValueError: bad steps, ``eta``, distributions, or anything :func:`grid_search`
@@ -180,7 +183,8 @@ def successive_halving(
   n_seeds = len(seeds)
   carries: dict[int, Any] = {}  # config index -> its members' (params, opt_state, state)
   curves: dict[int, list[np.ndarray]] = {i: [] for i in range(len(configs))}
-  reached: dict[int, tuple[int, int, list[dict[str, float]]]] = {}  # rung, steps, per seed
+  reached: dict[int, tuple[int, int, list[dict[str, float]], bool]] = {}  # rung, steps,
+  #   per seed, diverged
   bounds: dict[tuple[Any, ...], Any] = {}
   programs: dict[tuple[Any, ...], dict[Any, Any]] = {}  # group -> its compiled programs
   sizes: dict[tuple[Any, ...], set[int]] = {}  # group -> the member counts compiled
@@ -236,6 +240,7 @@ def successive_halving(
       costs[group_key] = (per_program, out.train_s / (pad_to * length))
       loops[label] = out.loop
       spread = max(spread, min(len(devices), len(seed_pos)) if len(seed_pos) > 1 else 1)
+      diverged = diverged_members(out.metrics, out.params, out.trace[:, stop - 1])
       for j, i in enumerate(todo):
         members = slice(j * n_seeds, (j + 1) * n_seeds)
         carries[i] = jax.tree.map(lambda a, m=members: a[m],
@@ -246,10 +251,11 @@ def successive_halving(
         if metric not in per_seed[0]:
           raise ValueError(f"metric {metric!r} is not among the metrics "
                            f"({', '.join(per_seed[0])}); pass val_data or metric=...")
-        reached[i] = (rung, stop, per_seed)
+        reached[i] = (rung, stop, per_seed, bool(diverged[members].any()))
     if rung + 1 < len(plan):
       keep = max(1, len(alive) // eta)
-      score = lambda i: finite_or_nan(summarize_members(reached[i][2])[metric], mode)
+      score = lambda i: finite_or_nan(math.nan if reached[i][3] else
+                                      summarize_members(reached[i][2])[metric], mode)
       ranked = sorted(alive, key=score, reverse=(mode == "max"))
       stopped = set(ranked[keep:])
       for i in [i for i in alive if i in stopped]:
@@ -261,7 +267,11 @@ def successive_halving(
 
   rows = [_row(configs[i], reached[i], curves[i]) for i in range(len(configs))]
   pick = min if mode == "min" else max
-  top = pick(alive, key=lambda i: finite_or_nan(rows[i].metrics[metric], mode))
+  top = pick(alive, key=lambda i: rank(rows[i], metric, mode))
+  if not math.isfinite(rank(rows[top], metric, mode)):  # every survivor diverged
+    for i in alive if on_row is not None else ():
+      on_row(rows[i])
+    return SearchResult(rows, None, metric, mode, spread, loops)
   bound = bounds[tuple(configs[top][k] for k in sp.group)]
   params, _, state = carries[top]
   models = [bound.fns.to_user(*jax.tree.map(lambda a, m=m: jax.numpy.asarray(a[m]),
@@ -308,9 +318,9 @@ def _pad_is_cheaper(extra_members: int, steps: int, compile_s: float,
   return extra_members * steps * member_step_s < 2 * compile_s
 
 
-def _row(config: dict[str, Any], reached: tuple[int, int, list[dict[str, float]]],
+def _row(config: dict[str, Any], reached: tuple[int, int, list[dict[str, float]], bool],
          curve: list[np.ndarray]) -> Row:
-  rung, steps, per_seed = reached
+  rung, steps, per_seed, diverged = reached
   return Row(dict(config), summarize_members(per_seed), per_seed, np.concatenate(curve),
-             rung=rung, steps=steps)
+             rung=rung, steps=steps, diverged=diverged)
 

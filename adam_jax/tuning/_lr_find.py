@@ -18,6 +18,8 @@ from adam_jax.tuning import _runner
 from adam_jax.tuning._memory import check_fits
 from adam_jax.tuning._problem import Problem
 
+MIN_FALL = 0.1  # a suggestion needs the smoothed loss to fall by this fraction of its start
+
 
 class LRFindResult(NamedTuple):
   """What :func:`lr_find` returns."""
@@ -25,9 +27,12 @@ class LRFindResult(NamedTuple):
   lrs: np.ndarray  # shape=(n,), float64: the learning rate of each step run
   losses: np.ndarray  # shape=(n,), float64: smoothed, bias-corrected mini-batch losses
   raw_losses: np.ndarray  # shape=(n,), float64: the mini-batch losses themselves
-  suggestion: float  # where the smoothed loss falls fastest and deepest in log(lr): use it
-  valley: float  # the learning rate half-way down the longest valley of the smoothed loss
+  suggestion: float | None  # where the smoothed loss falls fastest and deepest in log(lr):
+  #   use it; None when the loss did not fall enough to say (``reason`` tells why)
+  valley: float | None  # the learning rate half-way down the longest valley of the smoothed
+  #   loss; None with ``suggestion``
   diverged: bool  # whether the run stopped early because the loss blew up
+  reason: str | None = None  # why there is no suggestion, and what to try (else None)
 
   def plot(self, path: str | os.PathLike[str] | None = None, *, title: str = "") -> Any:
     """The loss against the learning rate (log axis), with both rules marked.
@@ -43,11 +48,18 @@ class LRFindResult(NamedTuple):
     ax = fig.add_subplot()
     ax.plot(self.lrs, self.raw_losses, color="C0", alpha=0.3, lw=0.7, label="mini-batch loss")
     ax.plot(self.lrs, self.losses, color="C0", lw=1.5, label="smoothed loss")
-    for lr, name, color, style in ((self.suggestion, "suggestion (steepest)", "C1", "--"),
-                                   (self.valley, "valley", "C2", ":")):
-      at = int(np.argmin(np.abs(np.log(self.lrs) - math.log(lr))))
-      ax.axvline(lr, color=color, ls=style, lw=1.2)
-      ax.plot([lr], [self.losses[at]], "o", color=color, label=f"{name} {lr:.2g}")
+    if self.suggestion is not None:
+      for lr, name, color, style in ((self.suggestion, "suggestion (steepest)", "C1", "--"),
+                                     (self.valley, "valley", "C2", ":")):
+        at = int(np.argmin(np.abs(np.log(self.lrs) - math.log(lr))))
+        ax.axvline(lr, color=color, ls=style, lw=1.2)
+        ax.plot([lr], [self.losses[at]], "o", color=color, label=f"{name} {lr:.2g}")
+    else:
+      import textwrap
+
+      ax.text(0.02, 0.03, textwrap.fill(f"No suggestion: {self.reason}", 70),
+              transform=ax.transAxes, fontsize=8, va="bottom",
+              bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "C3"})
     ax.set_xscale("log")
     finite = self.losses[np.isfinite(self.losses)]
     top = min(float(finite.max()), 3 * float(finite[0])) if len(finite) else None
@@ -106,6 +118,12 @@ def lr_find(
     learning rates (the digits MLP), noise in the flat part lengthens the valley and
     the value comes out too small, so it is reported but not suggested.
 
+  Both need a descent to read: when the smoothed loss, past the first tenth, never falls
+  below its start (the median of the first tenth) by :data:`MIN_FALL` (10%) of the
+  start's magnitude, the
+  curve is flat noise over the range, ``suggestion`` and ``valley`` are None and
+  ``reason`` says so and what to try (a larger ``end_lr``, a wider range, more steps).
+
   Args:
     problem: the :class:`Problem` (a factory is built with its default keywords).
     optimizer: a name in :func:`adam_jax.optimizers`, or a factory taking the learning
@@ -120,7 +138,8 @@ def lr_find(
       it runs (:class:`MemoryBudgetError`, with the figures).
 
   Returns:
-    An :class:`LRFindResult`.
+    An :class:`LRFindResult`; its ``suggestion`` is None (with a ``reason``) when the loss
+    did not fall meaningfully over the range.
 
   Examples:
     >>> from adam_jax import tasks, tuning
@@ -201,7 +220,27 @@ def lr_find(
   smooth_a = np.asarray(smooth, np.float64)
   usable = count - 1 if stop else count  # the last point of a diverged run is not used
   steep, valley = _suggest(lrs[:usable], smooth_a[:usable])
-  return LRFindResult(lrs, smooth_a, raw_a, steep, valley, stop)
+  reason = _no_fall(lrs[:usable], smooth_a[:usable], stop)
+  if reason is not None:
+    steep = valley = None
+  return LRFindResult(lrs, smooth_a, raw_a, steep, valley, stop, reason)
+
+
+def _no_fall(lrs: np.ndarray, losses: np.ndarray, diverged: bool) -> str | None:
+  """Why the curve shows no descent to read a learning rate from, or None."""
+  skip = max(1, len(losses) // 10)  # the first tenth: the average is still settling
+  start = float(np.median(losses[:skip]))
+  lowest = float(np.min(losses[skip:] if len(losses) > skip else losses))
+  fall = (start - lowest) / abs(start) if start else 0.0
+  if fall >= MIN_FALL:
+    return None
+  try_ = (f"it blew up at lr {lrs[-1]:.3g} before falling: try a smaller start_lr or more "
+          "steps (num_steps)" if diverged else
+          f"it is flat up to lr {lrs[-1]:.3g}: try a larger end_lr (a wider range) or more "
+          "steps (num_steps)")
+  return (f"the smoothed loss fell by only {100 * max(fall, 0.0):.1f}% over the range "
+          f"({start:.4g} at the start, {lowest:.4g} at its lowest; a suggestion needs "
+          f"{100 * MIN_FALL:.0f}%): {try_}")
 
 
 def _next_batch(stream: Any, batches: Any, step: int) -> Any:

@@ -16,13 +16,15 @@ import jax
 import numpy as np
 import optax
 
-from adam_jax.tuning import _runner, _tensorboard
+from adam_jax.tuning import _identity, _runner, _tensorboard
+from adam_jax.tuning._diverged import diverged_members
 from adam_jax.tuning._grid import (
   Row,
   SearchResult,
   check_metric,
   memory_budget,
   parse_space,
+  rank,
   resolve_optimizer,
   seed_list,
   summarize_members,
@@ -60,8 +62,15 @@ def optuna_search(
   reported to each trial; trials the study's pruner stops are told ``PRUNED`` (Optuna
   records their last reported value) and leave the batch, the others continue from
   their params and optimizer state. Finished trials are told their ``metric``, with
-  every metric as a user attribute. The study's sampler, pruner and storage are the
-  user's: TPE with ``constant_liar=True`` suits batches.
+  every metric as a user attribute. A trial whose loss, metrics or parameters turn NaN
+  or infinite (it diverged) is told ``FAIL`` at once, with the user attribute
+  ``"diverged"``. The study's sampler, pruner and storage are the user's: TPE with
+  ``constant_liar=True`` suits batches.
+
+  The study records what defines the run (the user attribute ``"adam_jax_run"``: the
+  optimizer, the model, ``loss_fn`` and ``metrics_fn``, the data, the batch size, the
+  steps and the seeds, as in :func:`grid_search`'s ``search.json``); a call on a study
+  recorded by a run with any of them changed is refused, naming what changed.
 
   ``n_trials`` is the study's total, not this call's: before each batch the trials
   already in the study are counted -- every state but ``WAITING`` (queued trials are
@@ -113,8 +122,9 @@ def optuna_search(
     held ``n_trials`` trials).
 
   Raises:
-    ValueError: a study with several objectives, a ``space_fn`` whose keys change
-      between trials, bad arguments, or anything :func:`grid_search` rejects.
+    ValueError: a study with several objectives, a study of another run, a
+      ``space_fn`` whose keys change between trials, bad arguments, or anything
+      :func:`grid_search` rejects.
 
   Examples:
     >>> import jax.numpy as jnp, numpy as np, optuna
@@ -155,6 +165,7 @@ def optuna_search(
   factory, opt_name = resolve_optimizer(optimizer)
   log_dir = _tensorboard.check(log_dir)
   devices = list(jax.devices() if devices is None else devices)
+  _identity.check_study(study, _identity.search_identity(problem, optimizer, steps, seeds))
 
   rows: list[Row] = []
   best: tuple[float, int, Any] | None = None  # (score, row index, models)
@@ -212,7 +223,7 @@ def optuna_search(
       rows.append(row)
       if trained is None:
         continue
-      score = row.metrics[metric]
+      score = rank(row, metric, mode)
       if math.isfinite(score) and (best is None or (score < best[0] if mode == "min"
                                                     else score > best[0])):
         best = (score, len(rows) - 1, trained)
@@ -226,6 +237,7 @@ def optuna_search(
 
 
 SURPLUS = "surplus"  # user attribute of a trial given back unused (told FAIL, never trained)
+DIVERGED = "diverged"  # user attribute of a trial told FAIL because it diverged
 _RETRY_HISTORY = "retry_history"  # system attribute of optuna's RetryHeartbeatStaleTrialCallback
 
 
@@ -377,6 +389,7 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
       loops[label] = out.loop  # the next chunks use the form chosen for the first
       n = len(alive) * n_seeds
       spread = max(spread, min(len(devices), n) if n > 1 else 1)
+      diverged = diverged_members(out.metrics, out.params, out.trace[:, stop - 1])
       still = []
       for j, i in enumerate(alive):
         members = slice(j * n_seeds, (j + 1) * n_seeds)
@@ -390,13 +403,18 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
           raise ValueError(f"metric {metric!r} is not among the metrics "
                            f"({', '.join(metrics)}); pass val_data or metric=...")
         rows[i] = Row(dict(configs[i]), metrics, per_seed, np.concatenate(curves[i]),
-                      steps=stop)
+                      steps=stop, diverged=bool(diverged[members].any()))
         trial = trials[i]
         value = metrics[metric]
+        if rows[i].diverged:  # a NaN or infinite loss, metric or parameter: failed
+          _attrs(trial, metrics, stop)
+          trial.set_user_attr(DIVERGED, True)
+          tell(trial, state=TrialState.FAIL)
+          carries.pop(i)
+          continue
         if stop < steps:
-          if math.isfinite(value):
-            trial.report(value, stop)
-          if not math.isfinite(value) or trial.should_prune():
+          trial.report(value, stop)
+          if trial.should_prune():
             _attrs(trial, metrics, stop)
             tell(trial, state=TrialState.PRUNED)
             carries.pop(i)
@@ -404,15 +422,12 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
           still.append(i)
         else:
           _attrs(trial, metrics, stop)
-          if math.isfinite(value):
-            trial.report(value, stop)
-            tell(trial, value)
-            params, _, state = carries.pop(i)
-            models[i] = ([bound.fns.to_user(*jax.tree.map(
-                lambda a, m=m: jax.numpy.asarray(a[m]), (params, state))) for m in
-                range(n_seeds)], per_seed)
-          else:
-            tell(trial, state=TrialState.FAIL)
+          trial.report(value, stop)
+          tell(trial, value)
+          params, _, state = carries.pop(i)
+          models[i] = ([bound.fns.to_user(*jax.tree.map(
+              lambda a, m=m: jax.numpy.asarray(a[m]), (params, state))) for m in
+              range(n_seeds)], per_seed)
       alive = still
       if not alive:
         break

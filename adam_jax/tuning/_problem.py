@@ -56,11 +56,12 @@ class Problem:
 
   * ``train_loss``: ``loss_fn`` over ``train_data`` (when it holds arrays);
   * ``val_loss``: ``loss_fn`` over ``val_data``, and ``val_<name>`` for every
-    scalar entry of the aux dict (``val_accuracy`` when the loss returns
-    ``{"accuracy": ...}``);
-  * whatever ``metrics_fn(model_or_params, batch) -> dict`` returns on ``val_data``'s
-    batches (it is traced; its values must be scalars; a name it returns replaces a
-    default one).
+    entry of the aux dict (``val_accuracy`` when the loss returns
+    ``{"accuracy": ...}``); aux values must be scalars;
+  * ``val_<name>`` for every entry of ``metrics_fn(model_or_params, batch) -> dict`` on
+    ``val_data``'s batches (it is traced; its values must be scalars). One rule names
+    every metric of the validation data: ``val_`` and the name, unless the name already
+    starts with ``val_``; ``metrics_fn``'s ``"accuracy"`` replaces the aux dict's.
 
   Each reported value is the example-weighted mean over the batches, the last partial
   batch included:
@@ -76,6 +77,12 @@ class Problem:
   that is not a per-example mean (a median, a maximum) is averaged over batches all
   the same.
 
+  The problem is checked when it is built, by an abstract evaluation
+  (``jax.eval_shape``, no computation): ``loss_fn`` on a batch of ``train_data`` and on
+  ``val_data``, and ``metrics_fn``; an error names the data or function that fails.
+  (A factory with a keyword that has no default is checked when a search gives it a
+  value.)
+
   Args:
     model: an ``nnx.Module``, a factory of one, a param pytree or an ``init`` function.
     loss_fn: the training loss of a batch (a scalar), optionally with an aux dict.
@@ -86,10 +93,17 @@ class Problem:
     metrics_fn: more metrics of a trained model on ``val_data``'s batches.
     eval_batch_size: examples per batch when the metrics are computed (default: the
       problem's ``batch_size``, whose training step already fits in memory).
+    data_id: a name for the training data that identifies it to a resume
+      (``out_dir``, checkpoints): recorded and compared in place of the digest of
+      ``train_data``'s arrays, or next to ``batch_fn``'s fingerprint for data a
+      function draws from elsewhere (files, a generator, an iterable of batches).
+      Without it, arrays are digested (see the tuning guide's "Run identity").
 
   Raises:
-    ValueError: the data's leading axes differ, a batch is larger than the data, or
-      a value has the wrong type.
+    ValueError: the data's leading axes differ, a batch is larger than the data, a
+      value has the wrong type, ``loss_fn`` does not fit ``train_data`` or
+      ``val_data``, an aux value or a metric is not a scalar, or the model factory
+      lacks a value for a keyword.
 
   Examples:
     >>> import jax.numpy as jnp, numpy as np
@@ -105,7 +119,7 @@ class Problem:
   def __init__(self, model: Any, loss_fn: Callable[..., Any], train_data: Any,
                val_data: Any = None, *, batch_size: int = 32,
                metrics_fn: Callable[[Any, Any], dict[str, Any]] | None = None,
-               eval_batch_size: int | None = None):
+               eval_batch_size: int | None = None, data_id: str | None = None):
     from flax import nnx
 
     if not callable(loss_fn):
@@ -113,9 +127,13 @@ class Problem:
     if metrics_fn is not None and not callable(metrics_fn):
       raise ValueError(f"metrics_fn must be a function (model, data) -> dict, got {metrics_fn!r}")
     _check_positive_int("batch_size", batch_size)
+    if data_id is not None and not isinstance(data_id, str):
+      raise ValueError(f"data_id must be a string, got {data_id!r}")
     self.model = model
     self.loss_fn = loss_fn
-    self.metrics_fn = metrics_fn
+    self.user_metrics_fn = metrics_fn  # the user's; metrics_fn names its results val_*
+    self.metrics_fn = None if metrics_fn is None else _on_val(metrics_fn)
+    self.data_id = data_id
     self.batch_size = int(batch_size)
     if eval_batch_size is not None:
       _check_positive_int("eval_batch_size", eval_batch_size)
@@ -150,6 +168,16 @@ class Problem:
         raise ValueError("val_data is an empty iterable: it gave no batch")
       val_data = jax.tree.map(lambda *a: np.concatenate(a), *batches)
     self.val_data = None if val_data is None else _arrays("val_data", val_data)[0]
+    if not self.required_keys:
+      self.bind()  # checks the problem (abstractly) now, not deep in a search's tracing
+
+  @property
+  def required_keys(self) -> tuple[str, ...]:
+    """The model factory's keywords without a default: a search must give them values."""
+    if self.factory is None:
+      return ()
+    params = _signature(self.factory).parameters
+    return tuple(k for k in self.model_keys if params[k].default is inspect.Parameter.empty)
 
   @property
   def data_source(self) -> Any:
@@ -215,6 +243,13 @@ class _Bound:
       raise ValueError(f"batch_size must be at most the number of training examples "
                        f"({problem.num_train}), got {self.batch_size}")
     self.model_shape = shape
+    missing = [k for k in problem.required_keys if k not in shape]
+    if missing:
+      name = getattr(problem.factory, "__qualname__", repr(problem.factory))
+      raise ValueError(f"the model factory {name} has no default for "
+                       f"{', '.join(missing)}: give {'it' if len(missing) == 1 else 'them'} "
+                       f"a value in the search's space (e.g. {{{missing[0]!r}: [...]}}) or "
+                       "a default in the factory")
     self.fns = _nnx_functions(problem, shape) if problem.kind == "nnx" else _functional(
         problem, shape)
     self._check_loss()
@@ -223,19 +258,71 @@ class _Bound:
     return jax.tree.map(lambda a: a[idx], data)
 
   def _check_loss(self) -> None:
+    """Evaluates the problem abstractly (``jax.eval_shape``): an error names what fails."""
     p = self.problem
-    params, state = jax.eval_shape(self.fns.init, jnp.zeros((), jnp.int32))
+    params, state = _abstractly("the model", self.fns.init, jnp.zeros((), jnp.int32))
     if p.batch_fn is not None:
-      batch = jax.eval_shape(p.batch_fn, jnp.zeros((), jnp.int32), jax.random.key(0))
+      batch = _abstractly("batch_fn(step, key)", p.batch_fn, jnp.zeros((), jnp.int32),
+                          jax.random.key(0))
+      what = "a batch of batch_fn"
     elif p.stream is not None:
       batch = p.stream.shapes()
+      what = "a batch of train_data"
     else:
       batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((self.batch_size,) + a.shape[1:],
                                                           a.dtype), p.train_data)
-    loss, _ = jax.eval_shape(self.fns.loss, params, state, batch)
-    if loss.shape != () or not jnp.issubdtype(loss.dtype, jnp.floating):
-      raise ValueError(f"loss_fn must return a scalar floating-point loss (or (loss, aux)), "
-                       f"got shape {loss.shape} and dtype {loss.dtype}")
+      what = "a batch of train_data"
+    checks = [(what, batch)] + ([] if p.val_data is None else [("val_data", p.val_data)])
+    for what, data in checks:
+      loss, (aux, _) = _abstractly(f"loss_fn(model, {what})", self.fns.loss, params, state,
+                                   data)
+      if loss.shape != () or not jnp.issubdtype(loss.dtype, jnp.floating):
+        raise ValueError(f"loss_fn must return a scalar floating-point loss (or (loss, aux)), "
+                         f"got shape {loss.shape} and dtype {loss.dtype} on {what}")
+      for key, value in (aux.items() if isinstance(aux, dict) else ()):
+        if jnp.shape(value) != ():
+          raise ValueError(f"loss_fn's aux {key!r} has shape {jnp.shape(value)} on {what}: "
+                           f"aux values are metrics ({val_name(key)}) and must be scalars; "
+                           "reduce it to one number or leave it out")
+    if p.metrics_fn is not None and p.val_data is not None:
+      _abstractly("metrics_fn(model, val_data)",
+                  lambda params, state: _check_metrics(p.metrics_fn(
+                      self.fns.to_user(params, state), p.val_data)), params, state)
+
+
+def _abstractly(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+  """``jax.eval_shape(fn, *args)``; an error names ``what`` failed (and keeps its cause)."""
+  try:
+    return jax.eval_shape(fn, *args)
+  except ValueError as err:
+    if str(err).startswith(("loss_fn", "metrics_fn", "init returned", "the model factory")):
+      raise  # ours, already named
+    raise ValueError(f"{what} fails: {_first_line(err)}") from err
+  except Exception as err:  # noqa: BLE001 - shapes that do not fit: TypeError and others
+    raise ValueError(f"{what} fails: {_first_line(err)}") from err
+
+
+def _first_line(err: BaseException) -> str:
+  text = str(err).strip()
+  return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _on_val(metrics_fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+  """``metrics_fn`` with its names given the validation data's prefix, ``val_``."""
+
+  def named(model: Any, data: Any) -> Any:
+    out = metrics_fn(model, data)
+    if not isinstance(out, dict):
+      return out  # refused by _check_metrics, with its type
+    return {val_name(k): v for k, v in out.items()}
+
+  return named
+
+
+def val_name(name: Any) -> str:
+  """The metric name of ``name`` on the validation data: ``val_<name>`` (once)."""
+  name = str(name)
+  return name if name.startswith("val_") else f"val_{name}"
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -302,7 +389,7 @@ def _default_metrics(loss_fn: Callable[..., Any], model: Callable[[], Any], trai
       loss, aux = _split_loss(loss_fn(m, batch))
       values = {"val_loss": loss}
       if isinstance(aux, dict):
-        values.update({f"val_{k}": v for k, v in aux.items() if jnp.shape(v) == ()})
+        values.update({val_name(k): v for k, v in aux.items() if jnp.shape(v) == ()})
       if metrics_fn is not None:
         values.update(_check_metrics(metrics_fn(m, batch)))
       return values

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adam_jax.tuning import _runner, _tensorboard
+from adam_jax import _lock
+from adam_jax.tuning import _identity, _runner, _tensorboard
 from adam_jax.tuning._batches import check_resumable
 from adam_jax.tuning._memory import check_fits
 from adam_jax.tuning._problem import Problem
@@ -44,6 +45,7 @@ class TrainInterrupted(KeyboardInterrupt):
     self.step = step
 
 
+@_lock.scoped  # the lock of checkpoint_dir is given back when the run ends
 def train(
     problem: Problem,
     tx: optax.GradientTransformation,
@@ -85,12 +87,17 @@ def train(
     steps: the number of optimizer steps (>= 1).
     seed: seeds the initial model (of a factory), the batch order and dropout streams.
     eval_every: steps between evaluations (default: one evaluation, after the last step).
-    checkpoint_dir: where to save the run (None: no checkpoints).
+    checkpoint_dir: where to save the run (None: no checkpoints). The run holds the
+      folder's lock while it trains (another writer is refused, naming the holder), and
+      each save records the run's identity (``tx`` with its hyperparameters, the model,
+      ``loss_fn``, ``metrics_fn``, the data, the batch size, ``steps``, ``seed`` and
+      ``eval_every``). A folder that holds saves already needs ``resume``.
     checkpoint_every: with ``checkpoint_dir``, the least number of steps between saves,
       made after an evaluation (and after the last step); 0: none.
     resume: continue from the newest intact save in ``checkpoint_dir`` when there is one
       (a damaged newest save falls back to the previous one, with a
-      ``CheckpointFallbackWarning``).
+      ``CheckpointFallbackWarning``); a save of another run (anything in its identity
+      changed) is refused with a ``CheckpointIdentityError`` naming what changed.
     record: a function of the optimizer state kept after every step (for example the
       statistics of :func:`adam_jax.diagnostics.monitor`).
     opt_metrics: a function of the optimizer state returning a dict of scalars added
@@ -112,8 +119,10 @@ def train(
     problem's ``loss_fn`` and ``metrics_fn`` on it), the loss curve and the evaluations.
 
   Raises:
-    ValueError: a bad argument, or a checkpoint that does not match this run
-      (a ``adam_jax.checkpoint.CheckpointError``).
+    ValueError: a bad argument, a checkpoint that does not match this run
+      (a ``adam_jax.checkpoint.CheckpointError``), a ``checkpoint_dir`` with saves
+      already and no ``resume``, or one that another process writes to (a
+      ``adam_jax.checkpoint.DirectoryLockedError``).
     TrainInterrupted: on Ctrl-C (a ``KeyboardInterrupt``), with the newest saved step.
 
   Examples:
@@ -186,10 +195,12 @@ def train(
            "curve": np.full(steps, np.nan, np.float32),
            "evals": np.full((n_evals, 2 + len(names)), np.nan, np.float32)}
   ckpt = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
-  if resume and os.path.isdir(ckpt):
+  identity = None if ckpt is None else _identity.train_identity(problem, tx, steps, seed,
+                                                                eval_every)
+  if ckpt is not None and _identity.claim_checkpoints(ckpt, resume, bool(checkpoint_every)):
     from adam_jax import checkpoint
 
-    saved = checkpoint.restore_latest(ckpt, like=saved)
+    saved = checkpoint.restore_latest(ckpt, like=saved, identity=identity)
   first = int(saved["step"])
   curve, evals = np.array(saved["curve"]), np.array(saved["evals"])
 
@@ -254,9 +265,10 @@ def train(
                                                     or hi == steps):
         from adam_jax import checkpoint
 
+        last_saved = hi  # a Ctrl-C during the save waits until it is committed
         checkpoint.save_rotating(ckpt, {"carry": carry, "step": np.asarray(hi, np.int32),
-                                        "curve": curve, "evals": evals}, keep=2)
-        last_saved = hi
+                                        "curve": curve, "evals": evals}, keep=2,
+                                 identity=identity)
   except KeyboardInterrupt:
     raise TrainInterrupted(last_saved) from None
   finally:
