@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
   record = None
   if args.diagnostics:
     from adam_jax.diagnostics import monitor
-    from adam_jax.tuning._grid import monitor_record
+    from adam_jax.tuning._results import monitor_record
 
     tx, record = monitor(tx, eps=1e-8, b2=0.999), monitor_record
 
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
   written = ["results.json", "loss_curve.png"]
   if result.records is not None:
     from adam_jax.diagnostics import plot_history
-    from adam_jax.tuning._grid import monitor_columns
+    from adam_jax.tuning._results import monitor_columns
 
     cols = monitor_columns(result.records, first_step=first + 1)
     summary["diagnostics"] = {

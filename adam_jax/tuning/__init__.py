@@ -5,13 +5,7 @@ A :class:`Problem` holds the user's model (Flax NNX or functional), loss and dat
 :func:`train` trains one, evaluated as it goes and resumable.
 """
 
-from adam_jax.tuning._grid import (
-    SCHEDULES,
-    Row,
-    SearchResult,
-    grid_search,
-    schedule_fn,
-)
+from adam_jax.tuning._grid import grid_search
 from adam_jax.tuning._halving import rungs, successive_halving
 from adam_jax.tuning._lr_find import LRFindResult, lr_find
 from adam_jax.tuning._memory import MemoryBudgetError
@@ -27,6 +21,8 @@ from adam_jax.tuning._random import (
     sample_configs,
     uniform,
 )
+from adam_jax.tuning._results import Row, SearchResult
+from adam_jax.tuning._space import SCHEDULES, schedule_fn
 from adam_jax.tuning._train import TrainInterrupted, TrainResult, train
 
 __all__ = [

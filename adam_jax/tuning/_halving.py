@@ -12,25 +12,24 @@ import jax
 import numpy as np
 import optax
 
-from adam_jax.tuning import _runner, _tensorboard
+from adam_jax.tuning import _group, _runner, _tensorboard
 from adam_jax.tuning._diverged import diverged_members
-from adam_jax.tuning._grid import (
-  Row,
-  SearchResult,
-  check_metric,
-  finite_or_nan,
-  memory_budget,
-  parse_space,
-  rank,
-  resolve_optimizer,
-  seed_list,
-  summarize_members,
-  traced_values,
-  tx_builder,
-  with_constants,
-)
+from adam_jax.tuning._grid import memory_budget
 from adam_jax.tuning._problem import Problem
 from adam_jax.tuning._random import Choice, LogUniform, Uniform, sample_configs, space_of
+from adam_jax.tuning._results import (
+  Row,
+  SearchResult,
+  finite_or_nan,
+  rank,
+  seed_list,
+  summarize_members,
+)
+from adam_jax.tuning._space import (
+  parse_space,
+  resolve_optimizer,
+  tx_builder,
+)
 
 
 def rungs(min_steps: int, max_steps: int, eta: int) -> list[int]:
@@ -185,12 +184,10 @@ def successive_halving(
   curves: dict[int, list[np.ndarray]] = {i: [] for i in range(len(configs))}
   reached: dict[int, tuple[int, int, list[dict[str, float]], bool]] = {}  # rung, steps,
   #   per seed, diverged
-  bounds: dict[tuple[Any, ...], Any] = {}
+  groups: dict[tuple[Any, ...], _group.Group] = {}
   programs: dict[tuple[Any, ...], dict[Any, Any]] = {}  # group -> its compiled programs
   sizes: dict[tuple[Any, ...], set[int]] = {}  # group -> the member counts compiled
   costs: dict[tuple[Any, ...], tuple[float, float]] = {}  # group -> s per program, member-step
-  idxs: dict[tuple[Any, ...], Any] = {}
-  tx_of: dict[tuple[Any, ...], Any] = {}
   resolved: dict[tuple[Any, ...], str] = {}  # group -> the loop form of its first rung
   loops: dict[str, str] = {}
   spread = 1
@@ -202,17 +199,11 @@ def successive_halving(
     for group_key in dict.fromkeys(tuple(configs[i][k] for k in sp.group) for i in alive):
       group_cfg = dict(zip(sp.group, group_key))
       todo = [i for i in alive if tuple(configs[i][k] for k in sp.group) == group_key]
-      if group_key not in bounds:
-        bounds[group_key] = problem.bind(**{k: group_cfg[k] for k in sp.shape})
-        check_metric(bounds[group_key], problem, metric)
-        if problem.num_train is not None:
-          idxs[group_key] = np.stack([problem.batch_indices(
-              max_steps, s, bounds[group_key].batch_size) for s in seeds])
-      bound = bounds[group_key]
-      hp = traced_values([configs[i] for i in todo], sp.traced)
-      member_hp = {k: np.repeat(v, n_seeds) for k, v in hp.items()}
-      seed_pos = np.tile(np.arange(n_seeds, dtype=np.int32), len(todo))
-      group_const = {k: v for k, v in group_cfg.items() if k not in sp.shape}
+      if group_key not in groups:
+        groups[group_key] = _group.group_of(problem, sp, group_cfg, make_tx, seeds, max_steps,
+                                            metric)
+      group = groups[group_key]
+      member_hp, seed_pos = _group.members([configs[i] for i in todo], sp.traced, n_seeds)
       carry = None
       if rung:
         carry = _runner.concat_members(*[carries[i] for i in todo])
@@ -226,13 +217,9 @@ def successive_halving(
         if _pad_is_cheaper(min(larger) - n, length, *costs[group_key]):
           pad_to = min(larger)
       before = len(known)
-      out = _runner.train_group(
-          bound.fns, tx_of.setdefault(group_key, make_tx if not group_const
-                                      else with_constants(make_tx, group_const)),
-          member_hp, seed_pos, seeds, stop, train_data=problem.data_source,
-          val_data=problem.val_data, batch_fn=problem.batch_fn, idx=idxs.get(group_key),
-          loop=resolved.get(group_key, loop), devices=devices, start=carry, first_step=start,
-          pad_to=pad_to, chunk=chunk, programs=known, budget=budget)
+      out = _group.train(group, member_hp, seed_pos, stop, loop=resolved.get(group_key, loop),
+                         devices=devices, start=carry, first_step=start, pad_to=pad_to,
+                         chunk=chunk, programs=known, budget=budget)
       sizes[group_key].add(pad_to)
       resolved[group_key] = out.loop  # no need to look at the step again
       new = len(known) - before  # at least one at a group's first rung: nothing was known
@@ -272,7 +259,7 @@ def successive_halving(
     for i in alive if on_row is not None else ():
       on_row(rows[i])
     return SearchResult(rows, None, metric, mode, spread, loops)
-  bound = bounds[tuple(configs[top][k] for k in sp.group)]
+  bound = groups[tuple(configs[top][k] for k in sp.group)].bound
   params, _, state = carries[top]
   models = [bound.fns.to_user(*jax.tree.map(lambda a, m=m: jax.numpy.asarray(a[m]),
                                               (params, state))) for m in range(n_seeds)]

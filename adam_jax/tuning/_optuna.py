@@ -16,24 +16,17 @@ import jax
 import numpy as np
 import optax
 
-from adam_jax.tuning import _identity, _runner, _tensorboard
+from adam_jax.tuning import _group, _identity, _runner, _tensorboard
 from adam_jax.tuning._diverged import diverged_members
-from adam_jax.tuning._grid import (
-  Row,
-  SearchResult,
-  check_metric,
-  memory_budget,
-  parse_space,
-  rank,
-  resolve_optimizer,
-  seed_list,
-  summarize_members,
-  traced_values,
-  tx_builder,
-  with_constants,
-)
+from adam_jax.tuning._grid import memory_budget
 from adam_jax.tuning._problem import Problem
 from adam_jax.tuning._random import space_of
+from adam_jax.tuning._results import Row, SearchResult, rank, seed_list, summarize_members
+from adam_jax.tuning._space import (
+  parse_space,
+  resolve_optimizer,
+  tx_builder,
+)
 
 
 def optuna_search(
@@ -362,13 +355,8 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
   for group_key in dict.fromkeys(tuple(c[k] for k in sp.group) for c in configs):
     group_cfg = dict(zip(sp.group, group_key))
     alive = [i for i, c in enumerate(configs) if tuple(c[k] for k in sp.group) == group_key]
-    bound = problem.bind(**{k: group_cfg[k] for k in sp.shape})
-    check_metric(bound, problem, metric)
-    idx = None
-    if problem.num_train is not None:
-      idx = np.stack([problem.batch_indices(steps, s, bound.batch_size) for s in seeds])
-    const = {k: v for k, v in group_cfg.items() if k not in sp.shape}
-    tx = make_tx if not const else with_constants(make_tx, const)
+    group = _group.group_of(problem, sp, group_cfg, make_tx, seeds, steps, metric)
+    bound = group.bound
     carries: dict[int, Any] = {}
     curves: dict[int, list[np.ndarray]] = {i: [] for i in alive}
     known = programs.setdefault((tuple(sp.group), group_key, tuple(sp.traced)), {})
@@ -376,16 +364,12 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
     label = ", ".join(f"{k}={v}" for k, v in group_cfg.items()) or "all"
     for start in range(0, steps, every):
       stop = min(start + every, steps)
-      hp = traced_values([configs[i] for i in alive], sp.traced)
       carry = None
       if start:
         carry = _runner.concat_members(*[carries[i] for i in alive])
-      out = _runner.train_group(
-          bound.fns, tx, {k: np.repeat(v, n_seeds) for k, v in hp.items()},
-          np.tile(np.arange(n_seeds, dtype=np.int32), len(alive)), seeds, stop,
-          train_data=problem.data_source, val_data=problem.val_data, batch_fn=problem.batch_fn,
-          idx=idx, loop=loops.get(label, loop), devices=devices, start=carry, first_step=start,
-          pad_to=size, programs=known, budget=budget)
+      out = _group.train(group, *_group.members([configs[i] for i in alive], sp.traced, n_seeds),
+                         stop, loop=loops.get(label, loop), devices=devices, start=carry,
+                         first_step=start, pad_to=size, programs=known, budget=budget)
       loops[label] = out.loop  # the next chunks use the form chosen for the first
       n = len(alive) * n_seeds
       spread = max(spread, min(len(devices), n) if n > 1 else 1)

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from adam_jax import _plotting
-from adam_jax.tuning._grid import finite_or_nan
+from adam_jax.tuning._results import finite_or_nan
 
 
 def search_figure(result: Any, x: str | None) -> Any:

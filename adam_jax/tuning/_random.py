@@ -12,8 +12,9 @@ import jax
 import numpy as np
 import optax
 
-from adam_jax.tuning._grid import Row, SearchResult, search
+from adam_jax.tuning._grid import search
 from adam_jax.tuning._problem import Problem
+from adam_jax.tuning._results import Row, SearchResult
 
 
 def _is_number(v: Any) -> bool:
