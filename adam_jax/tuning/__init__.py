@@ -1,8 +1,12 @@
-"""Tuning one's own model: the LR range test and vectorized grid searches.
+"""Tuning one's own model: the LR range test and vectorized searches.
 
-A :class:`Problem` holds the user's model (Flax NNX or functional), loss and data;
-:func:`lr_find` and :func:`grid_search` train it, many configurations at once;
-:func:`train` trains one, evaluated as it goes and resumable.
+A :class:`Problem` holds the user's model (Flax NNX or functional), loss and data (arrays,
+a ``batch_fn`` or an iterable of batches); :func:`lr_find`, :func:`grid_search`,
+:func:`random_search`, :func:`successive_halving` and :func:`optuna_search` train it, many
+configurations at once in one engine (members vmapped, as many per compiled program as
+``max_memory`` allows by XLA's own memory analysis, evaluated in mini-batches and, with
+``eval_every``, during training); :func:`train` trains one, evaluated as it goes and
+resumable.
 """
 
 from adam_jax.tuning._grid import grid_search
