@@ -133,3 +133,32 @@ def make_alias(name, learning_rate=1e-2, **options):
 def alias_takes(name, option):
   """Whether alias ``name`` has a parameter called ``option``."""
   return option in inspect.signature(adam_jax.get_optimizer(name)).parameters
+
+
+def batchnorm_mlp(rngs, hidden: int = 32, bias: bool = True):
+  """A user's MLP for the 8x8 digits with BatchNorm and Dropout (non-Param state of both kinds).
+
+  ``bias=False``: no bias before the BatchNorm, whose gradient is rounding noise that Adam
+  turns into full steps, so that two compilations of the same step agree in eval mode too.
+  """
+  from flax import nnx
+
+  class BatchNormMLP(nnx.Module):
+    def __init__(self):
+      self.l1 = nnx.Linear(64, hidden, use_bias=bias, rngs=rngs)
+      self.bn = nnx.BatchNorm(hidden, rngs=rngs)
+      self.drop = nnx.Dropout(0.2, rngs=rngs)
+      self.l2 = nnx.Linear(hidden, 10, rngs=rngs)
+
+    def __call__(self, x):
+      return self.l2(self.drop(nnx.relu(self.bn(self.l1(x)))))
+
+  return BatchNormMLP()
+
+
+def cross_entropy(model, batch):
+  """The classification loss of a batch ``(x, y)``, with the accuracy as an aux metric."""
+  x, y = batch
+  logits = model(x)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  return loss, {"accuracy": jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))}

@@ -4,33 +4,22 @@ import importlib
 
 import jax
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
 import adam_jax
 from adam_jax import tasks, tuning
+from tests.helpers import batchnorm_mlp, cross_entropy
 
 _runner = importlib.import_module("adam_jax.tuning._runner")
 ONE_DEVICE = jax.devices()[:1]
 
 
-class Net(nnx.Module):
-  """A user's MLP with BatchNorm and Dropout."""
-
-  def __init__(self, rngs: nnx.Rngs, hidden: int = 32):
-    self.l1 = nnx.Linear(64, hidden, rngs=rngs)
-    self.bn = nnx.BatchNorm(hidden, rngs=rngs)
-    self.drop = nnx.Dropout(0.2, rngs=rngs)
-    self.l2 = nnx.Linear(hidden, 10, rngs=rngs)
-
-  def __call__(self, x):
-    return self.l2(self.drop(nnx.relu(self.bn(self.l1(x)))))
+def Net(rngs: nnx.Rngs, hidden: int = 32):  # noqa: N802 - a model factory, as a class is
+  return batchnorm_mlp(rngs, hidden)
 
 
-def loss_fn(model, batch):
-  x, y = batch
-  return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+loss_fn = cross_entropy
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +43,7 @@ def test_keep_best_returns_the_best_step_with_its_batchnorm_state(problem, best_
   assert best.metrics["val_loss"] == pytest.approx(float(np.min(curve)), rel=1e-6)
   assert best.best_step[0] == best.evals["step"][int(np.argmin(curve))]
   assert best.best_step[0] < 240  # the overfitting member's best is an earlier step
-  own = float(nnx.jit(loss_fn)(best.model, problem.val_data))
+  own = float(nnx.jit(loss_fn)(best.model, problem.val_data)[0])
   assert best.metrics["val_loss"] == pytest.approx(own, rel=1e-5)
   # the BatchNorm statistics are those of the kept step, not of the last one
   last = tuning.grid_search(problem, {"learning_rate": [best.config["learning_rate"]]},

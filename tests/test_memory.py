@@ -5,12 +5,12 @@ import importlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
 import adam_jax
 from adam_jax import tasks, tuning
+from tests.helpers import batchnorm_mlp, cross_entropy
 
 _runner = importlib.import_module("adam_jax.tuning._runner")
 _memory = importlib.import_module("adam_jax.tuning._memory")
@@ -18,24 +18,11 @@ _memory = importlib.import_module("adam_jax.tuning._memory")
 ONE_DEVICE = jax.devices()[:1]
 
 
-class Net(nnx.Module):
-  """A user's MLP with BatchNorm and Dropout."""
-
-  def __init__(self, rngs: nnx.Rngs, hidden: int = 128):
-    self.l1 = nnx.Linear(64, hidden, rngs=rngs)
-    self.bn = nnx.BatchNorm(hidden, rngs=rngs)
-    self.drop = nnx.Dropout(0.2, rngs=rngs)
-    self.l2 = nnx.Linear(hidden, 10, rngs=rngs)
-
-  def __call__(self, x):
-    return self.l2(self.drop(nnx.relu(self.bn(self.l1(x)))))
+def Net(rngs: nnx.Rngs, hidden: int = 128):  # noqa: N802 - a model factory, as a class is
+  return batchnorm_mlp(rngs, hidden)
 
 
-def loss_fn(model, batch):
-  x, y = batch
-  logits = model(x)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-  return loss, {"accuracy": jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))}
+loss_fn = cross_entropy
 
 
 @pytest.fixture(scope="module")
