@@ -198,11 +198,13 @@ def _one_key(ax: Any, configs: Sequence[dict[str, Any]], losses: Sequence[float]
 
 def curves(path: str, rows: Sequence[Any], best: Any, keys: Sequence[str]) -> None:
   """The smoothed training loss of every row; the best one highlighted and named by every
-  varied key."""
+  varied key. With evaluations during training (``--eval-every``), the validation loss
+  beside it, each curve's best evaluation marked."""
   from adam_jax.cli import _common as common
 
-  fig = _plotting.figure()
-  ax = fig.add_subplot()
+  evaluated = any(r.evals is not None for r in rows)
+  fig = _plotting.figure(width=11.0 if evaluated else 6.4)
+  ax = fig.add_subplot(1, 2 if evaluated else 1, 1)
   others = 0
   for r in rows:
     if r.curve is None or r is best:
@@ -223,4 +225,28 @@ def curves(path: str, rows: Sequence[Any], best: Any, keys: Sequence[str]) -> No
   if keys:
     title += " (varied: " + ", ".join(keys) + ")"
   ax.set_title(title, fontsize=_TITLE_SIZE)
+  if evaluated:
+    _validation_curves(fig.add_subplot(1, 2, 2), rows, best)
   fig.savefig(path, dpi=_plotting.DPI)
+
+
+def _validation_curves(ax: Any, rows: Sequence[Any], best: Any) -> None:
+  """The validation loss at each evaluation of every row (mean over seeds), minima marked."""
+  import numpy as np
+
+  for r in rows:
+    if r.evals is None:
+      continue
+    steps, loss = r.evals["step"], r.evals["val_loss"]
+    top = r is best
+    ax.plot(steps, loss, lw=1.8 if top else 0.8, color="C3" if top else "0.5",
+            alpha=1.0 if top else 0.5, zorder=3 if top else 2)
+    if np.isfinite(loss).any():
+      k = int(np.nanargmin(loss))
+      ax.plot(steps[k], loss[k], "o", ms=5 if top else 3, color="C3" if top else "0.4",
+              zorder=4 if top else 2)
+  ax.set_yscale("log")
+  _plotting.plain_ticks(ax.yaxis)
+  ax.set_xlabel("step")
+  ax.set_ylabel("validation loss (mean over seeds; log scale)")
+  ax.set_title("validation during training; dots: each curve's lowest", fontsize=_TITLE_SIZE)

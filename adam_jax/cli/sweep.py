@@ -147,6 +147,17 @@ def add_parser(sub: Any) -> None:
   p.add_argument("--loop", default="auto", type=common.choice_of(("auto", "scan", "python")),
                  help="steps in lax.scan chunks or a jitted step called from Python "
                       "(default: auto, Python steps for convolutions on CPU)")
+  p.add_argument("--eval-every", default=None, type=common.positive_int, metavar="N",
+                 help="grid and random: evaluate every configuration on the validation split "
+                      "every N steps (curves in curves.jsonl and curves.png; default: once, "
+                      "after the last step)")
+  p.add_argument("--keep", default="last", type=common.choice_of(("last", "best")),
+                 help="grid and random, with --eval-every: report and keep each "
+                      "configuration's model of its last step or of its best evaluated step "
+                      "(lowest validation loss) (default: last)")
+  p.add_argument("--patience", default=None, type=common.positive_int, metavar="K",
+                 help="grid and random, with --eval-every: stop a configuration after K "
+                      "evaluations without a lower validation loss")
   p.add_argument("--checkpoint-every", default=1000, type=common.nonnegative_int,
                  help="grid and random: steps between checkpoints of the group in training "
                       "in DIR/checkpoints (1000; 0: none)")
@@ -196,13 +207,24 @@ def _check_search_flags(args: argparse.Namespace) -> None:
   """Flags that belong to another search, and a --resume that cannot be honoured."""
   only = {"trials": ("--trials", ("random", "halving", "optuna")),
           "min_steps": ("--min-steps", ("halving",)), "eta": ("--eta", ("halving",)),
-          "storage": ("--storage", ("optuna",)), "study_name": ("--study-name", ("optuna",))}
+          "storage": ("--storage", ("optuna",)), "study_name": ("--study-name", ("optuna",)),
+          "eval_every": ("--eval-every", ("grid", "random")),
+          "patience": ("--patience", ("grid", "random"))}
   for dest, (flag, searches) in only.items():
     if getattr(args, dest) is not None and args.search not in searches:
       named = " or ".join([", ".join(searches[:-1]), searches[-1]] if len(searches) > 1
                           else searches)
       raise common.UsageError(f"{flag} needs --search {named} (this is --search "
                               f"{args.search})", PROG)
+  if args.keep == "best" and args.eval_every is None:
+    raise common.UsageError("--keep best needs --eval-every, the steps between evaluations",
+                            PROG)
+  if args.patience is not None and args.eval_every is None:
+    raise common.UsageError("--patience needs --eval-every, the steps between evaluations",
+                            PROG)
+  if args.eval_every is not None and args.eval_every > args.steps:
+    raise common.UsageError(f"--eval-every ({args.eval_every}) must be at most --steps "
+                            f"({args.steps})", PROG)
   if args.diagnostics and args.search in ("halving", "optuna"):
     raise common.UsageError(f"--diagnostics: only grid and random searches record them, not "
                             f"--search {args.search}", PROG)
@@ -318,7 +340,9 @@ def _search(args: argparse.Namespace, problem: Any, space: dict[str, Any], out: 
                               seeds=seeds, out_dir=out, resume=args.resume, loop=args.loop,
                               checkpoint_every=args.checkpoint_every,
                               diagnostics=args.diagnostics, on_row=rows.append,
-                              max_memory=args.max_memory, log_dir=args.tensorboard)
+                              max_memory=args.max_memory, log_dir=args.tensorboard,
+                              eval_every=args.eval_every, keep=args.keep,
+                              patience=args.patience)
   from adam_jax.cli import _searches
 
   dists = _searches.distributions(space)
@@ -328,7 +352,9 @@ def _search(args: argparse.Namespace, problem: Any, space: dict[str, Any], out: 
                                 out_dir=out, resume=args.resume, loop=args.loop,
                                 checkpoint_every=args.checkpoint_every,
                                 diagnostics=args.diagnostics, on_row=rows.append,
-                                max_memory=args.max_memory)
+                                max_memory=args.max_memory, log_dir=args.tensorboard,
+                                eval_every=args.eval_every, keep=args.keep,
+                                patience=args.patience)
   return tuning.successive_halving(problem, dists, num_configs=args.trials,
                                    min_steps=args.min_steps, max_steps=args.steps, eta=args.eta,
                                    seed=args.seed, optimizer=args.optimizer, seeds=seeds,
@@ -372,6 +398,8 @@ def _report(args: argparse.Namespace, out: str, result: Any, rows: list[Any],
              "loops": result.loops}
   if args.search == "halving":
     payload.update(min_steps=args.min_steps, eta=args.eta, steps_trained=best.steps)
+  if best.best_step is not None:  # --eval-every: each seed's best evaluated step (--keep best:
+    payload.update(best_step=best.best_step, stopped_step=best.stopped_step)  # the one kept)
   common.write_json(os.path.join(out, "best.json"), payload)
   keys = [k for k in space if varied(space, k)]
   acc = best.metrics.get("val_accuracy")

@@ -137,7 +137,8 @@ class Store:
       key = config_key(config)
       item = curves.get(key)
       self.done.setdefault(key, Row(config, metrics, [], None if item is None else np.asarray(
-          item["curve"], np.float32), diverged=fields[-1] == "True"))
+          item["curve"], np.float32), diverged=fields[-1] == "True",
+          **({} if item is None else _evaluations(item))))
     return lines
 
   def add(self, row: Row) -> None:
@@ -152,9 +153,21 @@ class Store:
                              + [repr(row.metrics.get(m, math.nan)) for m in self.names]
                              + [row.diverged])
     if row.curve is not None:
+      item = {"key": list(config_key(row.config)), "curve": [float(v) for v in row.curve]}
+      if row.evals is not None:  # the validation curve (eval_every) and the kept steps
+        item.update(evals={k: [float(v) for v in vs] for k, vs in row.evals.items()},
+                    best_step=row.best_step, stopped_step=row.stopped_step)
       with open(self.curves_path, "a") as f:
-        f.write(json.dumps({"key": list(config_key(row.config)),
-                            "curve": [float(v) for v in row.curve]}) + "\n")
+        f.write(json.dumps(item) + "\n")
+
+
+def _evaluations(item: dict[str, Any]) -> dict[str, Any]:
+  """A curves.jsonl item's validation curve and kept steps, as a row holds them."""
+  if "evals" not in item:
+    return {}
+  evals = {k: np.asarray(v, np.int32 if k == "step" else np.float64)
+           for k, v in item["evals"].items()}
+  return {"evals": evals, "best_step": item["best_step"], "stopped_step": item["stopped_step"]}
 
 
 def _union(old: dict[str, list[Any]], new: dict[str, list[Any]]) -> dict[str, list[Any]]:

@@ -1,0 +1,43 @@
+"""adam-jax sweep with validation during training: --eval-every, --keep, --patience."""
+
+import json
+
+import numpy as np
+import pytest
+
+from adam_jax import cli
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--keep", "best"], "--keep best needs --eval-every"),
+    (["--patience", "2"], "--patience needs --eval-every"),
+    (["--eval-every", "50", "--steps", "20"], "--eval-every (50) must be at most --steps (20)"),
+    (["--eval-every", "5", "--search", "halving"], "--eval-every needs --search grid or random"),
+    (["--eval-every", "0"], "argument --eval-every"),
+    (["--keep", "first"], "argument --keep"),
+])
+def test_bad_evaluation_flags_are_one_line(argv, message, tmp_path, capsys):
+  code = cli.main(["sweep", "--hidden", "4", "--out", str(tmp_path / "o")] + argv)
+  err = capsys.readouterr().err
+  assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.slow
+def test_curves_and_the_best_step_are_written_and_resumed(tmp_path, capsys):
+  out = tmp_path / "s"
+  argv = ["sweep", "--lr", "1e-2,1e30", "--hidden", "8", "--steps", "40", "--eval-every", "10",
+          "--keep", "best", "--patience", "2", "--checkpoint-every", "0", "--out", str(out)]
+  assert cli.main(argv) == 0
+  items = [json.loads(line) for line in (out / "curves.jsonl").read_text().splitlines()]
+  assert [it["evals"]["step"] for it in items] == [[10, 20, 30, 40]] * 2
+  wild = next(it for it in items if it["key"][0] == "learning_rate=1e+30")
+  assert wild["stopped_step"][0] < 40 and not np.isfinite(wild["evals"]["val_loss"]).any()
+  sane = next(it for it in items if it["key"][0] == "learning_rate=0.01")
+  best = json.loads((out / "best.json").read_text())
+  assert best["val_loss"] == pytest.approx(min(sane["evals"]["val_loss"]), rel=1e-6)
+  assert best["best_step"] == sane["best_step"]
+  assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+  capsys.readouterr()
+  # a resume trains nothing and keeps the curves it read back
+  assert cli.main(argv + ["--resume"]) == 0
+  assert "(2 resumed)" in capsys.readouterr().out
