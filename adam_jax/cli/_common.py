@@ -138,6 +138,16 @@ def list_or_range(parse: Callable[[str], float], *, log: bool
   return parse_range
 
 
+def varied(space: dict[str, Any], key: str) -> bool:
+  """Whether ``key`` of a sweep's space takes several values (a range or a list of several)."""
+  return isinstance(space[key], Range) or len(space[key]) > 1
+
+
+def log_keys(space: dict[str, Any]) -> list[str]:
+  """The keys of a sweep's space drawn log-uniformly (a log axis in the figures)."""
+  return [k for k, v in space.items() if isinstance(v, Range) and v.log]
+
+
 def choice_of(choices: Sequence[str]) -> Callable[[str], str]:
   def parse(text: str) -> str:
     if text not in choices:

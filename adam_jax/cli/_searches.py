@@ -15,6 +15,8 @@ from adam_jax import _plotting
 from adam_jax.cli import _common as common
 from adam_jax.cli import _figures
 
+BATCH_TRIALS = 16  # trials trained together
+
 HEARTBEAT_S = 10  # a running trial's heartbeat, recorded in --storage this often
 GRACE_S = 60  # a trial without a heartbeat for this long is failed and queued again
 _NOT_METRICS = ("steps", "surplus", "worker", "diverged")  # user attributes, not metrics
@@ -144,18 +146,17 @@ def run_optuna(args: argparse.Namespace, study: Any, problem: Any, space: dict[s
   from optuna.trial import TrialState
 
   from adam_jax import tuning
-  from adam_jax.cli import sweep
 
   seeds = list(range(args.seed, args.seed + args.seeds))
   where = "in memory" if args.storage is None else shown_url(args.storage)
   print(f"{prog}: Optuna study {args.study_name!r} ({where}) up to {args.trials} trials of "
         f"{common.task_label(args)} ({args.optimizer}, {args.steps} steps each, batches of up to "
-        f"{min(args.trials, sweep.BATCH_TRIALS)}, {args.seeds} seed"
+        f"{min(args.trials, BATCH_TRIALS)}, {args.seeds} seed"
         f"{'s' if args.seeds > 1 else ''}) -> {out}")
   start = time.perf_counter()
   try:
     result = tuning.optuna_search(study, problem, space_fn(space), n_trials=args.trials,
-                                  batch_size_trials=min(args.trials, sweep.BATCH_TRIALS),
+                                  batch_size_trials=min(args.trials, BATCH_TRIALS),
                                   steps=args.steps, optimizer=args.optimizer, seeds=seeds,
                                   loop=args.loop, max_memory=args.max_memory,
                                   log_dir=args.tensorboard)
@@ -200,13 +201,13 @@ def run_optuna(args: argparse.Namespace, study: Any, problem: Any, space: dict[s
   completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
   acc = best["metrics"].get("val_accuracy")
   acc = "" if acc is None else f", val accuracy {100 * acc:.1f}%"
-  keys = [k for k in space if sweep.varied(space, k)]
+  keys = [k for k in space if common.varied(space, k)]
   print(f"best (trial {top.number} of {len(completed)} complete): "
         f"{_plotting.config_label(best['config'], keys)}: val loss {top.value:.4f}{acc}",
         flush=True)
   _figures.samples(os.path.join(out, "heatmap.png"), [item["config"] for item in finished],
                    [item["metrics"].get("val_loss", math.nan) for item in finished], space,
-                   keys, log_keys=sweep.log_keys(space), best=finished.index(best))
+                   keys, log_keys=common.log_keys(space), best=finished.index(best))
   written = ["best.json", "heatmap.png"]
   if result.rows:
     _figures.curves(os.path.join(out, "curves.png"), result.rows, result.best, keys)

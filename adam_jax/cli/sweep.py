@@ -58,7 +58,6 @@ FLAGS = (
 )
 SAMPLED_LR = common.Range(1e-4, 1e-2, log=True)  # --lr of a sampled search, by default
 SEARCHES = ("grid", "random", "halving", "optuna")
-BATCH_TRIALS = 16  # optuna: trials trained together
 SHAPE_KEYS = ("layers", "hidden", "batch_size")
 RECORD = "sweep.json"  # the flags and the data digest of the run in --out
 _NOT_RECORDED = ("run", "command", "out", "resume", "diagnostics",  # these change no result
@@ -362,16 +361,6 @@ def _search(args: argparse.Namespace, problem: Any, space: dict[str, Any], out: 
                                    max_memory=args.max_memory, log_dir=args.tensorboard)
 
 
-def varied(space: dict[str, Any], key: str) -> bool:
-  """Whether ``key`` takes several values (a range or a list of several)."""
-  return isinstance(space[key], common.Range) or len(space[key]) > 1
-
-
-def log_keys(space: dict[str, Any]) -> list[str]:
-  """The keys drawn log-uniformly (a log axis in the figures)."""
-  return [k for k, v in space.items() if isinstance(v, common.Range) and v.log]
-
-
 def _report(args: argparse.Namespace, out: str, result: Any, rows: list[Any],
             space: dict[str, Any], total: int, elapsed: float) -> int:
   """best.json, the plots and the summary lines of a grid, random or halving search."""
@@ -401,7 +390,7 @@ def _report(args: argparse.Namespace, out: str, result: Any, rows: list[Any],
   if best.best_step is not None:  # --eval-every: each seed's best evaluated step (--keep best:
     payload.update(best_step=best.best_step, stopped_step=best.stopped_step)  # the one kept)
   common.write_json(os.path.join(out, "best.json"), payload)
-  keys = [k for k in space if varied(space, k)]
+  keys = [k for k in space if common.varied(space, k)]
   acc = best.metrics.get("val_accuracy")
   acc = "" if acc is None else f", val accuracy {100 * acc:.1f}%"
   print(f"trained {len(rows)} configurations in {elapsed:.1f} s{resumed}")
@@ -413,7 +402,7 @@ def _report(args: argparse.Namespace, out: str, result: Any, rows: list[Any],
   else:
     _figures.samples(os.path.join(out, "heatmap.png"), [r.config for r in result.rows],
                      [r.metrics["val_loss"] for r in result.rows], space, keys,
-                     log_keys=log_keys(space), best=result.rows.index(best),
+                     log_keys=common.log_keys(space), best=result.rows.index(best),
                      steps=[r.steps for r in result.rows] if args.search == "halving" else None)
   _figures.curves(os.path.join(out, "curves.png"), result.rows, best, keys)
   written = "best.json, heatmap.png, curves.png"
