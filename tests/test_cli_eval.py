@@ -41,3 +41,12 @@ def test_curves_and_the_best_step_are_written_and_resumed(tmp_path, capsys):
   # a resume trains nothing and keeps the curves it read back
   assert cli.main(argv + ["--resume"]) == 0
   assert "(2 resumed)" in capsys.readouterr().out
+
+
+def test_a_learning_rate_of_zero_is_a_baseline_the_sweep_accepts(tmp_path, capsys):
+  """The library trains lr=0 (nothing moves); the command line takes it as well."""
+  code = cli.main(["sweep", "--lr", "0,1e-2", "--hidden", "4", "--steps", "5",
+                   "--checkpoint-every", "0", "--out", str(tmp_path / "z")])
+  assert code == 0, capsys.readouterr().err
+  rows = (tmp_path / "z" / "results.csv").read_text().splitlines()
+  assert len(rows) == 3 and rows[1].startswith("0.0,")

@@ -28,7 +28,8 @@ def _png(path):
     "argv, message",
     [
         (["--search", "random", "--lr", "1e-1:1e-5"], "argument --lr: range '1e-1:1e-5' needs LO"),
-        (["--search", "random", "--lr", "0:1e-1"], "argument --lr: '0' is outside (0.0, inf)"),
+        (["--search", "random", "--lr", "0:1e-1"],
+         "argument --lr: range '0:1e-1' is log-uniform and needs LO > 0"),
         (["--search", "optuna", "--weight-decay", "0:1e-2"],
          "argument --weight-decay: range '0:1e-2' is log-uniform and needs LO > 0"),
         (["--search", "random", "--b1", "0.5:1.0"], "argument --b1: '1.0' is outside [0.0, 1.0)"),

@@ -39,8 +39,8 @@ def _eps(text: str) -> float:
 # (space key, flag, parse, default, help): every flag takes comma-separated values; the
 # numeric optimizer flags also take a range LO:HI for the sampled searches.
 FLAGS = (
-    ("learning_rate", "--lr", common.list_or_range(common.POS_FLOAT, log=True),
-     "1e-4,3e-4,1e-3,3e-3,1e-2", "peak learning rates (a range: log-uniform)"),
+    ("learning_rate", "--lr", common.list_or_range(common.NONNEG_FLOAT, log=True),
+     "1e-4,3e-4,1e-3,3e-3,1e-2", "peak learning rates (>= 0; a range: log-uniform)"),
     ("b1", "--b1", common.list_or_range(common.BETA, log=False), "0.9",
      "first-moment decay rates, in [0, 1) (a range: uniform)"),
     ("b2", "--b2", common.list_or_range(common.BETA, log=False), "0.999",
