@@ -115,3 +115,23 @@ def test_resumed_evaluations_equal_an_uninterrupted_run(problem, tmp_path, monke
 def test_bad_evaluation_arguments(problem, kwargs, message):
   with pytest.raises(ValueError, match=message):
     tuning.grid_search(problem, {"learning_rate": [1e-2]}, steps=40, progress=False, **kwargs)
+
+
+@pytest.mark.slow
+def test_tuning_train_keeps_the_best_step_and_stops(problem, tmp_path):
+  run = tuning.train(problem, adam_jax.adam(3e-2), 240, eval_every=20, keep="best", patience=4)
+  losses = [h["val_loss"] for h in run.history]
+  assert run.best_step == run.history[int(np.argmin(losses))]["step"] < 240
+  assert run.stopped_step < 240 and run.history[-1]["step"] == run.stopped_step
+  assert run.metrics["val_loss"] == pytest.approx(min(losses), rel=1e-5)
+  own = float(nnx.jit(loss_fn)(run.model, problem.val_data)[0])
+  assert run.metrics["val_loss"] == pytest.approx(own, rel=1e-5)
+  # checkpointed at the stop: a resume finds the run complete and returns the same model
+  kwargs = dict(eval_every=20, keep="best", patience=4, checkpoint_dir=tmp_path / "c",
+                checkpoint_every=20)
+  first = tuning.train(problem, adam_jax.adam(3e-2), 240, **kwargs)
+  again = tuning.train(problem, adam_jax.adam(3e-2), 240, resume=True, **kwargs)
+  assert again.best_step == first.best_step and again.stopped_step == first.stopped_step
+  assert again.metrics == first.metrics
+  with pytest.raises(ValueError, match="keep must be 'last' or 'best'"):
+    tuning.train(problem, adam_jax.adam(3e-2), 20, keep="first")

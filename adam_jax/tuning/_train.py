@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 from collections.abc import Callable
@@ -34,6 +35,9 @@ class TrainResult(NamedTuple):
   train_s: float  # wall time of the steps trained by this call (after compilation)
   compile_s: float  # wall time of the compilation
   loop: str  # the loop form used: "scan" or "python"
+  best_step: int | None = None  # with keep="best" or patience: the best evaluated step
+  #   (with keep="best", that of ``model`` and ``metrics``); None: no finite evaluation
+  stopped_step: int | None = None  # with patience: the step it stopped at (``steps``: never)
 
 
 class TrainInterrupted(KeyboardInterrupt):
@@ -63,6 +67,10 @@ def train(
     on_eval: Callable[[dict[str, float]], None] | None = None,
     log_dir: str | os.PathLike[str] | None = None,
     max_memory: int | str | None = None,
+    keep: str = "last",
+    patience: int | None = None,
+    metric: str = "val_loss",
+    mode: str = "min",
 ) -> TrainResult:
   r"""Trains the problem's model with ``tx`` for ``steps`` steps, evaluating as it goes.
 
@@ -111,6 +119,12 @@ def train(
     log_dir: write the run for TensorBoard to this folder when it ends: the training
       loss of every step, the evaluations at their steps and the final metrics (needs
       tensorboardX: ``pip install 'adam-jax[tensorboard]'``).
+    keep: ``"last"`` or ``"best"``: return the model (params and model state) of the
+      best evaluation by ``metric`` and ``mode``, and its metrics.
+    patience: stop after this many evaluations without a better ``metric``.
+    metric: what ``keep`` and ``patience`` judge by: ``val_loss`` or another metric of
+      the evaluations.
+    mode: ``"min"`` or ``"max"``.
     max_memory: as in :func:`grid_search`: a run whose programs need more is refused
       before it trains (:class:`MemoryBudgetError`, with the figures).
 
@@ -149,6 +163,13 @@ def train(
   if resume and checkpoint_dir is None:
     raise ValueError("resume needs checkpoint_dir, the folder of the run to resume")
   check_resumable(problem, resume)
+  if keep not in ("last", "best"):
+    raise ValueError(f"keep must be 'last' or 'best', got {keep!r}")
+  if mode not in ("min", "max"):
+    raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+  if patience is not None:
+    _check_int("patience", patience, 1)
+  judged = keep == "best" or patience is not None
   steps, eval_every, seed = int(steps), min(int(eval_every), int(steps)), int(seed)
   fns = problem.bind().fns
   batch_fn = problem.batch_fn
@@ -194,6 +215,11 @@ def train(
   saved = {"carry": carry, "step": np.zeros((), np.int32),
            "curve": np.full(steps, np.nan, np.float32),
            "evals": np.full((n_evals, 2 + len(names)), np.nan, np.float32)}
+  if judged:
+    if metric not in names:
+      raise ValueError(f"metric {metric!r} is not among the evaluations' metrics "
+                       f"({', '.join(names)}); pass val_data or metric=...")
+    saved["kept"] = _Kept.start(carry)
   ckpt = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
   identity = None if ckpt is None else _identity.train_identity(problem, tx, steps, seed,
                                                                 eval_every)
@@ -203,6 +229,7 @@ def train(
     saved = checkpoint.restore_latest(ckpt, like=saved, identity=identity)
   first = int(saved["step"])
   curve, evals = np.array(saved["curve"]), np.array(saved["evals"])
+  kept = _Kept(metric, mode, keep, patience, saved.get("kept"), steps) if judged else None
 
   compile_start = time.perf_counter()
   lowered = {}
@@ -261,20 +288,25 @@ def train(
       row[:] = [hi, curve[lo:hi].mean()] + [float(ev[k]) for k in names]
       if on_eval is not None:
         on_eval(_history_item(row, names))
+      stop = kept is not None and kept.update(hi, float(ev[metric]), carry)
       if ckpt is not None and checkpoint_every and (hi - last_saved >= checkpoint_every
-                                                    or hi == steps):
+                                                    or hi == steps or stop):
         from adam_jax import checkpoint
 
         last_saved = hi  # a Ctrl-C during the save waits until it is committed
-        checkpoint.save_rotating(ckpt, {"carry": carry, "step": np.asarray(hi, np.int32),
-                                        "curve": curve, "evals": evals}, keep=2,
-                                 identity=identity)
+        checkpoint.save_rotating(ckpt, {"carry": carry, "step": np.asarray(
+            steps if stop else hi, np.int32), "curve": curve, "evals": evals,
+            **({} if kept is None else {"kept": kept.saved(carry)})}, keep=2, identity=identity)
+      if stop:
+        break
   except KeyboardInterrupt:
     raise TrainInterrupted(last_saved) from None
   finally:
     if feed is not None:
       feed.close()
   params, opt_state, state = carry
+  if kept is not None and keep == "best" and kept.step >= 0:
+    params, state = kept.model
   metrics = {k: float(v) for k, v in jax.device_get(
       compiled["metrics"](params, state, data, val)).items()}
   metrics = {k: metrics[k] for k in _ordered(list(metrics))}
@@ -293,7 +325,51 @@ def train(
       train_s=train_s,
       compile_s=compile_s,
       loop=loop,
+      best_step=None if kept is None or kept.step < 0 else kept.step,
+      stopped_step=None if kept is None else kept.stopped,
   )
+
+
+class _Kept:
+  """The best evaluation of a run so far (``keep="best"``) and the evaluations since
+  (``patience``); its model is a copy (the next chunk donates the carry)."""
+
+  def __init__(self, metric: str, mode: str, keep: str, patience: int | None,
+               saved: dict[str, Any], steps: int):
+    self.metric, self.mode, self.keep, self.patience = metric, mode, keep, patience
+    self.model = saved["model"]
+    self.step, self.since = int(saved["step"]), int(saved["since"])
+    self.score, self.steps = float(saved["score"]), steps
+    self.stopped = int(saved["stopped"]) or steps
+
+  @staticmethod
+  def start(carry: Any) -> dict[str, Any]:
+    """What a checkpoint holds before any evaluation (``carry``: arrays or their shapes)."""
+    return {"model": (carry[0], carry[2]), "step": np.asarray(-1, np.int32),
+            "since": np.zeros((), np.int32), "score": np.asarray(np.nan, np.float64),
+            "stopped": np.zeros((), np.int32)}
+
+  def update(self, step: int, score: float, carry: Any) -> bool:
+    """Takes the evaluation at ``step``; whether the run stops there (``patience``)."""
+    better = math.isfinite(score) and (
+        self.step < 0 or (score < self.score if self.mode == "min" else score > self.score))
+    if better:
+      self.step, self.score, self.since = step, score, 0
+      if self.keep == "best":
+        self.model = jax.tree.map(jnp.copy, (carry[0], carry[2]))
+    else:
+      self.since += 1
+    if self.patience is not None and self.since >= self.patience:
+      self.stopped = step
+      return True
+    return False
+
+  def saved(self, carry: Any) -> dict[str, Any]:
+    """What a checkpoint keeps (``carry`` stands in for a model before any is kept)."""
+    return {"model": self.model if self.step >= 0 else (carry[0], carry[2]),
+            "step": np.asarray(self.step, np.int32), "since": np.asarray(self.since, np.int32),
+            "score": np.asarray(self.score),
+            "stopped": np.asarray(self.stopped if self.stopped < self.steps else 0, np.int32)}
 
 
 def _ordered(names: list[str]) -> list[str]:
