@@ -50,3 +50,17 @@ def test_a_learning_rate_of_zero_is_a_baseline_the_sweep_accepts(tmp_path, capsy
   assert code == 0, capsys.readouterr().err
   rows = (tmp_path / "z" / "results.csv").read_text().splitlines()
   assert len(rows) == 3 and rows[1].startswith("0.0,")
+
+
+@pytest.mark.slow
+def test_demo_keeps_the_best_report_and_stops(tmp_path, capsys):
+  out = tmp_path / "d"
+  code = cli.main(["demo", "--steps", "400", "--eval-every", "50", "--keep", "best",
+                   "--patience", "2", "--lr", "0.2", "--hidden", "16", "--out", str(out)])
+  assert code == 0, capsys.readouterr().err
+  summary = json.loads((out / "results.json").read_text())
+  reports = {h["step"]: h["val_loss"] for h in summary["history"]}
+  assert summary["best_step"] == min(reports, key=reports.get)
+  assert summary["val_loss"] == pytest.approx(reports[summary["best_step"]], rel=1e-5)
+  if summary["stopped_step"] < 400:
+    assert max(reports) == summary["stopped_step"]

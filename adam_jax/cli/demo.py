@@ -59,6 +59,11 @@ def add_parser(sub: Any) -> None:
   p.add_argument("--batch-size", default=32, type=common.positive_int, help="mini-batch size (32)")
   p.add_argument("--eval-every", default=250, type=common.positive_int,
                  help="steps between validation reports (250)")
+  p.add_argument("--keep", default="last", type=common.choice_of(("last", "best")),
+                 help="report and keep the model of the last step or of the best validation "
+                      "report (lowest validation loss) (default: last)")
+  p.add_argument("--patience", default=None, type=common.positive_int, metavar="K",
+                 help="stop after K validation reports without a lower validation loss")
   p.add_argument("--diagnostics", action="store_true",
                  help="record update/param ratios and eps dominance every step "
                       "(adam_jax.diagnostics.monitor); writes diagnostics.png")
@@ -152,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
                               eval_every=args.eval_every, checkpoint_dir=ckpt_path,
                               checkpoint_every=args.checkpoint_every, resume=resuming,
                               record=record, opt_metrics=opt_metrics, on_start=on_start,
-                              on_eval=on_eval, max_memory=args.max_memory, log_dir=args.tensorboard)
+                              on_eval=on_eval, max_memory=args.max_memory,
+                              log_dir=args.tensorboard, keep=args.keep, patience=args.patience)
     except checkpoint.CheckpointError as err:
       raise common.UsageError(f"cannot resume from {ckpt_path}: {err}", prog) from None
     except ValueError as err:
@@ -189,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
       "steps_per_s": rate, "train_s": result.train_s, "compile_s": result.compile_s,
       "resumed_from_step": first if resuming else None,
       "history": history, "curve": [float(v) for v in result.curve],
+      "best_step": result.best_step, "stopped_step": result.stopped_step,
   }
   written = ["results.json", "loss_curve.png"]
   if result.records is not None:
@@ -207,9 +214,14 @@ def run(args: argparse.Namespace) -> int:
   _plot_demo(os.path.join(out, "loss_curve.png"), list(result.curve), history, args.task)
   speed = (f"{rate:,.0f} steps/s (compilation {result.compile_s:.1f} s)" if done
            else "nothing left to train")
+  kept = ""
+  if args.keep == "best" and result.best_step is not None:
+    kept = f" (the model of step {result.best_step}, the best report)"
+  if result.stopped_step is not None and result.stopped_step < args.steps:
+    kept += f"; stopped at step {result.stopped_step} (--patience {args.patience})"
   print(f"done: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
         + (f", val accuracy {100 * val_acc:.1f}%" if classification else "")
-        + f"; {speed}")
+        + f"{kept}; {speed}")
   if result.records is not None:
     d = summary["diagnostics"]
     print(f"diagnostics: update/param ratio {d['final_update_to_param_ratio']:.2e} at the end "
