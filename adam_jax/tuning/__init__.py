@@ -2,7 +2,8 @@
 
 A :class:`Problem` holds the user's model (Flax NNX or functional), loss and data;
 :func:`lr_find` and :func:`grid_search` train it, many configurations at once;
-:func:`train` trains one, evaluated as it goes and resumable.
+:func:`train` trains one, evaluated as it goes and resumable; :func:`open_storage` opens
+the storage of an Optuna study that workers on many machines share.
 """
 
 from adam_jax.tuning._grid import (
@@ -26,16 +27,19 @@ from adam_jax.tuning._random import (
     sample_configs,
     uniform,
 )
+from adam_jax.tuning._storage import FinishedTrial, StorageUnavailable, open_storage
 from adam_jax.tuning._train import TrainInterrupted, TrainResult, train
 
 __all__ = [
     "SCHEDULES",
     "Choice",
+    "FinishedTrial",
     "LRFindResult",
     "LogUniform",
     "Problem",
     "Row",
     "SearchResult",
+    "StorageUnavailable",
     "TrainInterrupted",
     "TrainResult",
     "Uniform",
@@ -43,6 +47,7 @@ __all__ = [
     "grid_search",
     "log_uniform",
     "lr_find",
+    "open_storage",
     "optuna_search",
     "random_search",
     "rungs",
