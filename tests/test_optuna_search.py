@@ -107,75 +107,13 @@ def test_bad_studies_and_spaces_are_named():
 @pytest.mark.slow
 def test_two_workers_share_a_study_and_redo_the_trials_of_one_killed_mid_batch(tmp_path):
   """Together exactly n_trials COMPLETE; the killed worker's batch FAIL, each redone once."""
-  import os
-  import signal
-  import subprocess
-  import sys
-  import time
-  import warnings
-
   from tests import optuna_worker as worker
 
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
-         "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
   url = f"sqlite:///{tmp_path / 'study.db'}"
   optuna.create_study(study_name=worker.STUDY, storage=url)
-  procs = {role: subprocess.Popen(
-      [sys.executable, "-m", "tests.optuna_worker", url, role, str(tmp_path)], cwd=root, env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for role in ("victim", "survivor")}
-  try:
-    deadline = time.monotonic() + 90
-    while not (tmp_path / "victim_hung").exists():
-      assert procs["victim"].poll() is None, procs["victim"].communicate()[0][-3000:]
-      assert time.monotonic() < deadline, "the victim never started its second batch"
-      time.sleep(0.05)
-    # Alive, the victim beats for its hung batch: past the grace period nothing is stale.
-    time.sleep(3.5)
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-      watcher = optuna.load_study(study_name=worker.STUDY, storage=optuna.storages.RDBStorage(
-          url, heartbeat_interval=1, grace_period=2))
-      optuna.storages.fail_stale_trials(watcher)
-    assert TrialState.FAIL not in [t.state for t in watcher.get_trials()]
-    procs["victim"].send_signal(signal.SIGKILL)
-    log = procs["survivor"].communicate(timeout=90)[0]
-    assert procs["survivor"].returncode == 0, log[-3000:]
-  finally:
-    for proc in procs.values():  # never leave a process behind
-      if proc.poll() is None:
-        proc.kill()
-      proc.communicate()
-  assert procs["victim"].returncode == -signal.SIGKILL
-
-  trials = optuna.load_study(study_name=worker.STUDY, storage=url).get_trials()
-  states = [t.state for t in trials]
-  complete = [t for t in trials if t.state == TrialState.COMPLETE]
-  failed = [t for t in trials if t.state == TrialState.FAIL]
-  assert len(complete) == worker.N_TRIALS
-  assert TrialState.RUNNING not in states and TrialState.WAITING not in states
-  assert len({t.number for t in trials}) == len(trials)
-  # Given back unused (a peer asked at the same moment): no params, never trained.
-  unused = [t for t in failed if t.user_attrs.get("surplus")]
-  assert all(not t.params and "steps" not in t.user_attrs for t in unused)
-  killed = [t for t in failed if not t.user_attrs.get("surplus")]
-  assert len(killed) == worker.BATCH
-  # The victim hung in space_fn of its second batch's first trial (the others not yet seen).
-  assert [t.user_attrs.get("worker") for t in killed] == ["victim"] + [None] * (worker.BATCH - 1)
-  retries = {}
-  for t in complete:
-    if "failed_trial" in t.system_attrs:
-      assert t.system_attrs["failed_trial"] not in retries  # redone once, not twice
-      retries[t.system_attrs["failed_trial"]] = t
-  assert sorted(retries) == sorted(t.number for t in killed)
-  for t in killed:  # the retry keeps what the killed trial had sampled, and trains in full
-    assert t.params.items() <= retries[t.number].params.items()
-    assert retries[t.number].user_attrs["steps"] == worker.STEPS
-  assert killed[0].params  # the victim had sampled its first trial's params
-  by_worker = [t.user_attrs["worker"] for t in complete]
-  assert by_worker.count("victim") == worker.BATCH  # its first batch, told before the kill
-  assert f"trained {worker.N_TRIALS - worker.BATCH}" in log
+  logs = worker.run_with_one_killed(url, 1, tmp_path)
+  worker.check_one_killed_batch(optuna.load_study(study_name=worker.STUDY,
+                                                  storage=url).get_trials(), logs)
 
 
 @pytest.mark.slow

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import math
 import os
+import socket
 import sys
 import time
 import warnings
@@ -19,6 +22,7 @@ BATCH_TRIALS = 16  # trials trained together
 
 HEARTBEAT_S = 10  # a running trial's heartbeat, recorded in --storage this often
 GRACE_S = 60  # a trial without a heartbeat for this long is failed and queued again
+TIMEOUT_S = 60.0  # a database call failing with a lost connection is retried this long
 _NOT_METRICS = ("steps", "surplus", "worker", "diverged")  # user attributes, not metrics
 
 
@@ -55,12 +59,34 @@ def space_fn(space: dict[str, Any]) -> Any:
 
 def shown_url(url: str) -> str:
   """``url`` with its password hidden (for files and messages)."""
-  try:
-    from sqlalchemy.engine import make_url
+  from adam_jax.tuning._storage import shown_url as shown
 
-    return make_url(url).render_as_string(hide_password=True)
-  except Exception:  # noqa: BLE001 - not a URL: reported when the storage opens
-    return url
+  return shown(url)
+
+
+def check_storage_flags(args: argparse.Namespace, prog: str) -> None:
+  """--storage-timeout, --heartbeat-interval and --grace-period need a database --storage."""
+  from adam_jax.tuning._storage import journal_path
+
+  given = [flag for dest, flag in (("storage_timeout", "--storage-timeout"),
+                                   ("heartbeat_interval", "--heartbeat-interval"),
+                                   ("grace_period", "--grace-period"))
+           if getattr(args, dest) is not None]
+  if given and args.storage is None:
+    raise common.UsageError(f"{given[0]} needs --storage: a study in memory has no database",
+                            prog)
+  try:
+    journal = args.storage is not None and journal_path(args.storage) is not None
+  except ValueError as err:
+    raise common.UsageError(f"--storage {args.storage}: {err}", prog) from None
+  if given and journal:
+    raise common.UsageError(f"{given[0]} applies to a database --storage; a journal file has "
+                            "neither connections nor heartbeats", prog)
+  beat = args.heartbeat_interval or HEARTBEAT_S
+  grace = args.grace_period or GRACE_S
+  if grace <= beat:
+    raise common.UsageError(f"--grace-period ({grace} s) must be longer than "
+                            f"--heartbeat-interval ({beat} s)", prog)
 
 
 def open_study(args: argparse.Namespace, prog: str) -> Any:
@@ -71,7 +97,7 @@ def open_study(args: argparse.Namespace, prog: str) -> Any:
     raise common.UsageError("--search optuna needs Optuna, which is not installed: "
                             "pip install 'adam-jax[optuna]'", prog) from None
   optuna.logging.set_verbosity(optuna.logging.WARNING)
-  storage = None if args.storage is None else _rdb_storage(args.storage, prog)
+  storage = None if args.storage is None else _open_storage(args, prog)
   # In memory the run is reproducible; workers sharing a storage must draw apart.
   seed = args.seed % 2**32 if storage is None else None
   sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
@@ -87,24 +113,28 @@ def open_study(args: argparse.Namespace, prog: str) -> Any:
   return study
 
 
-def _rdb_storage(url: str, prog: str) -> Any:
-  import optuna
+def _open_storage(args: argparse.Namespace, prog: str) -> Any:
+  from adam_jax.tuning._storage import journal_path, open_storage
 
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    try:
-      return optuna.storages.RDBStorage(
-          url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
-    except Exception as err:  # noqa: BLE001 - a bad URL, a missing driver, no database
-      raise common.UsageError(f"--storage {shown_url(url)}: cannot open the database "
-                              f"({_first_line(err)}); expected a URL such as "
-                              "sqlite:///study.db or postgresql://user@host/db", prog) from None
+  journal = journal_path(args.storage) is not None
+  try:
+    return open_storage(
+        args.storage, heartbeat_interval=args.heartbeat_interval or HEARTBEAT_S,
+        grace_period=args.grace_period or GRACE_S,
+        timeout=TIMEOUT_S if args.storage_timeout is None else args.storage_timeout,
+        on_outage=lambda line: print(f"{prog}: {line}", flush=True))
+  except Exception as err:  # noqa: BLE001 - a bad URL, a missing driver, no database
+    what = "the journal file" if journal else "the database"
+    raise common.UsageError(
+        f"--storage {shown_url(args.storage)}: cannot open {what} ({_first_line(err)}); "
+        "expected a URL such as sqlite:///study.db, postgresql://user@host/db (pip install "
+        "'adam-jax[postgres]'), mysql+pymysql://user@host/db, or journal:PATH", prog) from None
 
 
 def _first_line(err: BaseException) -> str:
-  text = str(err).strip()
-  return text.splitlines()[0] if text else type(err).__name__
+  from adam_jax.tuning._storage import first_line
+
+  return first_line(err)
 
 
 def write_rows(path: str, rows: Sequence[Any], extra: Sequence[str] = ()) -> None:
@@ -119,9 +149,17 @@ def write_rows(path: str, rows: Sequence[Any], extra: Sequence[str] = ()) -> Non
          + [getattr(row, e) for e in extra] + [row.diverged] for row in rows]))
 
 
+_COLUMNS = ("trial", "state")  # results.csv of optuna: these, the space, the metrics, then
+_LAST = ("steps", "retry_of", "worker", "diverged")  # these
+
+
 def _study_table(trials: Sequence[Any], space: dict[str, Any]
                  ) -> tuple[list[str], list[dict[str, Any]]]:
-  """The metric names and a config, metrics, state and steps for each trial that ran."""
+  """The metric names, and a line of results.csv for each trial that ran (in order).
+
+  The trials of killed workers that were redone are listed (``FAIL``), their retries
+  name them in ``retry_of``; trials given back unused are not.
+  """
   from optuna.trial import TrialState
 
   names: dict[str, None] = {}
@@ -135,85 +173,196 @@ def _study_table(trials: Sequence[Any], space: dict[str, Any]
     metrics = {k: v for k, v in t.user_attrs.items() if k not in _NOT_METRICS}
     names.update(dict.fromkeys(metrics))
     table.append({"trial": t.number, "state": t.state.name, "config": config,
-                  "metrics": metrics, "steps": t.user_attrs.get("steps"),
+                  "metrics": metrics, "steps": t.user_attrs.get("steps"), "value": t.value,
+                  "retry_of": t.system_attrs.get("failed_trial"),
+                  "worker": t.user_attrs.get("worker"),
                   "diverged": bool(t.user_attrs.get("diverged", False))})
   return list(names), table
+
+
+def _csv_line(values: Sequence[Any]) -> str:
+  buffer = io.StringIO()
+  csv.writer(buffer).writerow(["" if v is None else v for v in values])
+  return buffer.getvalue()
+
+
+def _line_of(item: dict[str, Any], columns: Sequence[str]) -> str:
+  """``item`` (a :func:`_study_table` entry) as a line of results.csv with ``columns``."""
+  values = {**item["config"], **{k: repr(v) for k, v in item["metrics"].items()},
+            **{k: item.get(k) for k in _COLUMNS + _LAST}}
+  return _csv_line([values.get(c) for c in columns])
+
+
+def _write_table(path: str, space: dict[str, Any], names: Sequence[str],
+                 table: Sequence[dict[str, Any]]) -> None:
+  """results.csv of the whole study, replacing the worker's own lines at once."""
+  columns = list(_COLUMNS) + list(space) + list(names) + list(_LAST)
+  tmp = path + ".tmp"
+  with open(tmp, "w", newline="") as f:
+    f.write(_csv_line(columns) + "".join(_line_of(item, columns) for item in table))
+  os.replace(tmp, path)
+
+
+class TrialLog:
+  """results.csv while the worker runs: each trial it finishes, appended as it is told.
+
+  A line is one ``write`` to the file opened with ``O_APPEND``, then ``fsync``: a worker
+  killed, or cut off from its database, leaves every trial it finished in the file, each
+  line whole. A file already there (``--resume``) keeps its header and columns.
+  """
+
+  def __init__(self, path: str, space: dict[str, Any], worker: str) -> None:
+    self.path, self.space, self.worker = path, space, worker
+    self.columns: list[str] | None = None
+    self.written = 0
+
+  def append(self, trial: Any) -> None:
+    """Appends a :class:`adam_jax.tuning.FinishedTrial`."""
+    item = {"trial": trial.number, "state": trial.state, "steps": trial.steps,
+            "config": {k: trial.config.get(k) for k in self.space}, "metrics": trial.metrics,
+            "retry_of": trial.retry_of, "worker": self.worker}
+    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+      header = ""
+      if self.columns is None:
+        self.columns = self._header()
+        if self.columns is None:
+          self.columns = (list(_COLUMNS) + list(self.space) + list(trial.metrics)
+                          + list(_LAST))
+      if os.fstat(fd).st_size == 0:
+        header = _csv_line(self.columns)
+      os.write(fd, (header + _line_of(item, self.columns)).encode())
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+    self.written += 1
+
+  def _header(self) -> list[str] | None:
+    try:
+      with open(self.path, newline="") as f:
+        return next(csv.reader(f), None)
+    except FileNotFoundError:
+      return None
 
 
 def run_optuna(args: argparse.Namespace, study: Any, problem: Any, space: dict[str, Any],
                out: str, prog: str) -> int:
   """Runs the study up to ``--trials`` trials; writes the files of the whole study."""
-  from optuna.trial import TrialState
-
   from adam_jax import tuning
 
   seeds = list(range(args.seed, args.seed + args.seeds))
   where = "in memory" if args.storage is None else shown_url(args.storage)
+  worker = f"{socket.gethostname()}:{os.getpid()}"
   print(f"{prog}: Optuna study {args.study_name!r} ({where}) up to {args.trials} trials of "
         f"{common.task_label(args)} ({args.optimizer}, {args.steps} steps each, batches of up to "
         f"{min(args.trials, BATCH_TRIALS)}, {args.seeds} seed"
-        f"{'s' if args.seeds > 1 else ''}) -> {out}")
+        f"{'s' if args.seeds > 1 else ''}) -> {out}, as worker {worker}")
+  csv_path = os.path.join(out, "results.csv")
+  log = TrialLog(csv_path, space, worker)
+  suggest = space_fn(space)
+
+  def suggest_here(trial: Any) -> dict[str, Any]:
+    trial.set_user_attr("worker", worker)
+    return suggest(trial)
+
   start = time.perf_counter()
   try:
-    result = tuning.optuna_search(study, problem, space_fn(space), n_trials=args.trials,
+    result = tuning.optuna_search(study, problem, suggest_here, n_trials=args.trials,
                                   batch_size_trials=min(args.trials, BATCH_TRIALS),
                                   steps=args.steps, optimizer=args.optimizer, seeds=seeds,
-                                  loop=args.loop, max_memory=args.max_memory,
-                                  log_dir=args.tensorboard)
+                                  loop=args.loop, on_trial=log.append,
+                                  max_memory=args.max_memory, log_dir=args.tensorboard)
   except ValueError as err:
     raise common.UsageError(str(err), prog) from None
+  except tuning.StorageUnavailable as err:
+    raise _lost(err, args, log, prog) from None
   except KeyboardInterrupt:
     if args.storage is None:
       print(f"{prog}: interrupted; the study was in memory and is gone (--storage keeps one)",
             file=sys.stderr)
     else:
       print(f"{prog}: interrupted; {where} keeps every finished trial of "
-            f"{args.study_name!r}; run the same command with --resume to go on",
-            file=sys.stderr)
+            f"{args.study_name!r} ({log.written} of them this worker's, also in {csv_path}); "
+            "run the same command with --resume to go on", file=sys.stderr)
     return 130
   elapsed = time.perf_counter() - start
-  csv_path = os.path.join(out, "results.csv")
-  names, table = _study_table(study.get_trials(deepcopy=False), space)
-  from adam_jax import _files
+  try:
+    return _report_optuna(args, study, result, space, out, worker, elapsed, prog)
+  except tuning.StorageUnavailable as err:
+    raise _lost(err, args, log, prog) from None
 
-  _files.write_atomic(csv_path, _files.csv_text(
-      [["trial", "state"] + list(space) + names + ["steps", "diverged"]]
-      + [[item["trial"], item["state"]] + list(item["config"].values())
-         + [repr(item["metrics"].get(m, math.nan)) for m in names]
-         + [item["steps"], item["diverged"]] for item in table]))
+
+def _lost(err: Any, args: argparse.Namespace, log: TrialLog, prog: str) -> Exception:
+  """The one line of a worker whose database stayed away past --storage-timeout."""
+  return common.UsageError(
+      f"the database {err.url} did not answer for {err.seconds:g} s (--storage-timeout): "
+      f"{err.error}; the {log.written} trials this worker finished are in {log.path}; its "
+      f"trials in flight are redone by a worker once the database is back and their last "
+      f"heartbeat is {args.grace_period or GRACE_S} s old; run the same command with "
+      "--resume to go on", prog)
+
+
+def _report_optuna(args: argparse.Namespace, study: Any, result: Any, space: dict[str, Any],
+                   out: str, worker: str, elapsed: float, prog: str) -> int:
+  """results.csv, best.json, the plots and the last lines: the whole study, as it is now."""
+  from adam_jax.tuning._storage import count_trials
+
+  seeds = list(range(args.seed, args.seed + args.seeds))
+  trials = study.get_trials(deepcopy=False)
+  counts = count_trials(trials)
+  csv_path = os.path.join(out, "results.csv")
+  names, table = _study_table(trials, space)
+  _write_table(csv_path, space, names, table)
+  held = (f"the study holds {counts.counted} trials (--trials {args.trials}): "
+          f"{counts.complete} complete, {counts.pruned} pruned, {counts.failed} failed")
+  if counts.redone:
+    held += f"; {counts.redone} trials of stopped workers were redone (each counted once)"
+  if counts.running:
+    held += f"; {counts.running} still running in other workers"
+  print(f"trained {len(result.rows)} trials in {elapsed:.1f} s; {held}")
   finished = [item for item in table if item["state"] == "COMPLETE"]
   info = {"task": args.task, "optimizer": args.optimizer, "steps": args.steps, "seeds": seeds,
           "data": args.data, "search": "optuna", "study_name": args.study_name,
-          "storage": None if args.storage is None else where, "trials": args.trials,
-          "trials_in_study": len(table), "trained_now": len(result.rows), "wall_s": elapsed,
-          "loops": result.loops}
-  print(f"trained {len(result.rows)} trials in {elapsed:.1f} s ({len(table)} of the study's "
-        f"{args.trials} have run)")
+          "storage": None if args.storage is None else shown_url(args.storage),
+          "trials": args.trials, "trials_in_study": counts.counted,
+          "trained_now": len(result.rows), "wall_s": elapsed, "loops": result.loops,
+          "counts": counts._asdict()}
   if not finished:
     common.write_json(os.path.join(out, "best.json"), {"best": None, **info})
     print(f"{prog}: no trial finished with a finite validation loss (every one diverged or "
           f"was pruned); see {csv_path}; try smaller learning rates", file=sys.stderr)
     return 1
-  top = study.best_trial
-  best = next(item for item in table if item["trial"] == top.number)
-  common.write_json(os.path.join(out, "best.json"),
-                    {**best["config"], **best["metrics"], "trial": top.number, **info})
-  completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-  acc = best["metrics"].get("val_accuracy")
-  acc = "" if acc is None else f", val accuracy {100 * acc:.1f}%"
+  top = min(finished, key=lambda item: item["value"])  # the first of equals, as optuna's
+  mine = [item for item in finished if item["worker"] == worker]
+  own = min(mine, key=lambda item: item["value"]) if mine else None
+
+  def entry(item: dict[str, Any]) -> dict[str, Any]:
+    return {**item["config"], **item["metrics"], "trial": item["trial"]}
+
+  common.write_json(os.path.join(out, "best.json"), {
+      **entry(top), "best_of": "the study",
+      "this_worker": {"worker": worker, "best": None if own is None else entry(own)}, **info})
   keys = [k for k in space if common.varied(space, k)]
-  print(f"best (trial {top.number} of {len(completed)} complete): "
-        f"{_plotting.config_label(best['config'], keys)}: val loss {top.value:.4f}{acc}",
-        flush=True)
   _figures.samples(os.path.join(out, "heatmap.png"), [item["config"] for item in finished],
                    [item["metrics"].get("val_loss", math.nan) for item in finished], space,
-                   keys, log_keys=common.log_keys(space), best=finished.index(best))
+                   keys, log_keys=common.log_keys(space), best=finished.index(top))
   written = ["best.json", "heatmap.png"]
   if result.rows:
     _figures.curves(os.path.join(out, "curves.png"), result.rows, result.best, keys)
     written.append("curves.png")
   written += _optuna_plots(study, out)
   print(f"wrote {csv_path}, {', '.join(written)} in {out}")
+
+  def shown(item: dict[str, Any]) -> str:
+    config = _plotting.config_label(item["config"], keys) or "the only configuration"
+    acc = item["metrics"].get("val_accuracy")
+    acc = "" if acc is None else f", val accuracy {100 * acc:.1f}%"
+    return f"trial {item['trial']}, {config}: val loss {item['value']:.4f}{acc}"
+
+  ours = ("none (it completed no trial)" if own is None
+          else f"trial {own['trial']} too" if own is top else shown(own))
+  print(f"best of the study ({len(finished)} complete): {shown(top)} | best of this worker "
+        f"({len(mine)} complete): {ours}")
   return 0
 
 

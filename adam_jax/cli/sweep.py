@@ -63,7 +63,8 @@ RECORD = "sweep.json"  # the flags and the data digest of the run in --out
 _NOT_RECORDED = ("run", "command", "out", "resume", "diagnostics",  # these change no result
                  "data",  # its contents are: data_sha256
                  "storage",  # recorded without its password: storage_url
-                 "tensorboard")
+                 "tensorboard",
+                 "storage_timeout", "heartbeat_interval", "grace_period")  # how, not what
 _SEARCH_FLAGS = ("search", "trials", "min_steps", "eta", "study_name")  # not in a grid's record
 
 
@@ -93,7 +94,8 @@ def add_parser(sub: Any) -> None:
                   "--study-name a run loads the study if it exists and runs it up to --trials "
                   "trials, so several processes or machines given the same --storage and "
                   "--study-name (each its own --out) share one study, and a rerun finishes "
-                  "it (trials of a worker that died are redone after about a minute).\n\n"
+                  "it (trials of a worker that died are redone after about a minute; a "
+                  "database outage is waited out for --storage-timeout).\n\n"
                   "Writes results.csv, best.json, heatmap.png (grid: validation loss over "
                   "two axes; sampled: over the two most varied sampled values) and "
                   "curves.png; optuna also writes optuna_history.png and "
@@ -112,7 +114,10 @@ def add_parser(sub: Any) -> None:
              "  adam-jax sweep --search optuna --trials 128 --lr 1e-5:1e-1 "
              "--weight-decay 1e-6:1e-2 --optimizer adamw\n"
              "  adam-jax sweep --search optuna --trials 256 --storage sqlite:///study.db "
-             "--study-name digits --out runs/w1   # run again on other machines, own --out",
+             "--study-name digits --out runs/w1   # run again on other machines, own --out\n"
+             "  PGPASSWORD=... adam-jax sweep --search optuna --trials 256 "
+             "--storage postgresql://me@db.example.org/studies --study-name digits "
+             "--out runs/w2",
       formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   common.add_common(p, "runs/sweep")
@@ -132,9 +137,25 @@ def add_parser(sub: Any) -> None:
                  help="halving: keep the best 1/eta at each rung, which trains eta times as "
                       "long (default: 3)")
   p.add_argument("--storage", default=None, metavar="URL",
-                 help="optuna: the study's database, e.g. sqlite:///study.db or "
-                      "postgresql://user@host/db (default: in memory); with it the sampler is "
-                      "unseeded, so that workers draw apart")
+                 help="optuna: where the study lives (default: in memory): a database URL -- "
+                      "sqlite:///study.db on one machine; for many, "
+                      "postgresql://user@host/db (pip install 'adam-jax[postgres]': psycopg 3; "
+                      "postgresql+psycopg2://... for psycopg2; the password from PGPASSWORD or "
+                      "~/.pgpass rather than the URL) or mysql+pymysql://user@host/db -- or "
+                      "journal:PATH (or a PATH ending in .log), Optuna's journal file on a file "
+                      "system the machines share (no heartbeats: a killed worker's trials are "
+                      "not redone); with it the sampler is unseeded, so that workers draw apart")
+  p.add_argument("--storage-timeout", default=None, type=common.NONNEG_FLOAT, metavar="SECONDS",
+                 help="optuna with a database: how long a call that fails with a lost or "
+                      "refused connection is retried (with backoff) before the worker stops "
+                      "with exit code 2, its trials in flight left to be redone (default: 60)")
+  p.add_argument("--heartbeat-interval", default=None, type=common.positive_int,
+                 metavar="SECONDS",
+                 help="optuna with a database: a running trial's heartbeat is recorded this "
+                      "often (default: 10)")
+  p.add_argument("--grace-period", default=None, type=common.positive_int, metavar="SECONDS",
+                 help="optuna with a database: a trial without a heartbeat this long (its "
+                      "worker died) is failed and redone by another worker (default: 60)")
   p.add_argument("--study-name", default=None, metavar="NAME",
                  help="optuna: the study's name in --storage (default: adam-jax-sweep)")
   p.add_argument("--optimizer", default="adam", type=common.optimizer_name,
@@ -208,7 +229,10 @@ def _check_search_flags(args: argparse.Namespace) -> None:
           "min_steps": ("--min-steps", ("halving",)), "eta": ("--eta", ("halving",)),
           "storage": ("--storage", ("optuna",)), "study_name": ("--study-name", ("optuna",)),
           "eval_every": ("--eval-every", ("grid", "random")),
-          "patience": ("--patience", ("grid", "random"))}
+          "patience": ("--patience", ("grid", "random")),
+          "storage_timeout": ("--storage-timeout", ("optuna",)),
+          "heartbeat_interval": ("--heartbeat-interval", ("optuna",)),
+          "grace_period": ("--grace-period", ("optuna",))}
   for dest, (flag, searches) in only.items():
     if getattr(args, dest) is not None and args.search not in searches:
       named = " or ".join([", ".join(searches[:-1]), searches[-1]] if len(searches) > 1
@@ -224,6 +248,10 @@ def _check_search_flags(args: argparse.Namespace) -> None:
   if args.eval_every is not None and args.eval_every > args.steps:
     raise common.UsageError(f"--eval-every ({args.eval_every}) must be at most --steps "
                             f"({args.steps})", PROG)
+  if args.search == "optuna":
+    from adam_jax.cli import _searches
+
+    _searches.check_storage_flags(args, PROG)
   if args.diagnostics and args.search in ("halving", "optuna"):
     raise common.UsageError(f"--diagnostics: only grid and random searches record them, not "
                             f"--search {args.search}", PROG)

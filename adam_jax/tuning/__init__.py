@@ -7,6 +7,8 @@ configurations at once in one engine (members vmapped, as many per compiled prog
 ``max_memory`` allows by XLA's own memory analysis, evaluated in mini-batches and, with
 ``eval_every``, during training); :func:`train` trains one, evaluated as it goes and
 resumable.
+:func:`open_storage` opens the storage of an Optuna study that workers on many
+machines share.
 """
 
 from adam_jax.tuning._grid import grid_search
@@ -27,17 +29,20 @@ from adam_jax.tuning._random import (
 )
 from adam_jax.tuning._results import Row, SearchResult
 from adam_jax.tuning._space import SCHEDULES, schedule_fn
+from adam_jax.tuning._storage import FinishedTrial, StorageUnavailable, open_storage
 from adam_jax.tuning._train import TrainInterrupted, TrainResult, train
 
 __all__ = [
     "SCHEDULES",
     "Choice",
+    "FinishedTrial",
     "LRFindResult",
     "LogUniform",
     "MemoryBudgetError",
     "Problem",
     "Row",
     "SearchResult",
+    "StorageUnavailable",
     "TrainInterrupted",
     "TrainResult",
     "Uniform",
@@ -45,6 +50,7 @@ __all__ = [
     "grid_search",
     "log_uniform",
     "lr_find",
+    "open_storage",
     "optuna_search",
     "random_search",
     "rungs",

@@ -6,17 +6,15 @@ import contextlib
 import math
 import os
 import random
-import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 import optax
 
-from adam_jax.tuning import _group, _identity, _runner, _tensorboard
+from adam_jax.tuning import _group, _identity, _runner, _storage, _tensorboard
 from adam_jax.tuning._diverged import diverged_members
 from adam_jax.tuning._grid import memory_budget
 from adam_jax.tuning._problem import Problem
@@ -45,6 +43,7 @@ def optuna_search(
     loop: str = "auto",
     log_dir: str | os.PathLike[str] | None = None,
     max_memory: int | str | None = None,
+    on_trial: Callable[[_storage.FinishedTrial], None] | None = None,
 ) -> SearchResult:
   """Runs ``n_trials`` trials of an Optuna ``study``, a batch of them trained at once.
 
@@ -75,21 +74,33 @@ def optuna_search(
   at the same moment) is given back: told ``FAIL`` with the user attribute
   ``"surplus"``, never trained, not counted.
 
-  A worker that dies mid-batch leaves its trials ``RUNNING``. With an
-  ``optuna.storages.RDBStorage`` built with ``heartbeat_interval`` (and
-  ``grace_period``) a heartbeat is recorded for each trial of a batch while it trains;
-  the workers fail stale trials before each batch, and with
-  ``heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback()``
-  each failed one is queued again with its parameters and redone by whichever worker
-  asks next. With heartbeats a worker returns only once no counted trial is running
-  (a peer's running trial either finishes or goes stale within the grace period), so
-  when the last worker returns the study holds exactly ``n_trials`` counted trials
-  (unless it held more to begin with), none running: ``COMPLETE``, ``PRUNED`` and ``FAIL``
-  trials (diverged, or stale without a retry), plus the ``FAIL`` trials that were redone
-  and any given back.
-  (A running trial that never had a heartbeat, asked by a client without them, never
-  goes stale: a worker waits for it.) Without heartbeats a dead worker's trials stay
-  ``RUNNING`` and count; a worker returns as soon as ``n_trials`` trials are counted.
+  A worker that dies mid-batch leaves its trials ``RUNNING``. With a storage that records
+  heartbeats -- :func:`open_storage` (or an ``optuna.storages.RDBStorage`` built with
+  ``heartbeat_interval``, ``grace_period`` and
+  ``heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback()``)
+  -- a heartbeat is recorded for each trial of a batch while it trains; the workers fail
+  stale trials before each batch, each failed one is queued again with its parameters and
+  redone by whichever worker asks next (counted once: the failed trial no longer counts).
+  A stale trial is marked before it is failed, so that a peer counting before its retry
+  is queued sees it as pending, not as finished.
+
+  With heartbeats a worker returns only when the study holds ``n_trials`` counted trials
+  (unless it held more to begin with), none running and none failed-but-awaiting its
+  retry: a peer's running trial either finishes or goes stale within the grace period.
+  So every worker that returns sees the whole study: ``COMPLETE``, ``PRUNED`` and
+  ``FAIL`` trials (diverged, or stale without a retry), plus the ``FAIL`` trials that
+  were redone and any given back. (A running trial that never had a heartbeat, asked by
+  a client without them, never goes stale: a worker waits for it.) Without heartbeats
+  (in memory, a journal file) a dead worker's trials stay ``RUNNING`` and count; a
+  worker returns as soon as ``n_trials`` trials are counted, peers' trials possibly
+  still running.
+
+  On a storage of :func:`open_storage` every call to the database is retried through an
+  outage for the storage's ``timeout``; past it :class:`StorageUnavailable` is raised and
+  the batch's trials stay ``RUNNING`` (nothing can be told): their heartbeats stop, and
+  once the database is back a worker fails and redoes them. A trial that a peer failed
+  while this worker still trained it (its heartbeats missed the grace period) is dropped
+  from the batch and not told: its retry runs instead.
 
   Args:
     study: an ``optuna.Study`` with one objective; its direction gives the mode.
@@ -107,6 +118,9 @@ def optuna_search(
     log_dir: as in :func:`grid_search`, the runs of a batch written when it finishes
       (pruned trials too, up to the step they reached).
     max_memory: as in :func:`grid_search`.
+    on_trial: called with a :class:`FinishedTrial` (number, state, config, metrics,
+      steps, the trial it redoes) for each trial once the study has been told its end:
+      e.g. to keep a local record that outlives the storage.
 
   Returns:
     A :class:`SearchResult` of the trials this call trained, in order (``Row.steps``:
@@ -118,6 +132,8 @@ def optuna_search(
     ValueError: a study with several objectives, a study of another run, a
       ``space_fn`` whose keys change between trials, bad arguments, or anything
       :func:`grid_search` rejects.
+    StorageUnavailable: the study's database (a storage of :func:`open_storage`) did not
+      answer for its ``timeout``; the message names the database's own error.
 
   Examples:
     >>> import jax.numpy as jnp, numpy as np, optuna
@@ -164,15 +180,15 @@ def optuna_search(
   best: tuple[float, int, Any] | None = None  # (score, row index, models)
   loops: dict[str, str] = {}
   spread = 1
-  heartbeat = _heartbeat_interval(study)
+  heartbeat = _storage.heartbeat_interval(study)
   programs: dict[Any, dict[Any, Any]] = {}  # compiled programs, kept across chunks and batches
   while True:
     if heartbeat is not None:
-      _fail_stale_trials(study)
-    counted, running = _count(study)
-    room = n_trials - counted
+      _storage.fail_stale_trials(study)
+    counts = _storage.count(study)
+    room = n_trials - counts.counted
     if room <= 0:
-      if heartbeat is not None and running:
+      if heartbeat is not None and (counts.running or counts.pending):
         time.sleep(min(1.0, heartbeat))  # a peer's trials may yet go stale and need redoing
         continue
       break
@@ -181,40 +197,48 @@ def optuna_search(
     told: set[int] = set()
     try:
       for _ in range(min(batch_size_trials, room)):
-        asked.append(_ask(study, heartbeat))
-        if _count(study)[0] > n_trials:  # a peer asked at the same time: give this one back
-          _give_back(study, asked[-1], told)
+        asked.append(_storage.ask(study, heartbeat))
+        if _storage.count(study).counted > n_trials:  # a peer asked at the same time
+          _storage.give_back(study, asked[-1], told)
           break
         trials.append(asked[-1])
       if not trials:
         time.sleep(random.uniform(0.05, 0.25))  # apart from the peer that asked with us
         continue
-      with _heartbeats(study, trials, told, heartbeat):
-        configs = [dict(space_fn(t)) for t in trials]
+      with _storage.heartbeats(study, trials, told, heartbeat):
+        configs = _storage.sample(trials, space_fn, told)
+        if not configs:
+          continue
+        trials = [t for t in trials if t.number in configs]
+        configs = list(configs.values())
         keys = list(configs[0])
         for c in configs:
           if list(c) != keys:
             raise ValueError(f"space_fn must return the same keys for every trial: {keys} "
                              f"and {list(c)}")
         sp = parse_space(problem, space_of(configs), factory, opt_name)
+        owns = [_storage.OwnTrial(t, c) for t, c in zip(trials, configs)]
         out = _train_batch(problem, sp, configs, make_tx=tx_builder(factory, sp, steps),
                            steps=steps, every=every, seeds=seeds, metric=metric, mode=mode,
-                           trials=trials, tell=_teller(study, told), devices=devices,
-                           loop=loop, programs=programs, budget=budget)
-    except BaseException:
-      for t in asked:  # none left running
-        if t.number not in told:
-          with contextlib.suppress(Exception):  # e.g. failed already, as stale, by a peer
-            study.tell(t, state=TrialState.FAIL)
+                           trials=owns, tell=_storage.teller(study, told, on_trial),
+                           devices=devices, loop=loop, programs=programs, budget=budget)
+    except BaseException as err:
+      # None left running, unless the database is gone: then they stay running, and the
+      # heartbeat they no longer get has them failed and redone.
+      if not isinstance(err, _storage.StorageUnavailable):
+        for t in asked:
+          if t.number not in told:
+            with contextlib.suppress(Exception):  # e.g. failed already, as stale, by a peer
+              study.tell(t, state=TrialState.FAIL)
       raise
     batch_rows, models, batch_loops, batch_spread = out
     _tensorboard.write_rows(log_dir, batch_rows)
     loops.update({f"trials {trials[0].number}-{trials[-1].number}, {k}": v
                   for k, v in batch_loops.items()})
     spread = max(spread, batch_spread)
-    for row, trained in zip(batch_rows, models):
+    for row, trained, own in zip(batch_rows, models, owns):
       rows.append(row)
-      if trained is None:
+      if trained is None or own.lost:  # lost: failed by a peer meanwhile, its retry queued
         continue
       score = rank(row, metric, mode)
       if math.isfinite(score) and (best is None or (score < best[0] if mode == "min"
@@ -229,111 +253,7 @@ def optuna_search(
   return SearchResult(rows, rows[i], metric, mode, spread, loops)
 
 
-SURPLUS = "surplus"  # user attribute of a trial given back unused (told FAIL, never trained)
 DIVERGED = "diverged"  # user attribute of a trial told FAIL because it diverged
-_RETRY_HISTORY = "retry_history"  # system attribute of optuna's RetryHeartbeatStaleTrialCallback
-
-
-def _count(study: Any) -> tuple[int, int]:
-  """The study's trials that count toward ``n_trials``, and how many of them run.
-
-  Every trial counts but a waiting one (queued, not started), a failed one that has been
-  queued again (its retry counts once it starts) and one given back unused.
-  """
-  from optuna.trial import TrialState
-
-  trials = study.get_trials(deepcopy=False)
-  retried = {n for t in trials for n in t.system_attrs.get(_RETRY_HISTORY, ())}
-  counted = running = 0
-  for t in trials:
-    if t.state == TrialState.WAITING:
-      continue
-    if t.state == TrialState.FAIL and (t.number in retried or t.user_attrs.get(SURPLUS)):
-      continue
-    counted += 1
-    running += t.state == TrialState.RUNNING
-  return counted, running
-
-
-def _storage(study: Any) -> Any:
-  return study._storage  # optuna keeps a study's storage private
-
-
-def _heartbeat_interval(study: Any) -> float | None:
-  """The storage's heartbeat interval in seconds, or None without heartbeats."""
-  get = getattr(_storage(study), "get_heartbeat_interval", None)
-  interval = None if get is None else get()
-  return None if interval is None else float(interval)
-
-
-def _fail_stale_trials(study: Any) -> None:
-  import optuna
-
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    optuna.storages.fail_stale_trials(study)
-
-
-def _ask(study: Any, heartbeat: float | None) -> Any:
-  """``study.ask()``; with heartbeats, the trial's first one is recorded at once."""
-  if heartbeat is None:
-    return study.ask()
-  from optuna.trial import TrialState
-
-  with warnings.catch_warnings():
-    # Optuna warns that heartbeats are meant for Study.optimize: here they are ours to beat.
-    warnings.filterwarnings("ignore", "Heartbeat of storage is supposed")
-    trial = study.ask()
-  try:  # a running trial without a heartbeat would never go stale
-    _storage(study).record_heartbeat(trial._trial_id)
-  except BaseException:
-    study.tell(trial, state=TrialState.FAIL)
-    raise
-  return trial
-
-
-def _give_back(study: Any, trial: Any, told: set[int]) -> None:
-  from optuna.trial import TrialState
-
-  trial.set_user_attr(SURPLUS, True)
-  told.add(trial.number)
-  study.tell(trial, state=TrialState.FAIL)
-
-
-@contextlib.contextmanager
-def _heartbeats(study: Any, trials: list[Any], told: set[int],
-                interval: float | None) -> Iterator[None]:
-  """Records a heartbeat for each untold trial of the batch every ``interval`` seconds."""
-  if interval is None:
-    yield
-    return
-  storage = _storage(study)
-  stop = threading.Event()
-
-  def beat() -> None:
-    while not stop.wait(interval):
-      for t in trials:
-        if t.number not in told:
-          try:
-            storage.record_heartbeat(t._trial_id)
-          except Exception:  # noqa: BLE001 - a busy database: the next beat is in time
-            pass
-
-  thread = threading.Thread(target=beat, daemon=True)
-  thread.start()
-  try:
-    yield
-  finally:
-    stop.set()
-    thread.join()
-
-
-def _teller(study: Any, told: set[int]) -> Callable[..., None]:
-  def tell(trial: Any, *args: Any, **kwargs: Any) -> None:
-    told.add(trial.number)
-    study.tell(trial, *args, **kwargs)
-
-  return tell
 
 
 def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, mode, trials,
