@@ -220,7 +220,8 @@ class TrialLog:
     """Appends a :class:`adam_jax.tuning.FinishedTrial`."""
     item = {"trial": trial.number, "state": trial.state, "steps": trial.steps,
             "config": {k: trial.config.get(k) for k in self.space}, "metrics": trial.metrics,
-            "retry_of": trial.retry_of, "worker": self.worker}
+            "retry_of": trial.retry_of, "worker": self.worker,
+            "diverged": trial.state == "FAIL"}  # told FAIL by the search: it diverged
     fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
       header = ""
