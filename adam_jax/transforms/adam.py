@@ -13,13 +13,26 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _numerics as numerics
 from adam_jax import native as _native
-from adam_jax.transforms._common import ScaleByAdamState, adam_leaf, init_moments
+from adam_jax.transforms._common import (
+  ScaleByAdamState,
+  adam_leaf,
+  check_float_leaves,
+  init_moments,
+)
 
 Array = jax.Array
 
 
 class ScaleByAmsgradState(NamedTuple):
-  """State of :func:`scale_by_adam` with ``amsgrad=True`` (as optax)."""
+  """State of :func:`scale_by_adam` with ``amsgrad=True``.
+
+  optax's ``ScaleByAmsgradState`` has the same fields but another meaning for
+  ``nu_max``: optax keeps the maximum of the *bias-corrected* second moment, this
+  state the maximum of the raw one (torch, Reddi et al.). A class of its own keeps
+  the two apart (a checkpoint of one restored into the other would be silently
+  wrong by the factor :math:`1 - \\beta_2^t`, and :mod:`adam_jax.diagnostics` reads
+  each by its convention).
+  """
 
   count: Array  # shape=(), dtype=int32; steps taken, saturating
   mu: optax.Updates  # like params; dtype=mu_dtype
@@ -150,6 +163,8 @@ def scale_by_adam(
     amsgrad: bool = False,
     nesterov: bool = False,
     native: bool | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by Adam's bias-corrected moments.
 
@@ -212,10 +227,15 @@ def scale_by_adam(
       rule, so keep it to one device). Other platforms, other dtypes and steps
       under ``jax.vmap`` run the XLA program. The kernel has no derivative rule:
       differentiate through the step (meta-gradients) with ``native=False``.
+    bias_correction_mu: divide the first moment by :math:`1 - \beta_1^t`
+      (``False``: use :math:`m_t` as it is, ``optax.scale_by_amsgrad``'s option).
+    bias_correction_nu: divide the second moment by :math:`1 - \beta_2^t`. With
+      ``amsgrad`` and ``False`` the step equals ``optax.amsgrad``'s with
+      ``bias_correction_nu=False`` (both take the maximum of the raw moment then).
 
   Returns:
-    An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState`, or
-    :class:`ScaleByAmsgradState` when ``amsgrad`` is set.
+    An ``optax.GradientTransformation`` with state ``optax.ScaleByAdamState`` (optax's
+    own class), or :class:`ScaleByAmsgradState` when ``amsgrad`` is set.
 
   Examples:
     >>> import jax.numpy as jnp, optax, adam_jax
@@ -242,8 +262,12 @@ def scale_by_adam(
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
   nu_dtype = None if nu_dtype is None else jnp.dtype(nu_dtype)
   hyper = dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov)
+  corrected = bias_correction_mu and bias_correction_nu
+  if not corrected:  # the kernel computes the corrected step only
+    hyper.update(bias_correction_mu=bias_correction_mu, bias_correction_nu=bias_correction_nu)
 
   def init_fn(params):
+    check_float_leaves(params, "adam_jax.scale_by_adam")
     mu, nu = init_moments(params, mu_dtype, nu_dtype)
     count = jnp.zeros([], jnp.int32)
     if amsgrad:
@@ -255,7 +279,7 @@ def scale_by_adam(
     numerics.tree_check_same_structure(updates, state.mu)
     count = numerics.safe_increment(state.count)
     # The first call builds the kernel (seconds), once.
-    use_kernel = _native.use_kernel("adam", native)
+    use_kernel = corrected and _native.use_kernel("adam", native)
     g_leaves, treedef = jax.tree.flatten(updates)
     columns = [treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu),
                treedef.flatten_up_to(state.nu_max) if amsgrad else [None] * len(g_leaves)]
