@@ -90,20 +90,102 @@ def row_blocks(n: int, block_size: int) -> tuple[int, int]:
   return num_blocks, -(-max(n, 1) // num_blocks)
 
 
-def to_blocks(x: Array, block_size: int) -> Array:
-  """``x`` as ``(*leading, num_blocks, block)``: blocks along the last axis."""
+def sharded_row_blocks(n: int, block_size: int, shards: int) -> tuple[int, int]:
+  """``(num_blocks, block)`` for a last axis of ``n`` split into ``shards`` equal shards.
+
+  One shard: :func:`row_blocks` (the axis is zero-padded to ``num_blocks * block``).
+  Several: blocks of the largest size that divides each shard and is at most
+  ``block_size``, so that no block crosses a shard, ``num_blocks`` is a multiple of
+  ``shards`` and there is no padding: the blocks shard like the axis, and a
+  sharding copied from the param onto the blocks (Flax's ``nnx.Optimizer``) divides
+  them. An axis that the shards do not divide evenly takes the one-shard layout.
+  """
+  if shards <= 1 or n % shards:
+    return row_blocks(n, block_size)
+  per_shard = n // shards
+  block = max(d for d in range(1, min(block_size, per_shard) + 1) if per_shard % d == 0)
+  return n // block, block
+
+
+def _type_spec(x: Any) -> tuple | None:
+  """``x``'s PartitionSpec (one entry per axis) when its type carries an explicit sharding."""
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or not mesh.axis_names or not any(
+      t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+    return None
+  spec = tuple(sharding.spec)
+  return spec + (None,) * (jnp.ndim(x) - len(spec))
+
+
+def _with_spec(x: Any, *spec: Any) -> jax.sharding.NamedSharding:
+  """A sharding on ``x``'s (explicit) mesh with ``spec``; no mesh context needed."""
+  return jax.sharding.NamedSharding(jax.typeof(x).sharding.mesh,
+                                    jax.sharding.PartitionSpec(*spec))
+
+
+def _axis_size(mesh: Any, entry: Any) -> int:
+  names = entry if isinstance(entry, tuple) else (entry,)
+  return int(np.prod([mesh.shape[a] for a in names if isinstance(a, str)], dtype=np.int64))
+
+
+def last_axis_shards(x: Any) -> int:
+  """Into how many shards ``x``'s last axis is split, where that is known (else 1).
+
+  Known for a placed ``jax.Array`` (its sharding) and for a traced value whose type
+  carries its sharding (explicit meshes); under ``jax.jit`` on an automatic mesh the
+  compiler alone knows it, and the answer is 1.
+  """
+  shape = jnp.shape(x)
+  if not shape or not shape[-1]:
+    return 1
+  if isinstance(x, jax.core.Tracer):
+    spec = _type_spec(x)
+    if spec is None or spec[-1] is None:
+      return 1
+    return _axis_size(jax.typeof(x).sharding.mesh, spec[-1])
+  if isinstance(x, jax.Array):
+    try:
+      return max(1, shape[-1] // x.sharding.shard_shape(shape)[-1])
+    except Exception:  # a sharding that cannot say (none of JAX's): one shard
+      return 1
+  return 1
+
+
+def blocked(x: Array, num_blocks: int, block: int) -> Array:
+  """``x`` as ``(*leading, num_blocks, block)``: blocks along the last axis, zero-padded.
+
+  On an explicit mesh the blocks take the last axis' sharding (the layouts of
+  :func:`sharded_row_blocks` need no padding there).
+  """
   x = x.reshape(x.shape or (1,))
-  num_blocks, block = row_blocks(x.shape[-1], block_size)
   pad = num_blocks * block - x.shape[-1]
   if pad:
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
-  return x.reshape(x.shape[:-1] + (num_blocks, block))
+  shape = x.shape[:-1] + (num_blocks, block)
+  spec = _type_spec(x)
+  if spec is None:
+    return x.reshape(shape)
+  return jnp.reshape(x, shape, out_sharding=_with_spec(x, *spec, None))
+
+
+def to_blocks(x: Array, block_size: int) -> Array:
+  """``x`` as ``(*leading, num_blocks, block)`` in :func:`row_blocks`' layout."""
+  return blocked(x, *row_blocks(x.shape[-1] if x.shape else 1, block_size))
 
 
 def from_blocks(blocks: Array, shape: tuple[int, ...]) -> Array:
-  """Inverse of :func:`_blocks`: drop the padding, restore ``shape``."""
-  rows = blocks.reshape(blocks.shape[:-2] + (-1,))
-  return rows[..., :(shape[-1] if shape else 1)].reshape(shape)
+  """Inverse of :func:`blocked`: drop the padding, restore ``shape``."""
+  n = shape[-1] if shape else 1
+  rows_shape = blocks.shape[:-2] + (blocks.shape[-2] * blocks.shape[-1],)
+  spec = _type_spec(blocks)
+  if spec is None:
+    rows = blocks.reshape(rows_shape)
+  else:
+    rows = jnp.reshape(blocks, rows_shape, out_sharding=_with_spec(blocks, *spec[:-1]))
+  if rows_shape[-1] != n:
+    rows = rows[..., :n]
+  return rows.reshape(shape)
 
 
 

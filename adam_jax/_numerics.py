@@ -60,10 +60,14 @@ def check_range(
   if any(bound is not None and not is_concrete(bound) for bound in (low, high)):
     return  # a traced bound (another hyperparameter) is only known inside the step
   arr = np.asarray(value)
-  if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
+  # jnp.issubdtype knows JAX's own floats (bfloat16, float8_*), which NumPy does not
+  # count as numbers.
+  if arr.dtype == np.bool_ or not jnp.issubdtype(arr.dtype, jnp.number):
     raise ValueError(f"{name} must be a number, got {value!r}")
-  if np.iscomplexobj(arr):
+  if jnp.issubdtype(arr.dtype, jnp.complexfloating):
     raise ValueError(f"{name} must be real, got {value!r}")
+  low_precision = (jnp.issubdtype(arr.dtype, jnp.floating)
+                   and jnp.finfo(arr.dtype).bits < 32)
   arr = arr.astype(np.float64)
   lo_txt = "(" if not low_inclusive else "["
   hi_txt = ")" if not high_inclusive else "]"
@@ -80,7 +84,13 @@ def check_range(
     bad |= (arr > high) if high_inclusive else (arr >= high)
   if np.any(bad):
     shown = value if arr.ndim == 0 else arr[bad].ravel()[0]
-    raise ValueError(f"{name} must be in {rng}, got {shown!r}")
+    hint = ""
+    if low_precision:
+      # optax.inject_hyperparams casts hyperparameters to the params' dtype: 0.999
+      # is 1.0 in bfloat16.
+      hint = (f" ({name} is stored in {np.dtype(np.asarray(value).dtype).name}, which "
+              "rounds it; with optax.inject_hyperparams pass hyperparam_dtype=jnp.float32)")
+    raise ValueError(f"{name} must be in {rng}, got {shown!r}{hint}")
 
 
 def check_betas(**betas: Any) -> None:

@@ -94,6 +94,36 @@ def get_optimizer(name: str) -> Callable[..., optax.GradientTransformation]:
         f"{', '.join(optimizers())}") from None
 
 
+def _optax_names(alias: str, ours: dict[str, tuple[Any, Any]],
+                 theirs: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+  """Our hyperparameters, with optax.contrib's names for them resolved.
+
+  ``ours`` maps each of our names to ``(value, default)``; ``theirs`` maps each of
+  optax's names to ``(our name or names, value)``, the value ``None`` when not given.
+  A value given under both names is refused (which one would win is a guess).
+  """
+  values = {name: value for name, (value, _) in ours.items()}
+  for name in ("b1", "b2"):
+    if name in ours and isinstance(values[name], (tuple, list)):
+      raise TypeError(
+          f"{alias}: {name} must be a number, got {values[name]!r}; optax.contrib's pair of "
+          "decay rates is accepted as betas=(b1, b2)")
+  for their_name, (our_names, value) in theirs.items():
+    if value is None:
+      continue
+    if isinstance(our_names, str):
+      our_names, value = (our_names,), (value,)
+    elif not isinstance(value, (tuple, list)) or len(value) != len(our_names):
+      raise TypeError(f"{alias}: {their_name} must be a pair {our_names}, got {value!r}")
+    for name, v in zip(our_names, value):
+      given, default = ours[name]
+      if not (given is default or (isinstance(given, (int, float)) and given == default)):
+        raise TypeError(
+            f"{alias}: got both {their_name} (optax.contrib's name) and {name}; give one")
+      values[name] = v
+  return values
+
+
 def _chain(
     core: optax.GradientTransformation,
     learning_rate: ScalarOrSchedule,
@@ -250,6 +280,8 @@ def amsgrad(
     eps: ArrayLike = 1e-8,
     eps_root: ArrayLike = 0.0,
     mu_dtype: jax.typing.DTypeLike | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
     *,
     nu_dtype: jax.typing.DTypeLike | None = None,
     weight_decay: ScalarOrSchedule | None = None,
@@ -274,6 +306,9 @@ def amsgrad(
     eps: added to the denominator outside the square root.
     eps_root: added inside the square root.
     mu_dtype: dtype of the first moment.
+    bias_correction_mu: divide the first moment by :math:`1 - \beta_1^t` (optax's option).
+    bias_correction_nu: divide the maximum by :math:`1 - \beta_2^t` (optax's option;
+      ``False`` gives ``optax.amsgrad(bias_correction_nu=False)``'s steps exactly).
     nu_dtype: dtype of the second moment and its maximum.
     weight_decay: coupled L2 coefficient.
       ``None`` (default): no decay term (a ``0.0`` given keeps a zero one).
@@ -299,8 +334,14 @@ def amsgrad(
     Reddi, Kale & Kumar, `On the Convergence of Adam and Beyond
     <https://openreview.net/forum?id=ryQu7f-RZ>`_, ICLR 2018.
   """
-  return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
-              weight_decay=weight_decay, amsgrad=True, maximize=maximize, mask=mask)
+  if bias_correction_mu and bias_correction_nu:
+    return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
+                weight_decay=weight_decay, amsgrad=True, maximize=maximize, mask=mask)
+  core = scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, amsgrad=True,
+                       bias_correction_mu=bias_correction_mu,
+                       bias_correction_nu=bias_correction_nu)
+  return _chain(core, learning_rate, weight_decay=weight_decay, decoupled=False,
+                mask=mask, maximize=maximize)
 
 
 @_register
@@ -312,6 +353,7 @@ def nadam(
     eps_root: ArrayLike = 0.0,
     mu_dtype: jax.typing.DTypeLike | None = None,
     *,
+    nesterov: bool = True,
     nu_dtype: jax.typing.DTypeLike | None = None,
     weight_decay: ScalarOrSchedule | None = None,
     maximize: bool = False,
@@ -341,6 +383,7 @@ def nadam(
     eps: added to the denominator outside the square root.
     eps_root: added inside the square root.
     mu_dtype: dtype of the first moment.
+    nesterov: Nesterov momentum, on by default (``False`` is Adam; optax's option).
     nu_dtype: dtype of the second moment.
     weight_decay: coupled L2 coefficient.
       ``None`` (default): no decay term (a ``0.0`` given keeps a zero one).
@@ -363,7 +406,7 @@ def nadam(
     <https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
   """
   return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
-              weight_decay=weight_decay, nesterov=True, maximize=maximize, mask=mask)
+              weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, mask=mask)
 
 
 @_register
@@ -377,6 +420,7 @@ def nadamw(
     weight_decay: ScalarOrSchedule = 1e-4,
     mask: optax.MaskOrFn = None,
     *,
+    nesterov: bool = True,
     nu_dtype: jax.typing.DTypeLike | None = None,
     maximize: bool = False,
 ) -> optax.GradientTransformation:
@@ -402,6 +446,7 @@ def nadamw(
     mu_dtype: dtype of the first moment.
     weight_decay: decoupled decay coefficient.
     mask: which params decay.
+    nesterov: Nesterov momentum, on by default (``False`` is AdamW; optax's option).
     nu_dtype: dtype of the second moment.
     maximize: ascend the objective instead of descending.
 
@@ -424,7 +469,7 @@ def nadamw(
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
   return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask,
-               nu_dtype=nu_dtype, nesterov=True, maximize=maximize)
+               nu_dtype=nu_dtype, nesterov=nesterov, maximize=maximize)
 
 
 @_register
@@ -436,6 +481,7 @@ def radam(
     eps_root: ArrayLike = 0.0,
     threshold: ArrayLike = 5.0,
     *,
+    nesterov: bool = False,
     mu_dtype: jax.typing.DTypeLike | None = None,
     nu_dtype: jax.typing.DTypeLike | None = None,
     weight_decay: ScalarOrSchedule | None = None,
@@ -474,6 +520,7 @@ def radam(
     eps: added to :math:`\sqrt{v_t}` (torch's placement).
     eps_root: added inside the square root.
     threshold: :math:`\rho_t` above which the adaptive step is used (torch: 5).
+    nesterov: Nesterov momentum in :math:`\hat m_t` (NAdam's form; optax's option).
     mu_dtype: dtype of the first moment.
     nu_dtype: dtype of the second moment.
     weight_decay: weight decay coefficient.
@@ -498,7 +545,8 @@ def radam(
     Liu et al., `On the Variance of the Adaptive Learning Rate and Beyond
     <https://arxiv.org/abs/1908.03265>`_, ICLR 2020.
   """
-  core = scale_by_radam(b1, b2, eps, eps_root, threshold, mu_dtype, nu_dtype=nu_dtype)
+  core = scale_by_radam(b1, b2, eps, eps_root, threshold, mu_dtype, nu_dtype=nu_dtype,
+                        nesterov=nesterov)
   return _chain(core, learning_rate, weight_decay=weight_decay,
                 decoupled=decoupled_weight_decay, mask=mask, maximize=maximize)
 
@@ -630,6 +678,7 @@ def adabelief(
     eps: ArrayLike = 1e-16,
     eps_root: ArrayLike = 1e-16,
     *,
+    nesterov: bool = False,
     mu_dtype: jax.typing.DTypeLike | None = None,
     nu_dtype: jax.typing.DTypeLike | None = None,
     weight_decay: ScalarOrSchedule | None = None,
@@ -654,6 +703,7 @@ def adabelief(
     b2: decay rate of the belief moment, in [0, 1).
     eps: added to the denominator outside the square root.
     eps_root: added to the belief moment at every step.
+    nesterov: Nesterov momentum in :math:`\hat m_t` (NAdam's form; optax's option).
     mu_dtype: dtype of the first moment.
     nu_dtype: dtype of the belief moment.
     weight_decay: weight decay coefficient.
@@ -677,7 +727,7 @@ def adabelief(
     Zhuang et al., `AdaBelief Optimizer: Adapting Stepsizes by the Belief in
     Observed Gradients <https://arxiv.org/abs/2010.07468>`_, NeurIPS 2020.
   """
-  core = scale_by_belief(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype)
+  core = scale_by_belief(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov)
   return _chain(core, learning_rate, weight_decay=weight_decay,
                 decoupled=decoupled_weight_decay, mask=mask, maximize=maximize)
 
@@ -685,16 +735,18 @@ def adabelief(
 @_register
 def schedule_free_adamw(
     learning_rate: ScalarOrSchedule = 2.5e-3,
+    warmup_steps: ArrayLike | None = None,
     b1: ArrayLike = 0.9,
     b2: ArrayLike = 0.999,
     eps: ArrayLike = 1e-8,
     weight_decay: ArrayLike = 0.0,
-    warmup_steps: ArrayLike = 0,
-    mask: optax.MaskOrFn = None,
+    weight_lr_power: ArrayLike = 2.0,
+    state_dtype: jax.typing.DTypeLike | None = None,
     *,
+    mask: optax.MaskOrFn = None,
     nu_dtype: jax.typing.DTypeLike | None = None,
     maximize: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Schedule-free AdamW: a constant learning rate, no decay schedule, averaged params.
 
   The paper's Algorithm 1 (:func:`adam_jax.scale_by_schedule_free_adam`), with
@@ -712,21 +764,33 @@ def schedule_free_adamw(
 
   The updates move the params from :math:`y_t` to :math:`y_{t+1}`; with
   ``maximize`` the gradient is negated first. Train on the params the loop holds;
-  evaluate :math:`x_t`, from :func:`adam_jax.schedule_free_eval_params`.
+  evaluate :math:`x_t`, from :func:`adam_jax.schedule_free_eval_params`. The
+  arguments are ``optax.contrib.schedule_free_adamw``'s, in its order.
+
+  .. warning::
+    The average's weights :math:`\gamma_t^2` hold the bias correction
+    :math:`\sqrt{1 - \beta_2^t}` (the paper's Algorithm 1);
+    ``optax.contrib.schedule_free_adamw`` weights by the running maximum of the
+    scheduled rate alone, which counts the first steps far more: the two methods
+    differ, in float64 too (``docs/conventions.md``).
 
   Args:
     learning_rate: :math:`\gamma` (paper's default 2.5e-3; a constant is intended).
+    warmup_steps: linear warm-up of :math:`\gamma_t` over this many steps;
+      ``None`` (or 0) for none.
     b1: interpolation weight, in (0, 1).
     b2: decay rate of the second moment, in [0, 1).
     eps: added to :math:`\sqrt{v_t}`.
     weight_decay: :math:`\lambda`, applied at the gradient point :math:`y_t`.
-    warmup_steps: linear warm-up of :math:`\gamma_t` over this many steps.
+    weight_lr_power: the power :math:`p` of :math:`\gamma_t` in the average's
+      weights, :math:`c_{t+1} = \gamma_t^p / \sum_i \gamma_i^p` (2: the paper's).
+    state_dtype: dtype of :math:`z_t`; default the param's dtype.
     mask: which params decay (pytree of bools or callable).
     nu_dtype: dtype of the second moment.
     maximize: ascend the objective instead of descending.
 
   Returns:
-    An ``optax.GradientTransformation``; ``update`` needs the params.
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs the params.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, adam_jax
@@ -744,7 +808,8 @@ def schedule_free_adamw(
     NeurIPS 2024.
   """
   core = scale_by_schedule_free_adam(learning_rate, b1, b2, eps, weight_decay=weight_decay,
-                                     warmup_steps=warmup_steps, mask=mask, nu_dtype=nu_dtype)
+                                     warmup_steps=warmup_steps, weight_lr_power=weight_lr_power,
+                                     state_dtype=state_dtype, mask=mask, nu_dtype=nu_dtype)
   if maximize:
     return optax.chain(optax.scale(-1.0), core)
   return core
@@ -758,8 +823,10 @@ def adopt(
     eps: ArrayLike = 1e-6,
     mu_dtype: jax.typing.DTypeLike | None = None,
     *,
+    nesterov: bool = False,
+    use_clipping: bool = True,
+    clip_value_fn: Callable[[jax.Array], jax.Array] | None = None,
     nu_dtype: jax.typing.DTypeLike | None = None,
-    clipping: bool = True,
     weight_decay: ScalarOrSchedule | None = None,
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
@@ -781,7 +848,7 @@ def adopt(
     \quad \left(\text{decoupled: } \theta_t = \theta_{t-1} - \eta_t (m_t + \lambda
     \theta_{t-1})\right)
 
-  ``clipping=False`` drops the clip (the paper's Algorithm 1). ``eps`` is a floor
+  ``use_clipping=False`` drops the clip (the paper's Algorithm 1). ``eps`` is a floor
   on :math:`\sqrt{v_{t-1}}`, not added to it.
 
   Args:
@@ -790,8 +857,11 @@ def adopt(
     b2: decay rate of the second moment, in [0, 1) (any value converges).
     eps: floor on :math:`\sqrt{v_{t-1}}` (> 0).
     mu_dtype: dtype of the first moment.
+    nesterov: step along the first moment updated once more (optax's option).
+    use_clipping: clip the normalised gradient to :math:`\pm t^{1/4}` (optax's name).
+    clip_value_fn: the clip bound as a function of :math:`t`; ``None`` for
+      :math:`t^{1/4}` (see :func:`adam_jax.scale_by_adopt`).
     nu_dtype: dtype of the second moment.
-    clipping: clip the normalised gradient to :math:`\pm t^{1/4}`.
     weight_decay: weight decay coefficient.
       ``None`` (default): no decay term (a ``0.0`` given keeps a zero one).
     decoupled_weight_decay: decoupled (AdamW-style) rather than coupled L2.
@@ -810,7 +880,8 @@ def adopt(
     Taniguchi et al., `ADOPT: Modified Adam Can Converge with Any β2 with the
     Optimal Rate <https://arxiv.org/abs/2411.02853>`_, NeurIPS 2024.
   """
-  core = scale_by_adopt(b1, b2, eps, mu_dtype, nu_dtype=nu_dtype, clipping=clipping)
+  core = scale_by_adopt(b1, b2, eps, mu_dtype, nesterov=nesterov, use_clipping=use_clipping,
+                        clip_value_fn=clip_value_fn, nu_dtype=nu_dtype)
   return _chain(core, learning_rate, weight_decay=weight_decay,
                 decoupled=decoupled_weight_decay, mask=mask, maximize=maximize)
 
@@ -1001,8 +1072,8 @@ def adam8bit(
     *,
     eps_root: ArrayLike = 0.0,
     weight_decay: ScalarOrSchedule | None = None,
-    block_size: int = 256,
-    min_quantized_size: int = 4096,
+    block_size: int | None = None,
+    min_quantized_size: int | None = None,
     nesterov: bool = False,
     maximize: bool = False,
     mask: optax.MaskOrFn = None,
@@ -1027,8 +1098,11 @@ def adam8bit(
     eps_root: added inside the square root.
     weight_decay: coupled L2 coefficient :math:`\lambda` (torch's ``weight_decay``).
       ``None`` (default): no decay term (a ``0.0`` given keeps a zero one).
-    block_size: elements per quantization block.
-    min_quantized_size: leaves with fewer elements keep float32 moments.
+    block_size: the most elements per quantization block; ``None`` for 256. A
+      Python int: it sizes the state (give ``optax.inject_hyperparams`` this name in
+      ``static_args`` when you set it).
+    min_quantized_size: leaves with fewer elements keep float32 moments; ``None``
+      for 4096 (a Python int, as ``block_size``).
     nesterov: use Nesterov momentum (NAdam).
     maximize: ascend the objective instead of descending.
     mask: which params get weight decay (pytree of bools or callable).
@@ -1068,8 +1142,8 @@ def adamw8bit(
     *,
     eps_root: ArrayLike = 0.0,
     weight_decay: ScalarOrSchedule = 1e-4,
-    block_size: int = 256,
-    min_quantized_size: int = 4096,
+    block_size: int | None = None,
+    min_quantized_size: int | None = None,
     nesterov: bool = False,
     maximize: bool = False,
     mask: optax.MaskOrFn = None,
@@ -1095,8 +1169,11 @@ def adamw8bit(
     eps: added to the denominator outside the square root.
     eps_root: added inside the square root.
     weight_decay: decoupled decay coefficient :math:`\lambda`.
-    block_size: elements per quantization block.
-    min_quantized_size: leaves with fewer elements keep float32 moments.
+    block_size: the most elements per quantization block; ``None`` for 256. A
+      Python int: it sizes the state (give ``optax.inject_hyperparams`` this name in
+      ``static_args`` when you set it).
+    min_quantized_size: leaves with fewer elements keep float32 moments; ``None``
+      for 4096 (a Python int, as ``block_size``).
     nesterov: use Nesterov momentum (NAdamW).
     maximize: ascend the objective instead of descending.
     mask: which params decay (pytree of bools or callable).
@@ -1139,9 +1216,13 @@ def prodigy(
     weight_decay: ArrayLike | None = None,
     mask: optax.MaskOrFn = None,
     *,
+    betas: tuple[ArrayLike, ArrayLike] | None = None,
+    beta3: ArrayLike | None = None,
+    estim_lr0: ArrayLike | None = None,
+    estim_lr_coef: ArrayLike | None = None,
+    safeguard_warmup: bool = False,
     decoupled_weight_decay: bool = True,
     bias_correction: bool = False,
-    safeguard_warmup: bool = False,
     maximize: bool = False,
 ) -> optax.GradientTransformation:
   r"""Prodigy: Adam with a learnt learning rate :math:`d_k \gamma_k` (no rate to tune).
@@ -1162,6 +1243,10 @@ def prodigy(
   Keep ``learning_rate`` at 1 (or a schedule with peak 1, cosine decay as the
   authors advise); change ``d_coef`` to force larger or smaller steps. With
   ``decoupled_weight_decay=False`` the decay is coupled L2 (added to the gradient).
+  The positional parameters are the paper's and the authors' code's (``b1``, ``b2``,
+  ``b3``, ``d0``, ``d_coef``, one per rate, as every alias here); the names of
+  ``optax.contrib.prodigy`` (``betas``, ``beta3``, ``estim_lr0``, ``estim_lr_coef``)
+  are accepted as keywords.
 
   Args:
     learning_rate: :math:`\gamma_k`: float, array or schedule; 1 is intended.
@@ -1173,13 +1258,18 @@ def prodigy(
     d_coef: :math:`c`, multiplies the estimate.
     weight_decay: :math:`\mu` (decoupled: scaled by :math:`\gamma_k d_k`).
     mask: which params decay (pytree of bools or callable).
+    betas: ``(b1, b2)``, optax.contrib's name for the two.
+    beta3: optax.contrib's name for ``b3``.
+    estim_lr0: optax.contrib's name for ``d0``.
+    estim_lr_coef: optax.contrib's name for ``d_coef``.
+    safeguard_warmup: leave :math:`\gamma_k` out of :math:`s_{k+1}` (for warm-up).
     decoupled_weight_decay: AdamW-style decay (the authors' default) rather than L2.
     bias_correction: multiply :math:`\gamma_k` by Adam's bias correction (as optax).
-    safeguard_warmup: leave :math:`\gamma_k` out of :math:`s_{k+1}` (for warm-up).
     maximize: ascend the objective instead of descending.
 
   Returns:
-    An ``optax.GradientTransformation``; ``update`` needs the params.
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs the params when
+    there is a weight decay.
 
   Examples:
     >>> import jax.numpy as jnp, adam_jax
@@ -1192,6 +1282,12 @@ def prodigy(
     Mishchenko & Defazio, `Prodigy: An Expeditiously Adaptive Parameter-Free
     Learner <https://arxiv.org/abs/2306.06101>`_, ICML 2024.
   """
+  hp = _optax_names(
+      "prodigy",
+      dict(b1=(b1, 0.9), b2=(b2, 0.999), b3=(b3, None), d0=(d0, 1e-6), d_coef=(d_coef, 1.0)),
+      dict(betas=(("b1", "b2"), betas), beta3=("b3", beta3), estim_lr0=("d0", estim_lr0),
+           estim_lr_coef=("d_coef", estim_lr_coef)))
+  b1, b2, b3, d0, d_coef = (hp[k] for k in ("b1", "b2", "b3", "d0", "d_coef"))
   links = [optax.scale(-1.0)] if maximize else []
   # Left out only when not given, never because of its value (see _chain).
   if weight_decay is not None and not decoupled_weight_decay:
@@ -1215,9 +1311,11 @@ def dadapt_adamw(
     weight_decay: ArrayLike = 0.0,
     mask: optax.MaskOrFn = None,
     *,
+    betas: tuple[ArrayLike, ArrayLike] | None = None,
+    estim_lr0: ArrayLike | None = None,
     bias_correction: bool = False,
     maximize: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""D-Adapt AdamW: Adam with a learnt learning rate :math:`d_k \gamma_k`, decoupled decay.
 
   The paper's Adam variant (:func:`adam_jax.scale_by_dadapt_adam`), with
@@ -1233,7 +1331,9 @@ def dadapt_adamw(
     s_{k+1} &= \sqrt{\beta_2}\, s_k + (1 - \sqrt{\beta_2}) \lambda_k g_k, \qquad
     d_{k+1} = \max\!\left(d_k,\ \frac{r_{k+1}}{(1 - \sqrt{\beta_2}) \|s_{k+1}\|_1}\right)
 
-  Keep ``learning_rate`` at 1 (or a schedule with peak 1).
+  Keep ``learning_rate`` at 1 (or a schedule with peak 1). The positional
+  parameters are the paper's (``b1``, ``b2``, ``d0``); ``optax.contrib.dadapt_adamw``'s
+  names (``betas``, ``estim_lr0``) are accepted as keywords.
 
   Args:
     learning_rate: :math:`\gamma_k`: float, array or schedule; 1 is intended.
@@ -1243,11 +1343,13 @@ def dadapt_adamw(
     d0: initial estimate :math:`d_0` (> 0).
     weight_decay: decoupled decay :math:`\mu`, scaled by :math:`d_k \gamma_k`.
     mask: which params decay (pytree of bools or callable).
+    betas: ``(b1, b2)``, optax.contrib's name for the two.
+    estim_lr0: optax.contrib's name for ``d0``.
     bias_correction: multiply :math:`\gamma_k` by Adam's bias correction (as optax).
     maximize: ascend the objective instead of descending.
 
   Returns:
-    An ``optax.GradientTransformation``; ``update`` needs the params when
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs the params when
     ``weight_decay`` is not 0.
 
   Examples:
@@ -1259,11 +1361,14 @@ def dadapt_adamw(
     Defazio & Mishchenko, `Learning-Rate-Free Learning by D-Adaptation
     <https://arxiv.org/abs/2301.07733>`_, ICML 2023.
   """
-  core = scale_by_dadapt_adam(learning_rate, b1, b2, eps, d0, weight_decay=weight_decay,
-                              mask=mask, bias_correction=bias_correction)
+  hp = _optax_names("dadapt_adamw", dict(b1=(b1, 0.9), b2=(b2, 0.999), d0=(d0, 1e-6)),
+                    dict(betas=(("b1", "b2"), betas), estim_lr0=("d0", estim_lr0)))
+  core = scale_by_dadapt_adam(learning_rate, hp["b1"], hp["b2"], eps, hp["d0"],
+                              weight_decay=weight_decay, mask=mask,
+                              bias_correction=bias_correction)
   if maximize:
     return optax.chain(optax.scale(-1.0), core)
-  return core
+  return optax.with_extra_args_support(core)  # extra arguments of update, as every alias
 
 
 @_register

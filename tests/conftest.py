@@ -14,7 +14,8 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 _SLOW_FILES = ("test_properties.py", "test_sharding.py", "test_cli.py", "test_tuning.py",
                "test_tasks.py", "test_every_alias.py", "test_benchmarking.py",
                "test_quantization.py", "test_checkpoint.py", "test_diagnostics.py",
-               "test_meta.py", "test_native_adam.py", "test_inject_hyperparams.py")
+               "test_meta.py", "test_native_adam.py", "test_inject_hyperparams.py",
+               "test_optax_suite.py", "test_flax_nnx.py")
 # Long tests of files whose other tests belong to the quick loop.
 _SLOW_TESTS = ("test_vmap_over_a_traced_hyperparameter", "test_state_is_sharded_like_the_params",
                "test_low_precision_params_keep", "test_dadapt_with_bias_correction",

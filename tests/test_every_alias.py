@@ -193,3 +193,35 @@ def test_state_is_sharded_like_the_params_and_the_step_matches_one_device(name):
   want = run(jax.device_put(values, jax.devices()[0]))
   for got, w in zip(jax.tree.leaves((params, state)), jax.tree.leaves(want[:2])):
     np.testing.assert_allclose(np.asarray(got), np.asarray(w), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", [jnp.int32, jnp.bool_, jnp.uint8], ids=["int32", "bool", "uint8"])
+@pytest.mark.parametrize("name", ALIASES)
+def test_integer_and_boolean_leaves_are_refused_by_name_with_the_fix(name, kind):
+  """No alias casts an integer leaf to zeros or fails without naming it; the fix the
+  message gives (optax.multi_transform with optax.set_to_zero) then trains the rest."""
+  params = {"layer": {"w": jnp.ones((3, 2)), "steps": jnp.ones((4,), kind)}, "b": jnp.ones(2)}
+  tx = helpers.make_alias(name, 1e-2)
+  for init in (tx.init, jax.jit(tx.init)):
+    with pytest.raises(ValueError, match=r"'layer/steps' has dtype .*multi_transform"):
+      init(params)
+  labels = jax.tree.map(
+      lambda p: "train" if jnp.issubdtype(p.dtype, jnp.inexact) else "frozen", params)
+  fixed = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  state = fixed.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  for _ in range(3):  # ADOPT and Mechanic move only from their second step
+    updates, state = jax.jit(fixed.update)(grads, state, params)
+  assert not np.any(np.asarray(updates["layer"]["steps"]))
+  assert np.any(np.asarray(updates["layer"]["w"]))
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_no_state_array_is_empty_unless_its_param_is(name):
+  """orbax refuses zero-size arrays, and Flax would give them their param's sharding."""
+  params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3), "s": jnp.ones(())}
+  for options in ({}, {"min_quantized_size": None}):  # 8-bit: quantized and float32 leaves
+    if options and not helpers.alias_takes(name, "min_quantized_size"):
+      continue
+    state = helpers.make_alias(name, 1e-2, **options).init(params)
+    assert all(np.size(x) for x in jax.tree.leaves(state)), state

@@ -91,3 +91,35 @@ def test_a_plain_checkpoint_restores_into_the_injected_optimizer(name, tmp_path)
   for a, b in zip(jax.tree.leaves(p_plain), jax.tree.leaves(p_inj)):
     # Hyperparameters as float32 arrays instead of Python floats: float32 rounding.
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", adam_jax.optimizers())
+def test_every_alias_without_static_args(name):
+  """optax.inject_hyperparams(alias)(learning_rate=...) as optax's own tests call it:
+  under jit too, with arguments that size the state (the 8-bit block size) static."""
+  params = _params()
+  injected = optax.inject_hyperparams(adam_jax.get_optimizer(name))(learning_rate=1e-2)
+  plain = adam_jax.get_optimizer(name)(1e-2)
+  for state in (injected.init(params), jax.jit(injected.init)(params)):
+    assert _abstract(state.inner_state) == _abstract(plain.init(params))
+    updates, state = jax.jit(injected.update)(_grads(params, 1.0), state, params)
+  want, _ = plain.update(_grads(params, 1.0), plain.init(params), params)
+  for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+  assert not {"block_size", "min_quantized_size"} & set(state.hyperparams)
+
+
+@pytest.mark.parametrize("name", ["adam8bit", "adamw8bit"])
+def test_a_given_block_size_is_static_or_refused_with_the_fix(name):
+  params = _params()
+  alias = adam_jax.get_optimizer(name)
+  # Outside jit inject_hyperparams hands over concrete arrays: they are read as ints.
+  eager = optax.inject_hyperparams(alias)(learning_rate=1e-2, block_size=4,
+                                          min_quantized_size=0)
+  assert eager.init(params).inner_state[0].mu["w"].shape == (4, 2, 4)
+  # Under jit they are traced: the state cannot be sized, and the message says what to do.
+  with pytest.raises(ValueError, match=r"static_args=\('block_size', 'min_quantized_size'\)"):
+    jax.jit(eager.init)(params)
+  static = optax.inject_hyperparams(alias, static_args=STATIC[name])(
+      learning_rate=1e-2, block_size=4, min_quantized_size=0)
+  assert jax.jit(static.init)(params).inner_state[0].mu["w"].shape == (4, 2, 4)

@@ -138,12 +138,13 @@ def test_state_bytes_per_parameter():
   bf16 = adam_jax.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
   assert _bytes_per_param(bf16, params) == pytest.approx(4.0, abs=1e-4)
   n = 1024 * 1024 + 1000 * 999 + 1024
-  # Blocks along rows: w 4 x 256 per row; v 4 x 250 per row (1 padding element).
-  want = (2 * (1024 * (1024 + 4 * 4) + 1000 * (1000 + 4 * 4)) + 8 * 1024 + 4) / n
+  # Blocks along rows: w 4 x 256 per row; v 4 x 250 per row (1 padding element); b keeps
+  # float32 moments and the (unused) scales of its 4 blocks.
+  want = (2 * (1024 * (1024 + 4 * 4) + 1000 * (1000 + 4 * 4) + 4 * 4) + 8 * 1024 + 4) / n
   assert _bytes_per_param(adam_jax.adam8bit(1e-3), params) == pytest.approx(want, rel=1e-9)
   assert want <= 2.05
-  # Blocks never cross a row: block_size 2048 gives one block per row here.
-  want = (2 * (1024 * (1024 + 4) + 1000 * (999 + 4)) + 8 * 1024 + 4) / n
+  # Blocks never cross a row: block_size 2048 gives one block per row here (and b one block).
+  want = (2 * (1024 * (1024 + 4) + 1000 * (999 + 4) + 4) + 8 * 1024 + 4) / n
   assert _bytes_per_param(adam_jax.adam8bit(1e-3, block_size=2048), params) == pytest.approx(
       want, rel=1e-9)
   assert want <= 2.015

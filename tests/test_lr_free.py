@@ -304,6 +304,51 @@ def test_low_precision_params_keep_float32_state_and_their_dtype(name):
   assert float(jnp.abs(params["b"].astype(jnp.float32) - 1).max()) > 5e-3  # they moved
 
 
+@pytest.mark.parametrize("name", ["prodigy", "dadapt_adamw", "mechanic_adamw"])
+def test_bfloat16_params_train_as_the_float32_run(name):
+  """With their defaults (d0 = 1e-6: first steps that bfloat16 params round away) each
+  learns its rate and follows the float32 run: estimates, sums and moments are float32
+  whatever the params' dtype, and Prodigy's distance travelled is a float32 sum of its
+  updates (the difference of bfloat16 params would stay 0, and d with it)."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((128, 16)).astype(np.float32)
+  y = x @ rng.standard_normal((16, 4)).astype(np.float32)
+  start = {"w": rng.standard_normal((16, 4)) * 0.1 + 1.0, "b": np.ones(4)}
+
+  def run(dtype):
+    params = jax.tree.map(lambda a: jnp.asarray(a, dtype), start)
+    tx = adam_jax.get_optimizer(name)()
+    loss = lambda p: jnp.mean(((jnp.asarray(x, dtype) @ p["w"] + p["b"][None]).astype(jnp.float32)
+                               - y) ** 2)
+
+    @jax.jit
+    def step(params, state):
+      value, grads = jax.value_and_grad(loss)(params)
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state, value
+
+    state, losses = tx.init(params), []
+    for _ in range(200):
+      params, state, value = step(params, state)
+      losses.append(float(value))
+    return np.asarray(losses), state
+
+  want, state32 = run(jnp.float32)
+  got, state16 = run(jnp.bfloat16)
+  for k in (50, 100, 199):  # bfloat16's own rounding bounds how low its loss can go
+    assert got[k] <= 1.25 * want[k] + 1e-2 * want[0], (k, got[k], want[k])
+  assert got[-1] < 1e-2 * got[0]
+  fields = {"prodigy": ("d", "r", "s", "delta", "mu", "nu"),
+            "dadapt_adamw": ("d", "r", "s", "mu", "nu"),
+            "mechanic_adamw": ("s", "m", "v", "r", "delta")}[name]
+  for field in fields:
+    for leaf in jax.tree.leaves(optax.tree.get(state16, field)):
+      assert leaf.dtype == jnp.float32, field
+  if name != "mechanic_adamw":
+    d16, d32 = float(optax.tree.get(state16, "d")), float(optax.tree.get(state32, "d"))
+    assert 0.5 < d16 / d32 < 2, (d16, d32)
+
+
 @pytest.mark.parametrize(
     ("make", "name"),
     [
@@ -328,9 +373,13 @@ def test_bad_hyperparameters_raise_at_construction(make, name):
 
 def test_params_and_value_are_required():
   params = {"w": jnp.ones(2)}
-  for tx in (adam_jax.prodigy(), adam_jax.mechanic_adamw()):
+  for tx in (adam_jax.prodigy(weight_decay=1e-2), adam_jax.dadapt_adamw(weight_decay=1e-2),
+             adam_jax.mechanic_adamw()):
     with pytest.raises(ValueError, match="params"):
       tx.update(params, tx.init(params))
+  # Without a decay Prodigy needs no params: its distance travelled is in the state.
+  tx = adam_jax.prodigy()
+  assert tx.update(params, tx.init(params))[0]["w"].shape == (2,)
   tx = adam_jax.reduce_on_plateau()
   with pytest.raises(ValueError, match="value="):
     tx.update(params, tx.init(params), params)

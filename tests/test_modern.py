@@ -52,7 +52,7 @@ CASES = {
         lambda p: ref.adopt(p, helpers.grad_leaves, STEPS, lr=3e-2, b2=0.99),
     ),
     "adopt-unclipped": (
-        lambda: adam_jax.adopt(3e-2, b1=0.8, b2=0.5, clipping=False),
+        lambda: adam_jax.adopt(3e-2, b1=0.8, b2=0.5, use_clipping=False),
         lambda p: ref.adopt(p, helpers.grad_leaves, STEPS, lr=3e-2, b1=0.8, b2=0.5,
                             clipping=False),
     ),

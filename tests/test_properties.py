@@ -61,7 +61,10 @@ FLOAT32_STATE = {"schedule_free_adamw", "adam8bit", "adamw8bit"}
 TOL_FLOAT64_FLOAT32_STATE = 2e-6
 
 _OPTIONS = {"weight_decay", "mask", "mu_dtype", "nu_dtype", "maximize", "amsgrad", "nesterov",
-            "eps_root", "decoupled_weight_decay", "clipping"}
+            "eps_root", "decoupled_weight_decay", "use_clipping", "bias_correction_mu",
+            "bias_correction_nu"}
+_FLAGS = {"amsgrad", "nesterov", "decoupled_weight_decay", "use_clipping", "bias_correction_mu",
+          "bias_correction_nu"}
 
 
 def _accepted(alias):
@@ -121,12 +124,12 @@ def _options(draw, alias, dtype):
   if "block" in ok:  # 8-bit moments: quantize even the smallest arrays, in small blocks
     kw["block_size"] = draw(st.sampled_from([2, 4, 256]))
     kw["min_quantized_size"] = 0
-  for flag in sorted(ok & {"amsgrad", "nesterov", "decoupled_weight_decay", "clipping"}):
+  for flag in sorted(ok & _FLAGS):
     kw[flag] = draw(st.booleans())
   if alias == "adopt" and dtype in ("float16", "mixed"):
     # Unclipped ADOPT divides by eps (1e-6) after a zero first gradient: g * 1e6
     # passes float16's maximum. That is the method; its clipping is what bounds it.
-    kw["clipping"] = True
+    kw["use_clipping"] = True
   if "eps_root" in ok:
     kw["eps_root"] = draw(st.sampled_from([0.0, 1e-8]))
   return lr, kw

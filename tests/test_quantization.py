@@ -198,7 +198,9 @@ def test_state_layout_quantized_and_small_leaves(native):
   assert state.nu["t"].shape == (2, 3, 3, 34) and state.mu_scale["t"].shape == (2, 3, 3)
   assert state.mu["v"].shape == (3, 43) and state.nu_scale["v"].shape == (3,)
   assert state.mu["b"].dtype == jnp.float32 and state.mu["b"].shape == (64,)
-  assert state.mu_scale["b"].shape == (0,)
+  # A float32 leaf keeps unused zero scales of its layout: no array in the state is empty.
+  assert state.mu_scale["b"].shape == (2,) and not np.any(np.asarray(state.mu_scale["b"]))
+  assert all(x.size for x in jax.tree.leaves(state))
   # Every field has the params' tree structure (masking, nnx and tree utilities rely on it).
   for field in state[1:]:
     assert jax.tree.structure(field) == jax.tree.structure(params)
@@ -526,6 +528,25 @@ def test_state_survives_flatten_and_device_sharding():
   for x in (s1[0].mu["w"], s1[0].nu_scale["w"]):  # state stays sharded
     assert x.sharding.is_equivalent_to(spec, x.ndim)
   _assert_close_trees((u1, s1), (u2, s2))
+
+
+@needs_native
+def test_the_kernel_is_not_used_where_it_would_lose_the_sharding():
+  """One device, params split over a mesh of it with explicit axes: the kernel's result
+  has no sharding, so such leaves run the XLA program (one compiled step, sharding kept)."""
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("a", "b"),
+                           axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("a", "b"))
+  params = {"w": jax.device_put(jnp.ones((8, 64)), sharding)}
+  tx = adam_jax.adam8bit(1e-2, min_quantized_size=0, native=True)
+  with jax.set_mesh(mesh):
+    state = tx.init(params)
+    u, state = jax.jit(tx.update)(params, state, params)
+  assert u["w"].sharding.is_equivalent_to(sharding, 2)
+  assert state[0].mu["w"].dtype == jnp.uint8
+  want, _ = adam_jax.adam8bit(1e-2, min_quantized_size=0, native=False).update(
+      params, tx.init(params), params)
+  np.testing.assert_allclose(np.asarray(u["w"]), np.asarray(want["w"]), rtol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, match", [

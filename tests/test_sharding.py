@@ -324,3 +324,142 @@ def test_8bit_state_follows_fsdp_param_sharding_without_gathers(axis_type):
       assert diff.max(initial=0) <= 1 and np.mean(diff) < 0.02
     else:
       np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------ 8-bit state under every layout
+
+# A kernel, an embedding table (split along its features, as Gemma's) and a bias that
+# stays in float32 (64 elements < min_quantized_size): each layout splits them as the
+# fp32 state is split in the tests above.
+SHAPES_8BIT = {"w": (16, 64), "e": (40, 16), "b": (64,)}
+LAYOUTS_8BIT = {
+    "fsdp-rows": ((8,), ("data",), {"w": P("data", None), "e": P("data", None), "b": P()}),
+    "fsdp-last-axis": ((8,), ("data",), {"w": P(None, "data"), "e": P(None, "data"),
+                                         "b": P("data")}),
+    "tensor-parallel": ((4, 2), ("data", "model"), {"w": P(None, "model"),
+                                                    "e": P(None, "model"), "b": P("model")}),
+    "2d": ((4, 2), ("data", "model"), {"w": P("data", "model"), "e": P(None, "model"),
+                                       "b": P("model")}),
+}
+
+
+def _make_8bit(block_size=64):
+  return adam_jax.adamw8bit(1e-2, weight_decay=1e-2, block_size=block_size,
+                            min_quantized_size=256)
+
+
+def _values_8bit(seed):
+  rng = np.random.default_rng(seed)
+  return {k: rng.standard_normal(s).astype(np.float32) for k, s in SHAPES_8BIT.items()}
+
+
+@pytest.mark.parametrize("init", ["eager", "jit"])
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit],
+                         ids=["auto", "explicit"])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS_8BIT))
+def test_8bit_state_follows_every_layout_of_the_params(layout, axis_type, init):
+  """Codes and scales split like their param, the last axis included (the blocks then
+  divide each shard), whenever ``init`` can see the param's sharding: placed arrays, and
+  any array on an explicit mesh. Under ``jax.jit`` on an automatic mesh the compiler
+  alone knows it: the step still matches one device's, with communication allowed."""
+  shape, names, specs = LAYOUTS_8BIT[layout]
+  mesh = jax.make_mesh(shape, names, axis_types=(axis_type,) * len(names))
+  values, grad_values = _values_8bit(0), [_values_8bit(i) for i in (1, 2, 3)]
+  tx = _make_8bit()
+  with _context(mesh, axis_type):
+    params = _place(values, mesh, specs)
+    grads = [_place(g, mesh, specs) for g in grad_values]
+    state0 = tx.init(params) if init == "eager" else jax.jit(tx.init)(params)
+    step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
+        *tx.update(g, s, p)))
+    compiled = step.lower(params, state0, grads[0]).compile()
+    new_params, state = params, state0
+    for g in grads:
+      new_params, state = compiled(new_params, state, g)
+  assert all(x.size for x in jax.tree.leaves(state0))  # nothing for orbax to refuse
+  known = init == "eager" or axis_type == AxisType.Explicit
+  for st in (state0, state):
+    q = st[0]
+    assert q.mu["w"].dtype == jnp.uint8 and q.mu["e"].dtype == jnp.uint8
+    assert q.mu["b"].dtype == jnp.float32
+    for k, spec in specs.items():
+      p = params[k]
+      if q.mu[k].dtype == jnp.uint8:
+        n_shards = p.shape[-1] // p.sharding.shard_shape(p.shape)[-1]
+        if known:
+          assert q.mu[k].shape[-2] % n_shards == 0, (k, q.mu[k].shape)
+          block_spec = P(*(tuple(spec) + (None,) * (p.ndim - len(spec))), None)
+          for x, want in ((q.mu[k], block_spec), (q.nu[k], block_spec),
+                          (q.mu_scale[k], spec), (q.nu_scale[k], spec)):
+            assert x.sharding.is_equivalent_to(NamedSharding(mesh, want), x.ndim), (k, x.sharding)
+      else:
+        assert q.mu[k].sharding.is_equivalent_to(p.sharding, p.ndim)
+  assert_same_shardings(new_params, params)
+  if known:
+    assert not [c for c in COLLECTIVES if c in compiled.as_text()]
+
+  # Each leaf against one device with the same blocks (the leaves do not interact).
+  for k in values:
+    block = SHAPES_8BIT[k][-1] // state[0].mu_scale[k].shape[-1]  # no padding here
+    want_p, want_s = _single_device_run(_make_8bit(block), {k: values[k]},
+                                        [{k: g[k]} for g in grad_values])
+    np.testing.assert_allclose(np.asarray(new_params[k]), np.asarray(want_p[k]),
+                               rtol=1e-5, atol=1e-6)
+    for field in ("mu", "nu", "mu_scale", "nu_scale"):
+      got, w = np.asarray(getattr(state[0], field)[k]), np.asarray(getattr(want_s[0], field)[k])
+      if got.dtype == np.uint8:  # compiled differently: a tie may round either way
+        diff = np.abs(got.astype(np.int32) - w.astype(np.int32))
+        assert diff.max(initial=0) <= 1 and np.mean(diff) < 0.02
+      else:
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit],
+                         ids=["auto", "explicit"])
+@pytest.mark.parametrize("layout", ["fsdp-rows", "tensor-parallel", "2d"])
+def test_8bit_in_nnx_optimizer_with_sharded_variables_and_plain_orbax(layout, axis_type,
+                                                                      tmp_path):
+  """The issue's cases: nnx.Optimizer copies each param's annotation onto its state
+  (small leaves included), an embedding split along its features, an explicit mesh, and
+  the lm1b example's own save, orbax's StandardCheckpointer."""
+  from flax import nnx
+
+  ocp = pytest.importorskip("orbax.checkpoint")
+  shape, names, specs = LAYOUTS_8BIT[layout]
+  mesh = jax.make_mesh(shape, names, axis_types=(axis_type,) * len(names))
+
+  class Model(nnx.Module):
+    def __init__(self):
+      rng = np.random.default_rng(0)
+      self.kernel = nnx.Param(jnp.asarray(rng.standard_normal((16, 64)), jnp.float32),
+                              out_sharding=tuple(specs["w"]))
+      self.embedding = nnx.Param(jnp.asarray(rng.standard_normal((40, 16)), jnp.float32),
+                                 out_sharding=tuple(specs["e"]))
+      self.bias = nnx.Param(jnp.zeros(64), out_sharding=tuple(specs["b"]))
+
+  @nnx.jit
+  def train_step(model, optimizer):
+    grads = jax.tree.map(lambda p: jnp.sin(p), nnx.state(model, nnx.Param))
+    optimizer.update(model, grads)
+
+  with jax.set_mesh(mesh):
+    model = Model()
+    optimizer = nnx.Optimizer(model, _make_8bit(), wrt=nnx.Param)
+    for _ in range(3):
+      train_step(model, optimizer)
+  state = nnx.state(optimizer)
+  leaves = jax.tree.leaves(state)
+  assert all(x.size for x in leaves)
+  codes = optimizer.opt_state[0].mu["kernel"].get_value()
+  assert codes.dtype == jnp.uint8 and codes.sharding.is_equivalent_to(
+      NamedSharding(mesh, specs["w"]), 2)
+
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "opt", state)
+  checkpointer.wait_until_finished()
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  restored = checkpointer.restore(tmp_path / "opt", abstract)
+  checkpointer.close()
+  for a, b in zip(jax.tree.leaves(restored), leaves):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert a.sharding.is_equivalent_to(b.sharding, a.ndim)

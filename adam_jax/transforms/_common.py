@@ -4,14 +4,15 @@
 * ``map_leaves``: the step loop, one ``leaf_fn`` call per gradient leaf, trees in, trees out.
 * ``adam_leaf``: Adam's arithmetic on one array (used by the 8-bit, stochastic-rounding
   and lazy transformations too).
-* ``moment_transform``: a transformation with :class:`ScaleByAdamState` whose step is
-  a given per-leaf function (RAdam, Adamax, AdaBelief, ADOPT).
+* ``moment_transform``: a transformation with optax's ``ScaleByAdamState`` whose step
+  is a given per-leaf function (RAdam, Adamax, AdaBelief, ADOPT, lazy Adam).
+* ``check_float_leaves``: the error for integer and boolean params, naming the leaf.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,16 +25,38 @@ except ImportError:  # not in every jax release; without it, zeros are not tied 
   shard_alike = getattr(jax.sharding, "shard_alike", None)
 
 from adam_jax import _numerics as numerics
+from adam_jax._tree import path_name
 
 Array = jax.Array
 
 
-class ScaleByAdamState(NamedTuple):
-  """State of :func:`adam_jax.scale_by_adam` (field names as in optax)."""
+# optax's own class, so that ``isinstance``, tree maps across an optax state and ours,
+# and optax's tools (``optax.tree.get``, checkpoints written by optax) work unchanged:
+# count (shape=(), int32; steps taken, saturating), mu (like params; mu_dtype, default
+# the param dtype), nu (like params, real; nu_dtype, default the param's real dtype).
+ScaleByAdamState = optax.ScaleByAdamState
 
-  count: Array  # shape=(), dtype=int32; steps taken, saturating
-  mu: optax.Updates  # like params; dtype=mu_dtype (default: param dtype)
-  nu: optax.Updates  # like params, real; dtype=nu_dtype (default: param dtype)
+
+def check_float_leaves(params: Any, who: str) -> None:
+  """Raises ``ValueError`` naming the first integer or boolean leaf of ``params``.
+
+  An optimizer moves floating-point (or complex) params; an integer leaf (a step
+  counter, a token table) would be cast to zeros or refused deep in the step. The
+  message names the leaf and says how to keep such leaves away from the optimizer.
+  """
+  for path, p in jax.tree_util.tree_flatten_with_path(params)[0]:
+    dtype = jnp.result_type(p)
+    if jnp.issubdtype(dtype, jnp.inexact):
+      continue
+    name = path_name(path) or "<the params' only leaf>"
+    raise ValueError(
+        f"{who}: the param {name!r} has dtype {dtype.name}; Adam's family updates "
+        "floating-point (and complex) params only. Keep integer and boolean leaves out of "
+        "what the optimizer is given: in Flax NNX, nnx.Optimizer(model, tx, wrt=nnx.Param) "
+        "with such values in another nnx.Variable type (Linen: optimize variables['params'] "
+        "only); with a pytree of params, split them off, or give them no update with "
+        "optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels), "
+        "labels being 'frozen' for those leaves.")
 
 
 def abs_sq(g: Array) -> Array:
@@ -98,11 +121,15 @@ def adam_leaf(
     eps: ArrayLike,
     eps_root: ArrayLike,
     nesterov: bool,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
 ):
   """One Adam step on one array, computed in at least float32.
 
   Returns ``(update, mu, nu, nu_max)`` with the update in ``g``'s dtype and each
   moment in its own stored dtype (``nu_max`` is ``None`` without AMSGrad).
+  ``bias_correction_mu`` / ``bias_correction_nu`` set to ``False`` leave the
+  first / second moment uncorrected (``optax.amsgrad``'s options).
   """
   cd = numerics.compute_dtype(g.dtype, mu.dtype)
   rd = numerics.real_dtype(cd)
@@ -117,13 +144,16 @@ def adam_leaf(
     nu_used = jnp.maximum(nu_max.astype(rd), nu_c)
     nu_max_new = nu_used.astype(nu_max.dtype)
   bc1 = numerics.bias_correction(b1, count, rd)
-  bc2 = numerics.bias_correction(b2, count, rd)
   if nesterov:
     bc1_next = numerics.bias_correction(b1, numerics.safe_increment(count), rd)
+    if not bias_correction_mu:
+      bc1 = bc1_next = jnp.ones((), rd)
     mu_hat = b1_c * mu_c / bc1_next.astype(cd) + (1 - b1_c) * g_c / bc1.astype(cd)
-  else:
+  elif bias_correction_mu:
     mu_hat = mu_c / bc1.astype(cd)
-  nu_hat = nu_used / bc2
+  else:
+    mu_hat = mu_c
+  nu_hat = nu_used / numerics.bias_correction(b2, count, rd) if bias_correction_nu else nu_used
   denom = jnp.sqrt(nu_hat + numerics.hyper(eps_root, rd)) + numerics.hyper(eps, rd)
   update = mu_hat / denom.astype(cd)
   return update.astype(g.dtype), mu_c.astype(mu.dtype), nu_c.astype(nu.dtype), nu_max_new
@@ -152,19 +182,25 @@ def moment_transform(
     mu_dtype: Any,
     nu_dtype: Any,
     leaf_options: Callable[[Any], Any] | None = None,
+    *,
+    who: str,
+    state_class: Any = ScaleByAdamState,
 ) -> optax.GradientTransformation:
-  """A transformation with :class:`ScaleByAdamState` whose step is ``leaf_fn``.
+  """A transformation with state ``state_class(count, mu, nu)`` whose step is ``leaf_fn``.
 
   ``leaf_fn(g, mu, nu, count) -> (update, mu, nu)``, with ``count`` already incremented.
   With ``leaf_options``, ``leaf_options(updates)`` gives a tree of one value per leaf of
-  ``updates``, passed as a fifth argument (lazy Adam's mask).
+  ``updates``, passed as a fifth argument (lazy Adam's mask). ``who`` names the
+  transformation in errors; ``state_class`` is optax's class of the same state
+  (``optax.ScaleByAdamState``, or ``optax.ScaleByBeliefState`` for AdaBelief).
   """
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
   nu_dtype = None if nu_dtype is None else jnp.dtype(nu_dtype)
 
   def init_fn(params):
+    check_float_leaves(params, who)
     mu, nu = init_moments(params, mu_dtype, nu_dtype)
-    return ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
+    return state_class(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
   def update_fn(updates, state, params=None):
     del params
@@ -174,7 +210,7 @@ def moment_transform(
     u, mu, nu = map_leaves(lambda g, m, v, *o: leaf_fn(g, m, v, count, *o), updates,
                            state.mu, state.nu, *([] if options is None else [options]),
                            num_outputs=3)
-    return u, ScaleByAdamState(count=count, mu=mu, nu=nu)
+    return u, state_class(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

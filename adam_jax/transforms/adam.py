@@ -10,13 +10,27 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _numerics as numerics
-from adam_jax.transforms._common import ScaleByAdamState, adam_leaf, init_moments, map_leaves
+from adam_jax.transforms._common import (
+  ScaleByAdamState,
+  adam_leaf,
+  check_float_leaves,
+  init_moments,
+  map_leaves,
+)
 
 Array = jax.Array
 
 
 class ScaleByAmsgradState(NamedTuple):
-  """State of :func:`scale_by_adam` with ``amsgrad=True`` (as optax)."""
+  """State of :func:`scale_by_adam` with ``amsgrad=True``.
+
+  optax's ``ScaleByAmsgradState`` has the same fields but another meaning for
+  ``nu_max``: optax keeps the maximum of the *bias-corrected* second moment, this
+  state the maximum of the raw one (torch, Reddi et al.). A class of its own keeps
+  the two apart (a checkpoint of one restored into the other would be silently
+  wrong by the factor :math:`1 - \\beta_2^t`, and :mod:`adam_jax.diagnostics` reads
+  each by its convention).
+  """
 
   count: Array  # shape=(), dtype=int32; steps taken, saturating
   mu: optax.Updates  # like params; dtype=mu_dtype
@@ -34,6 +48,8 @@ def scale_by_adam(
     nu_dtype: DTypeLike | None = None,
     amsgrad: bool = False,
     nesterov: bool = False,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by Adam's bias-corrected moments.
 
@@ -86,10 +102,15 @@ def scale_by_adam(
       param's (real) dtype.
     amsgrad: keep the running maximum of the second moment.
     nesterov: use Nesterov momentum (NAdam).
+    bias_correction_mu: divide the first moment by :math:`1 - \beta_1^t`
+      (``False``: use :math:`m_t` as it is, ``optax.scale_by_amsgrad``'s option).
+    bias_correction_nu: divide the second moment by :math:`1 - \beta_2^t`. With
+      ``amsgrad`` and ``False`` the step equals ``optax.amsgrad``'s with
+      ``bias_correction_nu=False`` (both take the maximum of the raw moment then).
 
   Returns:
-    An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState`, or
-    :class:`ScaleByAmsgradState` when ``amsgrad`` is set.
+    An ``optax.GradientTransformation`` with state ``optax.ScaleByAdamState`` (optax's
+    own class), or :class:`ScaleByAmsgradState` when ``amsgrad`` is set.
 
   Examples:
     >>> import jax.numpy as jnp, optax, adam_jax
@@ -115,8 +136,12 @@ def scale_by_adam(
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
   nu_dtype = None if nu_dtype is None else jnp.dtype(nu_dtype)
   hyper = dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov)
+  corrected = bias_correction_mu and bias_correction_nu
+  if not corrected:  # only an uncorrected moment needs the flags in the step
+    hyper.update(bias_correction_mu=bias_correction_mu, bias_correction_nu=bias_correction_nu)
 
   def init_fn(params):
+    check_float_leaves(params, "adam_jax.scale_by_adam")
     mu, nu = init_moments(params, mu_dtype, nu_dtype)
     count = jnp.zeros([], jnp.int32)
     if amsgrad:

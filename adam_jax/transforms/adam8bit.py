@@ -20,19 +20,26 @@ from adam_jax import _blockwise as blockwise
 from adam_jax import _numerics as numerics
 from adam_jax import native as _native
 from adam_jax.quantization import QuantizedArray
-from adam_jax.transforms._common import adam_leaf, map_leaves, zeros_like
+from adam_jax.transforms._common import adam_leaf, check_float_leaves, map_leaves, zeros_like
 
 Array = jax.Array
 
 
 class ScaleByAdam8bitState(NamedTuple):
-  """State of :func:`scale_by_adam8bit`."""
+  """State of :func:`scale_by_adam8bit`.
+
+  optax's ``ScaleByAdamState`` fields, holding codes, and two more (the block
+  scales): a class of its own. Every field has the params' tree structure. A leaf
+  kept in float32 has the scales of its block layout too, zeros the step never
+  reads (a few bytes per leaf): no array is empty, so a checkpointer has none to
+  refuse and none takes a sharding copied from the param that it cannot hold.
+  """
 
   count: Array  # shape=(), dtype=int32; steps taken, saturating
   mu: optax.Updates  # like params; uint8 (*leading, num_blocks, block) codes, or float32
   nu: optax.Updates  # like params; uint8 (*leading, num_blocks, block) codes, or float32
-  mu_scale: optax.Updates  # like params; float32 (*leading, num_blocks) block maxima, or shape (0,)
-  nu_scale: optax.Updates  # like params; float32 (*leading, num_blocks) block maxima, or shape (0,)
+  mu_scale: optax.Updates  # like params; float32 (*leading, num_blocks) block maxima
+  nu_scale: optax.Updates  # like params; float32 (*leading, num_blocks) block maxima
 
 
 # One 8-bit step reads the codes three times: for the block maxima of the new
@@ -145,14 +152,36 @@ def _adam8bit_native(g_blocks, mu: QuantizedArray, nu: QuantizedArray, count, hy
   return u, QuantizedArray(codes_m, scale_m), QuantizedArray(codes_v, scale_v)
 
 
-def _check_sizes(block_size: Any, min_quantized_size: Any) -> None:
-  if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
-      or block_size < 1:
-    raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-  if isinstance(min_quantized_size, bool) \
-      or not isinstance(min_quantized_size, (int, np.integer)) or min_quantized_size < 0:
-    raise ValueError(
-        f"min_quantized_size must be a non-negative integer, got {min_quantized_size!r}")
+_BLOCK_SIZE, _MIN_QUANTIZED_SIZE = 256, 4096
+_STATIC_HINT = ("it sizes the state, so it must be a Python int: with optax.inject_hyperparams "
+                "pass static_args=('block_size', 'min_quantized_size')")
+
+
+def _static_size(name: str, value: Any, default: int, minimum: int) -> int | None:
+  """``value`` as a Python int (``default`` for ``None``); ``None`` for a traced value.
+
+  A concrete integer array counts (``optax.inject_hyperparams`` turns the numbers it
+  is given into arrays). A traced one is only refused where it is needed, at
+  ``init``: ``update`` reads the block layout from the state.
+  """
+  if value is None:
+    return default
+  if isinstance(value, jax.core.Tracer):
+    return None
+  if isinstance(value, (jax.Array, np.ndarray, np.generic)) and np.ndim(value) == 0 \
+      and jnp.issubdtype(jnp.result_type(value), jnp.integer):
+    value = int(value)
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    kind = "a positive" if minimum > 0 else "a non-negative"
+    raise ValueError(f"{name} must be {kind} integer, got {value!r}")
+  return int(value)
+
+
+def _explicitly_sharded(x: Array) -> bool:
+  """Whether ``x``'s type names mesh axes of explicit sharding."""
+  mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
+  return mesh is not None and any(t == jax.sharding.AxisType.Explicit
+                                  for t in getattr(mesh, "axis_types", ()))
 
 
 def scale_by_adam8bit(
@@ -161,8 +190,8 @@ def scale_by_adam8bit(
     eps: ArrayLike = 1e-8,
     eps_root: ArrayLike = 0.0,
     *,
-    block_size: int = 256,
-    min_quantized_size: int = 4096,
+    block_size: int | None = None,
+    min_quantized_size: int | None = None,
     nesterov: bool = False,
     native: bool | None = None,
 ) -> optax.GradientTransformation:
@@ -193,27 +222,40 @@ def scale_by_adam8bit(
   like the param on its leading axes (FSDP), also when ``init`` runs under
   ``jax.jit``, and the step needs no communication there. A last axis of ``n``
   shorter than ``block_size`` is one block (4 / n bytes of scale per element).
+  Where ``init`` sees the last axis split into ``k`` shards (a placed array, or
+  any array on an explicit mesh: tensor parallelism, an embedding split along
+  its features), the blocks are the largest that divide each shard (at most
+  ``block_size``, no padding), so ``num_blocks`` is a multiple of ``k``: codes and
+  scales shard like the param there too, and so does a sharding that Flax's
+  ``nnx.Optimizer`` copies from the param onto them. The layout is fixed by
+  ``init``; ``update`` reads it from the state.
 
   Real floating leaves with at least ``min_quantized_size`` elements are
   quantized (about 2.03 bytes of state per parameter with blocks of 256);
   smaller leaves (biases, norms) and complex leaves keep float32 moments (the
-  param's dtype if wider). Updates keep the gradient's dtype and shape.
+  param's dtype if wider) and unused zero scales. Updates keep the gradient's
+  dtype and shape.
 
   Args:
     b1: decay rate of the first moment, in [0, 1).
     b2: decay rate of the second moment, in [0, 1).
     eps: added to the denominator outside the square root.
     eps_root: added inside the square root.
-    block_size: elements per quantization block (one float32 scale each).
-    min_quantized_size: leaves with fewer elements are not quantized.
+    block_size: the most elements per quantization block (one float32 scale
+      each); ``None`` for 256. It sizes the state, so it is a Python int (with
+      ``optax.inject_hyperparams``, name it in ``static_args`` when you give it).
+    min_quantized_size: leaves with fewer elements are not quantized; ``None``
+      for 4096 (a Python int, as ``block_size``).
     nesterov: use Nesterov momentum (NAdam), as :func:`adam_jax.scale_by_adam`.
     native: on CPU, run the step as a hand-written kernel
       (:mod:`adam_jax.native`, built on first use with the system C++ compiler;
       the same arithmetic up to float32 rounding). ``None`` (default): when the
       kernel is available and JAX has one device; ``True``: always on CPU (error
       if it is unavailable); ``False``: never. Other platforms always run the XLA
-      program. The kernel has no derivative rule: differentiate through the step
-      (meta-gradients) with ``native=False``.
+      program, and so do leaves on an explicit mesh (the kernel has no sharding
+      rule; its result would lose the leaf's sharding). The kernel has no
+      derivative rule: differentiate through the step (meta-gradients) with
+      ``native=False``.
 
   Returns:
     An ``optax.GradientTransformation`` with state :class:`ScaleByAdam8bitState`.
@@ -238,27 +280,44 @@ def scale_by_adam8bit(
   """
   numerics.check_betas(b1=b1, b2=b2)
   numerics.check_nonnegative(eps=eps, eps_root=eps_root)
-  _check_sizes(block_size, min_quantized_size)
+  block = _static_size("block_size", block_size, _BLOCK_SIZE, 1)
+  min_size = _static_size("min_quantized_size", min_quantized_size, _MIN_QUANTIZED_SIZE, 0)
   _native.check_native(native)
 
   def quantized(p) -> bool:
     p = jnp.asarray(p) if not hasattr(p, "dtype") else p
-    return (jnp.issubdtype(p.dtype, jnp.floating)
-            and int(np.prod(jnp.shape(p), dtype=np.int64)) >= max(min_quantized_size, 1))
+    if not jnp.issubdtype(p.dtype, jnp.floating):
+      return False
+    if min_size is None:
+      raise ValueError(f"min_quantized_size is a traced value; {_STATIC_HINT}")
+    return int(np.prod(jnp.shape(p), dtype=np.int64)) >= max(min_size, 1)
 
   def init_fn(params):
+    check_float_leaves(params, "adam_jax.scale_by_adam8bit")
+    if block is None:
+      raise ValueError(f"block_size is a traced value; {_STATIC_HINT}")
+
     def moment(p, signed):
+      p = jnp.asarray(p)
+      n = p.shape[-1] if p.shape else 1
+      layout = blockwise.sharded_row_blocks(n, block, blockwise.last_axis_shards(p))
+      # Sharded like the param, also under jit (the blocks split only its last
+      # axis): zeros tied to the blocked param (reshaped zeros of the param's shape
+      # would be constants that XLA places on one device). The block axis itself is
+      # never split, so the scales are tied to its first element.
+      blocked = blockwise.blocked(p, *layout)
+      codes = zeros_like(blocked, jnp.uint8)  # code 0 is 0.0
+      scale = zeros_like(blocked[..., 0], jnp.float32)
       if quantized(p):
-        # Sharded like the param, also under jit (the blocks split only its last
-        # axis): zeros tied to the blocked param (reshaped zeros of the param's
-        # shape would be constants that XLA places on one device).
-        blocked = blockwise.to_blocks(jnp.asarray(p), block_size)
-        return (zeros_like(blocked, jnp.uint8),  # code 0 is 0.0
-                zeros_like(blocked[..., 0], jnp.float32))
-      dtype = numerics.compute_dtype(jnp.asarray(p).dtype)
+        return codes, scale
+      # A leaf kept in float32 keeps the scales of its layout too, zeros that the
+      # step never reads: every field keeps the params' tree structure, and no
+      # array is empty (a zero-size array is refused by orbax, and takes a sharding
+      # that Flax copies from the param badly).
+      dtype = numerics.compute_dtype(p.dtype)
       if not signed:
         dtype = numerics.real_dtype(dtype)
-      return jnp.zeros(jnp.shape(p), dtype), jnp.zeros((0,), jnp.float32)
+      return zeros_like(p, dtype), scale
 
     leaves, treedef = jax.tree.flatten(params)
     mu = [moment(p, True) for p in leaves]
@@ -276,9 +335,9 @@ def scale_by_adam8bit(
     if mu.dtype != jnp.uint8:
       u, mu, nu, _ = adam_leaf(g.astype(mu.dtype), mu, nu, None, count, **hyper)
       return u.astype(g.dtype), mu, nu, mu_scale, nu_scale
-    g_blocks = blockwise.to_blocks(g.astype(jnp.float32), block_size)
+    g_blocks = blockwise.blocked(g.astype(jnp.float32), *mu.shape[-2:])  # init's layout
     args = (g_blocks, QuantizedArray(mu, mu_scale), QuantizedArray(nu, nu_scale), count)
-    if use_native:
+    if use_native and not _explicitly_sharded(g_blocks):
       # The kernel on CPU, the XLA program on every other platform.
       u, qm, qv = jax.lax.platform_dependent(
           *args, cpu=functools.partial(_adam8bit_native, hyper=hyper),

@@ -33,7 +33,13 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _numerics as numerics
 from adam_jax._tree import key_name
-from adam_jax.transforms._common import ScaleByAdamState, abs_sq, map_leaves, zeros_like
+from adam_jax.transforms._common import (
+  ScaleByAdamState,
+  abs_sq,
+  check_float_leaves,
+  map_leaves,
+  zeros_like,
+)
 
 Array = jax.Array
 Partition = Callable[[tuple, tuple], Sequence[int]]
@@ -148,8 +154,8 @@ def scale_by_adam_mini(
       leaf; default :func:`adam_mini_partition`.
 
   Returns:
-    An ``optax.GradientTransformation`` with state :class:`adam_jax.ScaleByAdamState`
-    whose ``nu`` leaves have the block shapes.
+    An ``optax.GradientTransformation`` with state ``optax.ScaleByAdamState`` (optax's
+    class, Adam's fields) whose ``nu`` leaves have the block shapes, not the params'.
 
   Examples:
     >>> import jax.numpy as jnp, adam_jax
@@ -171,6 +177,8 @@ def scale_by_adam_mini(
   nu_dtype = None if nu_dtype is None else jnp.dtype(nu_dtype)
 
   def init_fn(params):
+    check_float_leaves(params, "adam_jax.scale_by_adam_mini")
+
     def mu0(p):
       return zeros_like(p, mu_dtype or jnp.result_type(p))
 

@@ -11,13 +11,17 @@ import optax
 from jax.typing import ArrayLike
 
 from adam_jax import _numerics as numerics
-from adam_jax.transforms._common import adam_leaf, map_leaves, zeros_like
+from adam_jax.transforms._common import adam_leaf, check_float_leaves, map_leaves, zeros_like
 
 Array = jax.Array
 
 
 class ScaleByAdamStochasticState(NamedTuple):
-  """State of :func:`scale_by_adam_stochastic`."""
+  """State of :func:`scale_by_adam_stochastic`.
+
+  optax's ``ScaleByAdamState`` fields (``count``, ``mu``, ``nu``), and one more,
+  the noise ``seed``: a class of its own.
+  """
 
   count: Array  # shape=(), dtype=int32; steps taken, saturating
   mu: optax.Updates  # like params; dtype bfloat16
@@ -112,6 +116,7 @@ def scale_by_adam_stochastic(
   numerics.check_nonnegative(eps=eps, eps_root=eps_root)
 
   def init_fn(params):
+    check_float_leaves(params, "adam_jax.scale_by_adam_stochastic")
     zeros = lambda p: zeros_like(p, jnp.bfloat16)  # sharded like p
     return ScaleByAdamStochasticState(
         count=jnp.zeros([], jnp.int32), mu=jax.tree.map(zeros, params),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -27,8 +29,10 @@ def scale_by_adopt(
     eps: ArrayLike = 1e-6,
     mu_dtype: DTypeLike | None = None,
     *,
+    nesterov: bool = False,
+    use_clipping: bool = True,
+    clip_value_fn: Callable[[Array], Array] | None = None,
     nu_dtype: DTypeLike | None = None,
-    clipping: bool = True,
 ) -> optax.GradientTransformation:
   r"""Rescales updates as ADOPT: normalise by the *previous* second moment, then average.
 
@@ -50,7 +54,7 @@ def scale_by_adopt(
 
   .. warning::
     ``eps`` is a floor on :math:`\sqrt{v}` (``max``), not added to it, and its
-    default is 1e-6 (the paper's code). ``clipping=False`` gives the paper's
+    default is 1e-6 (the paper's code). ``use_clipping=False`` gives the paper's
     Algorithm 1 (the first version of the method).
 
   Args:
@@ -58,12 +62,19 @@ def scale_by_adopt(
     b2: decay rate of the second moment, in [0, 1).
     eps: floor on :math:`\sqrt{v_{t-1}}` (> 0).
     mu_dtype: dtype of the first moment; default the param's dtype.
+    nesterov: return :math:`\beta_1 m_t + (1 - \beta_1) n_t` (the first moment
+      updated once more with the same normalised gradient :math:`n_t`), as
+      ``optax.contrib.scale_by_adopt(nesterov=True)``.
+    use_clipping: clip the normalised gradient (the paper's final algorithm, on
+      by default; optax's name).
+    clip_value_fn: the clip bound as a function of the 0-based step :math:`t`;
+      ``None`` for :math:`t^{1/4}` (the paper's, and optax's default). ``None``
+      rather than a function as the default, because ``optax.inject_hyperparams``
+      takes every function it is given for a schedule.
     nu_dtype: dtype of the second moment; default the param's real dtype.
-    clipping: clip the normalised gradient to :math:`\pm t^{1/4}` (the paper's
-      final algorithm, on by default).
 
   Returns:
-    An ``optax.GradientTransformation`` with state :class:`adam_jax.ScaleByAdamState`.
+    An ``optax.GradientTransformation`` with state ``optax.ScaleByAdamState``.
 
   Examples:
     >>> import jax.numpy as jnp, adam_jax
@@ -83,6 +94,9 @@ def scale_by_adopt(
   """
   numerics.check_betas(b1=b1, b2=b2)
   numerics.check_range("eps", eps, 0.0, None, low_inclusive=False)
+  if clip_value_fn is not None and not callable(clip_value_fn):
+    raise TypeError(f"clip_value_fn must be a function of the step or None, got {clip_value_fn!r}")
+
   def leaf(g, mu, nu, count):
     # The paper's t is the number of previous calls: the first call is its step 0,
     # which only sets v_0 = g_0^2.
@@ -96,16 +110,21 @@ def scale_by_adopt(
     g_sq = abs_sq(g_c)
     # g_t / max(sqrt(v_{t-1}), eps), clipped to t^(1/4)
     normed = g_c / jnp.maximum(jnp.sqrt(nu_prev), numerics.hyper(eps, rd)).astype(cd)
-    if clipping:
-      normed = _clip(normed, t.astype(rd) ** 0.25)
+    if use_clipping:
+      if clip_value_fn is None:
+        bound = t.astype(rd) ** 0.25
+      else:
+        bound = jnp.asarray(clip_value_fn(t)).astype(rd)
+      normed = _clip(normed, bound)
     mu_c = b1_c * mu.astype(cd) + (1 - b1_c) * normed
     nu_c = b2_r * nu_prev + (1 - b2_r) * g_sq
     mu_c = jnp.where(first, mu.astype(cd), mu_c)
     nu_c = jnp.where(first, g_sq, nu_c)
-    update = jnp.where(first, jnp.zeros_like(mu_c), mu_c)
+    step = b1_c * mu_c + (1 - b1_c) * normed if nesterov else mu_c
+    update = jnp.where(first, jnp.zeros_like(mu_c), step)
     return update.astype(g.dtype), mu_c.astype(mu.dtype), nu_c.astype(nu.dtype)
 
-  return moment_transform(leaf, mu_dtype, nu_dtype)
+  return moment_transform(leaf, mu_dtype, nu_dtype, who="adam_jax.scale_by_adopt")
 
 
 __all__ = ["scale_by_adopt"]

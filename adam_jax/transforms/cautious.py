@@ -26,7 +26,7 @@ def _cautious_leaf(u: Array, g: Array, flip_sign: bool) -> Array:
 
 def cautious(
     tx: optax.GradientTransformation, *, flip_sign: bool = True
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Wraps any optimizer so it only steps where its update agrees with the gradient.
 
   With :math:`u_t` the inner transformation's output for the gradient
@@ -63,7 +63,8 @@ def cautious(
       gradient.
 
   Returns:
-    An ``optax.GradientTransformation`` with ``tx``'s state.
+    An ``optax.GradientTransformationExtraArgs`` with ``tx``'s state (extra arguments
+    of ``update`` are passed on to ``tx``).
 
   Examples:
     >>> import jax.numpy as jnp, optax, adam_jax
@@ -81,12 +82,14 @@ def cautious(
   if not hasattr(tx, "init") or not hasattr(tx, "update"):
     raise ValueError(f"cautious needs an optax GradientTransformation, got {tx!r}")
 
-  def update_fn(updates, state, params=None):
-    u, state = tx.update(updates, state, params)
+  inner = optax.with_extra_args_support(tx)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    u, state = inner.update(updates, state, params, **extra_args)
     numerics.tree_check_same_structure(u, updates, what="gradient")
     return jax.tree.map(lambda a, g: _cautious_leaf(a, g, flip_sign), u, updates), state
 
-  return optax.GradientTransformation(tx.init, update_fn)
+  return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
 __all__ = ["cautious"]

@@ -20,13 +20,26 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import _numerics as numerics
-from adam_jax.transforms._common import abs_sq, map_leaves, real_dot, scalar_dtype, zeros_like
+from adam_jax.transforms._common import (
+  abs_sq,
+  check_float_leaves,
+  map_leaves,
+  real_dot,
+  scalar_dtype,
+  zeros_like,
+)
 
 Array = jax.Array
 
 
 class ScaleByDAdaptAdamState(NamedTuple):
-  """State of :func:`scale_by_dadapt_adam`."""
+  """State of :func:`scale_by_dadapt_adam`.
+
+  ``optax.contrib.DAdaptAdamWState`` holds the same quantities under other names
+  (``exp_avg``, ``exp_avg_sq``, ``grad_sum``, ``estim_lr``, ``numerator_weighted``),
+  so this is a class of its own; its fields are Adam's (``count``, ``mu``, ``nu``)
+  and the paper's.
+  """
 
   count: Array  # shape=(), dtype=int32; steps taken, saturating
   mu: optax.Updates  # like params; dtype=param compute dtype (>= float32); m_k
@@ -37,13 +50,19 @@ class ScaleByDAdaptAdamState(NamedTuple):
 
 
 class ScaleByProdigyState(NamedTuple):
-  """State of :func:`scale_by_prodigy`."""
+  """State of :func:`scale_by_prodigy`.
+
+  ``optax.contrib.ProdigyState`` names its fields otherwise (``exp_avg``,
+  ``exp_avg_sq``, ``grad_sum``, ``params0``, ``estim_lr``, ``numerator_weighted``)
+  and keeps the initial params where this state keeps the distance travelled
+  ``delta`` (at least float32), so this is a class of its own.
+  """
 
   count: Array  # shape=(), dtype=int32; steps taken, saturating
   mu: optax.Updates  # like params; dtype=param compute dtype (>= float32); m_k
   nu: optax.Updates  # like params, real; dtype=real compute dtype (>= float32); v_k
   s: optax.Updates  # like params; dtype=param compute dtype (>= float32); s_k
-  x0: optax.Params  # like params, dtype=param dtype; the initial params x_0
+  delta: optax.Updates  # like params; dtype=param compute dtype (>= float32); x_k - x_0
   d: Array  # shape=(), dtype=widest real param dtype (>= float32); distance estimate d_k
   r: Array  # shape=(), dtype as d; weighted numerator r_k of the estimate
 
@@ -73,15 +92,18 @@ def _gamma(learning_rate: Any, b1: Any, b2: Any, count: Array, new_count: Array,
   return gamma
 
 
-def _moments_init(params: Any):
-  def zeros(p, real=False):
+def _zeros(params: Any, real: bool = False) -> Any:
+  """Zeros like ``params`` in their compute dtype (at least float32), sharded like them."""
+
+  def zeros(p):
     cd = numerics.compute_dtype(jnp.result_type(p))
     return zeros_like(p, numerics.real_dtype(cd) if real else cd)
 
-  mu = jax.tree.map(zeros, params)
-  nu = jax.tree.map(lambda p: zeros(p, real=True), params)
-  s = jax.tree.map(zeros, params)
-  return mu, nu, s
+  return jax.tree.map(zeros, params)
+
+
+def _moments_init(params: Any):
+  return _zeros(params), _zeros(params, real=True), _zeros(params)
 
 
 def _estimate(d: Array, r: Array, s_l1: Array, d_coef: Any) -> Array:
@@ -172,6 +194,7 @@ def scale_by_dadapt_adam(
   decays = not (isinstance(weight_decay, (int, float)) and weight_decay == 0)
 
   def init_fn(params):
+    check_float_leaves(params, "adam_jax.scale_by_dadapt_adam")
     mu, nu, s = _moments_init(params)
     sd = scalar_dtype(params)
     return ScaleByDAdaptAdamState(
@@ -253,7 +276,10 @@ def scale_by_prodigy(
                + \mu\, x_k\right)
 
   with :math:`c` = ``d_coef`` (1 in the paper) and :math:`\mu` the decoupled weight
-  decay (0 by default). The updates are final (they hold the learning rate).
+  decay (0 by default). The updates are final (they hold the learning rate). The
+  state keeps :math:`x_k - x_0` as the sum of the updates returned, in float32 (or
+  the params' wider dtype): with bfloat16 params, whose first steps (about
+  :math:`d_0`) round away, the estimate still grows and the params start to move.
 
   .. warning::
     Conventions. (1) The step uses :math:`d_k` in both places, as the algorithm
@@ -268,7 +294,10 @@ def scale_by_prodigy(
     ``safeguard_warmup`` drops :math:`\gamma_k` from :math:`s_{k+1}` (the
     released code's option, for schedules with warm-up). (5) While
     :math:`s_{k+1} = 0` the estimate keeps :math:`d_k`. The code's
-    ``growth_rate`` (unbounded by default) is not offered.
+    ``growth_rate`` (unbounded by default) is not offered. (6) :math:`x_0 - x_k`
+    is minus the sum of the updates returned (the released code and optax
+    subtract the params, which bfloat16 params leave at 0 for the first
+    steps): the same while the updates are applied as returned.
 
   Args:
     learning_rate: :math:`\gamma_k` (>= 0): a multiplier on the estimate, a float,
@@ -289,7 +318,7 @@ def scale_by_prodigy(
 
   Returns:
     An ``optax.GradientTransformation`` with state :class:`ScaleByProdigyState`;
-    its ``update`` needs the params.
+    its ``update`` needs the params when ``weight_decay`` is not 0.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, adam_jax
@@ -315,18 +344,21 @@ def scale_by_prodigy(
   decays = not (isinstance(weight_decay, (int, float)) and weight_decay == 0)
 
   def init_fn(params):
+    check_float_leaves(params, "adam_jax.scale_by_prodigy")
     mu, nu, s = _moments_init(params)
     sd = scalar_dtype(params)
     return ScaleByProdigyState(
-        count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, s=s,
-        x0=jax.tree.map(lambda p: jnp.array(p, copy=True), params),
+        count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, s=s, delta=_zeros(params),
         d=jnp.asarray(d0).astype(sd), r=jnp.zeros([], sd))
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("scale_by_prodigy needs the params: call update(grads, state, params).")
+    if decays and params is None:
+      raise ValueError(
+          "scale_by_prodigy with weight_decay needs the params: call "
+          "update(grads, state, params).")
     numerics.tree_check_same_structure(updates, state.mu)
-    numerics.tree_check_same_structure(updates, params, what="params")
+    if decays:
+      numerics.tree_check_same_structure(updates, params, what="params")
     sd = state.d.dtype
     count = numerics.safe_increment(state.count)
     gamma = _gamma(learning_rate, b1, b2, state.count, count, bias_correction, sd)
@@ -337,14 +369,15 @@ def scale_by_prodigy(
       beta3 = jnp.asarray(numerics.hyper(b3, sd), sd)
     s_scale = (1 - beta3) * d * d * (1 if safeguard_warmup else gamma)  # on g_k in s_{k+1}
     flags = _decay_flags(mask, params, updates) if decays else None
+    ps = params if decays else None
 
-    def leaf(g, m, v, s, x0, x, decay):
+    def leaf(g, m, v, s, delta, x, decay):
       cd = m.dtype
       rd = v.dtype
       g_c = g.astype(cd)
       d_r = d.astype(rd)
       b1_c, b2_r = numerics.hyper(b1, cd), numerics.hyper(b2, rd)
-      dot = real_dot(g_c, x0.astype(cd) - x.astype(cd), sd)  # <g_k, x_0 - x_k>
+      dot = -real_dot(g_c, delta, sd)  # <g_k, x_0 - x_k>, with x_k - x_0 = delta_k
       m_new = b1_c * m + (1 - b1_c) * d_r.astype(cd) * g_c
       v_new = b2_r * v + (1 - b2_r) * (d_r * d_r) * abs_sq(g_c)
       s_new = beta3.astype(rd).astype(cd) * s + s_scale.astype(rd).astype(cd) * g_c
@@ -353,15 +386,15 @@ def scale_by_prodigy(
       if decay:
         step = step + numerics.hyper(weight_decay, cd) * x.astype(cd)
       step = -lr.astype(cd) * step
-      return step.astype(g.dtype), m_new, v_new, s_new, dot, _l1(s_new, sd)
+      return step.astype(g.dtype), m_new, v_new, s_new, delta + step, dot, _l1(s_new, sd)
 
-    u, mu, nu, s, dots, l1s = map_leaves(leaf, updates, state.mu, state.nu, state.s, state.x0,
-                                         params, flags, num_outputs=6)
+    u, mu, nu, s, delta, dots, l1s = map_leaves(
+        leaf, updates, state.mu, state.nu, state.s, state.delta, ps, flags, num_outputs=7)
     dot = sum(jax.tree.leaves(dots), jnp.zeros([], sd))
     s_l1 = sum(jax.tree.leaves(l1s), jnp.zeros([], sd))
     r = (beta3 * state.r + (1 - beta3) * gamma * d * d * dot).astype(sd)
     new_d = _estimate(d, r, s_l1, d_coef)
-    return u, ScaleByProdigyState(count=count, mu=mu, nu=nu, s=s, x0=state.x0, d=new_d, r=r)
+    return u, ScaleByProdigyState(count=count, mu=mu, nu=nu, s=s, delta=delta, d=new_d, r=r)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

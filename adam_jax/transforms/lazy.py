@@ -103,7 +103,7 @@ def scale_by_lazy_adam(
       (as ``optax.masked``) or a pytree of bools; default :func:`embedding_mask`.
 
   Returns:
-    An ``optax.GradientTransformation`` with state :class:`adam_jax.ScaleByAdamState`
+    An ``optax.GradientTransformation`` with state ``optax.ScaleByAdamState``
     (the same as :func:`adam_jax.scale_by_adam`'s).
 
   Examples:
@@ -139,7 +139,8 @@ def scale_by_lazy_adam(
             jnp.where(active, nu_new, nu))
 
   return moment_transform(leaf, mu_dtype, nu_dtype,
-                          leaf_options=lambda updates: _full_mask(mask_fn, updates))
+                          leaf_options=lambda updates: _full_mask(mask_fn, updates),
+                          who="adam_jax.scale_by_lazy_adam")
 
 
 __all__ = ["embedding_mask", "scale_by_lazy_adam"]

@@ -9,7 +9,13 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import _numerics as numerics
-from adam_jax.transforms._common import map_leaves, real_dot, scalar_dtype, zeros_like
+from adam_jax.transforms._common import (
+  check_float_leaves,
+  map_leaves,
+  real_dot,
+  scalar_dtype,
+  zeros_like,
+)
 
 Array = jax.Array
 
@@ -17,7 +23,12 @@ _BETAS = (0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999)
 
 
 class MechanicState(NamedTuple):
-  """State of :func:`mechanize`."""
+  """State of :func:`mechanize`.
+
+  ``optax.contrib.MechanicState`` has the same name but other fields (no
+  ``delta``, which this state keeps; ``base_optimizer_state`` and ``x0`` where
+  this one has ``inner_state`` and ``x_ref``), so it is a class of its own.
+  """
 
   count: Array  # shape=(), dtype=int32; steps taken, saturating
   inner_state: optax.OptState  # the wrapped optimizer's state
@@ -118,6 +129,7 @@ def mechanize(
   n = len(betas) if isinstance(betas, (tuple, list)) else int(jnp.shape(betas)[0])
 
   def init_fn(params):
+    check_float_leaves(params, "adam_jax.mechanize")
     sd = scalar_dtype(params)
     zeros = jnp.zeros([n], sd)
     return MechanicState(

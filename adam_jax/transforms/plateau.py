@@ -14,7 +14,13 @@ Array = jax.Array
 
 
 class ReduceOnPlateauState(NamedTuple):
-  """State of :func:`reduce_on_plateau`."""
+  """State of :func:`reduce_on_plateau`.
+
+  ``optax.contrib.ReduceLROnPlateauState`` keeps torch's counters under other
+  names (``best_value``, ``plateau_count``, ``cooldown_count``, ``avg_value``) for
+  another rule (relative and absolute tolerances, no ``mode``), so this is a class
+  of its own.
+  """
 
   count: Array  # shape=(), dtype=int32; values taken (torch's last_epoch + 1), saturating
   scale: Array  # shape=(), dtype=float32; the factor on the updates (lr / initial lr)

@@ -16,18 +16,23 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _numerics as numerics
-from adam_jax.transforms._common import abs_sq, map_leaves, zeros_like
+from adam_jax.transforms._common import abs_sq, check_float_leaves, map_leaves, zeros_like
 
 Array = jax.Array
 
 
 class ScheduleFreeAdamWState(NamedTuple):
-  """State of :func:`scale_by_schedule_free_adam`."""
+  """State of :func:`scale_by_schedule_free_adam`.
+
+  ``optax.contrib.ScheduleFreeState`` keeps the same sequence ``z`` and ``b1`` but
+  another weight (``weight_sum`` of ``max_lr ** weight_lr_power``, ``max_lr``) and
+  the base optimizer's own state, so this is a class of its own.
+  """
 
   count: Array  # shape=(), dtype=int32; steps taken, saturating
-  z: optax.Params  # like params, dtype=param dtype; the base (SGD-like) sequence z_t
+  z: optax.Params  # like params, dtype=state_dtype (default: param dtype); base sequence z_t
   nu: optax.Updates  # like params, real; dtype=nu_dtype; second moment v_t
-  lr_sq_sum: Array  # shape=(), dtype=widest real param dtype (>= float32); sum of gamma_i**2
+  lr_sq_sum: Array  # shape=(), dtype=widest real param dtype (>= float32); sum of gamma_i**p
   b1: Array  # shape=(), dtype=widest real param dtype (>= float32); for eval params
 
 
@@ -39,7 +44,9 @@ def _real_compute_dtype(params: Any) -> jnp.dtype:
 
 
 def _warmup_factor(warmup_steps: Any, t: Array) -> Array:
-  """``min(1, t / warmup_steps)``, or 1 without warm-up."""
+  """``min(1, t / warmup_steps)``, or 1 without warm-up (``None`` or 0)."""
+  if warmup_steps is None:
+    return jnp.ones([], t.dtype)
   if isinstance(warmup_steps, (int, float)):
     if warmup_steps <= 0:
       return jnp.ones([], t.dtype)
@@ -55,10 +62,12 @@ def scale_by_schedule_free_adam(
     eps: ArrayLike = 1e-8,
     *,
     weight_decay: ArrayLike = 0.0,
-    warmup_steps: ArrayLike = 0,
+    warmup_steps: ArrayLike | None = None,
+    weight_lr_power: ArrayLike = 2.0,
+    state_dtype: DTypeLike | None = None,
     mask: optax.MaskOrFn = None,
     nu_dtype: DTypeLike | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Schedule-free AdamW's step: the updates move the params from :math:`y_t` to :math:`y_{t+1}`.
 
   The paper's Algorithm 1, with :math:`z_1 = x_1 = y_1` the initial params and
@@ -69,21 +78,28 @@ def scale_by_schedule_free_adam(
     v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
     \gamma_t &= \gamma \sqrt{1 - \beta_2^t} \min(1, t / T_{warmup}) \\
     z_{t+1} &= z_t - \gamma_t g_t / (\sqrt{v_t} + \epsilon) - \gamma_t \lambda y_t \\
-    c_{t+1} &= \gamma_t^2 / \textstyle\sum_{i=1}^t \gamma_i^2 \\
+    c_{t+1} &= \gamma_t^p / \textstyle\sum_{i=1}^t \gamma_i^p \\
     x_{t+1} &= (1 - c_{t+1}) x_t + c_{t+1} z_{t+1} \\
     y_{t+1} &= (1 - \beta_1) z_{t+1} + \beta_1 x_{t+1}
 
-  The update returned is :math:`y_{t+1} - y_t = c_{t+1}(z_t - y_t) + (1 - \beta_1(1 -
-  c_{t+1}))(z_{t+1} - z_t)`, computed without forming :math:`x`. Unlike the other
+  with :math:`p` = ``weight_lr_power`` (2, the paper's). The update returned is
+  :math:`y_{t+1} - y_t = c_{t+1}(z_t - y_t) + (1 - \beta_1(1 - c_{t+1}))(z_{t+1} - z_t)`,
+  computed without forming :math:`x`. Unlike the other
   ``scale_by_*`` transformations the learning rate is part of the step (it weights
   the average), so the updates are final: add them to the params, do not chain
   :func:`adam_jax.scale_by_learning_rate` after it.
 
   .. warning::
     Evaluate (and checkpoint for inference) :math:`x_t`, not the params the loop
-    holds: get it with :func:`schedule_free_eval_params`. The reference PyTorch
-    code weights the average by the running maximum of :math:`\gamma_t^2`; for a
-    non-decreasing :math:`\gamma_t` (constant rate with warm-up) it is the same.
+    holds: get it with :func:`schedule_free_eval_params`. The average's weights
+    are the paper's :math:`\gamma_t^p`, with :math:`\gamma_t` holding Adam's bias
+    correction :math:`\sqrt{1 - \beta_2^t}`. The reference PyTorch code weights by
+    the running maximum of :math:`\gamma_t^p` (the same for a non-decreasing
+    :math:`\gamma_t`); ``optax.contrib.schedule_free_adamw`` by the running maximum
+    of the *scheduled rate* to the power :math:`p`, without
+    :math:`\sqrt{1 - \beta_2^t}`, so its first steps weigh far more in
+    :math:`x_t` (its ``eps`` also sits on the bias-corrected :math:`\sqrt{\hat v_t}`):
+    the two are different methods (``docs/conventions.md`` gives the numbers).
 
   Args:
     learning_rate: :math:`\gamma` (>= 0): a float, an array or a schedule of the
@@ -93,13 +109,16 @@ def scale_by_schedule_free_adam(
     b2: decay rate of the second moment, in [0, 1).
     eps: added to :math:`\sqrt{v_t}` (>= 0).
     weight_decay: :math:`\lambda` (>= 0), taken at :math:`y_t` as in the paper.
-    warmup_steps: :math:`T_{warmup}` (>= 0); 0 for none.
+    warmup_steps: :math:`T_{warmup}` (>= 0); ``None`` or 0 for none.
+    weight_lr_power: :math:`p` (>= 0), the power of :math:`\gamma_t` that weights
+      the average (optax's name).
+    state_dtype: dtype of :math:`z_t`; default the param's dtype (optax's name).
     mask: which params decay: a pytree of bools or a callable of the params.
     nu_dtype: dtype of the second moment; default the param's real dtype.
 
   Returns:
-    An ``optax.GradientTransformation`` with state :class:`ScheduleFreeAdamWState`;
-    its ``update`` needs the params.
+    An ``optax.GradientTransformationExtraArgs`` with state
+    :class:`ScheduleFreeAdamWState`; its ``update`` needs the params.
 
   Examples:
     >>> import jax.numpy as jnp, optax, adam_jax
@@ -121,11 +140,14 @@ def scale_by_schedule_free_adam(
   numerics.check_range("b1", b1, 0.0, 1.0, low_inclusive=False)
   numerics.check_betas(b2=b2)
   numerics.check_nonnegative(learning_rate=learning_rate, eps=eps,
-                             weight_decay=weight_decay, warmup_steps=warmup_steps)
+                             weight_decay=weight_decay, warmup_steps=warmup_steps,
+                             weight_lr_power=weight_lr_power)
   nu_dtype = None if nu_dtype is None else jnp.dtype(nu_dtype)
+  state_dtype = None if state_dtype is None else jnp.dtype(state_dtype)
 
   def init_fn(params):
-    z = jax.tree.map(lambda p: jnp.array(p, copy=True), params)
+    check_float_leaves(params, "adam_jax.scale_by_schedule_free_adam")
+    z = jax.tree.map(lambda p: jnp.array(p, dtype=state_dtype, copy=True), params)
     nu = jax.tree.map(
         lambda p: zeros_like(p, nu_dtype or numerics.real_dtype(jnp.result_type(p))), params)
     rd = _real_compute_dtype(params)
@@ -137,7 +159,8 @@ def scale_by_schedule_free_adam(
         b1=jnp.asarray(b1).astype(rd),
     )
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
     if params is None:
       raise ValueError(
           "scale_by_schedule_free_adam needs the params: call update(grads, state, params)."
@@ -154,9 +177,12 @@ def scale_by_schedule_free_adam(
         * jnp.sqrt(numerics.bias_correction(b2, count, sd))
         * _warmup_factor(warmup_steps, t)
     ).astype(sd)
-    gamma_sq = gamma * gamma
+    if isinstance(weight_lr_power, (int, float)) and weight_lr_power == 2:
+      gamma_sq = gamma * gamma
+    else:
+      gamma_sq = (gamma ** numerics.hyper(weight_lr_power, sd)).astype(sd)
     lr_sq_sum = state.lr_sq_sum + gamma_sq
-    # c_{t+1} = gamma_t^2 / sum_i gamma_i^2 (0 while every gamma so far is 0)
+    # c_{t+1} = gamma_t^p / sum_i gamma_i^p (0 while every gamma so far is 0)
     c = jnp.where(lr_sq_sum > 0, gamma_sq / jnp.where(lr_sq_sum > 0, lr_sq_sum, 1.0), 0.0)
 
     if mask is None:
@@ -191,7 +217,7 @@ def scale_by_schedule_free_adam(
     )
     return u, new_state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _find_state(state: Any) -> ScheduleFreeAdamWState:

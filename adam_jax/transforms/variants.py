@@ -24,6 +24,18 @@ def _first_moment(g, mu, b1):
   return g_c, b1_c * mu.astype(cd) + (1 - b1_c) * g_c
 
 
+def _mu_hat(g_c, mu_c, b1, count, rd, nesterov: bool):
+  r""":math:`\hat m_t`: ``m_t / (1 - b1^t)``, or with ``nesterov`` (NAdam's form, as optax)
+  ``b1 m_t / (1 - b1^{t+1}) + (1 - b1) g_t / (1 - b1^t)``."""
+  cd = g_c.dtype
+  bc1 = numerics.bias_correction(b1, count, rd).astype(cd)
+  if not nesterov:
+    return mu_c / bc1
+  b1_c = numerics.hyper(b1, cd)
+  bc1_next = numerics.bias_correction(b1, numerics.safe_increment(count), rd).astype(cd)
+  return b1_c * mu_c / bc1_next + (1 - b1_c) * g_c / bc1
+
+
 def _radam_rho(b2: Any, t: Array) -> tuple[Any, Array]:
   r"""``(rho_inf, rho_t)`` of RAdam, accurate in float32 for a Python ``b2``.
 
@@ -59,6 +71,7 @@ def scale_by_radam(
     mu_dtype: DTypeLike | None = None,
     *,
     nu_dtype: DTypeLike | None = None,
+    nesterov: bool = False,
 ) -> optax.GradientTransformation:
   r"""Rectified Adam, with ``torch.optim.RAdam``'s update.
 
@@ -87,9 +100,11 @@ def scale_by_radam(
     threshold: :math:`\rho_t` above which the adaptive step is used.
     mu_dtype: dtype of the first moment; default the param's dtype.
     nu_dtype: dtype of the second moment; default the param's (real) dtype.
+    nesterov: use Nesterov momentum in :math:`\hat m_t` (NAdam's form, as
+      ``optax.scale_by_radam(nesterov=True)``), in both branches.
 
   Returns:
-    An ``optax.GradientTransformation`` with state ``ScaleByAdamState``.
+    An ``optax.GradientTransformation`` with state ``optax.ScaleByAdamState``.
 
   Examples:
     >>> import jax.numpy as jnp, adam_jax
@@ -118,7 +133,6 @@ def scale_by_radam(
     rd = numerics.real_dtype(g_c.dtype)
     b2_r = numerics.hyper(b2, rd)
     nu_c = b2_r * nu.astype(rd) + (1 - b2_r) * abs_sq(g_c)
-    bc1 = numerics.bias_correction(b1, count, rd)
     bc2 = numerics.bias_correction(b2, count, rd)
     t = count.astype(rd)
     rho_inf, rho_t = _radam_rho(b2, t)
@@ -131,10 +145,10 @@ def scale_by_radam(
     denom = jnp.sqrt(nu_c + numerics.hyper(eps_root, rd)) + numerics.hyper(eps, rd)
     adaptive = rect * jnp.sqrt(bc2) / denom
     scale = jnp.where(use_adaptive, adaptive, jnp.ones_like(adaptive))
-    update = mu_c / bc1.astype(g_c.dtype) * scale.astype(g_c.dtype)
+    update = _mu_hat(g_c, mu_c, b1, count, rd, nesterov) * scale.astype(g_c.dtype)
     return update.astype(g.dtype), mu_c.astype(mu.dtype), nu_c.astype(nu.dtype)
 
-  return moment_transform(leaf, mu_dtype, nu_dtype)
+  return moment_transform(leaf, mu_dtype, nu_dtype, who="adam_jax.scale_by_radam")
 
 
 def scale_by_adamax(
@@ -168,7 +182,8 @@ def scale_by_adamax(
     nu_dtype: dtype of the infinity norm; default the param's (real) dtype.
 
   Returns:
-    An ``optax.GradientTransformation`` with state ``ScaleByAdamState``.
+    An ``optax.GradientTransformation`` with state ``optax.ScaleByAdamState`` (as
+    optax's Adamax).
 
   Examples:
     >>> import jax.numpy as jnp, adam_jax
@@ -197,7 +212,7 @@ def scale_by_adamax(
     update = mu_c / (bc1 * u_inf).astype(g_c.dtype)
     return update.astype(g.dtype), mu_c.astype(mu.dtype), u_inf.astype(nu.dtype)
 
-  return moment_transform(leaf, mu_dtype, nu_dtype)
+  return moment_transform(leaf, mu_dtype, nu_dtype, who="adam_jax.scale_by_adamax")
 
 
 def scale_by_belief(
@@ -208,6 +223,7 @@ def scale_by_belief(
     mu_dtype: DTypeLike | None = None,
     *,
     nu_dtype: DTypeLike | None = None,
+    nesterov: bool = False,
 ) -> optax.GradientTransformation:
   r"""AdaBelief: Adam with the variance of the gradient around its prediction.
 
@@ -228,9 +244,12 @@ def scale_by_belief(
     eps_root: added to :math:`s_t` at every step (stored in the state).
     mu_dtype: dtype of the first moment; default the param's dtype.
     nu_dtype: dtype of :math:`s_t`; default the param's (real) dtype.
+    nesterov: use Nesterov momentum in :math:`\hat m_t` (NAdam's form, as
+      ``optax.scale_by_belief(nesterov=True)``).
 
   Returns:
-    An ``optax.GradientTransformation`` with state ``ScaleByAdamState``.
+    An ``optax.GradientTransformation`` with state ``optax.ScaleByBeliefState``
+    (optax's class for the same fields).
 
   Examples:
     >>> import jax.numpy as jnp, adam_jax
@@ -253,10 +272,10 @@ def scale_by_belief(
     b2_r = numerics.hyper(b2, rd)
     s = b2_r * nu.astype(rd) + (1 - b2_r) * abs_sq(g_c - mu_c)
     s = s + numerics.hyper(eps_root, rd)
-    bc1 = numerics.bias_correction(b1, count, rd)
     bc2 = numerics.bias_correction(b2, count, rd)
     denom = jnp.sqrt(s / bc2) + numerics.hyper(eps, rd)
-    update = mu_c / (bc1 * denom).astype(g_c.dtype)
+    update = _mu_hat(g_c, mu_c, b1, count, rd, nesterov) / denom.astype(g_c.dtype)
     return update.astype(g.dtype), mu_c.astype(mu.dtype), s.astype(nu.dtype)
 
-  return moment_transform(leaf, mu_dtype, nu_dtype)
+  return moment_transform(leaf, mu_dtype, nu_dtype, who="adam_jax.scale_by_belief",
+                          state_class=optax.ScaleByBeliefState)
