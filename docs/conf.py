@@ -126,6 +126,11 @@ def _namedtuple(module_name: str, name: str, cls) -> list[str]:
 
   (autodoc alone would say "Alias for field number 0" for each field.)
   """
+  if not cls.__module__.startswith("adam_jax"):  # optax's own class, re-exported as it is
+    return [f".. autoclass:: {module_name}.{name}", "",
+            f"   optax's own ``{cls.__module__}.{cls.__qualname__}`` (the same class, so "
+            "``isinstance`` and tree maps across optax's states work); fields: "
+            + ", ".join(f"``{f}``" for f in cls._fields) + ".", ""]
   methods = [k for k, v in vars(cls).items()
              if not k.startswith("_") and k not in cls._fields and callable(v)]
   lines = [f".. autoclass:: {module_name}.{name}"]
