@@ -30,10 +30,8 @@ class Shards:
 
   def __init__(self, x, y, batches):
     self.x, self.y, self.batches = x, y, batches
-    self.passes = 0
 
   def __iter__(self):
-    self.passes += 1
     for i in range(self.batches):
       lo = (16 * i) % (len(self.x) - 16)
       yield self.x[lo:lo + 16], self.y[lo:lo + 16]

@@ -85,7 +85,6 @@ class Prefetcher:
   def __init__(self, stream: BatchStream, first_step: int):
     self.stream = stream
     self.it = stream.batches(first_step)
-    self.step = first_step
     self.pool = concurrent.futures.ThreadPoolExecutor(1)
     self.pending: concurrent.futures.Future | None = None
 
