@@ -2,7 +2,8 @@
 
 A :class:`Problem` holds the user's model (Flax NNX or functional), loss and data (arrays,
 a ``batch_fn`` or an iterable of batches); :func:`lr_find`, :func:`grid_search`,
-:func:`random_search`, :func:`successive_halving` and :func:`optuna_search` train it, many
+:func:`random_search`, :func:`successive_halving`, :func:`optuna_search` and :func:`pbt`
+(population-based training) train it, many
 configurations at once in one engine (members vmapped, as many per compiled program as
 ``max_memory`` allows by XLA's own memory analysis, evaluated in mini-batches and, with
 ``eval_every``, during training); :func:`train` trains one, evaluated as it goes and
@@ -16,6 +17,7 @@ from adam_jax.tuning._halving import rungs, successive_halving
 from adam_jax.tuning._lr_find import LRFindResult, lr_find
 from adam_jax.tuning._memory import MemoryBudgetError
 from adam_jax.tuning._optuna import optuna_search
+from adam_jax.tuning._pbt import Member, PBTResult, Schedule, pbt
 from adam_jax.tuning._problem import Problem
 from adam_jax.tuning._random import (
     Choice,
@@ -38,9 +40,12 @@ __all__ = [
     "FinishedTrial",
     "LRFindResult",
     "LogUniform",
+    "Member",
     "MemoryBudgetError",
+    "PBTResult",
     "Problem",
     "Row",
+    "Schedule",
     "SearchResult",
     "StorageUnavailable",
     "TrainInterrupted",
@@ -52,6 +57,7 @@ __all__ = [
     "lr_find",
     "open_storage",
     "optuna_search",
+    "pbt",
     "random_search",
     "rungs",
     "sample_configs",

@@ -67,3 +67,51 @@ def search_figure(result: Any, x: str | None) -> Any:
                                           if others else ""), fontsize=10)
   ax.legend(fontsize=8)
   return fig
+
+
+def pbt_figure(result: Any) -> Any:
+  """The figure of :meth:`PBTResult.plot`: schedules, then the lineage."""
+  import numpy as np
+
+  keys = list(result.hyperparameters)
+  starts = np.concatenate([[0], result.ready_steps]).astype(float)
+  steps = len(result.members[0].curve)
+  edges = np.concatenate([starts, [steps]])
+  fig = _plotting.figure(6.4, 2.3 * (len(keys) + 1))
+  axes = fig.subplots(len(keys) + 1, 1, sharex=True)
+  best = result.best
+  for ax, key in zip(axes, keys):
+    values = result.hyperparameters[key]
+    for m in range(values.shape[1]):
+      ax.stairs(values[:, m], edges, baseline=None, color="0.6", lw=0.8, alpha=0.7,
+                label="members" if m == 0 else None)
+    if best is not None:
+      sched = best.schedule
+      ax.stairs(sched.values[key], list(sched.starts) + [steps if best.best_step < 0
+                                                         else max(best.best_step, 1)],
+                baseline=None, color="C3", lw=2, label=f"best (member {best.index}) as trained")
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() > 0 and finite.max() > 4 * finite.min():
+      ax.set_yscale("log")
+    ax.set_ylabel(key)
+    ax.legend(fontsize=7, loc="best")
+  ax = axes[-1]
+  n = result.sources.shape[1]
+  for col, step in enumerate(result.ready_steps):
+    for m in range(n):
+      src = int(result.sources[col, m])
+      if src != m:
+        ax.annotate("", (step, m), (step - 0.35 * (starts[1] - starts[0]), src),
+                    arrowprops={"arrowstyle": "->", "color": "C0", "lw": 0.8})
+  if best is not None:
+    xs = [s for s, _ in best.lineage] + [steps if best.best_step < 0 else best.best_step]
+    ys = [who for _, who in best.lineage]
+    ax.stairs(ys, xs, baseline=None, color="C3", lw=2, label="best's ancestry")
+    ax.legend(fontsize=7, loc="best")
+  ax.set_ylim(-0.5, n - 0.5)
+  ax.set_ylabel("member")
+  ax.set_xlabel("step")
+  ax.set_title("copies at ready points (arrow: source -> member)", fontsize=9)
+  axes[0].set_title(f"population-based training: {len(result.members)} members, "
+                    f"{result.metric} ({result.mode})", fontsize=10)
+  return fig

@@ -60,6 +60,10 @@ class Evaluation(NamedTuple):
   mode: str = "min"  # "min" or "max"
   keep: str = "last"  # "last": the last step's model; "best": the best evaluated step's
   patience: int | None = None  # stop a member after this many evaluations without a better one
+  exploit: Any = None  # population-based training: at each evaluation before the last,
+  #   ``exploit.ready(step, scores, hp) -> (source, hp)`` says which member each member
+  #   copies (itself: none) and the hyperparameters every member trains with from there
+  #   on; ``exploit.saved()`` / ``exploit.load(saved)`` keep its state in checkpoints
 
 
 def train_group(
@@ -253,6 +257,21 @@ def where_members(mask: Any, new: Any, old: Any) -> Any:
   return jax.tree.map(pick, new, old)
 
 
+def copy_members(carry: Any, source: Any) -> Any:
+  """Each member's carry replaced by that of member ``source[i]`` (``i``: its own).
+
+  Params, optimizer state (moments and step count) and model state (BatchNorm
+  statistics) are copied; typed PRNG keys (an NNX model's dropout streams) stay each
+  member's own, so a copy and its source draw different dropout masks from there on.
+  """
+  def take(a):
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      return a
+    return jnp.take(a, source, axis=0)
+
+  return jax.tree.map(take, carry)
+
+
 def _init_fn(g: _Group) -> Callable[..., Any]:
   fns, make_tx = g.fns, g.make_tx
 
@@ -357,6 +376,9 @@ def _place(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, size: int,
     if g.evaluation.keep == "best":
       member = jax.ShapeDtypeStruct((padded,), jnp.bool_, sharding=spread)
       lower["select"] = lambda: jax.jit(where_members).lower(member, carry_shape, carry_shape)
+    if g.evaluation.exploit is not None:
+      source = jax.ShapeDtypeStruct((padded,), jnp.int32, sharding=spread)
+      lower["copy"] = lambda: jax.jit(copy_members, donate_argnums=0).lower(carry_shape, source)
   lowered = {k: make() for k, make in lower.items() if (k, signature) not in g.programs}
   g.programs.update({(k, signature): c
                      for k, c in compile_all(lowered, compiler_options()).items()})
@@ -391,6 +413,13 @@ def _members_that_fit(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, size:
   shared = ndev if placed.use[0].platform == "cpu" else 1
   if per_device(placed) * shared <= budget:
     return size
+  if g.evaluation is not None and g.evaluation.exploit is not None:  # one program or none
+    need = per_device(placed) * shared
+    raise _memory.MemoryBudgetError(
+        f"the population of {size} members trains in one program (its members copy each "
+        f"other) and needs {_memory.format_bytes(need)} but max_memory allows "
+        f"{_memory.format_bytes(budget)}; raise max_memory, or use a smaller population, "
+        "batch_size, eval_batch_size or model", need, budget)
   one = _place(g, {k: np.asarray(v)[:1] for k, v in hp.items()}, np.asarray(seed_pos)[:1],
                1, with_init)
   if per_device(one) > budget:
@@ -420,10 +449,12 @@ def _train_members(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, start: A
   if start is not None:
     carry = jax.device_put(jax.tree.map(functools.partial(_pad, size=pl.padded), start),
                            pl.spread)
+  exploit = None if g.evaluation is None else g.evaluation.exploit
   saved_like = lambda carry: {"carry": carry, "step": np.zeros((), np.int32),
                               "chunk": np.int32(chunk), "hp": hp, "seed_pos": seed_pos,
                               "trace": trace,
-                              **({} if track is None else {"eval": track.saved(carry)})}
+                              **({} if track is None else {"eval": track.saved(carry)}),
+                              **({} if exploit is None else {"ready": exploit.saved(hp)})}
   if resume and checkpoint_path is not None and os.path.isdir(checkpoint_path):
     saved = _restore(checkpoint_path, saved_like(pl.carry_shape))
     if (saved is not None and int(saved["chunk"]) == chunk
@@ -434,8 +465,9 @@ def _train_members(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, start: A
       trace = jax.tree.map(np.array, saved["trace"])
       if track is not None:
         track.load(saved["eval"])
-        run_chunk_args = track.gate(pl.step_args)
-        pl = pl._replace(step_args=run_chunk_args)
+        pl = pl._replace(step_args=track.gate(pl.step_args))
+      if exploit is not None:
+        pl = _with_hp(pl, exploit.load(saved["ready"]))
   if carry is None:
     carry = compiled["init"](*pl.step_args[:2], pl.step_args[4])
 
@@ -450,6 +482,8 @@ def _train_members(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, start: A
         dst[:, lo:hi] = src
       if track is not None and track.due(hi):
         track.update(hi, carry)
+        if exploit is not None and hi < steps:
+          carry, pl = _exploit(exploit, track, pl, hi, carry)
         run_chunk = _chunk_runner(g, pl._replace(step_args=track.gate(pl.step_args)), feed)
       if checkpoint_path is not None and hi < steps:
         from adam_jax import checkpoint
@@ -475,6 +509,26 @@ def _train_members(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, start: A
                      jax.tree.map(cut, fetch(state)), metrics,
                      jax.tree.map(cut, trace), g.loop, train_s, min(len(pl.use), n),
                      jax.tree.map(cut, fetch(opt_state)), pl.compile_s, **extra)
+
+
+def _exploit(exploit: Any, track: _Tracker, pl: _Placed, step: int, carry: Any
+             ) -> tuple[Any, _Placed]:
+  """Population-based training's exploit and explore at ``step``: members copy others'
+  carries on the devices and train with the hyperparameters ``exploit`` gives."""
+  scores = track.values[track.names.index(track.ev.metric), track.points.index(step)]
+  current = fetch({k: v for k, v in pl.step_args[0].items() if k != ACTIVE})
+  source, hp = exploit.ready(step, scores, current)
+  source = np.asarray(source, np.int32)
+  if not np.array_equal(source, np.arange(pl.padded)):
+    carry = pl.compiled["copy"](carry, jax.device_put(source, pl.spread))
+  return carry, _with_hp(pl, hp)
+
+
+def _with_hp(pl: _Placed, hp: dict[str, np.ndarray]) -> _Placed:
+  """``pl`` whose members train with the traced hyperparameters ``hp`` (padded)."""
+  args = dict(pl.step_args[0])
+  args.update(jax.device_put({k: np.asarray(v) for k, v in hp.items()}, pl.spread))
+  return pl._replace(step_args=(args,) + pl.step_args[1:])
 
 
 class _Tracker:

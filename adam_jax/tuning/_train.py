@@ -52,9 +52,10 @@ class TrainInterrupted(KeyboardInterrupt):
 @_lock.scoped  # the lock of checkpoint_dir is given back when the run ends
 def train(
     problem: Problem,
-    tx: optax.GradientTransformation,
+    tx: optax.GradientTransformation | None,
     steps: int,
     *,
+    schedule: Any = None,
     seed: int = 0,
     eval_every: int | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
@@ -91,8 +92,13 @@ def train(
 
   Args:
     problem: the :class:`Problem` (a factory is built with its default keywords).
-    tx: any optax ``GradientTransformation``.
+    tx: any optax ``GradientTransformation`` (None with ``schedule``).
     steps: the number of optimizer steps (>= 1).
+    schedule: instead of ``tx``, hyperparameters that change during training: a
+      :class:`Schedule` (what :func:`pbt` found: ``result.best.schedule``), its optimizer
+      built from the values of each segment at the segment's steps (traced, so the run
+      compiles once). With the same ``seed`` a member of :func:`pbt` that never copied
+      another is reproduced to float32 rounding.
     seed: seeds the initial model (of a factory), the batch order and dropout streams.
     eval_every: steps between evaluations (default: one evaluation, after the last step).
     checkpoint_dir: where to save the run (None: no checkpoints). The run holds the
@@ -173,12 +179,15 @@ def train(
   steps, eval_every, seed = int(steps), min(int(eval_every), int(steps)), int(seed)
   fns = problem.bind().fns
   batch_fn = problem.batch_fn
+  make_tx, hp_at = _optimizer(tx, schedule)
+  if schedule is not None:
+    tx = schedule
 
-  one_step = _runner.member_step(fns, lambda hp: tx, batch_fn, record)
+  one_step = _runner.member_step(fns, make_tx, batch_fn, record)
 
   def step(carry, t, idx, data):  # one member: its seed and batch rows at position 0
     rows = None if idx is None else idx[:, None]
-    return one_step(carry, {}, 0, t, rows, jnp.asarray([seed], jnp.int32), data)
+    return one_step(carry, hp_at(t), 0, t, rows, jnp.asarray([seed], jnp.int32), data)
 
   def evaluate(carry, val):
     params, opt_state, state = carry
@@ -189,7 +198,7 @@ def train(
 
   def init(seed):
     params, state = fns.init(seed)
-    return params, tx.init(params), state
+    return params, make_tx(hp_at(0)).init(params), state
 
   stream = problem.stream
 
@@ -328,6 +337,29 @@ def train(
       best_step=None if kept is None or kept.step < 0 else kept.step,
       stopped_step=None if kept is None else kept.stopped,
   )
+
+
+def _optimizer(tx: Any, schedule: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
+  """``(make_tx, hp_at)``: the optimizer of traced values and the values at step ``t``."""
+  if schedule is None:
+    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+      raise ValueError(f"tx must be an optax GradientTransformation (or schedule=...), got "
+                       f"{type(tx).__name__}")
+    return (lambda hp: tx), (lambda t: {})
+  from adam_jax.tuning._pbt import Schedule
+
+  if tx is not None:
+    raise ValueError("pass tx or schedule, not both (a schedule names its optimizer)")
+  if not isinstance(schedule, Schedule):
+    raise ValueError(f"schedule must be an adam_jax.tuning.Schedule (a pbt result's "
+                     f"member.schedule), got {type(schedule).__name__}")
+  starts, values = schedule.table()
+
+  def hp_at(t):
+    k = jnp.maximum(jnp.searchsorted(starts, t, side="right") - 1, 0)
+    return {key: jnp.asarray(v)[k] for key, v in values.items()}
+
+  return schedule.make_tx(), hp_at
 
 
 class _Kept:
