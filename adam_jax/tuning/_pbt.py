@@ -199,7 +199,7 @@ def pbt(
       :func:`choice` of numbers, or a list: a choice) or single values (fixed). Model
       keywords and ``batch_size`` may be fixed (one value), not varied; ``schedule``
       likewise.
-    population: the number of members (at least 2).
+    population: the number of members (one: a plain training with the drawn values).
     steps: training steps of every member.
     ready_every: steps between ready points (fewer than ``steps``).
     optimizer: a name in :func:`adam_jax.optimizers` or a factory of transformations.
@@ -295,7 +295,7 @@ def _checked(problem, space, population, steps, ready_every, optimizer, quantile
   """The checked arguments: the parsed space, the varied keys' distributions, the factory."""
   if not isinstance(problem, Problem):
     raise ValueError(f"problem must be an adam_jax.tuning.Problem, got {type(problem).__name__}")
-  for name, value, low in (("population", population, 2), ("steps", steps, 2),
+  for name, value, low in (("population", population, 1), ("steps", steps, 2),
                            ("ready_every", ready_every, 1), ("seed", seed, 0),
                            ("checkpoint_every", checkpoint_every, 0)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -359,7 +359,7 @@ class _Population:
                on_ready: Callable[..., None] | None):
     self.dists, self.ready_steps = dists, ready_steps
     self.n = len(next(iter(hp0.values())))
-    self.k = max(1, int(math.floor(quantile * self.n)))
+    self.k = max(1, int(math.floor(quantile * self.n))) if self.n > 1 else 0  # one: alone
     self.perturb, self.resample = perturb, resample_probability
     self.mode, self.seed = mode, seed
     self.history_path, self.on_ready = history_path, on_ready
@@ -377,7 +377,7 @@ class _Population:
     s = np.asarray(scores[:n], np.float64)
     s = np.where(np.isfinite(s), s if self.mode == "min" else -s, np.inf)
     order = np.argsort(s, kind="stable")
-    top, bottom = order[:k], order[n - k:]
+    top, bottom = order[:k], order[n - k:] if k else order[:0]
     source = np.arange(len(scores), dtype=np.int32)
     new = {key: np.array(v, np.float32) for key, v in hp.items()}
     for i in sorted(bottom):
