@@ -98,7 +98,7 @@ def test_the_best_schedule_replays_with_train(mlp, run):
   assert own == pytest.approx(best.metrics["val_loss"], rel=1e-5)
   for m in run.members:
     starts = [s for s, _ in m.lineage]
-    assert starts == list(m.schedule.starts) and starts[0] == 0
+    assert set(m.schedule.starts) <= set(starts) and starts[0] == m.schedule.starts[0] == 0
     assert m.lineage[-1][1] == m.index
 
 

@@ -57,7 +57,7 @@ FLAGS = (
     ("batch_size", "--batch-size", common.list_of(common.positive_int), "32", "mini-batch sizes"),
 )
 SAMPLED_LR = common.Range(1e-4, 1e-2, log=True)  # --lr of a sampled search, by default
-SEARCHES = ("grid", "random", "halving", "optuna")
+SEARCHES = ("grid", "random", "halving", "optuna", "pbt")
 SHAPE_KEYS = ("layers", "hidden", "batch_size")
 RECORD = "sweep.json"  # the flags and the data digest of the run in --out
 _NOT_RECORDED = ("run", "command", "out", "resume", "diagnostics",  # these change no result
@@ -65,7 +65,8 @@ _NOT_RECORDED = ("run", "command", "out", "resume", "diagnostics",  # these chan
                  "storage",  # recorded without its password: storage_url
                  "tensorboard",
                  "storage_timeout", "heartbeat_interval", "grace_period")  # how, not what
-_SEARCH_FLAGS = ("search", "trials", "min_steps", "eta", "study_name")  # not in a grid's record
+_SEARCH_FLAGS = ("search", "trials", "min_steps", "eta", "study_name", "population",
+                 "ready_every")  # not in a grid's record
 
 
 def add_parser(sub: Any) -> None:
@@ -125,7 +126,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument(flag, dest=dest, default=None, type=parse,
                    help=f"{text} (default: {default.replace('%', '%%')})")
   p.add_argument("--search", default="grid", type=common.choice_of(SEARCHES),
-                 help="grid, random, halving (successive halving) or optuna (default: grid)")
+                 help="grid, random, halving (successive halving), optuna or pbt "
+                      "(population-based training) (default: grid)")
+  p.add_argument("--population", default=None, type=common.positive_int,
+                 help="pbt: members training together (default: 16)")
+  p.add_argument("--ready-every", default=None, type=common.positive_int, metavar="K",
+                 help="pbt: every K steps the worst quarter of the population copies the "
+                      "best quarter and perturbs its values (default: --steps / 10)")
   p.add_argument("--trials", default=None, type=common.positive_int,
                  help="configurations to train: random, halving, optuna (default: 16); with "
                       "optuna the study's total, shared by every process on the study")
@@ -212,7 +219,7 @@ def _space(args: argparse.Namespace) -> dict[str, Any]:
     given = getattr(args, dest)
     if args.search == "grid" and isinstance(given, common.Range):
       raise common.UsageError(f"{flag}: a range ({given.lo:g}:{given.hi:g}) needs --search "
-                              "random, halving or optuna; a grid takes comma-separated values",
+                              "random, halving, optuna or pbt; a grid takes comma-separated values",
                               PROG)
     if given is None:
       given = SAMPLED_LR if dest == "learning_rate" and args.search != "grid" else parse(default)
@@ -228,6 +235,8 @@ def _check_search_flags(args: argparse.Namespace) -> None:
   only = {"trials": ("--trials", ("random", "halving", "optuna")),
           "min_steps": ("--min-steps", ("halving",)), "eta": ("--eta", ("halving",)),
           "storage": ("--storage", ("optuna",)), "study_name": ("--study-name", ("optuna",)),
+          "population": ("--population", ("pbt",)),
+          "ready_every": ("--ready-every", ("pbt",)),
           "eval_every": ("--eval-every", ("grid", "random")),
           "patience": ("--patience", ("grid", "random")),
           "storage_timeout": ("--storage-timeout", ("optuna",)),
@@ -239,7 +248,11 @@ def _check_search_flags(args: argparse.Namespace) -> None:
                           else searches)
       raise common.UsageError(f"{flag} needs --search {named} (this is --search "
                               f"{args.search})", PROG)
-  if args.keep == "best" and args.eval_every is None:
+  if args.search == "pbt":
+    from adam_jax.cli import _population
+
+    _population.check_flags(args, PROG)
+  if args.keep == "best" and args.eval_every is None and args.search != "pbt":
     raise common.UsageError("--keep best needs --eval-every, the steps between evaluations",
                             PROG)
   if args.patience is not None and args.eval_every is None:
@@ -261,7 +274,9 @@ def _check_search_flags(args: argparse.Namespace) -> None:
   if args.resume and args.search == "optuna" and args.storage is None:
     raise common.UsageError("--resume with --search optuna needs --storage and --study-name: "
                             "the study is the record, and one in memory is gone", PROG)
-  if args.search != "grid" and args.trials is None:
+  if args.search == "pbt" and args.trials is not None:
+    raise common.UsageError("--trials: --search pbt trains --population members", PROG)
+  if args.search not in ("grid", "pbt") and args.trials is None:
     args.trials = 16
   if args.search == "halving":
     args.eta = 3 if args.eta is None else args.eta
@@ -312,6 +327,10 @@ def run(args: argparse.Namespace) -> int:
     from adam_jax.cli import _searches
 
     return _searches.run_optuna(args, study, problem, space, out, PROG)
+  if args.search == "pbt":
+    from adam_jax.cli import _population
+
+    return _population.run_pbt(args, problem, space, out, PROG)
 
   total = math.prod(len(v) for v in space.values()) if args.search == "grid" else args.trials
   what = {"grid": "configurations", "random": "random configurations",

@@ -438,6 +438,24 @@ def ancestry(pop_sources: np.ndarray, ready_steps: Sequence[int], member: int, s
   return out[::-1]
 
 
+def _schedule_of(pop: _Population, lineage: list[tuple[int, int]], optimizer: Any, sp: Space,
+                 steps: int) -> Schedule:
+  """The values each stretch of ``lineage`` trained with; a stretch that changes nothing
+  joins the one before."""
+  starts: list[int] = []
+  values: dict[str, list[float]] = {k: [] for k in pop.hyperparameters}
+  for start, who in lineage:
+    col = 0 if start == 0 else list(pop.ready_steps).index(start) + 1
+    here = {k: float(v[col, who]) for k, v in pop.hyperparameters.items()}
+    if starts and all(values[k][-1] == here[k] for k in here):
+      continue
+    starts.append(start)
+    for k in here:
+      values[k].append(here[k])
+  return Schedule(optimizer, dict(sp.const), tuple(starts),
+                  {k: tuple(v) for k, v in values.items()}, steps)
+
+
 def _result(out: _runner.GroupOutput, group: _group.Group, pop: _Population,
             configs: list[dict[str, Any]], sp: Space, optimizer: Any, steps: int,
             metric: str, mode: str, keep: str) -> PBTResult:
@@ -452,11 +470,7 @@ def _result(out: _runner.GroupOutput, group: _group.Group, pop: _Population,
   for m in range(n):
     at = int(out.best_step[m]) if kept_best and out.best_step[m] >= 0 else steps
     lineage = ancestry(pop.sources, pop.ready_steps, m, at)
-    cols = [0] + [list(pop.ready_steps).index(s) + 1 for s, _ in lineage[1:]]
-    schedule = Schedule(optimizer, dict(sp.const), tuple(s for s, _ in lineage),
-                        {k: tuple(float(pop.hyperparameters[k][c, who])
-                                  for c, (_, who) in zip(cols, lineage))
-                         for k in pop.hyperparameters}, steps)
+    schedule = _schedule_of(pop, lineage, optimizer, sp, steps)
     copied = [(int(r), int(pop.sources[i, m])) for i, r in enumerate(ready)
               if pop.sources[i, m] != m]
     members.append(Member(
