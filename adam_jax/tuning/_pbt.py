@@ -96,8 +96,8 @@ class PBTResult(NamedTuple):
 
   members: list[Member]  # the population, in order
   best: Member | None  # the best returned model by ``metric`` and ``mode``, with its model
-  metric: str
-  mode: str
+  metric: str  # the validation metric ranked at the ready points and for ``best``
+  mode: str  # "min" or "max"
   ready_steps: np.ndarray  # shape=(R,): the steps at which members copied others
   sources: np.ndarray  # shape=(R, population): the member each one copied there (itself:
   #   it did not copy)
