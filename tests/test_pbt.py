@@ -196,3 +196,14 @@ def test_train_schedule_arguments(mlp, run):
     tuning.train(mlp, adam_jax.adam(1e-3), 10, schedule=run.best.schedule)
   with pytest.raises(ValueError, match="schedule must be an adam_jax.tuning.Schedule"):
     tuning.train(mlp, None, 10, schedule={"learning_rate": 1e-3})
+
+
+def test_a_population_spread_over_devices_equals_one_device(mlp, run):
+  if len(jax.devices()) < 3:
+    pytest.skip("needs several devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+  spread = tuning.pbt(mlp, SPACE, population=6, steps=120, ready_every=30, seed=3,
+                      devices=jax.devices()[:3], loop="scan")
+  np.testing.assert_array_equal(spread.sources, run.sources)
+  for a, b in zip(spread.members, run.members):
+    np.testing.assert_allclose(a.curve, b.curve, rtol=1e-4)
+    assert a.metrics["val_loss"] == pytest.approx(b.metrics["val_loss"], rel=1e-4)
