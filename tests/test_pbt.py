@@ -62,8 +62,8 @@ def test_copied_members_train_on_from_the_source_bit_for_bit(mlp):
 def test_explore_stays_inside_the_space():
   dists = {"learning_rate": tuning.log_uniform(1e-3, 1e-2), "b2": tuning.choice([0.9, 0.99, 0.999])}
   hp = {"learning_rate": np.full(8, 9e-3, np.float32), "b2": np.full(8, 0.999, np.float32)}
-  pop = _pbt._Population(dists, hp, list(range(10, 500, 10)), 0.5, (0.5, 2.0), 0.3, "min", 0,
-                         None, None)
+  pop = _pbt._Population(dists, hp, list(range(10, 500, 10)), _pbt.Rules(0.5, (0.5, 2.0), 0.3,
+                                                                         "min", 0))
   rng = np.random.default_rng(0)
   for step in range(10, 500, 10):
     source, hp = pop.ready(step, rng.standard_normal(8).astype(np.float32), hp)

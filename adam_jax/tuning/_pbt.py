@@ -247,10 +247,19 @@ def pbt(
     >>> result.sources.shape, len(result.best.schedule.starts) >= 1
     ((3, 4), True)
   """
-  args = _checked(problem, space, population, steps, ready_every, optimizer, quantile,
-                  perturb, resample_probability, mode, seed, resume, out_dir, loop,
-                  checkpoint_every)
-  sp, dists, factory = args
+  if not isinstance(problem, Problem):
+    raise ValueError(f"problem must be an adam_jax.tuning.Problem, got {type(problem).__name__}")
+  _check_numbers(dict(population=population, steps=steps, ready_every=ready_every, seed=seed,
+                      checkpoint_every=checkpoint_every, quantile=quantile, perturb=perturb,
+                      resample_probability=resample_probability))
+  if mode not in ("min", "max"):
+    raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+  if loop not in _runner.LOOPS:
+    raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
+  if resume and out_dir is None:
+    raise ValueError("resume needs out_dir, the folder of the run to resume")
+  check_resumable(problem, resume)
+  sp, dists, factory = _population_space(problem, space, optimizer)
   evaluation = evaluation_of(problem, steps, ready_every, keep, None, metric, mode)
   budget = memory_budget(max_memory)
   configs = sample_configs(space, population, seed)
@@ -272,8 +281,9 @@ def pbt(
   ready_steps = list(range(ready_every, steps, ready_every))
   history_path = None if store is None or not store.writes else os.path.join(
       os.fspath(out_dir), HISTORY)
-  pop = _Population(dists, hp0, ready_steps, quantile, tuple(float(f) for f in perturb),
-                    resample_probability, mode, seed, history_path, on_ready)
+  pop = _Population(dists, hp0, ready_steps, Rules(quantile, tuple(float(f) for f in perturb),
+                                                    resample_probability, mode, seed),
+                    history_path, on_ready)
   evaluation = evaluation._replace(exploit=pop)
   make_tx = tx_builder(factory, sp, steps)
   group_cfg = {k: sp.values[k][0] for k in sp.group}
@@ -289,20 +299,17 @@ def pbt(
   return result
 
 
-def _checked(problem, space, population, steps, ready_every, optimizer, quantile, perturb,
-             resample_probability, mode, seed, resume, out_dir, loop, checkpoint_every
-             ) -> tuple[Space, dict[str, Any], Callable[..., Any]]:
-  """The checked arguments: the parsed space, the varied keys' distributions, the factory."""
-  if not isinstance(problem, Problem):
-    raise ValueError(f"problem must be an adam_jax.tuning.Problem, got {type(problem).__name__}")
-  for name, value, low in (("population", population, 1), ("steps", steps, 2),
-                           ("ready_every", ready_every, 1), ("seed", seed, 0),
-                           ("checkpoint_every", checkpoint_every, 0)):
+def _check_numbers(values: Mapping[str, Any]) -> None:
+  """The counts, shares and factors of :func:`pbt`, each refused by name when bad."""
+  for name in ("population", "steps", "ready_every", "seed", "checkpoint_every"):
+    value, low = values[name], {"population": 1, "steps": 2, "ready_every": 1}.get(name, 0)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
       raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+  steps, ready_every = values["steps"], values["ready_every"]
   if ready_every >= steps:
     raise ValueError(f"ready_every must be below steps ({steps}): no member would ever copy "
                      f"another, got {ready_every}")
+  quantile, perturb = values["quantile"], values["perturb"]
   if not (isinstance(quantile, (int, float)) and 0 < quantile <= 0.5):
     raise ValueError(f"quantile must be in (0, 0.5] (the share copied and copying), "
                      f"got {quantile!r}")
@@ -310,15 +317,14 @@ def _checked(problem, space, population, steps, ready_every, optimizer, quantile
       or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0
                  and math.isfinite(f) for f in perturb)):
     raise ValueError(f"perturb must be a list of positive factors, got {perturb!r}")
-  if not (isinstance(resample_probability, (int, float)) and 0 <= resample_probability <= 1):
-    raise ValueError(f"resample_probability must be in [0, 1], got {resample_probability!r}")
-  if mode not in ("min", "max"):
-    raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-  if loop not in _runner.LOOPS:
-    raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
-  if resume and out_dir is None:
-    raise ValueError("resume needs out_dir, the folder of the run to resume")
-  check_resumable(problem, resume)
+  p = values["resample_probability"]
+  if not (isinstance(p, (int, float)) and 0 <= p <= 1):
+    raise ValueError(f"resample_probability must be in [0, 1], got {p!r}")
+
+
+def _population_space(problem: Problem, space: Mapping[str, Any], optimizer: Any
+                      ) -> tuple[Space, dict[str, Any], Callable[..., Any]]:
+  """The parsed space, the varied keys' distributions and the optimizer's factory."""
   if not isinstance(space, Mapping):
     raise ValueError(f"space must map names to distributions, got {type(space).__name__}")
   dists: dict[str, Any] = {}
@@ -349,19 +355,28 @@ def _checked(problem, space, population, steps, ready_every, optimizer, quantile
   return sp, dists, factory
 
 
+class Rules(NamedTuple):
+  """How a ready point exploits and explores (see :func:`pbt`)."""
+
+  quantile: float  # the share of the population copied, and copying
+  perturb: tuple[float, ...]  # the factors of explore
+  resample_probability: float  # a value drawn anew instead of perturbed
+  mode: str  # "min" or "max": which scores are the best
+  seed: int  # each ready point's decisions are drawn from (seed, step)
+
+
 class _Population:
   """The exploit and explore of :func:`pbt`, called by the runner at each ready point, and
   the population's history (kept in the runner's checkpoints)."""
 
   def __init__(self, dists: dict[str, Any], hp0: dict[str, np.ndarray], ready_steps: list[int],
-               quantile: float, perturb: tuple[float, ...], resample_probability: float,
-               mode: str, seed: int, history_path: str | None,
-               on_ready: Callable[..., None] | None):
+               rules: Rules, history_path: str | None = None,
+               on_ready: Callable[..., None] | None = None):
     self.dists, self.ready_steps = dists, ready_steps
     self.n = len(next(iter(hp0.values())))
-    self.k = max(1, int(math.floor(quantile * self.n))) if self.n > 1 else 0  # one: alone
-    self.perturb, self.resample = perturb, resample_probability
-    self.mode, self.seed = mode, seed
+    self.k = max(1, int(math.floor(rules.quantile * self.n))) if self.n > 1 else 0  # one: alone
+    self.perturb, self.resample = rules.perturb, rules.resample_probability
+    self.mode, self.seed = rules.mode, rules.seed
     self.history_path, self.on_ready = history_path, on_ready
     r = len(ready_steps)
     self.hyperparameters = {k: np.repeat(v[None], r + 1, axis=0) for k, v in hp0.items()}
