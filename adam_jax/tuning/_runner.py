@@ -689,11 +689,11 @@ def _concat_outputs(outs: list[GroupOutput]) -> GroupOutput:
       concat_members(*[o.trace for o in outs]), first.loop, sum(o.train_s for o in outs),
       max(o.num_devices for o in outs), concat_members(*[o.opt_state for o in outs]),
       sum(o.compile_s for o in outs),
-      None if first.evals is None else (first.evals[0], {  # the same steps in every part
+      evals=None if first.evals is None else (first.evals[0], {  # the same steps in every part
           k: np.concatenate([o.evals[1][k] for o in outs]) for k in first.evals[1]}),
-      *[None if getattr(first, k) is None else np.concatenate([getattr(o, k) for o in outs])
-        for k in ("best_step", "stopped")],
-      None if all(o.last is None for o in outs) else concat_members(*[
+      **{k: None if getattr(first, k) is None else np.concatenate([getattr(o, k) for o in outs])
+         for k in ("best_step", "stopped")},
+      last=None if all(o.last is None for o in outs) else concat_members(*[
           (o.params, o.opt_state, o.state) if o.last is None else o.last for o in outs]))
 
 
