@@ -208,7 +208,7 @@ def successive_halving(
   #   per seed, diverged: at the end of the rung
   evals = {i: Continued(metric, mode, keep) for i in range(len(configs))
            } if evaluation is not None else None
-  leader: list[int] = []  # keep="best": the best configuration finished so far (its models)
+  leader: list[Any] = []  # keep="best": the best configuration finished so far (its models)
   groups: dict[tuple[Any, ...], _group.Group] = {}
   programs: dict[tuple[Any, ...], dict[Any, Any]] = {}  # group -> its compiled programs
   sizes: dict[tuple[Any, ...], set[int]] = {}  # group -> the member counts compiled
