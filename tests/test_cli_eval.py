@@ -12,7 +12,8 @@ from adam_jax import cli
     (["--keep", "best"], "--keep best needs --eval-every"),
     (["--patience", "2"], "--patience needs --eval-every"),
     (["--eval-every", "50", "--steps", "20"], "--eval-every (50) must be at most --steps (20)"),
-    (["--eval-every", "5", "--search", "halving"], "--eval-every needs --search grid or random"),
+    (["--eval-every", "5", "--patience", "2", "--search", "optuna"],
+     "--patience needs --search grid, random or halving (this is --search optuna)"),
     (["--eval-every", "0"], "argument --eval-every"),
     (["--keep", "first"], "argument --keep"),
 ])
@@ -41,6 +42,20 @@ def test_curves_and_the_best_step_are_written_and_resumed(tmp_path, capsys):
   # a resume trains nothing and keeps the curves it read back
   assert cli.main(argv + ["--resume"]) == 0
   assert "(2 resumed)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_halving_writes_curves_and_keeps_the_best_of_any_rung(tmp_path, capsys):
+  out = tmp_path / "h"
+  code = cli.main(["sweep", "--search", "halving", "--trials", "4", "--eta", "2",
+                   "--lr", "1e-3:3e-1", "--hidden", "8", "--min-steps", "20", "--steps", "40",
+                   "--eval-every", "10", "--keep", "best", "--out", str(out)])
+  assert code == 0, capsys.readouterr().err
+  items = [json.loads(line) for line in (out / "curves.jsonl").read_text().splitlines()]
+  assert sorted(len(it["evals"]["step"]) for it in items) == [2, 2, 4, 4]
+  best = json.loads((out / "best.json").read_text())
+  lowest = min(min(it["evals"]["val_loss"]) for it in items)
+  assert best["val_loss"] == pytest.approx(lowest, rel=1e-6)
 
 
 def test_a_learning_rate_of_zero_is_a_baseline_the_sweep_accepts(tmp_path, capsys):

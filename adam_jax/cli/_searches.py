@@ -149,6 +149,24 @@ def write_rows(path: str, rows: Sequence[Any], extra: Sequence[str] = ()) -> Non
          + [getattr(row, e) for e in extra] + [row.diverged] for row in rows]))
 
 
+def write_curves(path: str, rows: Sequence[Any]) -> None:
+  """``curves.jsonl``: a line per row (its training loss; with --eval-every its validation
+  curve and kept steps), as grid and random searches write it."""
+  import json
+
+  from adam_jax import _files
+  from adam_jax.tuning._store import config_key
+
+  lines = []
+  for row in rows:
+    item = {"key": list(config_key(row.config)), "curve": [float(v) for v in row.curve]}
+    if row.evals is not None:
+      item.update(evals={k: [float(v) for v in vs] for k, vs in row.evals.items()},
+                  best_step=row.best_step, stopped_step=row.stopped_step)
+    lines.append(json.dumps(item) + "\n")
+  _files.write_atomic(path, "".join(lines))
+
+
 _COLUMNS = ("trial", "state")  # results.csv of optuna: these, the space, the metrics, then
 _LAST = ("steps", "retry_of", "worker", "diverged")  # these
 
@@ -272,7 +290,8 @@ def run_optuna(args: argparse.Namespace, study: Any, problem: Any, space: dict[s
                                   batch_size_trials=min(args.trials, BATCH_TRIALS),
                                   steps=args.steps, optimizer=args.optimizer, seeds=seeds,
                                   loop=args.loop, on_trial=log.append,
-                                  max_memory=args.max_memory, log_dir=args.tensorboard)
+                                  max_memory=args.max_memory, log_dir=args.tensorboard,
+                                  eval_every=args.eval_every, keep=args.keep)
   except ValueError as err:
     raise common.UsageError(str(err), prog) from None
   except tuning.StorageUnavailable as err:
@@ -350,7 +369,8 @@ def _report_optuna(args: argparse.Namespace, study: Any, result: Any, space: dic
   written = ["best.json", "heatmap.png"]
   if result.rows:
     _figures.curves(os.path.join(out, "curves.png"), result.rows, result.best, keys)
-    written.append("curves.png")
+    write_curves(os.path.join(out, "curves.jsonl"), result.rows)
+    written += ["curves.png", "curves.jsonl"]
   written += _optuna_plots(study, out)
   print(f"wrote {csv_path}, {', '.join(written)} in {out}")
 

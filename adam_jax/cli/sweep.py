@@ -175,16 +175,18 @@ def add_parser(sub: Any) -> None:
                  help="steps in lax.scan chunks or a jitted step called from Python "
                       "(default: auto, Python steps for convolutions on CPU)")
   p.add_argument("--eval-every", default=None, type=common.positive_int, metavar="N",
-                 help="grid and random: evaluate every configuration on the validation split "
-                      "every N steps (curves in curves.jsonl and curves.png; default: once, "
-                      "after the last step)")
+                 help="grid, random, halving and optuna: evaluate every configuration on the "
+                      "validation split every N steps (curves in curves.jsonl and curves.png; "
+                      "default: once, after the last step); halving ranks each rung at its "
+                      "end, optuna reports every evaluation to the trial")
   p.add_argument("--keep", default="last", type=common.choice_of(("last", "best")),
-                 help="grid and random, with --eval-every: report and keep each "
-                      "configuration's model of its last step or of its best evaluated step "
-                      "(lowest validation loss) (default: last)")
+                 help="with --eval-every: report and keep each configuration's model of its "
+                      "last step or of its best evaluated step (lowest validation loss; "
+                      "halving: of any rung) (default: last)")
   p.add_argument("--patience", default=None, type=common.positive_int, metavar="K",
-                 help="grid and random, with --eval-every: stop a configuration after K "
-                      "evaluations without a lower validation loss")
+                 help="grid, random and halving, with --eval-every: stop a configuration "
+                      "after K evaluations without a lower validation loss (halving: within a "
+                      "rung, and it goes no further; optuna: the study's pruner stops trials)")
   p.add_argument("--checkpoint-every", default=1000, type=common.nonnegative_int,
                  help="grid and random: steps between checkpoints of the group in training "
                       "in DIR/checkpoints (1000; 0: none)")
@@ -237,8 +239,8 @@ def _check_search_flags(args: argparse.Namespace) -> None:
           "storage": ("--storage", ("optuna",)), "study_name": ("--study-name", ("optuna",)),
           "population": ("--population", ("pbt",)),
           "ready_every": ("--ready-every", ("pbt",)),
-          "eval_every": ("--eval-every", ("grid", "random")),
-          "patience": ("--patience", ("grid", "random")),
+          "eval_every": ("--eval-every", ("grid", "random", "halving", "optuna")),
+          "patience": ("--patience", ("grid", "random", "halving")),
           "storage_timeout": ("--storage-timeout", ("optuna",)),
           "heartbeat_interval": ("--heartbeat-interval", ("optuna",)),
           "grace_period": ("--grace-period", ("optuna",))}
@@ -372,6 +374,7 @@ def run(args: argparse.Namespace) -> int:
     from adam_jax.cli import _searches
 
     _searches.write_rows(csv_path, result.rows, extra=("rung", "steps"))
+    _searches.write_curves(os.path.join(out, "curves.jsonl"), result.rows)
   return _report(args, out, result, rows, space, total, elapsed)
 
 
@@ -405,7 +408,9 @@ def _search(args: argparse.Namespace, problem: Any, space: dict[str, Any], out: 
                                    min_steps=args.min_steps, max_steps=args.steps, eta=args.eta,
                                    seed=args.seed, optimizer=args.optimizer, seeds=seeds,
                                    loop=args.loop, on_row=rows.append,
-                                   max_memory=args.max_memory, log_dir=args.tensorboard)
+                                   max_memory=args.max_memory, log_dir=args.tensorboard,
+                                   eval_every=args.eval_every, keep=args.keep,
+                                   patience=args.patience)
 
 
 def _report(args: argparse.Namespace, out: str, result: Any, rows: list[Any],

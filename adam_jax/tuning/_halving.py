@@ -14,10 +14,11 @@ import optax
 
 from adam_jax.tuning import _group, _runner, _tensorboard
 from adam_jax.tuning._diverged import diverged_members
-from adam_jax.tuning._grid import memory_budget
+from adam_jax.tuning._grid import evaluation_of, memory_budget
 from adam_jax.tuning._problem import Problem
 from adam_jax.tuning._random import Choice, LogUniform, Uniform, sample_configs, space_of
 from adam_jax.tuning._results import (
+  Continued,
   Row,
   SearchResult,
   finite_or_nan,
@@ -85,6 +86,9 @@ def successive_halving(
     on_row: Callable[[Row], None] | None = None,
     log_dir: str | os.PathLike[str] | None = None,
     max_memory: int | str | None = None,
+    eval_every: int | None = None,
+    keep: str = "last",
+    patience: int | None = None,
 ) -> SearchResult:
   """Synchronous successive halving over a grid or sampled configurations.
 
@@ -122,12 +126,28 @@ def successive_halving(
     on_row: called with each :class:`Row` as its configuration stops.
     log_dir: as in :func:`grid_search`, each configuration's run written when it stops.
     max_memory: as in :func:`grid_search` (each rung's programs are sized on their own).
+    eval_every: evaluate every member on ``val_data`` every this many steps (counted
+      from step 0, and at the end of each rung): each row's ``evals`` holds its
+      validation curve over every rung it trained (mean over seeds) and ``best_step``
+      each seed's best evaluated step. Rungs are still ranked by ``metric`` at their
+      end.
+    keep: ``"last"`` or ``"best"`` (needs ``eval_every``): each row's metrics, and
+      ``best``, are those of each seed's best evaluated model of any rung it trained
+      (``Row.best_step``), and ``best`` is the best such model of the whole search,
+      whichever rung it came from. A configuration that goes on to the next rung
+      continues from its last step, not from its kept one.
+    patience: stop a member after this many evaluations without a better ``metric``
+      within a rung (the count starts again at each rung); a configuration one of
+      whose seeds stopped is not continued to the next rung (its row ends at that
+      rung, ``Row.stopped_step`` says where), and the next best takes its place.
+      Needs ``eval_every``.
 
   Returns:
     A :class:`SearchResult`, one row per configuration in draw (grid) order with the
     metrics of the rung it reached (``Row.rung``, ``Row.steps``); ``best`` is the
     best of the last rung, with its trained model (None when every configuration of
-    the last rung diverged: a diverged configuration ranks last at every rung).
+    the last rung diverged: a diverged configuration ranks last at every rung); with
+    ``keep="best"``, the best row of any rung, with its best evaluated model.
 
   Raises:
     ValueError: bad steps, ``eta``, distributions, or anything :func:`grid_search`
@@ -164,6 +184,8 @@ def successive_halving(
     raise ValueError(f"space must map names to values or distributions, got "
                      f"{type(space).__name__}")
   budget = memory_budget(max_memory)
+  evaluation = evaluation_of(problem, max_steps, eval_every, keep, patience, metric, mode)
+  kept_best = evaluation is not None and evaluation.keep == "best"
   factory, opt_name = resolve_optimizer(optimizer)
   sampled = num_configs is not None or any(
       isinstance(v, (LogUniform, Uniform, Choice)) for v in space.values())
@@ -183,7 +205,10 @@ def successive_halving(
   carries: dict[int, Any] = {}  # config index -> its members' (params, opt_state, state)
   curves: dict[int, list[np.ndarray]] = {i: [] for i in range(len(configs))}
   reached: dict[int, tuple[int, int, list[dict[str, float]], bool]] = {}  # rung, steps,
-  #   per seed, diverged
+  #   per seed, diverged: at the end of the rung
+  evals = {i: Continued(metric, mode, keep) for i in range(len(configs))
+           } if evaluation is not None else None
+  leader: list[Any] = []  # keep="best": the best configuration finished so far (its models)
   groups: dict[tuple[Any, ...], _group.Group] = {}
   programs: dict[tuple[Any, ...], dict[Any, Any]] = {}  # group -> its compiled programs
   sizes: dict[tuple[Any, ...], set[int]] = {}  # group -> the member counts compiled
@@ -219,7 +244,7 @@ def successive_halving(
       before = len(known)
       out = _group.train(group, member_hp, seed_pos, stop, loop=resolved.get(group_key, loop),
                          devices=devices, start=carry, first_step=start, pad_to=pad_to,
-                         chunk=chunk, programs=known, budget=budget)
+                         chunk=chunk, programs=known, budget=budget, evaluation=evaluation)
       sizes[group_key].add(pad_to)
       resolved[group_key] = out.loop  # no need to look at the step again
       new = len(known) - before  # at least one at a group's first rung: nothing was known
@@ -227,43 +252,65 @@ def successive_halving(
       costs[group_key] = (per_program, out.train_s / (pad_to * length))
       loops[label] = out.loop
       spread = max(spread, min(len(devices), len(seed_pos)) if len(seed_pos) > 1 else 1)
-      diverged = diverged_members(out.metrics, out.params, out.trace[:, stop - 1])
+      last = (out.params, out.opt_state, out.state) if out.last is None else out.last
+      at_end = out.metrics  # ranked by the metrics at the rung's end (the last step's)
+      if kept_best:  # out.metrics are the kept steps': the last evaluation is at the end
+        at_end = {k: v[:, -1] for k, v in out.evals[1].items()}
+      diverged = diverged_members(at_end, last[0], out.trace[:, stop - 1])
+      kept_diverged = (diverged_members(out.metrics, out.params, np.zeros(len(seed_pos)))
+                       if kept_best else diverged)
       for j, i in enumerate(todo):
         members = slice(j * n_seeds, (j + 1) * n_seeds)
-        carries[i] = jax.tree.map(lambda a, m=members: a[m],
-                                  (out.params, out.opt_state, out.state))
+        carries[i] = jax.tree.map(lambda a, m=members: a[m], last)
         curves[i].append(np.asarray(out.trace[members, start:stop], np.float32).mean(axis=0))
-        per_seed = [{k: float(v[m]) for k, v in out.metrics.items()}
+        if evals is not None:
+          evals[i].add(out, list(range(j * n_seeds, (j + 1) * n_seeds)), kept_diverged)
+        per_seed = [{k: float(v[m]) for k, v in at_end.items()}
                     for m in range(j * n_seeds, (j + 1) * n_seeds)]
         if metric not in per_seed[0]:
           raise ValueError(f"metric {metric!r} is not among the metrics "
                            f"({', '.join(per_seed[0])}); pass val_data or metric=...")
         reached[i] = (rung, stop, per_seed, bool(diverged[members].any()))
     if rung + 1 < len(plan):
-      keep = max(1, len(alive) // eta)
+      survivors = max(1, len(alive) // eta)
       score = lambda i: finite_or_nan(math.nan if reached[i][3] else
                                       summarize_members(reached[i][2])[metric], mode)
       ranked = sorted(alive, key=score, reverse=(mode == "max"))
-      stopped = set(ranked[keep:])
-      for i in [i for i in alive if i in stopped]:
+      going = set([i for i in ranked if evals is None or min(evals[i].stopped) >= stop]
+                  [:survivors])  # a configuration stopped early (patience) goes no further
+      if not going:  # every configuration of the rung stopped early: the search ends here
+        break
+      for i in [i for i in alive if i not in going]:
         carries.pop(i)
+        row = _row(configs[i], reached[i], curves[i], None if evals is None else evals[i])
+        if kept_best:
+          _lead(leader, i, row, evals, metric, mode)
         if on_row is not None:
-          on_row(_row(configs[i], reached[i], curves[i]))
-      alive = [i for i in alive if i not in stopped]
+          on_row(row)
+      alive = [i for i in alive if i in going]
     start = stop
 
-  rows = [_row(configs[i], reached[i], curves[i]) for i in range(len(configs))]
-  pick = min if mode == "min" else max
-  top = pick(alive, key=lambda i: rank(rows[i], metric, mode))
-  if not math.isfinite(rank(rows[top], metric, mode)):  # every survivor diverged
+  rows = [_row(configs[i], reached[i], curves[i], None if evals is None else evals[i])
+          for i in range(len(configs))]
+  if kept_best:  # the best evaluated model of any rung
+    for i in alive:
+      _lead(leader, i, rows[i], evals, metric, mode)
+    top = leader[1]
+  else:  # the best of the last rung, as it ended
+    pick = min if mode == "min" else max
+    top = pick(alive, key=lambda i: rank(rows[i], metric, mode))
+  if not math.isfinite(rank(rows[top], metric, mode)):  # every candidate diverged
     for i in alive if on_row is not None else ():
       on_row(rows[i])
     return SearchResult(rows, None, metric, mode, spread, loops)
   bound = groups[tuple(configs[top][k] for k in sp.group)].bound
-  params, _, state = carries[top]
-  models = [bound.fns.to_user(*jax.tree.map(lambda a, m=m: jax.numpy.asarray(a[m]),
-                                              (params, state))) for m in range(n_seeds)]
-  scores = [finite_or_nan(m[metric], mode) for m in reached[top][2]]
+  if kept_best:
+    trained = evals[top].models()
+  else:
+    params, _, state = carries[top]
+    trained = [jax.tree.map(lambda a, m=m: a[m], (params, state)) for m in range(n_seeds)]
+  models = [bound.fns.to_user(*jax.tree.map(jax.numpy.asarray, t)) for t in trained]
+  scores = [finite_or_nan(m[metric], mode) for m in rows[top].seed_metrics]
   chosen = int(np.argmin(scores) if mode == "min" else np.argmax(scores))
   rows[top] = rows[top]._replace(model=models[chosen], models=models)
   if on_row is not None:
@@ -305,9 +352,30 @@ def _pad_is_cheaper(extra_members: int, steps: int, compile_s: float,
   return extra_members * steps * member_step_s < 2 * compile_s
 
 
+def _lead(leader: list[Any], i: int, row: Row, evals: dict[int, Continued], metric: str,
+          mode: str) -> None:
+  """keep="best": makes finished configuration ``i`` the leader if its row ranks better.
+
+  ``leader`` is empty or ``[score, index]``; only the leader's kept models are held on to.
+  """
+  score = rank(row, metric, mode)
+  if not leader or (score < leader[0] if mode == "min" else score > leader[0]):
+    if leader:
+      evals[leader[1]].drop_models()
+    leader[:] = [score, i]
+  else:
+    evals[i].drop_models()
+
+
 def _row(config: dict[str, Any], reached: tuple[int, int, list[dict[str, float]], bool],
-         curve: list[np.ndarray]) -> Row:
+         curve: list[np.ndarray], evals: Continued | None = None) -> Row:
+  """A configuration's row: the metrics of its rung's end, or of its kept steps."""
   rung, steps, per_seed, diverged = reached
+  extra = {}
+  if evals is not None:
+    extra = evals.row_fields()
+    if evals.keep == "best":
+      per_seed, diverged = evals.seed_metrics(), evals.diverged()
   return Row(dict(config), summarize_members(per_seed), per_seed, np.concatenate(curve),
-             rung=rung, steps=steps, diverged=diverged)
+             rung=rung, steps=steps, diverged=diverged, **extra)
 

@@ -16,10 +16,17 @@ import optax
 
 from adam_jax.tuning import _group, _identity, _runner, _storage, _tensorboard
 from adam_jax.tuning._diverged import diverged_members
-from adam_jax.tuning._grid import memory_budget
+from adam_jax.tuning._grid import evaluation_of, memory_budget
 from adam_jax.tuning._problem import Problem
 from adam_jax.tuning._random import space_of
-from adam_jax.tuning._results import Row, SearchResult, rank, seed_list, summarize_members
+from adam_jax.tuning._results import (
+  Continued,
+  Row,
+  SearchResult,
+  rank,
+  seed_list,
+  summarize_members,
+)
 from adam_jax.tuning._space import (
   parse_space,
   resolve_optimizer,
@@ -44,6 +51,9 @@ def optuna_search(
     log_dir: str | os.PathLike[str] | None = None,
     max_memory: int | str | None = None,
     on_trial: Callable[[_storage.FinishedTrial], None] | None = None,
+    eval_every: int | None = None,
+    keep: str = "last",
+    patience: int | None = None,
 ) -> SearchResult:
   """Runs ``n_trials`` trials of an Optuna ``study``, a batch of them trained at once.
 
@@ -110,7 +120,8 @@ def optuna_search(
     batch_size_trials: trials trained together.
     steps: optimizer steps per trial.
     optimizer: as in :func:`grid_search`.
-    report_every: steps between reports to the pruner (default: a quarter of ``steps``).
+    report_every: steps between reports to the pruner (default: a quarter of ``steps``;
+      with ``eval_every``, the multiple of it nearest below, at least ``eval_every``).
     seeds: as in :func:`grid_search`; a trial's values are means over seeds.
     metric: the metric told to the study.
     devices: as in :func:`grid_search`.
@@ -121,6 +132,18 @@ def optuna_search(
     on_trial: called with a :class:`FinishedTrial` (number, state, config, metrics,
       steps, the trial it redoes) for each trial once the study has been told its end:
       e.g. to keep a local record that outlives the storage.
+    eval_every: evaluate every member on ``val_data`` every this many steps (and at each
+      report): each evaluation's ``metric`` (mean over seeds) is reported to the trial
+      (``trial.report``), and each row's ``evals`` holds the validation curve and
+      ``best_step`` each seed's best evaluated step; the pruner still decides every
+      ``report_every`` steps.
+    keep: ``"last"`` or ``"best"`` (needs ``eval_every``): a trial's row, the value told
+      to the study and ``best.model`` are those of each seed's best evaluated step
+      (``Row.best_step``), as in :func:`grid_search`; the reports are the evaluations
+      as trained. A trial whose training diverges is told ``FAIL``, whatever step it
+      kept.
+    patience: not taken: the study's pruner stops trials early (for example
+      ``optuna.pruners.PatientPruner``); a value is refused.
 
   Returns:
     A :class:`SearchResult` of the trials this call trained, in order (``Row.steps``:
@@ -171,6 +194,12 @@ def optuna_search(
     raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
   seeds = seed_list(seeds)
   budget = memory_budget(max_memory)
+  evaluation = evaluation_of(problem, steps, eval_every, keep, patience, metric, mode)
+  if patience is not None:
+    raise ValueError("optuna_search does not take patience: the study's pruner stops trials "
+                     "early (for example optuna.pruners.PatientPruner)")
+  if evaluation is not None and report_every is None:
+    every = evaluation.every * max(1, (steps // 4) // evaluation.every)
   factory, opt_name = resolve_optimizer(optimizer)
   log_dir = _tensorboard.check(log_dir)
   devices = list(jax.devices() if devices is None else devices)
@@ -221,7 +250,8 @@ def optuna_search(
         out = _train_batch(problem, sp, configs, make_tx=tx_builder(factory, sp, steps),
                            steps=steps, every=every, seeds=seeds, metric=metric, mode=mode,
                            trials=owns, tell=_storage.teller(study, told, on_trial),
-                           devices=devices, loop=loop, programs=programs, budget=budget)
+                           devices=devices, loop=loop, programs=programs, budget=budget,
+                           evaluation=evaluation)
     except BaseException as err:
       # None left running, unless the database is gone: then they stay running, and the
       # heartbeat they no longer get has them failed and redone.
@@ -257,13 +287,14 @@ DIVERGED = "diverged"  # user attribute of a trial told FAIL because it diverged
 
 
 def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, mode, trials,
-                 tell, devices, loop, programs, budget):
+                 tell, devices, loop, programs, budget, evaluation):
   """Trains a batch of trials in chunks, reporting, pruning and telling as it goes.
 
   Pruned trials leave the batch, and the trials still alive are padded back to the batch's
   size (the last one repeated), so every chunk of every batch of the same size and group
   runs the programs compiled for the first: on a CPU, compiling a program for the smaller
-  batch costs more than training the padding.
+  batch costs more than training the padding. With ``evaluation``, each chunk continues
+  from the last step of the one before, whatever step is kept.
   """
   from optuna.trial import TrialState
 
@@ -279,6 +310,9 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
     bound = group.bound
     carries: dict[int, Any] = {}
     curves: dict[int, list[np.ndarray]] = {i: [] for i in alive}
+    evals = {i: Continued(metric, mode, evaluation.keep) for i in alive
+             } if evaluation is not None else None
+    kept_best = evaluation is not None and evaluation.keep == "best"
     known = programs.setdefault((tuple(sp.group), group_key, tuple(sp.traced)), {})
     size = len(alive) * n_seeds
     label = ", ".join(f"{k}={v}" for k, v in group_cfg.items()) or "all"
@@ -289,25 +323,37 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
         carry = _runner.concat_members(*[carries[i] for i in alive])
       out = _group.train(group, *_group.members([configs[i] for i in alive], sp.traced, n_seeds),
                          stop, loop=loops.get(label, loop), devices=devices, start=carry,
-                         first_step=start, pad_to=size, programs=known, budget=budget)
+                         first_step=start, pad_to=size, programs=known, budget=budget,
+                         evaluation=evaluation)
       loops[label] = out.loop  # the next chunks use the form chosen for the first
       n = len(alive) * n_seeds
       spread = max(spread, min(len(devices), n) if n > 1 else 1)
+      last = (out.params, out.opt_state, out.state) if out.last is None else out.last
       diverged = diverged_members(out.metrics, out.params, out.trace[:, stop - 1])
+      if kept_best:  # the kept models diverged, or the members that go on did
+        at_end = {k: v[:, -1] for k, v in out.evals[1].items()}
+        kept_diverged = diverged_members(out.metrics, out.params, np.zeros(len(diverged)))
+        diverged = kept_diverged | diverged_members(at_end, last[0], out.trace[:, stop - 1])
       still = []
       for j, i in enumerate(alive):
         members = slice(j * n_seeds, (j + 1) * n_seeds)
-        carries[i] = jax.tree.map(lambda a, m=members: a[m],
-                                  (out.params, out.opt_state, out.state))
+        carries[i] = jax.tree.map(lambda a, m=members: a[m], last)
         curves[i].append(np.asarray(out.trace[members, start:stop], np.float32).mean(axis=0))
         per_seed = [{k: float(v[m]) for k, v in out.metrics.items()}
                     for m in range(j * n_seeds, (j + 1) * n_seeds)]
+        extra = {}
+        if evals is not None:
+          evals[i].add(out, list(range(j * n_seeds, (j + 1) * n_seeds)),
+                       kept_diverged if kept_best else diverged)
+          extra = evals[i].row_fields()
+          if kept_best:
+            per_seed = evals[i].seed_metrics()
         metrics = summarize_members(per_seed)
         if metric not in metrics:
           raise ValueError(f"metric {metric!r} is not among the metrics "
                            f"({', '.join(metrics)}); pass val_data or metric=...")
         rows[i] = Row(dict(configs[i]), metrics, per_seed, np.concatenate(curves[i]),
-                      steps=stop, diverged=bool(diverged[members].any()))
+                      steps=stop, diverged=bool(diverged[members].any()), **extra)
         trial = trials[i]
         value = metrics[metric]
         if rows[i].diverged:  # a NaN or infinite loss, metric or parameter: failed
@@ -316,8 +362,12 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
           tell(trial, state=TrialState.FAIL)
           carries.pop(i)
           continue
+        if evals is not None:  # the chunk's evaluations before its end (reported below)
+          steps_done, curve = out.evals
+          for col, step in enumerate(steps_done[:-1]):
+            trial.report(float(np.mean(curve[metric][members, col])), int(step))
         if stop < steps:
-          trial.report(value, stop)
+          trial.report(_reported(value, out, members, metric, kept_best), stop)
           if trial.should_prune():
             _attrs(trial, metrics, stop)
             tell(trial, state=TrialState.PRUNED)
@@ -326,16 +376,24 @@ def _train_batch(problem, sp, configs, *, make_tx, steps, every, seeds, metric, 
           still.append(i)
         else:
           _attrs(trial, metrics, stop)
-          trial.report(value, stop)
+          trial.report(_reported(value, out, members, metric, kept_best), stop)
           tell(trial, value)
           params, _, state = carries.pop(i)
-          models[i] = ([bound.fns.to_user(*jax.tree.map(
-              lambda a, m=m: jax.numpy.asarray(a[m]), (params, state))) for m in
-              range(n_seeds)], per_seed)
+          trained = (evals[i].models() if kept_best else
+                     [jax.tree.map(lambda a, m=m: a[m], (params, state)) for m in range(n_seeds)])
+          models[i] = ([bound.fns.to_user(*jax.tree.map(jax.numpy.asarray, t))
+                        for t in trained], per_seed)
       alive = still
       if not alive:
         break
   return rows, models, loops, spread
+
+
+def _reported(value: float, out: Any, members: slice, metric: str, kept_best: bool) -> float:
+  """The value reported at a chunk's end: the members' ``metric`` at that step."""
+  if not kept_best:
+    return value
+  return float(np.mean(out.evals[1][metric][members, -1]))
 
 
 def _attrs(trial: Any, metrics: dict[str, float], steps: int) -> None:

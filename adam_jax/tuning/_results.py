@@ -6,6 +6,7 @@ import math
 import os
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from adam_jax import _files
@@ -136,3 +137,84 @@ def seed_list(seeds: Any) -> list[int]:
   return out
 
 
+
+
+class _SeedBest(NamedTuple):
+  """A seed's best evaluated step so far (:class:`Continued`)."""
+
+  score: float  # its metric there (NaN: never finite)
+  step: int  # -1: no finite metric yet
+  metrics: dict[str, float] | None  # keep="best": the kept model's metrics
+  model: Any  # keep="best": the kept (params, state), on the host
+  diverged: bool  # keep="best": the kept model's metric or a parameter is not finite
+
+
+class Continued:
+  """One configuration's evaluations over trainings that continue each other.
+
+  Successive halving's rungs and an Optuna trial's chunks each train a configuration's
+  members from the state the previous one ended at; the runner evaluates each stretch
+  on its own. This joins them: the curve over every stretch, and each seed's best
+  evaluated step (with ``keep="best"``, its metrics and model) over all of them.
+  """
+
+  def __init__(self, metric: str, mode: str, keep: str):
+    self.metric, self.mode, self.keep = metric, mode, keep
+    self.steps: list[np.ndarray] = []
+    self.curves: list[dict[str, np.ndarray]] = []  # each shape=(seeds, evaluations)
+    self.best: list[_SeedBest] = []
+    self.stopped: list[int] = []
+
+  def add(self, out: Any, members: list[int], diverged: np.ndarray) -> None:
+    """Takes in a stretch: ``out`` a runner output, ``members`` the seeds' members in it.
+
+    ``diverged``: per member of ``out``, whether its returned model diverged.
+    """
+    steps, curves = out.evals
+    steps = [int(s) for s in steps]
+    self.steps.append(np.asarray(steps, np.int32))
+    self.curves.append({k: np.asarray(v[members]) for k, v in curves.items()})
+    self.stopped = [int(out.stopped[m]) for m in members]
+    if not self.best:
+      self.best = [None] * len(members)
+    for s, m in enumerate(members):
+      step = int(out.best_step[m])
+      score = float(curves[self.metric][m, steps.index(step)]) if step >= 0 else math.nan
+      prev = self.best[s]
+      if prev is not None and (step < 0 or (prev.step >= 0 and not (
+          score < prev.score if self.mode == "min" else score > prev.score))):
+        continue
+      if self.keep == "best":
+        self.best[s] = _SeedBest(score, step, {k: float(v[m]) for k, v in out.metrics.items()},
+                                 tuple(_member(a, m) for a in (out.params, out.state)),
+                                 bool(diverged[m]))
+      else:
+        self.best[s] = _SeedBest(score, step, None, None, False)
+
+  def row_fields(self) -> dict[str, Any]:
+    """The row's ``evals``, ``best_step`` and ``stopped_step``."""
+    evals = {"step": np.concatenate(self.steps)}
+    evals.update({k: np.concatenate([c[k] for c in self.curves], axis=1).astype(np.float64)
+                  .mean(axis=0) for k in self.curves[0]})
+    return {"evals": evals, "best_step": [b.step for b in self.best],
+            "stopped_step": list(self.stopped)}
+
+  def seed_metrics(self) -> list[dict[str, float]]:
+    """keep="best": each seed's metrics at its kept step."""
+    return [b.metrics for b in self.best]
+
+  def models(self) -> list[Any]:
+    """keep="best": each seed's kept ``(params, state)``, on the host."""
+    return [b.model for b in self.best]
+
+  def drop_models(self) -> None:
+    """Lets go of the kept models (a configuration that is not the best)."""
+    self.best = [b._replace(model=None) for b in self.best]
+
+  def diverged(self) -> bool:
+    """keep="best": whether a seed's kept model diverged."""
+    return any(b.diverged for b in self.best)
+
+
+def _member(tree: Any, m: int) -> Any:
+  return jax.tree.map(lambda a: a[m], tree)

@@ -50,6 +50,8 @@ class GroupOutput(NamedTuple):
   best_step: np.ndarray | None = None  # with evaluation: shape=(members,), the step kept
   stopped: np.ndarray | None = None  # with patience: shape=(members,), the step it stopped at
   #   (steps when it never stopped)
+  last: Any = None  # with keep="best": the last step's (params, opt_state, state), leading
+  #   axis: members, to continue from (None: the same as params, opt_state, state)
 
 
 class Evaluation(NamedTuple):
@@ -495,8 +497,10 @@ def _train_members(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, start: A
   finally:
     if feed is not None:
       feed.close()
+  last = None
   if track is not None:
-    carry = track.kept(carry)
+    kept = track.kept(carry)
+    last, carry = (None if kept is carry else carry), kept
   params, opt_state, state = carry
   metrics = fetch(compiled["metrics"](params, state, pl.step_args[-1], pl.val))
   first_names = [k for k in ("train_loss", "val_loss") if k in metrics]
@@ -505,6 +509,8 @@ def _train_members(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, start: A
   train_s = time.perf_counter() - begin
   cut = lambda a: a[:n]
   extra = {} if track is None else track.output(n)
+  if last is not None:
+    extra["last"] = jax.tree.map(cut, fetch(last))
   return GroupOutput(jax.tree.map(cut, fetch(params)),
                      jax.tree.map(cut, fetch(state)), metrics,
                      jax.tree.map(cut, trace), g.loop, train_s, min(len(pl.use), n),
@@ -682,7 +688,13 @@ def _concat_outputs(outs: list[GroupOutput]) -> GroupOutput:
       {k: np.concatenate([o.metrics[k] for o in outs]) for k in first.metrics},
       concat_members(*[o.trace for o in outs]), first.loop, sum(o.train_s for o in outs),
       max(o.num_devices for o in outs), concat_members(*[o.opt_state for o in outs]),
-      sum(o.compile_s for o in outs))
+      sum(o.compile_s for o in outs),
+      evals=None if first.evals is None else (first.evals[0], {  # the same steps in every part
+          k: np.concatenate([o.evals[1][k] for o in outs]) for k in first.evals[1]}),
+      **{k: None if getattr(first, k) is None else np.concatenate([getattr(o, k) for o in outs])
+         for k in ("best_step", "stopped")},
+      last=None if all(o.last is None for o in outs) else concat_members(*[
+          (o.params, o.opt_state, o.state) if o.last is None else o.last for o in outs]))
 
 
 def fetch(tree: Any) -> Any:
