@@ -39,8 +39,12 @@ WEIGHT_DECAYS = [0.0, 1e-2, 1e-1]
 def corpus() -> str:
   """About 600k characters of English text from the standard library (no download)."""
   import codecs
+  import contextlib
+  import io
   import pydoc
-  import this  # prints the Zen of Python when imported
+
+  with contextlib.redirect_stdout(io.StringIO()):
+    import this  # prints the Zen of Python when first imported
 
   text = codecs.decode(this.s, "rot13")
   for name in ("os", "json", "argparse", "collections", "subprocess", "functools", "typing",
