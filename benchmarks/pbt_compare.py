@@ -32,8 +32,9 @@ exploit and explore decisions and the training seed), the grid's and the random 
 training seed (``seeds=[seed]``) and TPE's sampler seed and training seed. Methods run
 interleaved in one process, their order rotated from seed to seed; each wall time includes
 compilation. Printed: a table per problem (each seed and the median); written: the JSON
-(``--out``) and the learning-rate schedules of PBT's best member per seed (``--plot``),
-with the grid's best learning rate of the same seed drawn dashed.
+(``--out``) and the learning-rate schedules of PBT's best member per seed, up to the step
+of its returned model (``--plot``), with the grid's best learning rate of the same seed
+drawn dashed.
 
 Usage::
 
@@ -173,7 +174,8 @@ def plot(report: dict, path: str) -> None:
         if r["seed"] != seed:
           continue
         if r["method"] == "pbt":
-          starts = r["schedule"]["starts"] + [steps]
+          end = r["best_step"] if r["best_step"] > 0 else steps  # its returned model's step
+          starts = r["schedule"]["starts"] + [end]
           lrs = r["schedule"]["learning_rate"]
           ax.step(starts, lrs + lrs[-1:], where="post", color=color, lw=2,
                   label=f"PBT best, seed {seed} ({r['best_val_loss']:.3f})")
