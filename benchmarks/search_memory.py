@@ -39,8 +39,12 @@ WEIGHT_DECAYS = [0.0, 1e-2, 1e-1]
 def corpus() -> str:
   """About 600k characters of English text from the standard library (no download)."""
   import codecs
+  import contextlib
+  import io
   import pydoc
-  import this  # prints the Zen of Python when imported
+
+  with contextlib.redirect_stdout(io.StringIO()):
+    import this  # prints the Zen of Python when first imported
 
   text = codecs.decode(this.s, "rot13")
   for name in ("os", "json", "argparse", "collections", "subprocess", "functools", "typing",
@@ -65,7 +69,8 @@ def data():
   return len(chars), (x[train], y[train]), (x[val], y[val])
 
 
-def model_class(vocab: int, blocks: int):
+def model_class(vocab: int, blocks: int, dim: int = 64):
+  """The transformer's class: ``blocks`` blocks of width ``dim`` over ``vocab`` characters."""
   import jax.numpy as jnp
   from flax import nnx
 
@@ -84,7 +89,7 @@ def model_class(vocab: int, blocks: int):
       return x + self.drop(self.down(nnx.gelu(self.up(self.ln2(x)))))
 
   class CharTransformer(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs, dim: int = 64):
+    def __init__(self, rngs: nnx.Rngs, dim: int = dim):
       self.embed = nnx.Embed(vocab, dim, rngs=rngs)
       self.pos = nnx.Param(0.02 * nnx.initializers.normal()(rngs.params(), (WINDOW, dim)))
       self.blocks = nnx.List([Block(dim, rngs) for _ in range(blocks)])
