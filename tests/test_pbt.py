@@ -42,6 +42,7 @@ def test_copy_members_copies_only_the_chosen_members_bit_for_bit():
   np.testing.assert_array_equal(jax.random.key_data(out[2]["rng"]), jax.random.key_data(key))
 
 
+@pytest.mark.slow
 def test_copied_members_train_on_from_the_source_bit_for_bit(mlp):
   # explore off (factor 1, no resampling): a copy has the source's values and state, so
   # after the last ready point it trains exactly as its source
@@ -75,6 +76,7 @@ def test_explore_stays_inside_the_space():
   assert len(set(np.round(pop.hyperparameters["learning_rate"].ravel(), 7))) > 20
 
 
+@pytest.mark.slow
 def test_the_worst_members_copy_the_best(run):
   for col, step in enumerate(run.ready_steps):
     scores = np.array([m.evals["val_loss"][list(m.evals["step"]).index(step)]
@@ -85,6 +87,7 @@ def test_the_worst_members_copy_the_best(run):
     assert set(run.sources[col][moved]) <= set(order[:1])
 
 
+@pytest.mark.slow
 def test_the_best_schedule_replays_with_train(mlp, run):
   best = run.best
   assert best.metrics["val_loss"] == min(m.metrics["val_loss"] for m in run.members)
@@ -102,6 +105,7 @@ def test_the_best_schedule_replays_with_train(mlp, run):
     assert m.lineage[-1][1] == m.index
 
 
+@pytest.mark.slow
 def test_a_population_of_one_is_a_plain_training(mlp):
   result = tuning.pbt(mlp, {"learning_rate": tuning.log_uniform(1e-3, 1e-1)}, population=1,
                       steps=50, ready_every=10, keep="last", devices=ONE_DEVICE)
@@ -164,6 +168,7 @@ def test_resumed_population_equals_an_uninterrupted_run(mlp, tmp_path, monkeypat
     tuning.pbt(mlp, SPACE, out_dir=tmp_path / "cut", resume=True, **{**kwargs, "seed": 5})
 
 
+@pytest.mark.slow
 def test_population_that_does_not_fit_is_refused(mlp):
   with pytest.raises(tuning.MemoryBudgetError, match="population of 4 members"):
     tuning.pbt(mlp, SPACE, population=4, steps=20, ready_every=10, max_memory="200KB",
@@ -191,6 +196,7 @@ def test_bad_arguments(mlp, kwargs, message):
     tuning.pbt(mlp, args.pop("space"), **args)
 
 
+@pytest.mark.slow
 def test_train_schedule_arguments(mlp, run):
   with pytest.raises(ValueError, match="pass tx or schedule, not both"):
     tuning.train(mlp, adam_jax.adam(1e-3), 10, schedule=run.best.schedule)
@@ -198,6 +204,7 @@ def test_train_schedule_arguments(mlp, run):
     tuning.train(mlp, None, 10, schedule={"learning_rate": 1e-3})
 
 
+@pytest.mark.slow
 def test_a_population_spread_over_devices_equals_one_device(mlp, run):
   if len(jax.devices()) < 3:
     pytest.skip("needs several devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
