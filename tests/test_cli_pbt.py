@@ -31,6 +31,7 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, message, capsys, tmp_path):
   assert err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_population_trains_and_writes_its_history(tmp_path, capsys):
   out = tmp_path / "pbt"
   argv = ["sweep", "--search", "pbt", "--population", "4", "--ready-every", "5",
