@@ -206,18 +206,10 @@ def search(
   Each config takes one of ``space``'s values for every key; ``meta`` is kept in
   ``search.json`` next to the rows (a resume must match it).
   """
-  if not isinstance(problem, Problem):
-    raise ValueError(f"problem must be an adam_jax.tuning.Problem, got {type(problem).__name__}")
+  check_run(problem, mode, loop, resume, out_dir)
   if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
     raise ValueError(f"steps must be a positive integer, got {steps!r}")
   seeds = seed_list(seeds)
-  if mode not in ("min", "max"):
-    raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-  if loop not in _runner.LOOPS:
-    raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
-  if resume and out_dir is None:
-    raise ValueError("resume needs out_dir, the folder of the search to resume")
-  check_resumable(problem, resume)
   if (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer))
       or checkpoint_every < 0):
     raise ValueError(f"checkpoint_every must be a nonnegative integer, got {checkpoint_every!r}")
@@ -341,6 +333,20 @@ def search(
   best_row = row._replace(model=models[chosen], models=models)
   rows = [best_row if r is top else r for r in rows]
   return SearchResult(rows, best_row, metric, mode, spread, loops)
+
+
+def check_run(problem: Problem, mode: str, loop: str, resume: bool,
+              out_dir: str | os.PathLike[str] | None) -> None:
+  """What every search checks first: the problem, ``mode``, ``loop`` and a resume's folder."""
+  if not isinstance(problem, Problem):
+    raise ValueError(f"problem must be an adam_jax.tuning.Problem, got {type(problem).__name__}")
+  if mode not in ("min", "max"):
+    raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+  if loop not in _runner.LOOPS:
+    raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
+  if resume and out_dir is None:
+    raise ValueError("resume needs out_dir, the folder of the search to resume")
+  check_resumable(problem, resume)
 
 
 def evaluation_of(problem: Problem, steps: int, eval_every: int | None, keep: str,

@@ -14,7 +14,7 @@ import optax
 
 from adam_jax.tuning import _group, _runner, _tensorboard
 from adam_jax.tuning._diverged import diverged_members
-from adam_jax.tuning._grid import evaluation_of, memory_budget
+from adam_jax.tuning._grid import check_run, evaluation_of, memory_budget
 from adam_jax.tuning._problem import Problem
 from adam_jax.tuning._random import Choice, LogUniform, Uniform, sample_configs, space_of
 from adam_jax.tuning._results import (
@@ -167,18 +167,13 @@ def successive_halving(
     >>> result.best.config, result.best.steps
     ({'learning_rate': 0.1}, 40)
   """
-  if not isinstance(problem, Problem):
-    raise ValueError(f"problem must be an adam_jax.tuning.Problem, got {type(problem).__name__}")
+  check_run(problem, mode, loop, False, None)
   min_steps = _positive_int("min_steps", min_steps)
   max_steps = _positive_int("max_steps", max_steps)
   if min_steps > max_steps:
     raise ValueError(f"min_steps ({min_steps}) must be at most max_steps ({max_steps})")
   if isinstance(eta, bool) or not isinstance(eta, (int, np.integer)) or eta < 2:
     raise ValueError(f"eta must be an integer of at least 2, got {eta!r}")
-  if mode not in ("min", "max"):
-    raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-  if loop not in _runner.LOOPS:
-    raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
   seeds = seed_list(seeds)
   if not isinstance(space, Mapping):
     raise ValueError(f"space must map names to values or distributions, got "

@@ -29,9 +29,8 @@ import optax
 
 from adam_jax import _files, _lock
 from adam_jax.tuning import _group, _identity, _runner
-from adam_jax.tuning._batches import check_resumable
 from adam_jax.tuning._diverged import diverged_members
-from adam_jax.tuning._grid import evaluation_of, memory_budget
+from adam_jax.tuning._grid import check_run, evaluation_of, memory_budget
 from adam_jax.tuning._problem import Problem
 from adam_jax.tuning._random import Choice, LogUniform, Uniform, sample_configs
 from adam_jax.tuning._results import finite_or_nan
@@ -247,18 +246,10 @@ def pbt(
     >>> result.sources.shape, len(result.best.schedule.starts) >= 1
     ((3, 4), True)
   """
-  if not isinstance(problem, Problem):
-    raise ValueError(f"problem must be an adam_jax.tuning.Problem, got {type(problem).__name__}")
+  check_run(problem, mode, loop, resume, out_dir)
   _check_numbers(dict(population=population, steps=steps, ready_every=ready_every, seed=seed,
                       checkpoint_every=checkpoint_every, quantile=quantile, perturb=perturb,
                       resample_probability=resample_probability))
-  if mode not in ("min", "max"):
-    raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-  if loop not in _runner.LOOPS:
-    raise ValueError(f"loop must be one of {', '.join(_runner.LOOPS)}, got {loop!r}")
-  if resume and out_dir is None:
-    raise ValueError("resume needs out_dir, the folder of the run to resume")
-  check_resumable(problem, resume)
   sp, dists, factory = _population_space(problem, space, optimizer)
   evaluation = evaluation_of(problem, steps, ready_every, keep, None, metric, mode)
   budget = memory_budget(max_memory)
