@@ -42,8 +42,11 @@ LRS = np.geomspace(1e-4, 1e-1, 16)
 
 
 def _cli() -> list[str]:
-  exe = shutil.which("adam-jax")
-  return [exe] if exe else [sys.executable, "-m", "adam_jax.cli"]
+  """The command as this interpreter runs it: the same Python as the plain loop, and the
+  ``adam_jax`` its ``sys.path`` finds (``PYTHONPATH`` is passed through), not whatever
+  ``adam-jax`` is first on ``PATH`` (another environment, or a version manager's shim that
+  adds a shell start-up to every run)."""
+  return [sys.executable, "-m", "adam_jax.cli"]
 
 
 def _timed_lines(cmd: list[str]) -> tuple[float, list[tuple[float, str]]]:
