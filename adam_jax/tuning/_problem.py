@@ -168,6 +168,7 @@ class Problem:
         raise ValueError("val_data is an empty iterable: it gave no batch")
       val_data = jax.tree.map(lambda *a: np.concatenate(a), *batches)
     self.val_data = None if val_data is None else _arrays("val_data", val_data)[0]
+    self._bound: dict[tuple[Any, ...], _Bound] = {}  # bind()'s results, by shape
     if not self.required_keys:
       self.bind()  # checks the problem (abstractly) now, not deep in a search's tracing
 
@@ -215,8 +216,37 @@ class Problem:
     return np.concatenate(idx).reshape(-1, bs)[:steps].astype(np.int32)
 
   def bind(self, **shape: Any) -> _Bound:
-    """The problem at one point of the shape hyperparameters (private to the tuning tools)."""
-    return _Bound(self, shape)
+    """The problem at one point of the shape hyperparameters (private to the tuning tools).
+
+    With a model factory, each shape is bound (checked, its functions built) once: the
+    check at construction serves the search that trains the default shape.
+    """
+    key = self._bind_key(shape)
+    if key is None:
+      return _Bound(self, shape)
+    if key not in self._bound:
+      self._bound[key] = _Bound(self, shape)
+    return self._bound[key]
+
+  def _bind_key(self, shape: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The batch size and every factory keyword (defaults filled in) of ``shape``; None
+    where a binding is not kept: a module or param pytree (the user may change it between
+    searches), a pipeline's batches, a keyword without a value or an unhashable value."""
+    if self.factory is None or self.stream is not None or not set(shape) <= {
+        "batch_size", *self.model_keys}:
+      return None
+    params = _signature(self.factory).parameters
+    values = {"batch_size": shape.get("batch_size", self.batch_size)}
+    for k in self.model_keys:
+      if k not in shape and params[k].default is inspect.Parameter.empty:
+        return None
+      values[k] = shape.get(k, params[k].default)
+    key = tuple((k, type(v), v) for k, v in sorted(values.items()))
+    try:
+      hash(key)
+    except TypeError:
+      return None
+    return key
 
 
 class _Functions(NamedTuple):
