@@ -346,8 +346,8 @@ def _place(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, size: int,
   carry_shape = jax.tree.map(as_spread, jax.eval_shape(init, *step_args[:2], seeds_dev))
   v_step = _step_fn(g)
 
-  # Every program of the group is lowered first and compiled in parallel threads:
-  # on a CPU with a few cores, compilation is most of a short search's time.
+  # Each program of the group is compiled in a thread as soon as it is lowered, while the
+  # next one is traced: on a CPU with a few cores, compilation is most of a short search's time.
   compile_start = time.perf_counter()
   signature = (g.loop, tuple(d.id for d in use), _shapes(carry_shape, step_args, val))
   lower = {}
@@ -381,9 +381,9 @@ def _place(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, size: int,
     if g.evaluation.exploit is not None:
       source = jax.ShapeDtypeStruct((padded,), jnp.int32, sharding=spread)
       lower["copy"] = lambda: jax.jit(copy_members, donate_argnums=0).lower(carry_shape, source)
-  lowered = {k: make() for k, make in lower.items() if (k, signature) not in g.programs}
+  todo = {k: make for k, make in lower.items() if (k, signature) not in g.programs}
   g.programs.update({(k, signature): c
-                     for k, c in compile_all(lowered, compiler_options()).items()})
+                     for k, c in compile_all(todo, compiler_options()).items()})
   compiled = {k: g.programs[k, signature] for k in lower}
   return _Placed(use, padded, hp, seed_pos, spread, step_args, val, carry_shape, compiled,
                  time.perf_counter() - compile_start)
@@ -438,11 +438,8 @@ def _train_members(g: _Group, hp: dict[str, Any], seed_pos: np.ndarray, start: A
   n = len(seed_pos)
   pl = _place(g, hp, seed_pos, max(n, pad_to or 0), start is None)
   hp, seed_pos, steps, chunk = pl.hp, pl.seed_pos, g.steps, g.chunk
-  one_batch = pl.step_args if not isinstance(g.train_data, BatchStream) else (
-      pl.step_args[:-1] + (g.train_data.shapes(),))
-  out_shape = jax.eval_shape(_step_fn(g), pl.carry_shape, *one_batch)[1]
   trace = jax.tree.map(lambda s: np.zeros((pl.padded, steps) + s.shape[1:], s.dtype),
-                       out_shape)
+                       _step_outputs(g, pl))
   compiled = pl.compiled
   track = None if g.evaluation is None else _Tracker(g, pl)
 
@@ -535,6 +532,20 @@ def _with_hp(pl: _Placed, hp: dict[str, np.ndarray]) -> _Placed:
   args = dict(pl.step_args[0])
   args.update(jax.device_put({k: np.asarray(v) for k, v in hp.items()}, pl.spread))
   return pl._replace(step_args=(args,) + pl.step_args[1:])
+
+
+def _step_outputs(g: _Group, pl: _Placed) -> Any:
+  """The shapes of one step's outputs (leading axis: members), read off a compiled program
+  (a chunk's outputs have the steps first) rather than traced again."""
+  if g.loop == "python":
+    return pl.compiled["step"].out_info[1]
+  chunks = [c for k, c in pl.compiled.items() if isinstance(k, int)]
+  if chunks:
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
+                        chunks[0].out_info[1])
+  one_batch = pl.step_args if not isinstance(g.train_data, BatchStream) else (
+      pl.step_args[:-1] + (g.train_data.shapes(),))
+  return jax.eval_shape(_step_fn(g), pl.carry_shape, *one_batch)[1]
 
 
 class _Tracker:
@@ -735,14 +746,18 @@ def check_devices(devices: Sequence[jax.Device]) -> None:
 
 
 def compile_all(lowered: dict[Any, Any], options: dict[str, Any] | None) -> dict[Any, Any]:
-  """Compiles lowered programs in parallel threads, with XLA ``options``.
+  """Compiles programs in parallel threads, with XLA ``options``.
 
-  On a CPU with a few cores, compilation is most of a short run's time; XLA compiles
-  independent programs concurrently.
+  ``lowered`` maps names to lowered programs, or to functions that lower one (called here,
+  in order): each program is compiled as soon as it is lowered, so XLA compiles the first
+  ones (the GIL released) while Python traces the next. On a CPU with a few cores,
+  compilation is most of a short run's time; XLA compiles independent programs concurrently.
   """
-  with concurrent.futures.ThreadPoolExecutor(max(1, min(len(lowered), os.cpu_count() or 1))
-                                             ) as pool:
-    return dict(zip(lowered, pool.map(lambda low: low.compile(options), lowered.values())))
+  workers = max(1, min(len(lowered), os.cpu_count() or 1))
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    futures = {k: pool.submit((low() if callable(low) else low).compile, options)
+               for k, low in lowered.items()}
+    return {k: f.result() for k, f in futures.items()}
 
 
 def compiler_options() -> dict[str, Any] | None:
