@@ -8,7 +8,6 @@ import json
 import math
 import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, NoReturn
 
@@ -313,8 +312,12 @@ def import_jax() -> None:
 
 
 def preload(*modules: str) -> None:
-  """Imports ``modules`` in a background thread (while XLA compiles and trains)."""
+  """Imports ``modules`` in a background thread once the command's first programs are
+  compiled, while they train (:func:`adam_jax.tuning._runner.when_compiled`): earlier, the
+  imports would hold the GIL while the main thread traces the programs."""
   import importlib
+
+  from adam_jax.tuning import _runner
 
   def load() -> None:
     for name in modules:
@@ -323,7 +326,7 @@ def preload(*modules: str) -> None:
       except ImportError:  # reported properly where the module is used
         return
 
-  threading.Thread(target=load, daemon=True).start()
+  _runner.when_compiled(load)
 
 
 # ---------------------------------------------------------------------------- plots and files

@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -757,7 +758,24 @@ def compile_all(lowered: dict[Any, Any], options: dict[str, Any] | None) -> dict
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     futures = {k: pool.submit((low() if callable(low) else low).compile, options)
                for k, low in lowered.items()}
-    return {k: f.result() for k, f in futures.items()}
+    compiled = {k: f.result() for k, f in futures.items()}
+  while _WHEN_COMPILED:
+    threading.Thread(target=_WHEN_COMPILED.pop(0), daemon=True).start()
+  return compiled
+
+
+_WHEN_COMPILED: list[Callable[[], None]] = []
+
+
+def when_compiled(work: Callable[[], None]) -> None:
+  """Runs ``work`` in a thread once the next programs are compiled, while they run.
+
+  For work that holds the GIL (imports for what follows a search, in a command): started
+  earlier, it would slow down the tracing, which holds the GIL too; while XLA trains, the
+  main thread waits, and on a CPU one core is often free (a small model's steps run one
+  after another).
+  """
+  _WHEN_COMPILED.append(work)
 
 
 def compiler_options() -> dict[str, Any] | None:
