@@ -311,6 +311,9 @@ def import_jax() -> None:
   import adam_jax.aliases  # noqa: F401
 
 
+_preloads: list[tuple[str, ...]] = []  # what preload() was asked for in this process
+
+
 def preload(*modules: str) -> None:
   """Imports ``modules`` in a background thread once the command's first programs are
   compiled, while they train (:func:`adam_jax.tuning._runner.when_compiled`): earlier, the
@@ -318,6 +321,10 @@ def preload(*modules: str) -> None:
   import importlib
 
   from adam_jax.tuning import _runner
+
+  if all(name in sys.modules for name in modules) or modules in _preloads:
+    return  # loaded, or waiting for the programs of an earlier command of this process
+  _preloads.append(modules)
 
   def load() -> None:
     for name in modules:
