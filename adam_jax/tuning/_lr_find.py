@@ -186,12 +186,13 @@ def lr_find(
   seed32 = np.int32(seed)
   idx = None if idx is None else jax.device_put(idx)
   carry_shape = jax.eval_shape(init, seed32)
-  init = jax.jit(init).lower(seed32).compile()
-  step = jax.jit(step, donate_argnums=0).lower(
-      carry_shape, np.int32(0), idx, data if batches is None else problem.stream.shapes()
-  ).compile()
-  check_fits([init, step], max_memory, "the range test's training step")
-  carry = init(seed32)
+  compiled = _runner.compile_all({
+      "init": lambda: jax.jit(init).lower(seed32),
+      "step": lambda: jax.jit(step, donate_argnums=0).lower(
+          carry_shape, np.int32(0), idx, data if batches is None else problem.stream.shapes()),
+  }, None)
+  check_fits(compiled.values(), max_memory, "the range test's training step")
+  carry = compiled["init"](seed32)
   raw: list[float] = []
   smooth: list[float] = []
   avg, best, stop = 0.0, math.inf, False
@@ -200,7 +201,7 @@ def lr_find(
     losses = []
     for t in range(lo, min(lo + check, num_steps)):
       batch = data if batches is None else _next_batch(problem.stream, batches, t)
-      carry, loss = step(carry, np.int32(t), idx, batch)
+      carry, loss = compiled["step"](carry, np.int32(t), idx, batch)
       losses.append(loss)
     for loss in jax.device_get(losses):
       i = len(raw)
