@@ -71,8 +71,9 @@ def _rows(result: tuning.SearchResult) -> dict:
 
 
 def search(out_dir: str) -> dict:
-  """A grid, a random search, a grid of a model whose state holds PRNG keys, and a
-  successive halving (its survivors continued from their state, rung after rung).
+  """A grid, a random search, a grid of a model whose state holds PRNG keys, a successive
+  halving (its survivors continued from their state, rung after rung) and a population-based
+  training (its members copying each other across the processes' devices).
 
   The grid's steps run in a scan over members spread on every device, the random
   search's are called from Python (one device of each process).
@@ -87,8 +88,17 @@ def search(out_dir: str) -> dict:
                                progress=False)
   halving = tuning.successive_halving(problem, GRID, min_steps=3, max_steps=STEPS, eta=2,
                                       progress=False)
+  pbt = tuning.pbt(problem, {"learning_rate": tuning.log_uniform(1e-3, 3e-1)}, population=8,
+                   steps=STEPS, ready_every=4, quantile=0.25)
   return {"grid": _rows(grid), "random": _rows(rand), "dropout": _rows(dropout),
-          "halving": _rows(halving)}
+          "halving": _rows(halving), "pbt": _population(pbt)}
+
+
+def _population(result: tuning.PBTResult) -> dict:
+  """A population's history and every member's metrics (JSON)."""
+  return {"sources": result.sources.tolist(),
+          "learning_rate": result.hyperparameters["learning_rate"].tolist(),
+          "metrics": [m.metrics for m in result.members], "best": result.best.index}
 
 
 def _interrupted_and_resumed(problem: tuning.Problem, shared_dir: str) -> dict:

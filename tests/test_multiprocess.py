@@ -101,6 +101,13 @@ def test_two_processes_search_like_one(tmp_path):
   for name in ("grid", "random", "dropout", "halving"):
     assert two[0][name] == two[1][name]  # both processes return the same complete result
     _assert_close(two[0][name], one[name])
+  pbt = two[0]["pbt"]
+  assert pbt == two[1]["pbt"]
+  assert pbt["sources"] == one["pbt"]["sources"] and pbt["best"] == one["pbt"]["best"]
+  np.testing.assert_allclose(pbt["learning_rate"], one["pbt"]["learning_rate"], rtol=1e-6)
+  for a, b in zip(pbt["metrics"], one["pbt"]["metrics"]):
+    np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=1e-5, atol=1e-6)
+  assert any(s != list(range(8)) for s in pbt["sources"])  # members copied others
   one_rows = one["grid"]["rows"]
   assert len(one_rows) == 10 and one_rows[0]["metrics"]["val_loss"] > 2 * min(
       r["metrics"]["val_loss"] for r in one_rows)  # the learning rate mattered: it trained

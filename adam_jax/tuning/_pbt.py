@@ -251,6 +251,8 @@ def pbt(
                       checkpoint_every=checkpoint_every, quantile=quantile, perturb=perturb,
                       resample_probability=resample_probability))
   sp, dists, factory = _population_space(problem, space, optimizer)
+  devices = list(jax.devices() if devices is None else devices)
+  _runner.check_devices(devices)
   evaluation = evaluation_of(problem, steps, ready_every, keep, None, metric, mode)
   budget = memory_budget(max_memory)
   configs = sample_configs(space, population, seed)
