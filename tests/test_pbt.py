@@ -99,6 +99,9 @@ def test_the_best_schedule_replays_with_train(mlp, run):
   assert again.metrics["val_loss"] == pytest.approx(best.metrics["val_loss"], rel=1e-5)
   own = float(jax.jit(mlp.loss_fn)(best.model, mlp.val_data)[0])
   assert own == pytest.approx(best.metrics["val_loss"], rel=1e-5)
+  last = {k: v[-1] for k, v in best.schedule.values.items()}
+  assert best.schedule.at(at - 1) == last and best.schedule.at(0) == {
+      k: v[0] for k, v in best.schedule.values.items()}
   for m in run.members:
     starts = [s for s, _ in m.lineage]
     assert set(m.schedule.starts) <= set(starts) and starts[0] == m.schedule.starts[0] == 0

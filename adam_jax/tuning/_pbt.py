@@ -216,7 +216,8 @@ def pbt(
       ``results.csv`` (a line per member) are written there; the run holds the folder's
       lock.
     resume: with ``out_dir`` and ``checkpoint_every``, continue from the newest checkpoint
-      (the population's values, sources and the evaluations included).
+      (the population's values, sources and the evaluations included); a run that finished
+      keeps no checkpoint and trains again, to the same result.
     max_memory: as in :func:`grid_search`; the whole population trains in one program
       (its members copy each other): one that does not fit is refused before training.
     devices: spread the population over these devices (default: ``jax.devices()``).
