@@ -77,7 +77,8 @@ def test_curves_equal_tuning_train_evaluations():
 
 
 @pytest.mark.slow
-def test_resumed_evaluations_equal_an_uninterrupted_run(problem, tmp_path, monkeypatch):
+def test_resumed_evaluations_equal_an_uninterrupted_run(problem, tmp_path, monkeypatch,
+                                                        compile_once):
   kwargs = dict(steps=60, eval_every=15, keep="best", patience=2, checkpoint_every=20,
                 progress=False, devices=ONE_DEVICE)
   space = {"learning_rate": [1e-2, 1e30]}
