@@ -266,6 +266,7 @@ def _interrupt_chunk(monkeypatch, at):
   return chunks
 
 
+@pytest.mark.usefixtures("compile_once")
 def test_sweep_interrupt_then_resume(tmp_path, capsys, monkeypatch):
   out = tmp_path / "sweep"
   argv = ["sweep", "--lr", "3e-3,3e-2", "--hidden", "8,16", "--steps", "15", "--out", str(out)]
@@ -316,6 +317,7 @@ def test_sweep_seeds_and_any_optimizer(tmp_path, capsys):
   assert "best: b1=" in capsys.readouterr().out
 
 
+@pytest.mark.usefixtures("compile_once")
 def test_sweep_resumes_an_interrupted_group_from_its_checkpoint(tmp_path, capsys, monkeypatch):
   argv = ["sweep", "--lr", "3e-3,3e-2", "--hidden", "8", "--steps", "30",
           "--checkpoint-every", "10"]
@@ -335,6 +337,7 @@ def test_sweep_resumes_an_interrupted_group_from_its_checkpoint(tmp_path, capsys
   assert not (out / "checkpoints").exists()
 
 
+@pytest.mark.usefixtures("compile_once")
 def test_demo_interrupt_then_resume_matches_an_uninterrupted_run(demo_run, tmp_path, capsys,
                                                                   monkeypatch):
   _, full = demo_run
@@ -354,6 +357,7 @@ def test_demo_interrupt_then_resume_matches_an_uninterrupted_run(demo_run, tmp_p
   assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-6)
 
 
+@pytest.mark.usefixtures("compile_once")
 def test_demo_numbers_are_the_library_training_evaluated_by_the_users_loss(tmp_path, capsys):
   """demo runs tuning.train on tasks.digits_mlp; its numbers are loss_fn of the trained model."""
   import adam_jax
@@ -563,6 +567,7 @@ def test_demo_resume_falls_back_from_a_damaged_checkpoint(tmp_path, capsys, monk
   assert "cannot resume from" in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.usefixtures("compile_once")
 def test_sweep_resume_falls_back_from_a_damaged_checkpoint(tmp_path, capsys, monkeypatch):
   argv = ["sweep", "--lr", "1e-2", "--hidden", "8", "--steps", "40", "--checkpoint-every", "10"]
   for name in ("newest", "every"):

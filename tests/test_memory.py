@@ -44,6 +44,7 @@ def _needed_alone(problem):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("compile_once")
 def test_members_that_do_not_fit_together_train_in_several_programs(problem, monkeypatch):
   whole = tuning.grid_search(problem, SPACE, steps=20, seeds=2, progress=False,
                              devices=ONE_DEVICE, max_memory="8GB")
