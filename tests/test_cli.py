@@ -357,7 +357,6 @@ def test_demo_interrupt_then_resume_matches_an_uninterrupted_run(demo_run, tmp_p
   assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-6)
 
 
-@pytest.mark.usefixtures("compile_once")
 def test_demo_numbers_are_the_library_training_evaluated_by_the_users_loss(tmp_path, capsys):
   """demo runs tuning.train on tasks.digits_mlp; its numbers are loss_fn of the trained model."""
   import adam_jax

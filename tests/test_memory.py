@@ -37,9 +37,10 @@ SPACE = {"learning_rate": [1e-3, 3e-3, 1e-2, 3e-2]}
 
 
 def _needed_alone(problem):
+  """What one member of a SPACE search needs: a search of one of its configurations."""
   with pytest.raises(tuning.MemoryBudgetError) as err:
-    tuning.grid_search(problem, SPACE, steps=20, progress=False, devices=ONE_DEVICE,
-                       max_memory=1)
+    tuning.grid_search(problem, {"learning_rate": SPACE["learning_rate"][:1]}, steps=20,
+                       progress=False, devices=ONE_DEVICE, max_memory=1)
   return err.value.needed
 
 
