@@ -460,6 +460,7 @@ def _write_data(path, n=60, label_offset=0):
            y=(rng.integers(0, 3, n) + label_offset) % 3)
 
 
+@pytest.mark.usefixtures("compile_once")
 def test_sweep_resume_refuses_changed_data_or_flags_and_names_a_damaged_record(tmp_path, capsys):
   data, out = tmp_path / "d.npz", tmp_path / "s"
   _write_data(data)
@@ -520,7 +521,8 @@ def test_demo_resume_refuses_changed_data_and_names_a_damaged_record(tmp_path, c
 
 @pytest.mark.parametrize("command", [["demo", "--hidden", "3000000", "--layers", "3"],
                                      ["lr-find", "--hidden", "3000000", "--layers", "3"],
-                                     ["sweep", "--hidden", "8,3000000", "--layers", "3"]])
+                                     ["sweep", "--hidden", "8,3000000", "--layers", "3",
+                                      "--lr", "1e-2"]])
 def test_a_model_too_large_for_memory_is_refused_before_training(command, tmp_path, capsys):
   code = cli.main(command + ["--out", str(tmp_path / "big")])
   err = capsys.readouterr().err
