@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -31,3 +32,24 @@ def pytest_collection_modifyitems(config, items):
     name = getattr(item, "originalname", item.name)
     if path.endswith(".ipynb") or path.endswith(_SLOW_FILES) or name.startswith(_SLOW_TESTS):
       item.add_marker("slow")
+
+
+@pytest.fixture
+def compile_once(tmp_path_factory):
+  """XLA compiles each program once in the test: the same program again (a resumed run of
+  the same shapes) is read from a compilation cache of its own."""
+  from jax.experimental.compilation_cache import compilation_cache
+
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  before = {name: getattr(jax.config, name) for name in names}
+  compilation_cache.reset_cache()
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  try:
+    yield
+  finally:
+    for name, value in before.items():
+      jax.config.update(name, value)
+    compilation_cache.reset_cache()

@@ -119,6 +119,7 @@ def test_a_one_shot_generator_trains_once_and_cannot_resume(digits, tmp_path):
                        devices=ONE_DEVICE)
 
 
+@pytest.mark.usefixtures("compile_once")
 def test_a_resumed_re_iterable_skips_the_batches_trained_on(digits, tmp_path, monkeypatch):
   train, val = digits
   kwargs = dict(steps=30, checkpoint_every=10, progress=False, devices=ONE_DEVICE)

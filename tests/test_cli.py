@@ -4,6 +4,7 @@ import csv
 import importlib
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -266,6 +267,7 @@ def _interrupt_chunk(monkeypatch, at):
   return chunks
 
 
+@pytest.mark.usefixtures("compile_once")
 def test_sweep_interrupt_then_resume(tmp_path, capsys, monkeypatch):
   out = tmp_path / "sweep"
   argv = ["sweep", "--lr", "3e-3,3e-2", "--hidden", "8,16", "--steps", "15", "--out", str(out)]
@@ -316,6 +318,7 @@ def test_sweep_seeds_and_any_optimizer(tmp_path, capsys):
   assert "best: b1=" in capsys.readouterr().out
 
 
+@pytest.mark.usefixtures("compile_once")
 def test_sweep_resumes_an_interrupted_group_from_its_checkpoint(tmp_path, capsys, monkeypatch):
   argv = ["sweep", "--lr", "3e-3,3e-2", "--hidden", "8", "--steps", "30",
           "--checkpoint-every", "10"]
@@ -335,6 +338,7 @@ def test_sweep_resumes_an_interrupted_group_from_its_checkpoint(tmp_path, capsys
   assert not (out / "checkpoints").exists()
 
 
+@pytest.mark.usefixtures("compile_once")
 def test_demo_interrupt_then_resume_matches_an_uninterrupted_run(demo_run, tmp_path, capsys,
                                                                   monkeypatch):
   _, full = demo_run
@@ -457,6 +461,7 @@ def _write_data(path, n=60, label_offset=0):
            y=(rng.integers(0, 3, n) + label_offset) % 3)
 
 
+@pytest.mark.usefixtures("compile_once")
 def test_sweep_resume_refuses_changed_data_or_flags_and_names_a_damaged_record(tmp_path, capsys):
   data, out = tmp_path / "d.npz", tmp_path / "s"
   _write_data(data)
@@ -517,7 +522,8 @@ def test_demo_resume_refuses_changed_data_and_names_a_damaged_record(tmp_path, c
 
 @pytest.mark.parametrize("command", [["demo", "--hidden", "3000000", "--layers", "3"],
                                      ["lr-find", "--hidden", "3000000", "--layers", "3"],
-                                     ["sweep", "--hidden", "8,3000000", "--layers", "3"]])
+                                     ["sweep", "--hidden", "8,3000000", "--layers", "3",
+                                      "--lr", "1e-2"]])
 def test_a_model_too_large_for_memory_is_refused_before_training(command, tmp_path, capsys):
   code = cli.main(command + ["--out", str(tmp_path / "big")])
   err = capsys.readouterr().err
@@ -563,12 +569,15 @@ def test_demo_resume_falls_back_from_a_damaged_checkpoint(tmp_path, capsys, monk
   assert "cannot resume from" in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.usefixtures("compile_once")
 def test_sweep_resume_falls_back_from_a_damaged_checkpoint(tmp_path, capsys, monkeypatch):
   argv = ["sweep", "--lr", "1e-2", "--hidden", "8", "--steps", "40", "--checkpoint-every", "10"]
-  for name in ("newest", "every"):
-    _interrupt_chunk(monkeypatch, at=4)  # saves after steps 10, 20 and 30; the last two kept
-    assert cli.main(argv + ["--out", str(tmp_path / name)]) == 130
-    monkeypatch.undo()
+  _interrupt_chunk(monkeypatch, at=4)  # saves after steps 10, 20 and 30; the last two kept
+  assert cli.main(argv + ["--out", str(tmp_path / "newest")]) == 130
+  monkeypatch.undo()
+  # the same interrupted sweep in a second folder: a copy of the first (less its lock file)
+  shutil.copytree(tmp_path / "newest", tmp_path / "every",
+                  ignore=shutil.ignore_patterns(".adam_jax.lock"))
   capsys.readouterr()
   group = tmp_path / "newest" / "checkpoints"
   saves = sorted(group.glob("*/save_*"))

@@ -25,6 +25,7 @@ def _one_line(capsys):
   return err
 
 
+@pytest.mark.usefixtures("compile_once")
 def test_demo_and_sweep_treat_an_existing_out_the_same_way(tmp_path, capsys):
   """Item 10: demo overwrote an existing --out while sweep refused."""
   out = tmp_path / "d"
@@ -135,12 +136,17 @@ def test_a_command_into_a_folder_another_one_writes_is_refused(tmp_path, capsys)
 @pytest.mark.slow
 def test_ctrl_c_during_a_checkpoint_save_is_one_line(tmp_path):
   """Item 10: Ctrl-C during a save printed the one line and then 26 asyncio tracebacks."""
+  # The four runs are the same program: XLA compiles it in the first, the others read it
+  # from a compilation cache of this test's own.
+  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla_cache"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
   for attempt, delay in enumerate((0.0, 0.004, 0.012, 0.025)):  # into orbax's asyncio writes
     out = tmp_path / f"run{attempt}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "adam_jax.cli", "demo", "--steps", "100000", "--eval-every",
          "10", "--checkpoint-every", "10", "--hidden", "256", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
       deadline = time.monotonic() + 120
       while True:  # a save in progress, past the first one

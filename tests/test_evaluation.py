@@ -77,6 +77,7 @@ def test_curves_equal_tuning_train_evaluations():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("compile_once")
 def test_resumed_evaluations_equal_an_uninterrupted_run(problem, tmp_path, monkeypatch):
   kwargs = dict(steps=60, eval_every=15, keep="best", patience=2, checkpoint_every=20,
                 progress=False, devices=ONE_DEVICE)
@@ -118,6 +119,7 @@ def test_bad_evaluation_arguments(problem, kwargs, message):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("compile_once")
 def test_tuning_train_keeps_the_best_step_and_stops(problem, tmp_path):
   run = tuning.train(problem, adam_jax.adam(3e-2), 240, eval_every=20, keep="best", patience=4)
   losses = [h["val_loss"] for h in run.history]

@@ -37,13 +37,15 @@ SPACE = {"learning_rate": [1e-3, 3e-3, 1e-2, 3e-2]}
 
 
 def _needed_alone(problem):
+  """What one member of a SPACE search needs: a search of one of its configurations."""
   with pytest.raises(tuning.MemoryBudgetError) as err:
-    tuning.grid_search(problem, SPACE, steps=20, progress=False, devices=ONE_DEVICE,
-                       max_memory=1)
+    tuning.grid_search(problem, {"learning_rate": SPACE["learning_rate"][:1]}, steps=20,
+                       progress=False, devices=ONE_DEVICE, max_memory=1)
   return err.value.needed
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("compile_once")
 def test_members_that_do_not_fit_together_train_in_several_programs(problem, monkeypatch):
   whole = tuning.grid_search(problem, SPACE, steps=20, seeds=2, progress=False,
                              devices=ONE_DEVICE, max_memory="8GB")

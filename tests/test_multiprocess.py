@@ -21,10 +21,18 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _run_two(module: str, args) -> None:
-  """``python -m module coordinator process_id *args(process_id)`` in two processes."""
+def _run_two(module: str, args, cache_dir=None) -> None:
+  """``python -m module coordinator process_id *args(process_id)`` in two processes.
+
+  ``cache_dir``: a compilation cache of the two processes, where a program run again (a
+  resumed search of the same shapes) is read instead of compiled again.
+  """
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+  cache = {} if cache_dir is None else {
+      "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  env = {**os.environ, **cache, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
          "JAX_PLATFORMS": "cpu",
          "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
   coordinator = f"127.0.0.1:{_free_port()}"
@@ -87,12 +95,14 @@ def _assert_close(two, one):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("compile_once")
 def test_two_processes_search_like_one(tmp_path):
   assert jax.device_count() == 8 and jax.process_count() == 1
   # Each process has its own out_dir, as hosts that share no disk; group checkpoints go to
   # a folder both see.
   _run_two("tests.multiprocess_search",
-           lambda i: (tmp_path / f"out{i}", tmp_path / "shared", tmp_path / f"result{i}.json"))
+           lambda i: (tmp_path / f"out{i}", tmp_path / "shared", tmp_path / f"result{i}.json"),
+           cache_dir=tmp_path / "xla_cache")
   two = []
   for i in range(2):
     with open(tmp_path / f"result{i}.json") as f:

@@ -64,6 +64,7 @@ def test_train_equals_the_same_configuration_in_a_grid_search(mlp):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("compile_once")
 def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(mlp, tmp_path):
   kwargs = dict(seed=0, eval_every=10, checkpoint_every=10)
   tx = adam_jax.adam(1e-2)
