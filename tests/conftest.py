@@ -1,8 +1,21 @@
 """Strictness for every test: bugs surface here, not in users' runs."""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# One compilation cache for the whole run, shared by the xdist workers (they inherit this
+# environment) and the processes the tests start: a program that several tests compile (the
+# same small model, shapes and options) is compiled by XLA once. A fresh folder each run,
+# removed by the process that made it: nothing carries over from one run to the next.
+if "ADAM_JAX_TEST_XLA_CACHE" not in os.environ:
+  os.environ["ADAM_JAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="adam_jax_tests_xla_")
+  _MADE_CACHE = os.environ["ADAM_JAX_TEST_XLA_CACHE"]
+else:
+  _MADE_CACHE = None
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["ADAM_JAX_TEST_XLA_CACHE"])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -22,6 +35,12 @@ _SLOW_TESTS = ("test_vmap_over_a_traced_hyperparameter", "test_state_is_sharded_
                "test_low_precision_params_keep", "test_dadapt_with_bias_correction",
                "test_prodigy_with_bias_correction", "test_plateau_rule_counts",
                "test_jit_equals_eager", "test_chain_with_clipping_equals_manual_clipping")
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if _MADE_CACHE is not None:
+    shutil.rmtree(_MADE_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
