@@ -33,7 +33,7 @@ from adam_jax.tuning._diverged import diverged_members
 from adam_jax.tuning._grid import check_run, evaluation_of, memory_budget
 from adam_jax.tuning._problem import Problem
 from adam_jax.tuning._random import Choice, LogUniform, Uniform, sample_configs
-from adam_jax.tuning._results import finite_or_nan
+from adam_jax.tuning._results import rank
 from adam_jax.tuning._space import Space, parse_space, resolve_optimizer, tx_builder
 from adam_jax.tuning._store import CHECKPOINTS, CSV, Store
 
@@ -131,8 +131,7 @@ def history_lines(ready_steps: np.ndarray, sources: np.ndarray,
   keys = list(hyperparameters)
   lines: list[list[Any]] = [["step", "member", "source"] + keys]
   starts = [0] + [int(s) for s in ready_steps]
-  n = sources.shape[1] if sources.ndim == 2 and sources.shape[0] else len(
-      next(iter(hyperparameters.values()))[0])
+  n = next(iter(hyperparameters.values())).shape[1]
   for k, step in enumerate(starts):
     for m in range(n):
       src = m if k == 0 else int(sources[k - 1, m])
@@ -487,8 +486,7 @@ def _result(out: _runner.GroupOutput, group: _group.Group, pop: _Population,
         lineage, copied, {"step": np.asarray(ev_steps), **{
             k: np.asarray(v[m], np.float64) for k, v in curves.items()}},
         losses[m], int(out.best_step[m]), bool(diverged[m])))
-  scores = [finite_or_nan(math.nan if x.diverged else x.metrics[metric], mode)
-            for x in members]
+  scores = [rank(x, metric, mode) for x in members]  # a diverged member ranks last
   best = None
   if any(math.isfinite(s) for s in scores):
     b = int(np.argmin(scores) if mode == "min" else np.argmax(scores))
